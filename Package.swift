@@ -1,0 +1,42 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "swarm",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "swarmd", targets: ["swarmd"]),
+        .executable(name: "swarmctl", targets: ["swarmctl"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        // fork/exec and the few calls Swift cannot import (prctl, accept4, SO_PEERCRED, close_range).
+        .target(name: "CSwarmSpawn"),
+        .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
+        // Pure: no Glibc, no clock, no I/O.
+        .target(name: "SwarmCore"),
+        .target(name: "SwarmProtocol"),
+        .target(name: "SwarmConfig", dependencies: ["SwarmCore", .product(name: "TOMLKit", package: "TOMLKit")]),
+        // The only modules that touch the kernel.
+        .target(name: "SwarmSystem", dependencies: ["CSwarmSpawn", "CSystemd"],
+                swiftSettings: [.swiftLanguageMode(.v5)]),
+        .target(name: "SwarmDaemon", dependencies: ["SwarmCore", "SwarmConfig", "SwarmProtocol", "SwarmSystem",
+                                                  .product(name: "Logging", package: "swift-log")],
+                swiftSettings: [.swiftLanguageMode(.v5)]),
+        .executableTarget(name: "swarmd", dependencies: [
+            "SwarmDaemon", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], swiftSettings: [.swiftLanguageMode(.v5)]),
+        .executableTarget(name: "swarmctl", dependencies: [
+            "SwarmProtocol", "SwarmSystem", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], swiftSettings: [.swiftLanguageMode(.v5)]),
+        .testTarget(name: "SwarmCoreTests", dependencies: ["SwarmCore"]),
+        .testTarget(name: "SwarmConfigTests", dependencies: ["SwarmConfig"]),
+        .testTarget(name: "SwarmProtocolTests", dependencies: ["SwarmProtocol"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["SwarmProtocol", "SwarmSystem"],
+                    swiftSettings: [.swiftLanguageMode(.v5)]),
+    ]
+)

@@ -1,0 +1,73 @@
+#ifndef SWARM_SPAWN_H
+#define SWARM_SPAWN_H
+
+#include <sys/types.h>
+#include <stdint.h>
+
+/// One resource limit to set in the child before exec.
+struct swarm_rlimit {
+    int resource;
+    uint64_t soft;
+    uint64_t hard;
+};
+
+/// Everything the child needs, prepared by the parent before fork so that
+/// the child only makes async-signal-safe calls.
+struct swarm_spawn_request {
+    const char *path;            ///< resolved executable
+    char *const *argv;
+    char *const *envp;           ///< may contain listen_pid_slot
+    char *listen_pid_slot;       ///< "LISTEN_PID=" followed by >= 21 spare bytes, or NULL
+    const char *cwd;             ///< NULL: inherit
+    const int *fds;              ///< placed at 3, 4, ... in order
+    int nfds;
+    int stdin_fd;                ///< -1: /dev/null is opened by the parent and passed here
+    int stdout_fd;
+    int stderr_fd;
+    int pdeathsig;               ///< 0: none
+    int set_ids;                 ///< 1: setgroups(0)/setgid/setuid below
+    uid_t uid;
+    gid_t gid;
+    int no_new_privs;
+    const struct swarm_rlimit *rlimits;
+    int nrlimits;
+};
+
+/// Steps of the child; reported with the errno when one fails.
+enum swarm_spawn_step {
+    SWARM_STEP_NONE = 0,
+    SWARM_STEP_FORK,
+    SWARM_STEP_SETPGID,
+    SWARM_STEP_PDEATHSIG,
+    SWARM_STEP_FDS,
+    SWARM_STEP_STDIO,
+    SWARM_STEP_RLIMIT,
+    SWARM_STEP_CHDIR,
+    SWARM_STEP_SETGROUPS,
+    SWARM_STEP_SETGID,
+    SWARM_STEP_SETUID,
+    SWARM_STEP_NO_NEW_PRIVS,
+    SWARM_STEP_EXEC,
+};
+
+/// fork + exec. Returns the pid, or -1 with *err = errno and *step = the
+/// failing step (exec failures included: the parent learns them through a
+/// CLOEXEC pipe before this returns).
+pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step);
+
+/// Daemon-side helpers Swift cannot import directly.
+int swarm_set_child_subreaper(void);
+int swarm_accept(int fd);                      ///< accept4(NONBLOCK|CLOEXEC)
+int swarm_peer_cred(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
+int swarm_enable_passcred(int fd);
+/// recvmsg of one datagram with SCM_CREDENTIALS; returns length, sender pid in *pid (0 if none).
+/// Any passed fds are closed.
+ssize_t swarm_recv_with_cred(int fd, void *buf, size_t len, pid_t *pid);
+int swarm_set_pdeathsig(int sig);
+/// Attach a classic BPF reuseport program choosing among the first n sockets of the group.
+int swarm_attach_reuseport_steering(int fd, unsigned n, int ipv6);
+int swarm_memfd_create(const char *name);
+int swarm_pipe_cloexec(int fds[2]);
+int swarm_usable_cpus(void);
+
+#endif

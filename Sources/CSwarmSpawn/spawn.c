@@ -1,0 +1,247 @@
+#define _GNU_SOURCE
+#include "swarm_spawn.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <linux/filter.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+struct child_report {
+    int err;
+    int step;
+};
+
+/* Async-signal-safe: only raw syscalls and stack memory below. */
+static void child_fail(int pipe_fd, int step) {
+    struct child_report r = { errno, step };
+    ssize_t ignored = write(pipe_fd, &r, sizeof r);
+    (void)ignored;
+    _exit(127);
+}
+
+static void write_pid(char *slot) {
+    /* slot points at "LISTEN_PID=" + spare room. */
+    char digits[24];
+    int n = 0;
+    pid_t pid = getpid();
+    do { digits[n++] = (char)('0' + pid % 10); pid /= 10; } while (pid > 0 && n < 23);
+    char *p = slot + strlen("LISTEN_PID=");
+    while (n > 0) *p++ = digits[--n];
+    *p = '\0';
+}
+
+static void child(const struct swarm_spawn_request *req, int report_fd, pid_t parent) {
+    /* Dispositions first: a signal arriving now must not run the daemon's handlers. */
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < NSIG; sig++) {
+        if (sig == SIGKILL || sig == SIGSTOP) continue;
+        (void)sigaction(sig, &dfl, NULL);
+    }
+    if (setpgid(0, 0) < 0) child_fail(report_fd, SWARM_STEP_SETPGID);
+    if (req->pdeathsig > 0) {
+        if (prctl(PR_SET_PDEATHSIG, req->pdeathsig) < 0) child_fail(report_fd, SWARM_STEP_PDEATHSIG);
+        /* The daemon may have died before prctl took effect. */
+        if (getppid() != parent) _exit(0);
+    }
+
+    /* Move the passed fds above every target number, then into place. */
+    int high = 3 + req->nfds + 3;
+    if (high < report_fd + 1) high = report_fd + 1;
+    int moved[256];
+    if (req->nfds > 256) { errno = EMFILE; child_fail(report_fd, SWARM_STEP_FDS); }
+    for (int i = 0; i < req->nfds; i++) {
+        moved[i] = fcntl(req->fds[i], F_DUPFD_CLOEXEC, high + 16);
+        if (moved[i] < 0) child_fail(report_fd, SWARM_STEP_FDS);
+    }
+    int report = fcntl(report_fd, F_DUPFD_CLOEXEC, high + 16 + req->nfds + 1);
+    if (report < 0) child_fail(report_fd, SWARM_STEP_FDS);
+    report_fd = report;
+    int in = req->stdin_fd >= 0 ? fcntl(req->stdin_fd, F_DUPFD_CLOEXEC, high + 16) : -1;
+    int out = req->stdout_fd >= 0 ? fcntl(req->stdout_fd, F_DUPFD_CLOEXEC, high + 16) : -1;
+    int err = req->stderr_fd >= 0 ? fcntl(req->stderr_fd, F_DUPFD_CLOEXEC, high + 16) : -1;
+    if ((req->stdin_fd >= 0 && in < 0) || (req->stdout_fd >= 0 && out < 0) || (req->stderr_fd >= 0 && err < 0))
+        child_fail(report_fd, SWARM_STEP_STDIO);
+    if (in >= 0 && dup2(in, 0) < 0) child_fail(report_fd, SWARM_STEP_STDIO);
+    if (out >= 0 && dup2(out, 1) < 0) child_fail(report_fd, SWARM_STEP_STDIO);
+    if (err >= 0 && dup2(err, 2) < 0) child_fail(report_fd, SWARM_STEP_STDIO);
+    for (int i = 0; i < req->nfds; i++) {
+        if (dup2(moved[i], 3 + i) < 0) child_fail(report_fd, SWARM_STEP_FDS);
+    }
+    /* Everything else: closed at exec. The report pipe must survive until then. */
+    if (syscall(SYS_close_range, 3 + req->nfds, ~0U, CLOSE_RANGE_CLOEXEC) < 0) {
+        for (int fd = 3 + req->nfds; fd < 65536; fd++) {
+            if (fd != report_fd) (void)fcntl(fd, F_SETFD, FD_CLOEXEC);
+        }
+    }
+
+    for (int i = 0; i < req->nrlimits; i++) {
+        struct rlimit rl = { (rlim_t)req->rlimits[i].soft, (rlim_t)req->rlimits[i].hard };
+        if (setrlimit(req->rlimits[i].resource, &rl) < 0) child_fail(report_fd, SWARM_STEP_RLIMIT);
+    }
+    if (req->set_ids) {
+        if (setgroups(0, NULL) < 0) child_fail(report_fd, SWARM_STEP_SETGROUPS);
+        if (setgid(req->gid) < 0) child_fail(report_fd, SWARM_STEP_SETGID);
+        if (setuid(req->uid) < 0) child_fail(report_fd, SWARM_STEP_SETUID);
+    }
+    if (req->cwd && chdir(req->cwd) < 0) child_fail(report_fd, SWARM_STEP_CHDIR);
+    if (req->no_new_privs && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        child_fail(report_fd, SWARM_STEP_NO_NEW_PRIVS);
+    if (req->listen_pid_slot) write_pid(req->listen_pid_slot);
+
+    sigset_t empty;
+    sigemptyset(&empty);
+    (void)sigprocmask(SIG_SETMASK, &empty, NULL);
+    execve(req->path, req->argv, req->envp);
+    child_fail(report_fd, SWARM_STEP_EXEC);
+}
+
+pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step) {
+    int pipefd[2];
+    *err = 0;
+    *step = SWARM_STEP_NONE;
+    if (pipe2(pipefd, O_CLOEXEC) < 0) { *err = errno; *step = SWARM_STEP_FORK; return -1; }
+    pid_t parent = getpid();
+
+    /* Block every signal across fork so the child never runs a handler
+       inherited from the daemon before it resets dispositions. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(pipefd[0]);
+        child(req, pipefd[1], parent);
+    }
+    int fork_errno = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    close(pipefd[1]);
+    if (pid < 0) {
+        close(pipefd[0]);
+        *err = fork_errno;
+        *step = SWARM_STEP_FORK;
+        return -1;
+    }
+    struct child_report r;
+    ssize_t n;
+    do { n = read(pipefd[0], &r, sizeof r); } while (n < 0 && errno == EINTR);
+    close(pipefd[0]);
+    if (n == (ssize_t)sizeof r) {
+        /* The child is exiting with 127: reap it here so no unknown pid reaches the reaper. */
+        int status;
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+        *err = r.err;
+        *step = r.step;
+        return -1;
+    }
+    return pid;
+}
+
+int swarm_set_child_subreaper(void) {
+    return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+}
+
+int swarm_set_pdeathsig(int sig) {
+    return prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0);
+}
+
+int swarm_accept(int fd) {
+    return accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+}
+
+int swarm_peer_cred(int fd, pid_t *pid, uid_t *uid, gid_t *gid) {
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) return -1;
+    *pid = cred.pid;
+    *uid = cred.uid;
+    *gid = cred.gid;
+    return 0;
+}
+
+int swarm_enable_passcred(int fd) {
+    int one = 1;
+    return setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one);
+}
+
+ssize_t swarm_recv_with_cred(int fd, void *buf, size_t len, pid_t *pid) {
+    struct iovec iov = { buf, len };
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(struct ucred)) + CMSG_SPACE(sizeof(int) * 16)];
+    } control;
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.buf;
+    msg.msg_controllen = sizeof control.buf;
+    ssize_t n = recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC | MSG_TRUNC);
+    if (n < 0) return -1;
+    *pid = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET) continue;
+        if (c->cmsg_type == SCM_CREDENTIALS && c->cmsg_len >= CMSG_LEN(sizeof(struct ucred))) {
+            struct ucred cred;
+            memcpy(&cred, CMSG_DATA(c), sizeof cred);
+            *pid = cred.pid;
+        } else if (c->cmsg_type == SCM_RIGHTS) {
+            int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            for (int i = 0; i < count; i++) {
+                int passed;
+                memcpy(&passed, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+                close(passed);
+            }
+        }
+    }
+    if (msg.msg_flags & MSG_TRUNC) { errno = EMSGSIZE; return -1; }
+    return n;
+}
+
+int swarm_attach_reuseport_steering(int fd, unsigned n, int ipv6) {
+    if (n == 0) { errno = EINVAL; return -1; }
+    /* The skb data starts after the TCP header; SKF_NET_OFF reaches the IP header. */
+    uint32_t sport = ipv6 ? 40 : 20;   /* TCP source port, assuming no IP options / extension headers */
+    uint32_t saddr = ipv6 ? 20 : 12;   /* (last 32 bits of) the source address */
+    struct sock_filter code[] = {
+        { BPF_LD | BPF_H | BPF_ABS, 0, 0, (uint32_t)SKF_NET_OFF + sport },
+        { BPF_ALU | BPF_RSH | BPF_K, 0, 0, 1 },
+        { BPF_MISC | BPF_TAX, 0, 0, 0 },
+        { BPF_LD | BPF_W | BPF_ABS, 0, 0, (uint32_t)SKF_NET_OFF + saddr },
+        { BPF_ALU | BPF_XOR | BPF_X, 0, 0, 0 },
+        { BPF_ALU | BPF_MOD | BPF_K, 0, 0, n },
+        { BPF_RET | BPF_A, 0, 0, 0 },
+    };
+    struct sock_fprog prog = { sizeof code / sizeof code[0], code };
+    return setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &prog, sizeof prog);
+}
+
+int swarm_memfd_create(const char *name) {
+    return (int)syscall(SYS_memfd_create, name, 0);
+}
+
+int swarm_pipe_cloexec(int fds[2]) {
+    return pipe2(fds, O_CLOEXEC);
+}
+
+#include <sched.h>
+int swarm_usable_cpus(void) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) < 0) return -1;
+    return CPU_COUNT(&set);
+}

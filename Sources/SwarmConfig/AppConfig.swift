@@ -1,0 +1,553 @@
+import Foundation
+import SwarmCore
+import TOMLKit
+
+/// A config error: where it is and what is wrong, for a human.
+public struct ConfigError: Error, Equatable, CustomStringConvertible {
+    public var file: String
+    /// 0 when the error concerns the file as a whole.
+    public var line: Int
+    public var key: String?
+    public var message: String
+
+    public init(file: String, line: Int, key: String?, message: String) {
+        self.file = file
+        self.line = line
+        self.key = key
+        self.message = message
+    }
+
+    public var description: String {
+        let place = line > 0 ? "\(file):\(line)" : file
+        if let key { return "\(place): \(key): \(message)" }
+        return "\(place): \(message)"
+    }
+}
+
+/// What the loader needs from the machine, injectable for tests.
+public struct ConfigEnvironment: Sendable {
+    /// CPUs this process may use (affinity and cgroup quota): `workers = "auto"`.
+    public var cpuCount: @Sendable () -> Int
+    public var isRoot: Bool
+    public var currentUID: UInt32
+    /// uid and primary gid of a user name or number.
+    public var lookupUser: @Sendable (String) -> (uid: UInt32, gid: UInt32)?
+    public var lookupGroup: @Sendable (String) -> UInt32?
+    /// PATH used to find a bare command name when the app's env sets none.
+    public var path: String
+    public var isExecutable: @Sendable (String) -> Bool
+    public var isDirectory: @Sendable (String) -> Bool
+
+    public init(cpuCount: @escaping @Sendable () -> Int, isRoot: Bool, currentUID: UInt32,
+                lookupUser: @escaping @Sendable (String) -> (uid: UInt32, gid: UInt32)?,
+                lookupGroup: @escaping @Sendable (String) -> UInt32?,
+                path: String,
+                isExecutable: @escaping @Sendable (String) -> Bool,
+                isDirectory: @escaping @Sendable (String) -> Bool) {
+        self.cpuCount = cpuCount
+        self.isRoot = isRoot
+        self.currentUID = currentUID
+        self.lookupUser = lookupUser
+        self.lookupGroup = lookupGroup
+        self.path = path
+        self.isExecutable = isExecutable
+        self.isDirectory = isDirectory
+    }
+}
+
+public enum AppConfig {
+    /// Largest config file read: anything bigger is a mistake.
+    public static let maxFileSize = 1 << 20
+    public static let maxWorkers = 4096
+
+    /// Reads and validates one app config file.
+    public static func load(path: String, environment: ConfigEnvironment) throws(ConfigError) -> AppSpec {
+        let absolute = absolutePath(path)
+        guard let data = FileManager.default.contents(atPath: absolute) else {
+            let why = FileManager.default.fileExists(atPath: absolute) ? "cannot read the file" : "no such file"
+            throw ConfigError(file: absolute, line: 0, key: nil, message: why)
+        }
+        guard data.count <= maxFileSize else {
+            throw ConfigError(file: absolute, line: 0, key: nil, message: "file is larger than \(maxFileSize) bytes")
+        }
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw ConfigError(file: absolute, line: 0, key: nil, message: "not UTF-8 text")
+        }
+        return try parse(text: text, path: absolute, environment: environment)
+    }
+
+    public static func parse(text: String, path: String, environment: ConfigEnvironment) throws(ConfigError) -> AppSpec {
+        if text.contains("\0") {
+            throw ConfigError(file: path, line: 0, key: nil, message: "file contains a NUL byte")
+        }
+        let table: TOMLTable
+        do {
+            table = try TOMLTable(string: text)
+        } catch let error as TOMLParseError {
+            throw ConfigError(file: path, line: error.source.begin.line, key: nil,
+                              message: "TOML syntax error: \(error.description)")
+        } catch {
+            throw ConfigError(file: path, line: 0, key: nil, message: "TOML syntax error: \(error)")
+        }
+        var reader = Reader(path: path, locator: KeyLocator(text: text), environment: environment)
+        return try reader.app(table)
+    }
+
+    static func absolutePath(_ path: String) -> String {
+        if path.hasPrefix("/") { return normalize(path) }
+        return normalize(FileManager.default.currentDirectoryPath + "/" + path)
+    }
+
+    static func normalize(_ path: String) -> String {
+        var parts: [Substring] = []
+        for part in path.split(separator: "/") {
+            if part == "." || part.isEmpty { continue }
+            if part == ".." { _ = parts.popLast(); continue }
+            parts.append(part)
+        }
+        return "/" + parts.joined(separator: "/")
+    }
+}
+
+/// Walks the parsed table, converting each key and reporting the first
+/// problem with its line.
+struct Reader {
+    let path: String
+    let locator: KeyLocator
+    let environment: ConfigEnvironment
+
+    func fail(_ key: String, _ message: String) -> ConfigError {
+        ConfigError(file: path, line: locator.line(of: key) ?? 0, key: key, message: message)
+    }
+
+    func checkKeys(_ table: TOMLTable, allowed: [String], at prefix: String) throws(ConfigError) {
+        for key in table.keys where !allowed.contains(key) {
+            let full = prefix.isEmpty ? key : "\(prefix).\(key)"
+            let hint = allowed.min(by: { editDistance($0, key) < editDistance($1, key) })
+                .flatMap { editDistance($0, key) <= 2 ? " (did you mean '\($0)'?)" : nil } ?? ""
+            throw fail(full, "unknown key\(hint); allowed here: \(allowed.joined(separator: ", "))")
+        }
+    }
+
+    func string(_ t: TOMLTable, _ key: String, at prefix: String) throws(ConfigError) -> String? {
+        guard let v = t[key] else { return nil }
+        guard let s = v.string else { throw fail(join(prefix, key), "expected a string, found \(v.type)") }
+        return s
+    }
+
+    func int(_ t: TOMLTable, _ key: String, at prefix: String, range: ClosedRange<Int>) throws(ConfigError) -> Int? {
+        guard let v = t[key] else { return nil }
+        guard let i = v.int else { throw fail(join(prefix, key), "expected an integer, found \(v.type)") }
+        guard range.contains(i) else {
+            throw fail(join(prefix, key), "\(i) is out of range (\(range.lowerBound)…\(range.upperBound))")
+        }
+        return i
+    }
+
+    func bool(_ t: TOMLTable, _ key: String, at prefix: String) throws(ConfigError) -> Bool? {
+        guard let v = t[key] else { return nil }
+        guard let b = v.bool else { throw fail(join(prefix, key), "expected true or false, found \(v.type)") }
+        return b
+    }
+
+    func duration(_ t: TOMLTable, _ key: String, at prefix: String, max: Duration = .seconds(86_400)) throws(ConfigError) -> Duration? {
+        guard let text = try string(t, key, at: prefix) else {
+            if let v = t[key] { throw fail(join(prefix, key), "expected a duration string like \"250ms\", \"10s\" or \"2m\", found \(v.type)") }
+            return nil
+        }
+        guard let d = parseDuration(text) else {
+            throw fail(join(prefix, key), "'\(text)' is not a duration; use a number with ms, s, m or h, like \"250ms\" or \"10s\"")
+        }
+        guard d <= max else { throw fail(join(prefix, key), "'\(text)' is longer than \(max.humanReadable)") }
+        return d
+    }
+
+    func size(_ t: TOMLTable, _ key: String, at prefix: String) throws(ConfigError) -> Int64? {
+        guard let v = t[key] else { return nil }
+        if let i = v.int {
+            guard i > 0 else { throw fail(join(prefix, key), "must be positive") }
+            return Int64(i)
+        }
+        guard let s = v.string, let n = parseSize(s), n > 0 else {
+            throw fail(join(prefix, key), "expected a size like \"10MiB\", \"512KiB\" or a byte count")
+        }
+        return n
+    }
+
+    func table(_ t: TOMLTable, _ key: String, at prefix: String) throws(ConfigError) -> TOMLTable? {
+        guard let v = t[key] else { return nil }
+        guard let sub = v.table else { throw fail(join(prefix, key), "expected a table, found \(v.type)") }
+        return sub
+    }
+
+    func join(_ prefix: String, _ key: String) -> String { prefix.isEmpty ? key : "\(prefix).\(key)" }
+
+    mutating func app(_ root: TOMLTable) throws(ConfigError) -> AppSpec {
+        try checkKeys(root, allowed: ["name", "command", "workers", "cwd", "env", "inherit_env", "user", "group",
+                                      "no_new_privs", "socket", "restart", "stop", "ready", "reload", "logs", "limits"], at: "")
+        guard let name = try string(root, "name", at: "") else { throw fail("name", "missing: every app needs a name") }
+        guard !name.isEmpty, name.count <= 64,
+              name.allSatisfy({ ($0 >= "a" && $0 <= "z") || ($0 >= "0" && $0 <= "9") || $0 == "_" || $0 == "-" }) else {
+            throw fail("name", "'\(name)' is not a valid name: use 1 to 64 of a-z, 0-9, _ and -")
+        }
+        if name == "all" { throw fail("name", "'all' is reserved (it means every app in swarmctl)") }
+
+        guard let commandValue = root["command"] else {
+            throw fail("command", "missing: the program to run, as an array like [\"node\", \"server.js\"]")
+        }
+        guard let commandArray = commandValue.array else {
+            throw fail("command", "expected an array of strings like [\"node\", \"server.js\"] (commands never go through a shell), found \(commandValue.type)")
+        }
+        var command: [String] = []
+        for (i, item) in commandArray.enumerated() {
+            guard let s = item.string else { throw fail("command", "element \(i) is \(item.type), expected a string") }
+            if s.contains("\0") { throw fail("command", "element \(i) contains a NUL byte") }
+            command.append(s)
+        }
+        guard let program = command.first, !program.isEmpty else { throw fail("command", "must not be empty") }
+
+        let configDir = (path as NSString).deletingLastPathComponent
+        let cwdText = try string(root, "cwd", at: "") ?? "."
+        let cwd = AppConfig.normalize(cwdText.hasPrefix("/") ? cwdText : configDir + "/" + cwdText)
+        guard environment.isDirectory(cwd) else { throw fail("cwd", "'\(cwd)' is not a directory") }
+
+        var env: [String: String] = [:]
+        if let envTable = try table(root, "env", at: "") {
+            for key in envTable.keys {
+                guard isValidEnvName(key) else { throw fail("env.\(key)", "'\(key)' is not a valid environment variable name") }
+                let v = envTable[key]!
+                if let s = v.string { env[key] = s }
+                else if let i = v.int { env[key] = String(i) }
+                else if let b = v.bool { env[key] = b ? "true" : "false" }
+                else { throw fail("env.\(key)", "expected a string, found \(v.type)") }
+                if env[key]!.contains("\0") { throw fail("env.\(key)", "contains a NUL byte") }
+            }
+        }
+
+        var workers: Int
+        if let v = root["workers"] {
+            if let i = v.int {
+                guard (1...AppConfig.maxWorkers).contains(i) else {
+                    throw fail("workers", "\(i) is out of range (1…\(AppConfig.maxWorkers), or \"auto\")")
+                }
+                workers = i
+            } else if v.string == "auto" {
+                workers = max(1, environment.cpuCount())
+            } else {
+                throw fail("workers", "expected a number of workers or \"auto\", found \(v.type == .string ? "'\(v.string!)'" : "\(v.type)")")
+            }
+        } else {
+            workers = 1
+        }
+
+        let sockets = try self.sockets(root, configDir: configDir)
+
+        var spec = AppSpec(name: name, command: command, workers: workers, cwd: cwd, env: env, sockets: sockets, sourcePath: path)
+        spec.executable = try resolveExecutable(program, cwd: cwd, env: env)
+        try checkPlaceholders(command, sockets: sockets)
+        spec.inheritEnvironment = try bool(root, "inherit_env", at: "") ?? true
+
+        if let t = try table(root, "restart", at: "") { spec.restart = try restart(t) }
+        if let t = try table(root, "stop", at: "") { spec.stop = try stop(t) }
+        if let t = try table(root, "ready", at: "") { spec.ready = try ready(t, hasSockets: !sockets.isEmpty) }
+        else if sockets.isEmpty { spec.ready.mode = .delay }
+        if let t = try table(root, "reload", at: "") {
+            try checkKeys(t, allowed: ["surge"], at: "reload")
+            spec.reload.surge = try int(t, "surge", at: "reload", range: 1...AppConfig.maxWorkers) ?? 1
+        }
+        if let t = try table(root, "logs", at: "") { spec.logs = try logs(t) }
+        if let t = try table(root, "limits", at: "") { (spec.limits, spec.memoryLimit) = try limits(t) }
+
+        spec.user = try string(root, "user", at: "")
+        spec.group = try string(root, "group", at: "")
+        spec.noNewPrivileges = try bool(root, "no_new_privs", at: "") ?? false
+        if let user = spec.user {
+            guard let found = environment.lookupUser(user) else { throw fail("user", "no user named '\(user)'") }
+            if !environment.isRoot && found.uid != environment.currentUID {
+                throw fail("user", "swarmd runs as uid \(environment.currentUID), not root: it cannot run workers as '\(user)'")
+            }
+        }
+        if let group = spec.group {
+            guard environment.lookupGroup(group) != nil else { throw fail("group", "no group named '\(group)'") }
+            if !environment.isRoot { throw fail("group", "swarmd is not root: it cannot switch workers to group '\(group)'") }
+        }
+        return spec
+    }
+
+    func resolveExecutable(_ program: String, cwd: String, env: [String: String]) throws(ConfigError) -> String {
+        if program.contains("/") {
+            let full = program.hasPrefix("/") ? program : AppConfig.normalize(cwd + "/" + program)
+            guard environment.isExecutable(full) else {
+                throw fail("command", "'\(full)' does not exist or is not executable")
+            }
+            return full
+        }
+        let searchPath = env["PATH"] ?? environment.path
+        for dir in searchPath.split(separator: ":") where !dir.isEmpty {
+            let base = dir.hasPrefix("/") ? String(dir) : AppConfig.normalize(cwd + "/" + dir)
+            let candidate = base + "/" + program
+            if environment.isExecutable(candidate) { return candidate }
+        }
+        throw fail("command", "'\(program)' was not found in PATH (\(searchPath))")
+    }
+
+    func checkPlaceholders(_ command: [String], sockets: [SocketSpec]) throws(ConfigError) {
+        for arg in command {
+            var rest = Substring(arg)
+            while let open = rest.range(of: "{fd:") ?? rest.range(of: "{port:") {
+                guard let close = rest[open.upperBound...].firstIndex(of: "}") else {
+                    throw fail("command", "unterminated placeholder in '\(arg)'")
+                }
+                let name = String(rest[open.upperBound..<close])
+                guard let socket = sockets.first(where: { $0.name == name }) else {
+                    throw fail("command", "placeholder in '\(arg)' names socket '\(name)', but no [[socket]] has that name")
+                }
+                if rest[open].hasPrefix("{port:") && !socket.listen.isTCP {
+                    throw fail("command", "placeholder {port:\(name)}: socket '\(name)' is a unix socket and has no port")
+                }
+                rest = rest[rest.index(after: close)...]
+            }
+        }
+    }
+
+    func sockets(_ root: TOMLTable, configDir: String) throws(ConfigError) -> [SocketSpec] {
+        guard let v = root["socket"] else { return [] }
+        guard let array = v.array else { throw fail("socket", "expected [[socket]] tables, found \(v.type)") }
+        var result: [SocketSpec] = []
+        for (i, item) in array.enumerated() {
+            let prefix = "socket[\(i)]"
+            guard let t = item.table else { throw fail(prefix, "expected a table, found \(item.type)") }
+            try checkKeys(t, allowed: ["name", "listen", "backlog", "balance", "mode"], at: prefix)
+            let name = try string(t, "name", at: prefix) ?? (i == 0 ? "http" : "")
+            guard !name.isEmpty, name.count <= 64, name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" || $0 == "." }), name.allSatisfy(\.isASCII) else {
+                throw fail("\(prefix).name", "'\(name)' is not a valid socket name: use 1 to 64 of A-Z, a-z, 0-9, _, - and .")
+            }
+            if result.contains(where: { $0.name == name }) { throw fail("\(prefix).name", "a socket named '\(name)' is already defined") }
+            guard let listenText = try string(t, "listen", at: prefix) else {
+                throw fail(prefix, "missing 'listen': an address like \"127.0.0.1:8080\", \"[::]:8080\" or \"unix:/run/web.sock\"")
+            }
+            let listen: ListenAddress
+            switch parseListen(listenText, relativeTo: configDir) {
+            case let .success(a): listen = a
+            case let .failure(why): throw fail("\(prefix).listen", why.message)
+            }
+            if let other = result.first(where: { $0.listen == listen }) {
+                throw fail("\(prefix).listen", "\(listen) is already used by socket '\(other.name)'")
+            }
+            let backlog = try int(t, "backlog", at: prefix, range: 1...65535) ?? 1024
+            var balance = Balance.reuseport
+            if let b = try string(t, "balance", at: prefix) {
+                guard let parsed = Balance(rawValue: b) else {
+                    throw fail("\(prefix).balance", "'\(b)' is not one of: reuseport, shared")
+                }
+                balance = parsed
+            }
+            var mode: UInt32?
+            if let m = try string(t, "mode", at: prefix) {
+                guard case .unix = listen else { throw fail("\(prefix).mode", "only unix sockets have a file mode") }
+                guard let parsed = UInt32(m, radix: 8), parsed <= 0o777 else {
+                    throw fail("\(prefix).mode", "'\(m)' is not an octal file mode like \"0660\"")
+                }
+                mode = parsed
+            }
+            result.append(SocketSpec(name: name, listen: listen, backlog: Int32(backlog), balance: balance, mode: mode))
+        }
+        return result
+    }
+
+    func restart(_ t: TOMLTable) throws(ConfigError) -> RestartPolicy {
+        let p = "restart"
+        try checkKeys(t, allowed: ["policy", "initial_delay", "max_delay", "reset_after", "crash_loop_restarts", "crash_loop_window"], at: p)
+        var r = RestartPolicy()
+        if let s = try string(t, "policy", at: p) {
+            guard let mode = RestartMode(rawValue: s) else { throw fail("\(p).policy", "'\(s)' is not one of: always, on-failure, never") }
+            r.mode = mode
+        }
+        r.initialDelay = try duration(t, "initial_delay", at: p) ?? r.initialDelay
+        r.maxDelay = try duration(t, "max_delay", at: p) ?? r.maxDelay
+        r.resetAfter = try duration(t, "reset_after", at: p) ?? r.resetAfter
+        r.crashLoopRestarts = try int(t, "crash_loop_restarts", at: p, range: 1...1000) ?? r.crashLoopRestarts
+        r.crashLoopWindow = try duration(t, "crash_loop_window", at: p) ?? r.crashLoopWindow
+        if r.maxDelay < r.initialDelay { throw fail("\(p).max_delay", "must not be shorter than initial_delay (\(r.initialDelay.humanReadable))") }
+        return r
+    }
+
+    func stop(_ t: TOMLTable) throws(ConfigError) -> StopPolicy {
+        let p = "stop"
+        try checkKeys(t, allowed: ["signal", "timeout"], at: p)
+        var s = StopPolicy()
+        if let v = t["signal"] {
+            if let name = v.string {
+                guard let sig = Signal(name: name) else {
+                    throw fail("\(p).signal", "'\(name)' is not a signal swarm knows (\(Signal.names.map(\.0).joined(separator: ", ")))")
+                }
+                s.signal = sig
+            } else if let n = v.int, (1...64).contains(n) {
+                s.signal = Signal(Int32(n))
+            } else {
+                throw fail("\(p).signal", "expected a signal name like \"SIGTERM\"")
+            }
+        }
+        s.timeout = try duration(t, "timeout", at: p, max: .seconds(3600)) ?? s.timeout
+        return s
+    }
+
+    func ready(_ t: TOMLTable, hasSockets: Bool) throws(ConfigError) -> ReadyPolicy {
+        let p = "ready"
+        try checkKeys(t, allowed: ["mode", "timeout", "delay", "watchdog"], at: p)
+        var r = ReadyPolicy()
+        if !hasSockets { r.mode = .delay }
+        if let m = try string(t, "mode", at: p) {
+            guard let mode = ReadyMode(rawValue: m) else {
+                throw fail("\(p).mode", "'\(m)' is not one of: notify, fd, listening, delay")
+            }
+            if mode == .listening && !hasSockets {
+                throw fail("\(p).mode", "\"listening\" needs a [[socket]] to watch; this app has none (use notify, fd or delay)")
+            }
+            r.mode = mode
+        }
+        r.timeout = try duration(t, "timeout", at: p, max: .seconds(3600)) ?? r.timeout
+        r.delay = try duration(t, "delay", at: p, max: .seconds(3600)) ?? r.delay
+        r.watchdog = try duration(t, "watchdog", at: p, max: .seconds(3600))
+        if let wd = r.watchdog {
+            guard r.mode == .notify else { throw fail("\(p).watchdog", "needs mode = \"notify\": WATCHDOG=1 pings come over the notify socket") }
+            guard wd >= .milliseconds(10) else { throw fail("\(p).watchdog", "must be at least 10ms") }
+        }
+        if r.timeout <= .zero { throw fail("\(p).timeout", "must be positive") }
+        return r
+    }
+
+    func logs(_ t: TOMLTable) throws(ConfigError) -> LogPolicy {
+        let p = "logs"
+        try checkKeys(t, allowed: ["max_size", "keep", "target"], at: p)
+        var l = LogPolicy()
+        l.maxSize = try size(t, "max_size", at: p) ?? l.maxSize
+        if l.maxSize < 4096 { throw fail("\(p).max_size", "must be at least 4KiB") }
+        l.keep = try int(t, "keep", at: p, range: 0...100) ?? l.keep
+        if let target = try string(t, "target", at: p) {
+            guard ["auto", "file", "journal"].contains(target) else {
+                throw fail("\(p).target", "'\(target)' is not one of: auto, file, journal")
+            }
+            l.target = target
+        }
+        return l
+    }
+
+    static let rlimitNames = ["nofile", "nproc", "core", "stack", "memlock", "fsize", "as", "cpu", "data", "nice", "rtprio", "sigpending", "msgqueue", "locks", "rss", "rttime"]
+
+    func limits(_ t: TOMLTable) throws(ConfigError) -> ([ResourceLimit], Int64?) {
+        let p = "limits"
+        try checkKeys(t, allowed: Reader.rlimitNames + ["memory"], at: p)
+        var result: [ResourceLimit] = []
+        var memory: Int64?
+        for key in t.keys.sorted() {
+            if key == "memory" {
+                memory = try size(t, key, at: p)
+                continue
+            }
+            let v = t[key]!
+            if let i = v.int, i >= 0 {
+                result.append(ResourceLimit(name: key, soft: UInt64(i), hard: UInt64(i)))
+            } else if v.string == "unlimited" {
+                result.append(ResourceLimit(name: key, soft: .max, hard: .max))
+            } else {
+                throw fail("\(p).\(key)", "expected a non-negative integer or \"unlimited\"")
+            }
+        }
+        return (result, memory)
+    }
+}
+
+func isValidEnvName(_ s: String) -> Bool {
+    guard let first = s.first, first == "_" || (first.isASCII && first.isLetter) else { return false }
+    return s.allSatisfy { $0 == "_" || ($0.isASCII && ($0.isLetter || $0.isNumber)) }
+}
+
+/// "250ms", "10s", "1.5s", "2m", "1h", "0".
+public func parseDuration(_ text: String) -> Duration? {
+    let s = text.trimmedSpaces
+    if s == "0" { return .zero }
+    let units: [(String, Double)] = [("ms", 1e6), ("us", 1e3), ("ns", 1), ("s", 1e9), ("m", 60e9), ("h", 3600e9)]
+    for (suffix, scale) in units where s.hasSuffix(suffix) {
+        let number = s.dropLast(suffix.count)
+        guard !number.isEmpty, number.allSatisfy({ $0.isNumber || $0 == "." }), let value = Double(number),
+              value >= 0, value * scale < 1e18 else { return nil }
+        return .nanoseconds(Int64(value * scale))
+    }
+    return nil
+}
+
+/// "10MiB", "512KiB", "1GiB", "100MB", "4096".
+public func parseSize(_ text: String) -> Int64? {
+    let s = text.trimmedSpaces
+    let units: [(String, Double)] = [("KiB", 1024), ("MiB", 1_048_576), ("GiB", 1_073_741_824), ("KB", 1e3), ("MB", 1e6), ("GB", 1e9),
+                                     ("K", 1024), ("M", 1_048_576), ("G", 1_073_741_824), ("B", 1)]
+    for (suffix, scale) in units where s.hasSuffix(suffix) {
+        guard let v = Double(String(s.dropLast(suffix.count)).trimmedSpaces), v >= 0, v * scale < 1e18 else { return nil }
+        return Int64(v * scale)
+    }
+    return Int64(s)
+}
+
+struct ListenError: Error { let message: String }
+
+/// "127.0.0.1:8080", "0.0.0.0:8080", "[::]:8080", "[::1]:8080", "unix:/run/web.sock".
+func parseListen(_ text: String, relativeTo dir: String) -> Result<ListenAddress, ListenError> {
+    if text.hasPrefix("unix:") {
+        let p = String(text.dropFirst(5))
+        guard !p.isEmpty else { return .failure(ListenError(message: "'\(text)': the unix socket path is empty")) }
+        let full = p.hasPrefix("/") ? p : AppConfig.normalize(dir + "/" + p)
+        guard full.utf8.count < 108 else {
+            return .failure(ListenError(message: "'\(full)' is longer than a unix socket path may be (107 bytes)"))
+        }
+        return .success(.unix(path: full))
+    }
+    let host: String
+    let portText: Substring
+    if text.hasPrefix("[") {
+        guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else {
+            return .failure(ListenError(message: "'\(text)' is not an address: IPv6 is written \"[::1]:8080\""))
+        }
+        host = String(text[text.index(after: text.startIndex)..<close])
+        portText = text[text.index(close, offsetBy: 2)...]
+        guard isIPv6(host) else { return .failure(ListenError(message: "'\(host)' is not an IPv6 address")) }
+    } else {
+        guard let colon = text.lastIndex(of: ":") else {
+            return .failure(ListenError(message: "'\(text)' is not an address: use \"HOST:PORT\" like \"127.0.0.1:8080\", \"[::]:8080\" or \"unix:/path\""))
+        }
+        host = String(text[..<colon])
+        portText = text[text.index(after: colon)...]
+        guard isIPv4(host) else {
+            return .failure(ListenError(message: "'\(host)' is not a numeric IPv4 address (host names are not resolved; use 0.0.0.0 for every interface)"))
+        }
+    }
+    guard let port = UInt16(portText), port > 0 else {
+        return .failure(ListenError(message: "'\(portText)' is not a port (1…65535)"))
+    }
+    return .success(.tcp(host: host, port: port))
+}
+
+func isIPv4(_ s: String) -> Bool {
+    var addr = in_addr()
+    return inet_pton(AF_INET, s, &addr) == 1
+}
+
+func isIPv6(_ s: String) -> Bool {
+    var addr = in6_addr()
+    return inet_pton(AF_INET6, s, &addr) == 1
+}
+
+func editDistance(_ a: String, _ b: String) -> Int {
+    let a = Array(a), b = Array(b)
+    if a.isEmpty { return b.count }
+    if b.isEmpty { return a.count }
+    var prev = Array(0...b.count)
+    for i in 1...a.count {
+        var cur = [i] + Array(repeating: 0, count: b.count)
+        for j in 1...b.count {
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
+        }
+        prev = cur
+    }
+    return prev[b.count]
+}

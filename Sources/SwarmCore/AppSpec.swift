@@ -1,0 +1,191 @@
+/// A signal by number. Linux numbers: the core targets Linux only and must
+/// not import Glibc to learn them.
+public struct Signal: Hashable, Sendable, CustomStringConvertible {
+    public var number: Int32
+    public init(_ number: Int32) { self.number = number }
+
+    public static let hup = Signal(1)
+    public static let int = Signal(2)
+    public static let quit = Signal(3)
+    public static let abrt = Signal(6)
+    public static let kill = Signal(9)
+    public static let usr1 = Signal(10)
+    public static let usr2 = Signal(12)
+    public static let term = Signal(15)
+    public static let cont = Signal(18)
+    public static let winch = Signal(28)
+
+    public static let names: [(String, Signal)] = [
+        ("SIGHUP", .hup), ("SIGINT", .int), ("SIGQUIT", .quit), ("SIGABRT", .abrt), ("SIGKILL", .kill),
+        ("SIGUSR1", .usr1), ("SIGUSR2", .usr2), ("SIGTERM", .term), ("SIGCONT", .cont), ("SIGWINCH", .winch),
+    ]
+
+    public init?(name: String) {
+        let upper = name.uppercased()
+        let full = upper.hasPrefix("SIG") ? upper : "SIG" + upper
+        guard let found = Signal.names.first(where: { $0.0 == full }) else { return nil }
+        self = found.1
+    }
+
+    public var description: String {
+        Signal.names.first(where: { $0.1 == self })?.0 ?? "signal \(number)"
+    }
+}
+
+/// Where a socket listens.
+public enum ListenAddress: Hashable, Sendable, CustomStringConvertible {
+    /// `host` is a numeric IPv4 or IPv6 address (no brackets).
+    case tcp(host: String, port: UInt16)
+    case unix(path: String)
+
+    public var description: String {
+        switch self {
+        case let .tcp(host, port): return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        case let .unix(path): return "unix:\(path)"
+        }
+    }
+
+    public var isTCP: Bool { if case .tcp = self { return true } else { return false } }
+}
+
+/// How connections are spread over the workers of a socket.
+public enum Balance: String, Hashable, Sendable, CaseIterable {
+    /// One listening socket per slot in a SO_REUSEPORT group: the kernel
+    /// hashes each new connection to a slot, so no worker can starve the others.
+    case reuseport
+    /// One socket shared by every worker: whoever calls accept first wins.
+    case shared
+}
+
+public struct SocketSpec: Hashable, Sendable {
+    public var name: String
+    public var listen: ListenAddress
+    public var backlog: Int32
+    public var balance: Balance
+    /// Permission bits of a unix socket's file.
+    public var mode: UInt32?
+
+    public init(name: String, listen: ListenAddress, backlog: Int32 = 1024, balance: Balance = .reuseport, mode: UInt32? = nil) {
+        self.name = name
+        self.listen = listen
+        self.backlog = backlog
+        self.balance = balance
+        self.mode = mode
+    }
+
+    /// Reuseport only makes sense for TCP; unix sockets stay shared.
+    public var effectiveBalance: Balance { listen.isTCP ? balance : .shared }
+}
+
+public enum RestartMode: String, Sendable, CaseIterable {
+    case always
+    case onFailure = "on-failure"
+    case never
+}
+
+public struct RestartPolicy: Hashable, Sendable {
+    public var mode: RestartMode = .always
+    public var initialDelay: Duration = .milliseconds(100)
+    public var maxDelay: Duration = .seconds(30)
+    public var multiplier: Double = 2
+    /// A worker that stayed up this long resets its backoff.
+    public var resetAfter: Duration = .seconds(30)
+    /// This many failures within `crashLoopWindow` is a crash loop.
+    public var crashLoopRestarts: Int = 5
+    public var crashLoopWindow: Duration = .seconds(60)
+    public init() {}
+}
+
+public struct StopPolicy: Hashable, Sendable {
+    public var signal: Signal = .term
+    public var timeout: Duration = .seconds(10)
+    public init() {}
+}
+
+public enum ReadyMode: String, Sendable, CaseIterable {
+    /// sd_notify READY=1 on the NOTIFY_SOCKET swarmd serves.
+    case notify
+    /// A newline on the fd named by SWARM_READY_FD (the s6 convention).
+    case fd
+    /// The worker is seen polling or accepting on one of its listening sockets.
+    case listening
+    /// A fixed time after exec.
+    case delay
+}
+
+public struct ReadyPolicy: Hashable, Sendable {
+    public var mode: ReadyMode = .listening
+    public var timeout: Duration = .seconds(30)
+    public var delay: Duration = .seconds(1)
+    /// With notify: WATCHDOG_USEC is set and a worker silent for this long is killed.
+    public var watchdog: Duration? = nil
+    public init() {}
+}
+
+public struct ReloadPolicy: Hashable, Sendable {
+    /// New workers started ahead of the old ones they replace.
+    public var surge: Int = 1
+    public init() {}
+}
+
+public struct LogPolicy: Hashable, Sendable {
+    public var maxSize: Int64 = 10 << 20
+    public var keep: Int = 5
+    /// "file" writes the app's log files; "journal" sends to journald;
+    /// "auto" picks journal under systemd, files otherwise.
+    public var target: String = "auto"
+    public init() {}
+}
+
+public struct ResourceLimit: Hashable, Sendable {
+    public var name: String
+    public var soft: UInt64
+    public var hard: UInt64
+    public init(name: String, soft: UInt64, hard: UInt64) {
+        self.name = name
+        self.soft = soft
+        self.hard = hard
+    }
+}
+
+/// One app as its config describes it: everything the core and the shell
+/// need to run its workers.
+public struct AppSpec: Hashable, Sendable {
+    public var name: String
+    /// argv as written, `{fd:NAME}`/`{port:NAME}` placeholders not yet expanded.
+    public var command: [String]
+    /// argv[0] resolved against cwd and PATH.
+    public var executable: String
+    public var workers: Int
+    /// Absolute.
+    public var cwd: String
+    public var env: [String: String]
+    /// Pass swarmd's own environment (minus what belongs to swarmd) to workers.
+    public var inheritEnvironment = true
+    public var sockets: [SocketSpec]
+    public var restart = RestartPolicy()
+    public var stop = StopPolicy()
+    public var ready = ReadyPolicy()
+    public var reload = ReloadPolicy()
+    public var logs = LogPolicy()
+    public var limits: [ResourceLimit] = []
+    /// Restart a worker whose resident memory exceeds this many bytes.
+    public var memoryLimit: Int64? = nil
+    public var user: String? = nil
+    public var group: String? = nil
+    public var noNewPrivileges = false
+    /// Absolute path of the config file, re-read on reload.
+    public var sourcePath: String
+
+    public init(name: String, command: [String], executable: String? = nil, workers: Int, cwd: String = "/",
+                env: [String: String] = [:], sockets: [SocketSpec] = [], sourcePath: String = "") {
+        self.name = name
+        self.command = command
+        self.executable = executable ?? command.first ?? ""
+        self.workers = workers
+        self.cwd = cwd
+        self.env = env
+        self.sockets = sockets
+        self.sourcePath = sourcePath
+    }
+}

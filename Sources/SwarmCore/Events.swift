@@ -1,0 +1,164 @@
+/// Identifies one worker process over its whole life, across pid reuse.
+public struct WorkerID: Hashable, Comparable, Sendable, CustomStringConvertible {
+    public var raw: UInt64
+    public init(_ raw: UInt64) { self.raw = raw }
+    public static func < (a: WorkerID, b: WorkerID) -> Bool { a.raw < b.raw }
+    public var description: String { "w\(raw)" }
+}
+
+/// A control request in flight, assigned by the shell.
+public struct RequestID: Hashable, Sendable, CustomStringConvertible {
+    public var raw: UInt64
+    public init(_ raw: UInt64) { self.raw = raw }
+    public var description: String { "r\(raw)" }
+}
+
+/// How a worker's process ended.
+public enum ExitStatus: Hashable, Sendable, CustomStringConvertible {
+    /// exit(code).
+    case exited(Int32)
+    /// Killed by a signal.
+    case signaled(Int32, coreDumped: Bool)
+    /// fork or exec failed; the message names the step and the errno.
+    case spawnFailed(String)
+
+    public var isCleanExit: Bool { self == .exited(0) }
+
+    public var description: String {
+        switch self {
+        case let .exited(code): return "exited with status \(code)"
+        case let .signaled(sig, core): return "killed by \(Signal(sig))" + (core ? " (core dumped)" : "")
+        case let .spawnFailed(msg): return msg
+        }
+    }
+}
+
+/// Which apps a command applies to.
+public enum AppSelector: Hashable, Sendable {
+    case app(String)
+    case all
+}
+
+/// What a control client asks of the supervisor.
+public enum Command: Sendable {
+    /// Run a new app; with `replace`, an app of that name is deleted first.
+    case start(AppSpec, replace: Bool)
+    /// Gracefully stop every worker; the app stays known.
+    case stop(AppSelector)
+    /// Start a stopped app again.
+    case resume(AppSelector)
+    /// Replace every worker at once.
+    case restart(AppSelector)
+    /// Stop and forget.
+    case delete(AppSelector)
+    /// Rolling replacement with the freshly read specs, one per app.
+    case reload([AppSpec])
+    /// Change the number of workers.
+    case scale(String, Int)
+    /// Stop everything; the supervisor emits `.exit` when nothing is left.
+    case shutdown
+}
+
+/// Everything that can happen to the supervisor.
+public enum Event: Sendable {
+    /// A control request.
+    case command(RequestID, Command)
+    /// The shell forked and exec'd the worker the core asked for.
+    case spawned(WorkerID, pid: Int32)
+    /// fork or exec failed: the worker never ran.
+    case spawnFailed(WorkerID, reason: String)
+    /// The reaper collected a child.
+    case exited(pid: Int32, ExitStatus)
+    /// The worker signalled readiness (notify READY=1, the ready fd, or a listening probe).
+    case ready(pid: Int32)
+    /// sd_notify STATUS= text.
+    case status(pid: Int32, String)
+    /// sd_notify WATCHDOG=1.
+    case watchdogPing(pid: Int32)
+    /// sd_notify STOPPING=1: the worker is shutting down on its own.
+    case stopping(pid: Int32)
+    /// The worker's resident memory, sampled by the shell when asked.
+    case memory(pid: Int32, bytes: Int64)
+    /// The timer the core armed has fired (or any wake-up: the core checks every deadline against `now`).
+    case tick
+}
+
+/// Why a command failed, in words for the user.
+public enum CommandError: Error, Hashable, Sendable, CustomStringConvertible {
+    case unknownApp(String)
+    case appExists(String)
+    case reloadInProgress(String)
+    case shuttingDown
+    case invalid(String)
+    case startFailed(app: String, failed: Int, of: Int, detail: String)
+    case reloadFailed(app: String, reason: String, slot: Int?, pid: Int32?)
+    case interrupted(String)
+
+    public var description: String {
+        switch self {
+        case let .unknownApp(name): return "no app named '\(name)'"
+        case let .appExists(name): return "an app named '\(name)' is already running (use --replace to replace it)"
+        case let .reloadInProgress(name): return "a reload of '\(name)' is already in progress"
+        case .shuttingDown: return "swarmd is shutting down"
+        case let .invalid(msg): return msg
+        case let .startFailed(app, failed, total, detail):
+            return "\(app): \(failed) of \(total) workers failed to start: \(detail)"
+        case let .reloadFailed(app, reason, _, _): return "\(app): reload failed and was rolled back: \(reason)"
+        case let .interrupted(msg): return msg
+        }
+    }
+}
+
+/// One step of a rolling reload, streamed to the client that asked for it.
+public struct ReloadEvent: Hashable, Sendable {
+    public enum Kind: String, Hashable, Sendable {
+        case begin, spawned, ready, retiring, failed, rolledBack = "rolled-back", done
+    }
+    public var app: String
+    public var kind: Kind
+    public var slot: Int?
+    public var pid: Int32?
+    public var generation: Int
+    public var message: String
+
+    public init(app: String, kind: Kind, slot: Int? = nil, pid: Int32? = nil, generation: Int, message: String) {
+        self.app = app
+        self.kind = kind
+        self.slot = slot
+        self.pid = pid
+        self.generation = generation
+        self.message = message
+    }
+}
+
+public enum NoteLevel: String, Sendable {
+    case debug, info, notice, warning, error
+}
+
+/// What the core asks the shell to do.
+public enum Action: Equatable, Sendable {
+    /// Fork and exec one worker of `spec` into `slot`; answer with `.spawned` or `.spawnFailed`.
+    case spawn(WorkerID, AppSpec, slot: Int, generation: Int)
+    /// kill(pid) or, with `group`, kill(-pid): workers lead their own process group.
+    case signal(pid: Int32, Signal, group: Bool)
+    /// Check whether the worker waits on one of its listening sockets; answer with `.ready` if so.
+    case probeListening(WorkerID, pid: Int32)
+    /// Sample the worker's resident memory; answer with `.memory`.
+    case sampleMemory(pid: Int32)
+    /// Wake the core with `.tick` at this instant (nil: no timer).
+    case armTimer(Instant?)
+    /// Answer a command.
+    case reply(RequestID, Result<String, CommandError>)
+    /// Stream reload progress to the requester.
+    case progress(RequestID, ReloadEvent)
+    /// A slot no longer exists: release what the shell holds for it (its reuseport socket).
+    case slotReleased(app: String, slot: Int)
+    /// The app has no workers left and is forgotten.
+    case appRemoved(String)
+    /// The set of apps, their specs or their worker counts changed: persist them.
+    case appsChanged
+    /// Something worth a log line.
+    case note(NoteLevel, String)
+    /// Shutdown finished: no worker is left.
+    case exit
+}

@@ -1,0 +1,92 @@
+import Foundation
+
+public enum FrameError: Error, Equatable, CustomStringConvertible {
+    case tooLarge(limit: Int)
+    case malformed(String)
+    case unsupportedVersion(Int)
+
+    public var description: String {
+        switch self {
+        case let .tooLarge(limit): return "message larger than \(limit) bytes"
+        case let .malformed(why): return "malformed message: \(why)"
+        case let .unsupportedVersion(v): return "unsupported protocol version \(v) (this swarmd speaks \(ControlProtocol.version))"
+        }
+    }
+}
+
+/// Splits a byte stream into newline-terminated frames, refusing any frame
+/// longer than the limit before buffering it whole.
+public struct FrameReader: Sendable {
+    public let limit: Int
+    private var buffer: [UInt8] = []
+    private var scanFrom = 0
+
+    public init(limit: Int = ControlProtocol.maxMessageSize) { self.limit = limit }
+
+    /// Bytes received but not yet part of a complete frame.
+    public var pendingCount: Int { buffer.count }
+
+    public mutating func append(_ bytes: some Collection<UInt8>) { buffer.append(contentsOf: bytes) }
+
+    /// The next complete frame (without its newline), nil if none yet.
+    public mutating func next() throws(FrameError) -> [UInt8]? {
+        if let nl = buffer[scanFrom...].firstIndex(of: UInt8(ascii: "\n")) {
+            let frame = Array(buffer[..<nl])
+            buffer.removeSubrange(...nl)
+            scanFrom = 0
+            if frame.count > limit { throw .tooLarge(limit: limit) }
+            return frame
+        }
+        scanFrom = buffer.count
+        if buffer.count > limit { throw .tooLarge(limit: limit) }
+        return nil
+    }
+}
+
+public enum Codec {
+    public static func encode<T: Encodable>(_ value: T) -> [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        // Encoding our own value types cannot fail.
+        var bytes = Array(try! encoder.encode(value))
+        bytes.append(UInt8(ascii: "\n"))
+        return bytes
+    }
+
+    public static func decodeRequest(_ frame: [UInt8]) throws(FrameError) -> Request {
+        let data = Data(frame)
+        // Check the version first so an old or new client gets a precise answer.
+        struct Envelope: Decodable { var v: Int? }
+        guard let envelope = try? JSONDecoder().decode(Envelope.self, from: data) else {
+            throw .malformed("not a JSON object")
+        }
+        guard let v = envelope.v else { throw .malformed("missing field 'v' (protocol version)") }
+        guard v == ControlProtocol.version else { throw .unsupportedVersion(v) }
+        do {
+            return try JSONDecoder().decode(Request.self, from: data)
+        } catch let DecodingError.keyNotFound(key, _) {
+            throw .malformed("missing field '\(key.stringValue)'")
+        } catch let DecodingError.typeMismatch(_, ctx) {
+            throw .malformed("wrong type for field '\(ctx.codingPath.map(\.stringValue).joined(separator: "."))'")
+        } catch let DecodingError.dataCorrupted(ctx) {
+            let path = ctx.codingPath.map(\.stringValue).joined(separator: ".")
+            throw .malformed(path.isEmpty ? "invalid JSON" : "invalid value for field '\(path)'")
+        } catch {
+            throw .malformed("\(error)")
+        }
+    }
+
+    public static func decodeResponse(_ frame: [UInt8]) throws(FrameError) -> Response {
+        do {
+            return try JSONDecoder().decode(Response.self, from: Data(frame))
+        } catch {
+            throw .malformed("cannot decode response: \(error)")
+        }
+    }
+
+    /// Best effort id of a frame that failed to decode, so the error reply can carry it.
+    public static func peekID(_ frame: [UInt8]) -> UInt64 {
+        struct Envelope: Decodable { var id: UInt64? }
+        return (try? JSONDecoder().decode(Envelope.self, from: Data(frame)))?.id ?? 0
+    }
+}

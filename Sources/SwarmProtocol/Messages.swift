@@ -1,0 +1,283 @@
+import Foundation
+
+/// The control protocol spoken on swarmd's Unix socket: one JSON object per
+/// line, each way. Requests carry a client-chosen `id`; every response line
+/// repeats it. A request gets zero or more `event`/`log` lines, then exactly
+/// one `result` line (a `logs --follow` request streams until the client
+/// closes the connection).
+public enum ControlProtocol {
+    public static let version = 1
+    /// A line longer than this is refused and the connection closed.
+    public static let maxMessageSize = 1 << 20
+}
+
+public enum Verb: String, Codable, Sendable, CaseIterable {
+    case ping, version, start, stop, restart, delete, reload, scale, status, logs, shutdown
+    case daemonReexec = "daemon-reexec"
+
+    /// Verbs a peer that is neither root nor swarmd's own uid may use.
+    public var isReadOnly: Bool { self == .ping || self == .version || self == .status }
+}
+
+public struct Request: Codable, Sendable, Equatable {
+    public var v: Int
+    public var id: UInt64
+    public var verb: Verb
+    /// `start`: absolute paths of config files.
+    public var files: [String]?
+    /// The app a verb applies to, or "all".
+    public var name: String?
+    /// `start`: replace an app of the same name.
+    public var replace: Bool?
+    /// `scale`: the new worker count.
+    public var count: Int?
+    /// `logs`: how many past lines.
+    public var lines: Int?
+    /// `logs`: keep streaming.
+    public var follow: Bool?
+
+    public init(id: UInt64, verb: Verb, files: [String]? = nil, name: String? = nil, replace: Bool? = nil,
+                count: Int? = nil, lines: Int? = nil, follow: Bool? = nil) {
+        self.v = ControlProtocol.version
+        self.id = id
+        self.verb = verb
+        self.files = files
+        self.name = name
+        self.replace = replace
+        self.count = count
+        self.lines = lines
+        self.follow = follow
+    }
+}
+
+public struct Response: Codable, Sendable, Equatable {
+    public enum Kind: String, Codable, Sendable {
+        /// The final answer.
+        case result
+        /// Progress of a long command (reload).
+        case event
+        /// Log lines (`logs`).
+        case log
+    }
+
+    public var v: Int
+    public var id: UInt64
+    public var kind: Kind
+    public var ok: Bool?
+    public var message: String?
+    public var error: String?
+    /// Extra lines explaining an error (the failed worker's last log lines).
+    public var details: [String]?
+    public var status: StatusReport?
+    public var event: ProgressEvent?
+    public var log: [LogLine]?
+    public var version: String?
+
+    public init(id: UInt64, kind: Kind) {
+        self.v = ControlProtocol.version
+        self.id = id
+        self.kind = kind
+    }
+
+    public static func success(_ id: UInt64, _ message: String? = nil) -> Response {
+        var r = Response(id: id, kind: .result)
+        r.ok = true
+        r.message = message
+        return r
+    }
+
+    public static func failure(_ id: UInt64, _ error: String, details: [String]? = nil) -> Response {
+        var r = Response(id: id, kind: .result)
+        r.ok = false
+        r.error = error
+        r.details = details
+        return r
+    }
+}
+
+public struct ProgressEvent: Codable, Sendable, Equatable {
+    public var app: String
+    public var kind: String
+    public var slot: Int?
+    public var pid: Int32?
+    public var generation: Int
+    public var message: String
+
+    public init(app: String, kind: String, slot: Int?, pid: Int32?, generation: Int, message: String) {
+        self.app = app
+        self.kind = kind
+        self.slot = slot
+        self.pid = pid
+        self.generation = generation
+        self.message = message
+    }
+}
+
+public struct LogLine: Codable, Sendable, Equatable {
+    /// RFC 3339 with microseconds, UTC.
+    public var time: String
+    public var app: String
+    public var slot: Int
+    public var pid: Int32
+    /// "stdout" or "stderr".
+    public var stream: String
+    public var text: String
+
+    public init(time: String, app: String, slot: Int, pid: Int32, stream: String, text: String) {
+        self.time = time
+        self.app = app
+        self.slot = slot
+        self.pid = pid
+        self.stream = stream
+        self.text = text
+    }
+
+    /// The form log files and `swarmctl logs` use.
+    public var formatted: String { "\(time) \(app)[\(slot)] \(pid) \(stream == "stderr" ? "E" : "O") \(text)" }
+}
+
+/// `status --json`. The schema is documented in the README and stable
+/// within a protocol version: fields may be added, never removed.
+public struct StatusReport: Codable, Sendable, Equatable {
+    public var daemon: DaemonStatus
+    public var apps: [AppStatus]
+
+    public init(daemon: DaemonStatus, apps: [AppStatus]) {
+        self.daemon = daemon
+        self.apps = apps
+    }
+}
+
+public struct DaemonStatus: Codable, Sendable, Equatable {
+    public var pid: Int32
+    public var version: String
+    public var uptimeS: Double
+    public var rssBytes: Int64
+    public var socket: String
+    public var stateDir: String
+
+    enum CodingKeys: String, CodingKey {
+        case pid, version, socket
+        case uptimeS = "uptime_s"
+        case rssBytes = "rss_bytes"
+        case stateDir = "state_dir"
+    }
+
+    public init(pid: Int32, version: String, uptimeS: Double, rssBytes: Int64, socket: String, stateDir: String) {
+        self.pid = pid
+        self.version = version
+        self.uptimeS = uptimeS
+        self.rssBytes = rssBytes
+        self.socket = socket
+        self.stateDir = stateDir
+    }
+}
+
+public struct AppStatus: Codable, Sendable, Equatable {
+    public var name: String
+    /// running | degraded | crash-loop | reloading | stopping | stopped
+    public var state: String
+    public var config: String
+    public var generation: Int
+    public var workersWanted: Int
+    public var workersReady: Int
+    public var lastReload: ReloadStatus?
+    public var sockets: [SocketStatus]
+    public var workers: [WorkerStatus]
+
+    enum CodingKeys: String, CodingKey {
+        case name, state, config, generation, workers, sockets
+        case workersWanted = "workers_wanted"
+        case workersReady = "workers_ready"
+        case lastReload = "last_reload"
+    }
+
+    public init(name: String, state: String, config: String, generation: Int, workersWanted: Int, workersReady: Int,
+                lastReload: ReloadStatus?, sockets: [SocketStatus], workers: [WorkerStatus]) {
+        self.name = name
+        self.state = state
+        self.config = config
+        self.generation = generation
+        self.workersWanted = workersWanted
+        self.workersReady = workersReady
+        self.lastReload = lastReload
+        self.sockets = sockets
+        self.workers = workers
+    }
+}
+
+public struct SocketStatus: Codable, Sendable, Equatable {
+    public var name: String
+    public var listen: String
+    public var balance: String
+    public init(name: String, listen: String, balance: String) {
+        self.name = name
+        self.listen = listen
+        self.balance = balance
+    }
+}
+
+public struct ReloadStatus: Codable, Sendable, Equatable {
+    public var ok: Bool
+    public var message: String
+    public var ageS: Double
+
+    enum CodingKeys: String, CodingKey {
+        case ok, message
+        case ageS = "age_s"
+    }
+
+    public init(ok: Bool, message: String, ageS: Double) {
+        self.ok = ok
+        self.message = message
+        self.ageS = ageS
+    }
+}
+
+public struct WorkerStatus: Codable, Sendable, Equatable {
+    public var slot: Int
+    /// null while the slot waits to restart.
+    public var pid: Int32?
+    /// starting | ready | stopping | backoff | crash-loop | stopped
+    public var state: String
+    public var generation: Int
+    public var restarts: Int
+    public var uptimeS: Double
+    public var cpuPercent: Double?
+    public var rssBytes: Int64?
+    /// CPU time used since exec.
+    public var cpuSeconds: Double?
+    /// This worker's part of its app's CPU time (0…1): how evenly load is spread.
+    public var cpuShare: Double?
+    /// The worker's own STATUS= line.
+    public var statusText: String?
+    public var lastExit: String?
+
+    enum CodingKeys: String, CodingKey {
+        case slot, pid, state, generation, restarts
+        case cpuSeconds = "cpu_seconds"
+        case cpuShare = "cpu_share"
+        case uptimeS = "uptime_s"
+        case cpuPercent = "cpu_percent"
+        case rssBytes = "rss_bytes"
+        case statusText = "status_text"
+        case lastExit = "last_exit"
+    }
+
+    public init(slot: Int, pid: Int32?, state: String, generation: Int, restarts: Int, uptimeS: Double,
+                cpuPercent: Double? = nil, rssBytes: Int64? = nil, cpuSeconds: Double? = nil, cpuShare: Double? = nil, statusText: String? = nil,
+                lastExit: String? = nil) {
+        self.slot = slot
+        self.pid = pid
+        self.state = state
+        self.generation = generation
+        self.restarts = restarts
+        self.uptimeS = uptimeS
+        self.cpuPercent = cpuPercent
+        self.rssBytes = rssBytes
+        self.cpuSeconds = cpuSeconds
+        self.cpuShare = cpuShare
+        self.statusText = statusText
+        self.lastExit = lastExit
+    }
+}

@@ -1,0 +1,202 @@
+import CSystemd
+import Glibc
+
+/// The daemon's one reactor, on libsystemd's sd-event: signals, fds, one
+/// timer, and the service watchdog, all dispatched on the calling thread.
+public final class EventLoop {
+    let event: OpaquePointer
+    private var timer: OpaquePointer?
+    private var timerHandler: (() -> Void)?
+
+    public init() throws {
+        var e: OpaquePointer?
+        let r = sd_event_new(&e)
+        guard r >= 0, let e else { throw SystemError("sd_event_new", errno: -r) }
+        event = e
+        // Pings WATCHDOG=1 from the loop itself when WATCHDOG_USEC is set: a stalled loop is caught.
+        _ = sd_event_set_watchdog(event, 1)
+    }
+
+    deinit {
+        sd_event_unref(event)
+    }
+
+    /// A registered callback; `cancel()` removes it.
+    public final class Source {
+        var source: OpaquePointer?
+        let handler: Handler
+        init(handler: Handler) { self.handler = handler }
+
+        public func cancel() {
+            if let s = source {
+                source = nil
+                _ = sd_event_source_set_enabled(s, Int32(SD_EVENT_OFF))
+                sd_event_source_unref(s)
+                Unmanaged.passUnretained(handler).release()
+            }
+        }
+
+        /// Stop (or resume) dispatching without removing.
+        public func setEnabled(_ on: Bool) {
+            if let s = source { _ = sd_event_source_set_enabled(s, on ? Int32(SD_EVENT_ON) : Int32(SD_EVENT_OFF)) }
+        }
+
+        public func setPriority(_ p: Int64) {
+            if let s = source { _ = sd_event_source_set_priority(s, p) }
+        }
+
+        deinit { cancel() }
+    }
+
+    final class Handler {
+        let io: ((UInt32) -> Void)?
+        let signal: ((Int32) -> Void)?
+        let defer_: (() -> Void)?
+        init(io: ((UInt32) -> Void)? = nil, signal: ((Int32) -> Void)? = nil, defer_: (() -> Void)? = nil) {
+            self.io = io
+            self.signal = signal
+            self.defer_ = defer_
+        }
+    }
+
+    /// Calls `handler` with the ready epoll events while `fd` is readable (level-triggered).
+    public func addReader(_ fd: Int32, events: UInt32 = UInt32(EPOLLIN.rawValue), priority: Int64 = 0, _ handler: @escaping (UInt32) -> Void) throws -> Source {
+        let h = Handler(io: handler)
+        let src = Source(handler: h)
+        var s: OpaquePointer?
+        let user = Unmanaged.passRetained(h).toOpaque()
+        let r = sd_event_add_io(event, &s, fd, events, { _, _, revents, user in
+            Unmanaged<EventLoop.Handler>.fromOpaque(user!).takeUnretainedValue().io?(revents)
+            return 0
+        }, user)
+        guard r >= 0 else {
+            Unmanaged.passUnretained(h).release()
+            throw SystemError("sd_event_add_io", errno: -r, subject: "fd \(fd)")
+        }
+        src.source = s
+        if priority != 0 { src.setPriority(priority) }
+        return src
+    }
+
+    public func setIOEvents(_ source: Source, _ events: UInt32) {
+        if let s = source.source { _ = sd_event_source_set_io_events(s, events) }
+    }
+
+    /// The signal must already be blocked.
+    public func addSignal(_ sig: Int32, _ handler: @escaping (Int32) -> Void) throws -> Source {
+        let h = Handler(signal: handler)
+        let src = Source(handler: h)
+        var s: OpaquePointer?
+        let user = Unmanaged.passRetained(h).toOpaque()
+        let r = sd_event_add_signal(event, &s, sig, { _, info, user in
+            Unmanaged<EventLoop.Handler>.fromOpaque(user!).takeUnretainedValue().signal?(Int32(bitPattern: info!.pointee.ssi_signo))
+            return 0
+        }, user)
+        guard r >= 0 else {
+            Unmanaged.passUnretained(h).release()
+            throw SystemError("sd_event_add_signal", errno: -r, subject: "signal \(sig)")
+        }
+        src.source = s
+        return src
+    }
+
+    /// Runs `handler` once, after the current dispatch, before the loop sleeps.
+    public func addPost(_ handler: @escaping () -> Void) throws -> Source {
+        let h = Handler(defer_: handler)
+        let src = Source(handler: h)
+        var s: OpaquePointer?
+        let user = Unmanaged.passRetained(h).toOpaque()
+        let r = sd_event_add_post(event, &s, { _, user in
+            Unmanaged<EventLoop.Handler>.fromOpaque(user!).takeUnretainedValue().defer_?()
+            return 0
+        }, user)
+        guard r >= 0 else {
+            Unmanaged.passUnretained(h).release()
+            throw SystemError("sd_event_add_post", errno: -r)
+        }
+        src.source = s
+        return src
+    }
+
+    private var timerSource: Source?
+
+    /// The one timer: fires `handler` at `deadline` (CLOCK_MONOTONIC ns); nil disarms.
+    public func setTimer(at deadline: Int64?, _ handler: @escaping () -> Void) throws {
+        timerHandler = handler
+        guard let deadline else {
+            timerSource?.setEnabled(false)
+            return
+        }
+        let usec = UInt64(max(0, deadline + 999) / 1000)
+        if let src = timerSource, let s = src.source {
+            _ = sd_event_source_set_time(s, usec)
+            _ = sd_event_source_set_enabled(s, Int32(SD_EVENT_ONESHOT))
+            return
+        }
+        let h = Handler(defer_: { [weak self] in self?.timerHandler?() })
+        let src = Source(handler: h)
+        var s: OpaquePointer?
+        let user = Unmanaged.passRetained(h).toOpaque()
+        let r = sd_event_add_time(event, &s, CLOCK_MONOTONIC, usec, 0, { _, _, user in
+            Unmanaged<EventLoop.Handler>.fromOpaque(user!).takeUnretainedValue().defer_?()
+            return 0
+        }, user)
+        guard r >= 0 else {
+            Unmanaged.passUnretained(h).release()
+            throw SystemError("sd_event_add_time", errno: -r)
+        }
+        src.source = s
+        timerSource = src
+    }
+
+    /// Calls `handler` every `interval` nanoseconds (housekeeping, not supervision).
+    public func addPeriodic(every interval: Int64, _ handler: @escaping () -> Void) throws -> Source {
+        final class Box { var source: OpaquePointer? }
+        let box = Box()
+        let h = Handler(defer_: {
+            handler()
+            if let s = box.source {
+                var usec: UInt64 = 0
+                _ = sd_event_now(sd_event_source_get_event(s), CLOCK_MONOTONIC, &usec)
+                _ = sd_event_source_set_time(s, usec + UInt64(interval / 1000))
+                _ = sd_event_source_set_enabled(s, Int32(SD_EVENT_ON))
+            }
+        })
+        let src = Source(handler: h)
+        var s: OpaquePointer?
+        var nowUsec: UInt64 = 0
+        _ = sd_event_now(event, CLOCK_MONOTONIC, &nowUsec)
+        let user = Unmanaged.passRetained(h).toOpaque()
+        let r = sd_event_add_time(event, &s, CLOCK_MONOTONIC, nowUsec + UInt64(interval / 1000), 0, { _, _, user in
+            Unmanaged<EventLoop.Handler>.fromOpaque(user!).takeUnretainedValue().defer_?()
+            return 0
+        }, user)
+        guard r >= 0 else {
+            Unmanaged.passUnretained(h).release()
+            throw SystemError("sd_event_add_time", errno: -r)
+        }
+        _ = sd_event_source_set_enabled(s, Int32(SD_EVENT_ON))
+        box.source = s
+        src.source = s
+        return src
+    }
+
+    /// Runs until `exit(code:)`.
+    public func run() throws -> Int32 {
+        let r = sd_event_loop(event)
+        guard r >= 0 else { throw SystemError("sd_event_loop", errno: -r) }
+        return r
+    }
+
+    public func exit(code: Int32) {
+        _ = sd_event_exit(event, code)
+    }
+}
+
+/// epoll event bits, for callers that do not import the C headers.
+public enum IOEvents {
+    public static let readable = UInt32(EPOLLIN.rawValue)
+    public static let writable = UInt32(EPOLLOUT.rawValue)
+    public static let hangup = UInt32(EPOLLHUP.rawValue)
+    public static let error = UInt32(EPOLLERR.rawValue)
+}

@@ -1,0 +1,177 @@
+import CSwarmSpawn
+import Glibc
+
+/// What /proc says about a process.
+public enum ProcFS {
+    public static let clockTicks = Int64(sysconf(Int32(_SC_CLK_TCK)))
+    public static let pageSize = Int64(sysconf(Int32(_SC_PAGESIZE)))
+
+    static func read(_ path: String, limit: Int = 1 << 20) -> String? {
+        guard let bytes = try? Posix.readFile(path, limit: limit) else { return nil }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Resident set size in bytes.
+    public static func rss(pid: pid_t) -> Int64? {
+        guard let statm = read("/proc/\(pid)/statm") else { return nil }
+        let parts = statm.split(separator: " ")
+        guard parts.count > 1, let pages = Int64(parts[1]) else { return nil }
+        return pages * pageSize
+    }
+
+    /// User + system CPU time in clock ticks, and the start time in ticks since boot.
+    public static func cpuTicks(pid: pid_t) -> (cpu: Int64, start: Int64)? {
+        guard let stat = read("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return nil }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        // fields[0] is state (field 3); utime is field 14, stime 15, starttime 22.
+        guard fields.count > 19, let ut = Int64(fields[11]), let st = Int64(fields[12]), let start = Int64(fields[19]) else { return nil }
+        return (ut + st, start)
+    }
+
+    /// Peak RSS of this process (VmHWM), bytes.
+    public static func peakRSS(pid: pid_t) -> Int64? {
+        guard let status = read("/proc/\(pid)/status") else { return nil }
+        for line in status.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+            let n = line.split(separator: " ").dropFirst().first.flatMap { Int64($0) }
+            return n.map { $0 * 1024 }
+        }
+        return nil
+    }
+
+    /// CPUs this process may run on: affinity mask, bounded by a cgroup v2 cpu.max quota.
+    public static func usableCPUs() -> Int {
+        var count = Int(swarm_usable_cpus())
+        if count == 0 { count = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))) }
+        if let quota = cgroupQuota() { count = min(count, max(1, Int(quota.rounded(.up)))) }
+        return max(1, count)
+    }
+
+    /// cpu.max of this process's cgroup (v2), as a number of CPUs; nil if unlimited.
+    static func cgroupQuota() -> Double? {
+        guard let cg = read("/proc/self/cgroup") else { return nil }
+        for line in cg.split(separator: "\n") where line.hasPrefix("0::") {
+            let path = String(line.dropFirst(3))
+            var dir = "/sys/fs/cgroup" + (path == "/" ? "" : path)
+            // The limit may be set on an ancestor.
+            var best: Double?
+            while dir.hasPrefix("/sys/fs/cgroup") {
+                if let max = read(dir + "/cpu.max") {
+                    let parts = max.split(whereSeparator: { $0 == " " || $0 == "\n" })
+                    if parts.count == 2, parts[0] != "max", let q = Double(parts[0]), let p = Double(parts[1]), p > 0 {
+                        best = min(best ?? .infinity, q / p)
+                    }
+                }
+                guard let slash = dir.lastIndex(of: "/"), dir != "/sys/fs/cgroup" else { break }
+                dir = String(dir[..<slash])
+            }
+            return best
+        }
+        return nil
+    }
+
+    /// Whether the process waits for connections on one of `fds` (its
+    /// listening sockets, numbered as in the worker: 3, 4, …). Looks at its
+    /// epoll sets (fdinfo "tfd:" lines) and at what each thread is blocked
+    /// in (accept/poll/select on one of the fds).
+    public static func isListening(pid: pid_t, fds: Set<Int32>) -> Bool {
+        guard !fds.isEmpty else { return false }
+        if let entries = listDirectory("/proc/\(pid)/fd") {
+            for entry in entries {
+                guard let fd = Int32(entry) else { continue }
+                guard let target = readLink("/proc/\(pid)/fd/\(entry)"), target == "anon_inode:[eventpoll]" else { continue }
+                guard let info = read("/proc/\(pid)/fdinfo/\(fd)") else { continue }
+                for line in info.split(separator: "\n") where line.hasPrefix("tfd:") {
+                    let parts = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+                    if parts.count > 1, let tfd = Int32(parts[1]), fds.contains(tfd) { return true }
+                }
+            }
+        }
+        for tid in listDirectory("/proc/\(pid)/task") ?? [] {
+            if threadWaits(pid: pid, tid: tid, on: fds) { return true }
+        }
+        return false
+    }
+
+    static func threadWaits(pid: pid_t, tid: String, on fds: Set<Int32>) -> Bool {
+        guard let text = read("/proc/\(pid)/task/\(tid)/syscall") else { return false }
+        let parts = text.split(whereSeparator: { $0 == " " || $0 == "\n" })
+        guard parts.count >= 3, let nr = Int(parts[0]) else { return false }
+        func arg(_ i: Int) -> UInt64? {
+            guard i + 1 < parts.count else { return nil }
+            let s = parts[i + 1]
+            return UInt64(s.hasPrefix("0x") ? String(s.dropFirst(2)) : String(s), radix: 16)
+        }
+        switch nr {
+        case 43, 288: // accept, accept4
+            return arg(0).map { fds.contains(Int32(truncatingIfNeeded: $0)) } ?? false
+        case 7, 271: // poll, ppoll: struct pollfd { int fd; short events; short revents; }
+            guard let addr = arg(0), let n = arg(1), n > 0, n <= 4096,
+                  let bytes = readMemory(pid: pid, address: addr, count: Int(n) * 8) else { return false }
+            for i in 0..<Int(n) {
+                let fd = bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: i * 8, as: Int32.self) }
+                if fds.contains(fd) { return true }
+            }
+            return false
+        case 23, 270: // select, pselect6: fd_set bitmap of readfds
+            guard let nfds = arg(0), nfds > 0, nfds <= 1024, let addr = arg(1), addr != 0,
+                  let bytes = readMemory(pid: pid, address: addr, count: (Int(nfds) + 7) / 8) else { return false }
+            return fds.contains { fd in
+                fd >= 0 && Int(fd) < Int(nfds) && (bytes[Int(fd) / 8] >> UInt8(fd % 8)) & 1 != 0
+            }
+        default:
+            return false
+        }
+    }
+
+    static func readMemory(pid: pid_t, address: UInt64, count: Int) -> [UInt8]? {
+        let fd = open("/proc/\(pid)/mem", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { Posix.close(fd) }
+        var buf = [UInt8](repeating: 0, count: count)
+        let n = buf.withUnsafeMutableBytes { pread(fd, $0.baseAddress, count, off_t(Int64(bitPattern: address))) }
+        return n == count ? buf : nil
+    }
+
+    public static func listDirectory(_ path: String) -> [String]? {
+        guard let dir = opendir(path) else { return nil }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafePointer(to: entry.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+
+    public static func readLink(_ path: String) -> String? {
+        var buf = [CChar](repeating: 0, count: 4096)
+        let n = readlink(path, &buf, buf.count - 1)
+        guard n >= 0 else { return nil }
+        buf[n] = 0
+        return String(cString: buf)
+    }
+}
+
+/// User and group database.
+public enum Users {
+    public static func lookupUser(_ name: String) -> (uid: UInt32, gid: UInt32)? {
+        if let n = UInt32(name) {
+            if let pw = getpwuid(n) { return (pw.pointee.pw_uid, pw.pointee.pw_gid) }
+            return (n, n)
+        }
+        guard let pw = getpwnam(name) else { return nil }
+        return (pw.pointee.pw_uid, pw.pointee.pw_gid)
+    }
+
+    public static func lookupGroup(_ name: String) -> UInt32? {
+        if let n = UInt32(name) { return n }
+        guard let gr = getgrnam(name) else { return nil }
+        return gr.pointee.gr_gid
+    }
+
+    public static func homeDirectory() -> String? {
+        if let h = getenv("HOME") { return String(cString: h) }
+        guard let pw = getpwuid(getuid()) else { return nil }
+        return String(cString: pw.pointee.pw_dir)
+    }
+}

@@ -1,0 +1,192 @@
+import CSwarmSpawn
+import Glibc
+
+/// Listening sockets, bound by swarmd and handed to workers.
+public enum Sockets {
+    /// A TCP listener on a numeric address. With `reusePort`, several may
+    /// share the address: the kernel hashes connections over them.
+    public static func listenTCP(host: String, port: UInt16, backlog: Int32, reusePort: Bool) throws -> Int32 {
+        let v6 = host.contains(":")
+        let fd = try Posix.check("socket") { socket(v6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        do {
+            var one: Int32 = 1
+            try Posix.check("setsockopt(SO_REUSEADDR)") { setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size)) }
+            if reusePort {
+                try Posix.check("setsockopt(SO_REUSEPORT)") { setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, socklen_t(MemoryLayout<Int32>.size)) }
+            }
+            let subject = v6 ? "[\(host)]:\(port)" : "\(host):\(port)"
+            if v6 {
+                var addr = sockaddr_in6()
+                addr.sin6_family = sa_family_t(AF_INET6)
+                addr.sin6_port = port.bigEndian
+                guard inet_pton(AF_INET6, host, &addr.sin6_addr) == 1 else { throw SystemError("inet_pton", errno: EINVAL, subject: host) }
+                try Posix.check("bind", subject: subject) {
+                    withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) } }
+                }
+            } else {
+                var addr = sockaddr_in()
+                addr.sin_family = sa_family_t(AF_INET)
+                addr.sin_port = port.bigEndian
+                guard inet_pton(AF_INET, host, &addr.sin_addr) == 1 else { throw SystemError("inet_pton", errno: EINVAL, subject: host) }
+                try Posix.check("bind", subject: subject) {
+                    withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+                }
+            }
+            try Posix.check("listen", subject: subject) { listen(fd, backlog) }
+            return fd
+        } catch {
+            Posix.close(fd)
+            throw error
+        }
+    }
+
+    /// A Unix stream listener. A stale socket file (nobody accepting) is replaced.
+    public static func listenUnix(path: String, backlog: Int32, mode: mode_t?) throws -> Int32 {
+        if isStale(path) { unlink(path) }
+        let fd = try Posix.check("socket") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        do {
+            var addr = try unixAddress(path)
+            // Create the file with the final mode: no window where it is wider.
+            let oldMask = umask(mode.map { 0o777 & ~$0 } ?? 0o077)
+            let r = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+            let e = errno
+            umask(oldMask)
+            if r < 0 { throw SystemError("bind", errno: e, subject: path) }
+            if let mode { try Posix.check("chmod", subject: path) { chmod(path, mode) } }
+            try Posix.check("listen", subject: path) { listen(fd, backlog) }
+            return fd
+        } catch {
+            Posix.close(fd)
+            throw error
+        }
+    }
+
+    /// A socket file nobody listens on any more.
+    static func isStale(_ path: String) -> Bool {
+        var st = stat()
+        guard lstat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFSOCK else { return false }
+        guard let fd = try? connectUnix(path) else { return errno == ECONNREFUSED }
+        Posix.close(fd)
+        return false
+    }
+
+    public static func unixAddress(_ path: String) throws -> sockaddr_un {
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { throw SystemError("bind", errno: ENAMETOOLONG, subject: path) }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            for (i, b) in bytes.enumerated() { raw[i] = b }
+            raw[bytes.count] = 0
+        }
+        // Abstract namespace: a leading '@' stands for the NUL byte.
+        if bytes.first == UInt8(ascii: "@") {
+            withUnsafeMutableBytes(of: &addr.sun_path) { $0[0] = 0 }
+        }
+        return addr
+    }
+
+    static func unixAddressLength(_ path: String) -> socklen_t {
+        if path.hasPrefix("@") {
+            return socklen_t(MemoryLayout<sa_family_t>.size + path.utf8.count)
+        }
+        return socklen_t(MemoryLayout<sockaddr_un>.size)
+    }
+
+    /// A blocking connection to a Unix stream socket.
+    public static func connectUnix(_ path: String) throws -> Int32 {
+        let fd = try Posix.check("socket") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        var addr = try unixAddress(path)
+        let len = unixAddressLength(path)
+        let r = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, len) } }
+        if r < 0 {
+            let e = errno
+            Posix.close(fd)
+            errno = e
+            throw SystemError("connect", errno: e, subject: path)
+        }
+        return fd
+    }
+
+    /// A Unix datagram socket bound at `path` ('@' for abstract), receiving credentials.
+    public static func bindDatagram(_ path: String) throws -> Int32 {
+        if !path.hasPrefix("@") { unlink(path) }
+        let fd = try Posix.check("socket") { socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0) }
+        do {
+            var addr = try unixAddress(path)
+            let len = unixAddressLength(path)
+            try Posix.check("bind", subject: path) { withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } } }
+            try Posix.check("setsockopt(SO_PASSCRED)") { swarm_enable_passcred(fd) }
+            var size: Int32 = 1 << 20
+            _ = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+            return fd
+        } catch {
+            Posix.close(fd)
+            throw error
+        }
+    }
+
+    /// The port a TCP socket is bound to.
+    public static func localPort(_ fd: Int32) -> UInt16? {
+        var storage = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let r = withUnsafeMutablePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        guard r == 0 else { return nil }
+        switch Int32(storage.ss_family) {
+        case AF_INET:
+            return withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin_port) } }
+        case AF_INET6:
+            return withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin6_port) } }
+        default:
+            return nil
+        }
+    }
+
+    /// SO_PEERCRED of a connected Unix socket.
+    public static func peerCredentials(_ fd: Int32) -> (pid: pid_t, uid: uid_t, gid: gid_t)? {
+        var pid: pid_t = 0, uid: uid_t = 0, gid: gid_t = 0
+        guard swarm_peer_cred(fd, &pid, &uid, &gid) == 0 else { return nil }
+        return (pid, uid, gid)
+    }
+
+    /// Type of an inherited socket: (family, type, listening).
+    public static func describe(_ fd: Int32) -> (family: Int32, type: Int32, listening: Bool)? {
+        var family: Int32 = 0, type: Int32 = 0, acc: Int32 = 0
+        var len = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &family, &len) == 0 else { return nil }
+        len = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 else { return nil }
+        len = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &len) == 0 else { return nil }
+        return (family, type, acc != 0)
+    }
+
+    /// Connections waiting in a listening socket's accept queue (TCP_INFO's tcpi_unacked).
+    public static func acceptQueueLength(_ fd: Int32) -> Int? {
+        var info = tcp_info()
+        var len = socklen_t(MemoryLayout<tcp_info>.size)
+        guard getsockopt(fd, Int32(IPPROTO_TCP), TCP_INFO, &info, &len) == 0 else { return nil }
+        return Int(info.tcpi_unacked)
+    }
+}
+
+extension Sockets {
+    /// One datagram and its sender's pid (SCM_CREDENTIALS); -1 with errno set when none.
+    public static func receiveWithCredentials(_ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer) -> (count: Int, pid: pid_t) {
+        var pid: pid_t = 0
+        let n = swarm_recv_with_cred(fd, buffer.baseAddress, buffer.count, &pid)
+        return (n, pid)
+    }
+
+    /// accept4(NONBLOCK|CLOEXEC); nil when nothing is pending, throws on other errors (EMFILE…).
+    public static func accept(_ fd: Int32) throws -> Int32? {
+        while true {
+            let c = swarm_accept(fd)
+            if c >= 0 { return c }
+            let e = errno
+            if e == EINTR || e == ECONNABORTED { continue }
+            if e == EAGAIN || e == EWOULDBLOCK { return nil }
+            throw SystemError("accept4", errno: e)
+        }
+    }
+}

@@ -1,0 +1,115 @@
+import CSwarmSpawn
+import Glibc
+
+/// What to exec and how: prepared in Swift, carried out by the C child.
+public struct SpawnPlan {
+    public var executable: String
+    public var argv: [String]
+    public var environment: [String]
+    /// Fill in LISTEN_PID with the child's own pid.
+    public var setListenPID: Bool
+    public var cwd: String?
+    /// Become fds 3, 4, … in the child.
+    public var fds: [Int32]
+    public var stdin: Int32
+    public var stdout: Int32
+    public var stderr: Int32
+    /// Signal the child gets if swarmd dies.
+    public var parentDeathSignal: Int32 = SIGKILL
+    public var ids: (uid: uid_t, gid: gid_t)?
+    public var noNewPrivileges = false
+    public var limits: [(resource: Int32, soft: UInt64, hard: UInt64)] = []
+
+    public init(executable: String, argv: [String], environment: [String], setListenPID: Bool, cwd: String?, fds: [Int32],
+                stdin: Int32, stdout: Int32, stderr: Int32) {
+        self.executable = executable
+        self.argv = argv
+        self.environment = environment
+        self.setListenPID = setListenPID
+        self.cwd = cwd
+        self.fds = fds
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+    }
+}
+
+public struct SpawnError: Error, CustomStringConvertible {
+    public var step: String
+    public var errno: Int32
+    public var executable: String
+
+    public var description: String {
+        "\(step == "execve" ? "exec of \(executable)" : step) failed: \(String(cString: strerror(errno))) (\(errnoName(errno)))"
+    }
+}
+
+public enum Spawner {
+    static let stepNames = ["none", "fork", "setpgid", "prctl(PR_SET_PDEATHSIG)", "moving fds", "setting stdio", "setrlimit",
+                            "chdir", "setgroups", "setgid", "setuid", "prctl(PR_SET_NO_NEW_PRIVS)", "execve"]
+
+    /// fork + exec through the C target; exec failures come back as errors.
+    public static func spawn(_ plan: SpawnPlan) throws -> pid_t {
+        var cStrings: [UnsafeMutablePointer<CChar>] = []
+        defer { cStrings.forEach { free($0) } }
+        func dup(_ s: String) -> UnsafeMutablePointer<CChar> {
+            let p = strdup(s)!
+            cStrings.append(p)
+            return p
+        }
+        var argv: [UnsafeMutablePointer<CChar>?] = plan.argv.map { dup($0) } + [nil]
+        var listenSlot: UnsafeMutablePointer<CChar>?
+        var envp: [UnsafeMutablePointer<CChar>?] = plan.environment.map { dup($0) }
+        if plan.setListenPID {
+            // Room for the digits, written by the child before exec.
+            let slot = dup("LISTEN_PID=" + String(repeating: "0", count: 24))
+            listenSlot = slot
+            envp.append(slot)
+        }
+        envp.append(nil)
+        let path = dup(plan.executable)
+        let cwd = plan.cwd.map { dup($0) }
+        var fds = plan.fds
+        var limits = plan.limits.map { swarm_rlimit(resource: $0.resource, soft: $0.soft, hard: $0.hard) }
+        var err: Int32 = 0
+        var step: Int32 = 0
+        let pid: pid_t = argv.withUnsafeMutableBufferPointer { argvBuf in
+            envp.withUnsafeMutableBufferPointer { envBuf in
+                fds.withUnsafeMutableBufferPointer { fdBuf in
+                    limits.withUnsafeMutableBufferPointer { limBuf in
+                        var req = swarm_spawn_request()
+                        req.path = UnsafePointer(path)
+                        req.argv = UnsafePointer(argvBuf.baseAddress)
+                        req.envp = UnsafePointer(envBuf.baseAddress)
+                        req.listen_pid_slot = listenSlot
+                        req.cwd = cwd.map { UnsafePointer($0) }
+                        req.fds = UnsafePointer(fdBuf.baseAddress)
+                        req.nfds = Int32(fdBuf.count)
+                        req.stdin_fd = plan.stdin
+                        req.stdout_fd = plan.stdout
+                        req.stderr_fd = plan.stderr
+                        req.pdeathsig = plan.parentDeathSignal
+                        if let ids = plan.ids {
+                            req.set_ids = 1
+                            req.uid = ids.uid
+                            req.gid = ids.gid
+                        }
+                        req.no_new_privs = plan.noNewPrivileges ? 1 : 0
+                        req.rlimits = UnsafePointer(limBuf.baseAddress)
+                        req.nrlimits = Int32(limBuf.count)
+                        return swarm_spawn(&req, &err, &step)
+                    }
+                }
+            }
+        }
+        if pid < 0 {
+            let name = Int(step) < stepNames.count ? stepNames[Int(step)] : "step \(step)"
+            throw SpawnError(step: name, errno: err, executable: plan.executable)
+        }
+        return pid
+    }
+
+    public static func setChildSubreaper() throws {
+        try Posix.check("prctl(PR_SET_CHILD_SUBREAPER)") { swarm_set_child_subreaper() }
+    }
+}

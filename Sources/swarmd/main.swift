@@ -1,0 +1,69 @@
+import ArgumentParser
+import Glibc
+import Logging
+import SwarmDaemon
+
+struct Swarmd: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "swarmd",
+        abstract: "Run N copies of any server behind shared listening sockets, and keep them alive.",
+        discussion: "Stays in the foreground. SIGTERM/SIGINT: graceful stop of every worker. SIGHUP: rolling reload of every app.",
+        version: swarmVersion)
+
+    @Option(help: ArgumentHelp("Control socket path (env SWARM_SOCKET).", valueName: "path"))
+    var socket: String?
+
+    @Option(name: .customLong("state-dir"), help: ArgumentHelp("Remembered apps and logs (env SWARM_STATE_DIR).", valueName: "dir"))
+    var stateDir: String?
+
+    @Option(name: .customLong("apps-dir"), help: ArgumentHelp("Also start every *.conf in this folder.", valueName: "dir"))
+    var appsDir: String?
+
+    @Option(name: .customLong("log-target"), help: "Where worker output goes: auto (journal under systemd), file, journal.")
+    var logTarget: String = "auto"
+
+    @Option(name: .customLong("socket-group"), help: ArgumentHelp("Open the control socket to this group (mode 0660).", valueName: "group"))
+    var socketGroup: String?
+
+    @Option(name: .customLong("journal-socket"), help: .hidden)
+    var journalSocket: String = "/run/systemd/journal/socket"
+
+    @Flag(name: .shortAndLong, help: "Log debug messages.")
+    var verbose = false
+
+    @Argument(help: ArgumentHelp("App config files to start now.", valueName: "app.conf"))
+    var configs: [String] = []
+
+    func validate() throws {
+        guard ["auto", "file", "journal"].contains(logTarget) else {
+            throw ValidationError("--log-target must be auto, file or journal, not '\(logTarget)'")
+        }
+    }
+
+    func run() throws {
+        LoggingSystem.bootstrap { DaemonLogHandler(label: $0) }
+        if verbose { DaemonLogHandler.minimumLevel = .debug }
+        let options = DaemonOptions(
+            socketPath: socket ?? DaemonOptions.defaultSocketPath(),
+            stateDir: stateDir ?? DaemonOptions.defaultStateDir(),
+            appsDir: appsDir, configFiles: configs, logTarget: logTarget,
+            journalSocket: journalSocket, socketGroup: socketGroup)
+        do {
+            let code = try Daemon(options: options).run()
+            throw ExitCode(code)
+        } catch let error as ExitCode {
+            throw error
+        } catch {
+            FileHandleStderr.write("swarmd: \(error)\n")
+            throw ExitCode(error is DaemonConfigError ? 78 : 1)
+        }
+    }
+}
+
+enum FileHandleStderr {
+    static func write(_ s: String) { _ = s.withCString { fputs($0, stderr) } }
+}
+
+// Signals are blocked before any other thread can exist, so every thread inherits the mask.
+blockDaemonSignals()
+Swarmd.main()

@@ -1,0 +1,265 @@
+#!/usr/bin/env python3
+"""Example swarm worker: an HTTP/1.1 server on the socket inherited as fd 3.
+
+Routes:
+  GET /        200 "<pid>\\n" (text/plain), header X-Worker: $SWARM_WORKER
+  GET /cpu     burns 823543 iterations of atan(i) * tan(i), then "<pid>\\n"
+  GET /health  200 "ok"
+  GET /sleep?ms=N  sleeps N ms (default 1000, at most 60000), then "<pid>\n": an
+               in-flight request for graceful stop/reload tests
+  anything else 404 "not found\\n"
+
+Environment:
+  LISTEN_FDS/LISTEN_PID  socket activation; fd 3 is served. Unset: bind $PORT (8080)
+                         on $HOST (127.0.0.1) ourselves, for manual use.
+  SERVER_START_DELAY_MS  sleep this long before serving (a slow-starting app).
+  READY_MODE=notify      send "READY=1\\nSTATUS=serving" to $NOTIFY_SOCKET ('@' = abstract);
+                         if $WATCHDOG_USEC is set, send "WATCHDOG=1" every half period,
+                         stopping after $WATCHDOG_STOP_AFTER_S seconds if that is set.
+  READY_MODE=fd          write "\\n" to fd $SWARM_READY_FD, then close it.
+  VERBOSE=1              print an access log line per request to stderr.
+
+SIGTERM/SIGINT: stop accepting, let in-flight requests finish (idle keep-alive
+connections are closed, busy ones get "Connection: close"), then exit 0.
+The main thread runs serve_forever(), i.e. sits in poll() on fd 3.
+"""
+import http.server
+import math
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import urllib.parse
+
+SD_LISTEN_FDS_START = 3
+CPU_ITERATIONS = 823543
+
+
+def log(msg):
+    print(f"{os.path.basename(sys.argv[0])}[{os.getpid()}]: {msg}", file=sys.stderr, flush=True)
+
+
+def inherited_socket():
+    """Return the socket passed as fd 3 by socket activation, or None."""
+    n = os.environ.get("LISTEN_FDS")
+    if not n:
+        return None
+    pid = os.environ.get("LISTEN_PID")
+    if pid and int(pid) != os.getpid():
+        return None
+    if int(n) < 1:
+        return None
+    # Like sd_listen_fds(1): children we start must not think these are theirs.
+    for var in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+        os.environ.pop(var, None)
+    sock = socket.socket(fileno=SD_LISTEN_FDS_START)  # family/type detected from the fd
+    sock.set_inheritable(False)
+    return sock
+
+
+def own_socket():
+    host = os.environ.get("HOST", "127.0.0.1")
+    port = int(os.environ.get("PORT", "8080"))
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    return sock
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive
+    server_version = "swarm-example-python"
+
+    def handle(self):
+        # Track whether this connection is idle (waiting for a request line) so a
+        # graceful stop can close idle keep-alive connections without cutting busy ones.
+        # A new connection is served at least once, even during a stop.
+        self.close_connection = True
+        self.server.track(self, True)
+        try:
+            self.handle_one_request()
+            while not self.close_connection and not self.server.set_idle(self, True):
+                self.handle_one_request()
+        finally:
+            self.server.track(self, False)
+
+    def parse_request(self):
+        self.server.set_idle(self, False)
+        return super().parse_request()
+
+    def reply(self, status, body, head=False):
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("X-Worker", os.environ.get("SWARM_WORKER", ""))
+        if self.server.stopping:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        if not head:
+            self.wfile.write(data)
+
+    def route(self, head=False):
+        path, _, query = self.path.partition("?")
+        if path == "/":
+            self.reply(200, f"{os.getpid()}\n", head)
+        elif path == "/cpu":
+            x = 0.0
+            for i in range(CPU_ITERATIONS):
+                x += math.atan(i) * math.tan(i)
+            self.reply(200, f"{os.getpid()}\n", head)
+        elif path == "/health":
+            self.reply(200, "ok", head)
+        elif path == "/sleep":
+            ms = urllib.parse.parse_qs(query).get("ms", ["1000"])[0]
+            time.sleep(min(int(ms) if ms.isdigit() else 0, 60000) / 1000)
+            self.reply(200, f"{os.getpid()}\n", head)
+        else:
+            self.reply(404, "not found\n", head)
+
+    def do_GET(self):
+        self.route()
+
+    def do_HEAD(self):
+        self.route(head=True)
+
+    def address_string(self):
+        addr = self.client_address
+        return addr[0] if isinstance(addr, tuple) and addr else "unix"
+
+    def log_message(self, format, *args):
+        if os.environ.get("VERBOSE") == "1":
+            super().log_message(format, *args)
+
+
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = False  # server_close() joins handler threads: in-flight requests finish
+    block_on_close = True
+
+    def __init__(self, sock):
+        super().__init__(sock.getsockname(), Handler, bind_and_activate=False)
+        self.socket.close()  # the unbound socket made by the base class
+        self.socket = sock
+        self.address_family = sock.family
+        self.stopping = False
+        self._lock = threading.Lock()
+        self._conns = {}  # handler -> idle?
+
+    def track(self, handler, alive):
+        with self._lock:
+            if alive:
+                self._conns[handler] = True
+            else:
+                self._conns.pop(handler, None)
+
+    def set_idle(self, handler, idle):
+        """Mark a connection idle/busy; returns True if it should close now."""
+        with self._lock:
+            self._conns[handler] = idle
+            return idle and self.stopping
+
+    def close_idle_connections(self):
+        """Start the stop: busy connections close after their response, idle ones now."""
+        with self._lock:
+            self.stopping = True
+            idle = [h for h, is_idle in self._conns.items() if is_idle]
+        for h in idle:
+            try:
+                h.request.shutdown(socket.SHUT_RD)  # wakes its readline() with EOF
+            except OSError:
+                pass
+
+
+def notify(message):
+    """sd_notify(): send one datagram to $NOTIFY_SOCKET. Returns False if unset."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return False
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        s.sendto(message.encode(), path)
+    return True
+
+
+def watchdog_loop(period_s, stop_after_s):
+    start = time.monotonic()
+    while True:
+        if stop_after_s is not None and time.monotonic() - start >= stop_after_s:
+            log(f"WATCHDOG_STOP_AFTER_S={stop_after_s}: no more watchdog pings")
+            return
+        try:
+            notify("WATCHDOG=1")
+        except OSError as e:
+            log(f"Failed to send WATCHDOG=1: {e}, ignoring")
+        time.sleep(period_s / 2)
+
+
+def signal_ready():
+    mode = os.environ.get("READY_MODE", "")
+    if mode == "notify":
+        if not notify("READY=1\nSTATUS=serving"):
+            log("READY_MODE=notify but NOTIFY_SOCKET is not set, ignoring")
+        usec = os.environ.get("WATCHDOG_USEC")
+        wd_pid = os.environ.get("WATCHDOG_PID")
+        if usec and (not wd_pid or int(wd_pid) == os.getpid()):
+            stop_after = os.environ.get("WATCHDOG_STOP_AFTER_S")
+            threading.Thread(
+                target=watchdog_loop,
+                args=(int(usec) / 1e6, float(stop_after) if stop_after else None),
+                daemon=True,
+            ).start()
+    elif mode == "fd":
+        fd = int(os.environ["SWARM_READY_FD"])
+        os.write(fd, b"\n")
+        os.close(fd)
+    elif mode:
+        log(f"unknown READY_MODE={mode!r}, ignoring")
+
+
+def main(handle_term=True):
+    server = None
+
+    def on_stop(signum, frame):
+        if server is None:  # still starting up
+            sys.exit(0)
+        if os.environ.get("READY_MODE") == "notify":
+            try:
+                notify("STOPPING=1")
+            except OSError:
+                pass
+
+        def stop():
+            server.close_idle_connections()
+            server.shutdown()
+        # shutdown() waits for serve_forever() to return, so it can't run on the
+        # main thread (which is inside serve_forever()).
+        threading.Thread(target=stop, daemon=True).start()
+
+    if handle_term:
+        signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+
+    sock = inherited_socket() or own_socket()
+    delay_ms = int(os.environ.get("SERVER_START_DELAY_MS", "0") or 0)
+    if delay_ms > 0:
+        time.sleep(delay_ms / 1000)
+    server = Server(sock)
+
+    signal_ready()
+    # poll_interval bounds how long a stop waits for serve_forever() to notice.
+    server.serve_forever(poll_interval=0.1)
+    # Stop accepting (other workers sharing the socket take new connections),
+    # close idle keep-alive connections (again: some may have been accepted
+    # since the signal), wait for in-flight requests.
+    server.close_idle_connections()
+    server.server_close()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
