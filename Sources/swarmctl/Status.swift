@@ -1,0 +1,130 @@
+import ArgumentParser
+import Foundation
+import Glibc
+import SwarmProtocol
+
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show apps and workers (a table, or --json).")
+    @OptionGroup var global: GlobalOptions
+    @Flag(help: "Print the documented JSON schema instead of a table.") var json = false
+    @Argument(help: "Only this app.") var name: String?
+
+    func validate() throws { if let name { try validateName(name) } }
+
+    func run() throws {
+        try execute {
+            let client = try Client(path: global.socketPath)
+            let r = try client.call(client.request(.status, name: name))
+            guard let report = r.status else { throw CtlError(description: "swarmd sent no status") }
+            if json {
+                printOut(toJSON(report))
+            } else {
+                printOut(StatusTable.render(report, color: isatty(1) != 0 && ProcessInfo.processInfo.environment["NO_COLOR"] == nil))
+            }
+        }
+    }
+}
+
+/// The `swarmctl status` table: fits 80 columns.
+enum StatusTable {
+    static func render(_ report: StatusReport, color: Bool) -> String {
+        var lines: [String] = []
+        let header = ["APP", "SLOT", "PID", "STATE", "GEN", "UPTIME", "RESTARTS", "CPU%", "SHARE", "RSS"]
+        var rows: [[String]] = []
+        var states: [String] = []
+        for app in report.apps {
+            rows.append([app.name, "", "", app.state, "\(app.generation)", "", "", "", "", "\(app.workersReady)/\(app.workersWanted) ready"])
+            states.append(app.state)
+            for w in app.workers {
+                rows.append([
+                    "", "\(w.slot)", w.pid.map(String.init) ?? "-", w.state, "\(w.generation)", duration(w.uptimeS),
+                    "\(w.restarts)", w.cpuPercent.map { String(format: "%.1f", $0) } ?? "-",
+                    w.cpuShare.map { String(format: "%.0f%%", $0 * 100) } ?? "-", w.rssBytes.map(bytes) ?? "-",
+                ])
+                states.append(w.state)
+            }
+        }
+        let widths = header.indices.map { i in
+            max(header[i].count, rows.map { i == 9 && $0[0] != "" ? 0 : $0[i].count }.max() ?? 0)
+        }
+        func format(_ row: [String]) -> String {
+            var out = ""
+            for (i, cell) in row.enumerated() {
+                let pad = String(repeating: " ", count: max(0, widths[i] - cell.count))
+                let right = [1, 2, 4, 6, 7, 8, 9].contains(i)
+                out += (right ? pad + cell : cell + pad) + (i == row.count - 1 ? "" : "  ")
+            }
+            return out.replacingOccurrences(of: "\\s+$", with: "", options: .regularExpression)
+        }
+        lines.append(format(header))
+        for (row, state) in zip(rows, states) {
+            var line: String
+            if row[0] != "" {
+                // App line: name, state and a summary, not aligned to worker columns.
+                line = "\(row[0])  \(row[3])  gen \(row[4])  \(row[9])"
+            } else {
+                line = format(row)
+            }
+            if color, let code = colorCode(state) {
+                line = line.replacingOccurrences(of: " \(state) ", with: " \u{1b}[\(code)m\(state)\u{1b}[0m ")
+                if line.hasSuffix(" \(state)") { line = String(line.dropLast(state.count)) + "\u{1b}[\(code)m\(state)\u{1b}[0m" }
+            }
+            lines.append(line)
+        }
+        for app in report.apps {
+            if let r = app.lastReload { lines.append("\(app.name): last reload \(r.ok ? "ok" : "FAILED") \(duration(r.ageS)) ago: \(r.message)") }
+            for w in app.workers where w.statusText != nil { lines.append("\(app.name)[\(w.slot)]: \(w.statusText!)") }
+        }
+        if report.apps.isEmpty { lines.append("(no apps; start one with: swarmctl start app.conf)") }
+        lines.append("swarmd pid \(report.daemon.pid), up \(duration(report.daemon.uptimeS)), rss \(bytes(report.daemon.rssBytes))")
+        return lines.joined(separator: "\n")
+    }
+
+    static func colorCode(_ state: String) -> String? {
+        switch state {
+        case "ready", "running": return "32"
+        case "starting", "stopping", "reloading", "backoff", "degraded": return "33"
+        case "crash-loop", "killing": return "31"
+        default: return nil
+        }
+    }
+
+    static func duration(_ s: Double) -> String {
+        if s < 60 { return String(format: "%.0fs", s) }
+        if s < 3600 { return "\(Int(s) / 60)m\(Int(s) % 60)s" }
+        if s < 86400 { return "\(Int(s) / 3600)h\(Int(s) % 3600 / 60)m" }
+        return "\(Int(s) / 86400)d\(Int(s) % 86400 / 3600)h"
+    }
+
+    static func bytes(_ b: Int64) -> String {
+        if b < 1 << 20 { return "\(b >> 10)K" }
+        if b < 1 << 30 { return String(format: "%.1fM", Double(b) / 1048576) }
+        return String(format: "%.1fG", Double(b) / 1073741824)
+    }
+}
+
+struct Logs: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print an app's recent worker output; -f keeps following it.")
+    @OptionGroup var global: GlobalOptions
+    @Flag(name: .shortAndLong, help: "Keep printing new lines.") var follow = false
+    @Option(name: .short, help: "How many past lines.") var n: Int = 50
+    @Flag(help: "One JSON object per line.") var json = false
+    @Argument(help: "App name, or 'all'.") var name: String
+
+    func validate() throws {
+        try validateName(name)
+        guard n >= 0 else { throw ValidationError("-n must be 0 or more") }
+    }
+
+    func run() throws {
+        try execute {
+            let client = try Client(path: global.socketPath)
+            _ = try client.call(client.request(.logs, name: name, lines: n, follow: follow)) { r in
+                if let m = r.message { printErr("swarmctl: \(m)") }
+                for line in r.log ?? [] {
+                    printOut(json ? String(decoding: Codec.encode(line).dropLast(), as: UTF8.self) : line.formatted)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,150 @@
+import ArgumentParser
+import Foundation
+import Glibc
+import SwarmProtocol
+import SwarmSystem
+
+@main
+struct SwarmCtl: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "swarmctl",
+        abstract: "Drive swarmd over its control socket.",
+        version: "0.1.0",
+        subcommands: [Start.self, Stop.self, Restart.self, Delete.self, Reload.self, Scale.self, Status.self, Logs.self,
+                      Ping.self, Version.self, Shutdown.self])
+}
+
+struct GlobalOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("swarmd's control socket (env SWARM_SOCKET).", valueName: "path"))
+    var socket: String?
+
+    var socketPath: String {
+        if let socket { return socket }
+        if let env = ProcessInfo.processInfo.environment["SWARM_SOCKET"], !env.isEmpty { return env }
+        if getuid() == 0 { return "/run/swarm/swarmd.sock" }
+        if let xdg = ProcessInfo.processInfo.environment["XDG_RUNTIME_DIR"], !xdg.isEmpty { return "\(xdg)/swarm/swarmd.sock" }
+        return "/tmp/swarm-\(getuid())/swarmd.sock"
+    }
+}
+
+/// Runs `body`, printing a failure as one line (plus details) and exiting non-zero.
+func execute(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let e as CtlError {
+        printErr("swarmctl: \(e.description)")
+        for d in e.details { printErr("  \(d)") }
+        throw ExitCode(e.exitCode)
+    } catch let e as FrameError {
+        printErr("swarmctl: \(e)")
+        throw ExitCode(1)
+    }
+}
+
+func validateName(_ name: String) throws {
+    guard !name.isEmpty, name.count <= 64,
+          name.allSatisfy({ ($0 >= "a" && $0 <= "z") || ($0 >= "0" && $0 <= "9") || $0 == "_" || $0 == "-" }) else {
+        throw ValidationError("'\(name)' is not an app name (a-z, 0-9, _ and -) or 'all'")
+    }
+}
+
+/// stop, restart, delete: NAME|all, answered once done.
+protocol SimpleVerb: ParsableCommand {
+    static var verb: Verb { get }
+    var global: GlobalOptions { get }
+    var name: String { get }
+}
+
+extension SimpleVerb {
+    func validate() throws { try validateName(name) }
+
+    func run() throws {
+        try execute {
+            let client = try Client(path: global.socketPath)
+            let r = try client.call(client.request(Self.verb, name: name))
+            if let m = r.message, !m.isEmpty { printOut(m) }
+        }
+    }
+}
+
+struct Stop: SimpleVerb {
+    static let configuration = CommandConfiguration(abstract: "Gracefully stop an app's workers (the app stays known).")
+    static let verb = Verb.stop
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "App name, or 'all'.") var name: String
+}
+
+struct Restart: SimpleVerb {
+    static let configuration = CommandConfiguration(abstract: "Replace all of an app's workers at once (not rolling: see reload).")
+    static let verb = Verb.restart
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "App name, or 'all'.") var name: String
+}
+
+struct Delete: SimpleVerb {
+    static let configuration = CommandConfiguration(abstract: "Stop an app and forget it.")
+    static let verb = Verb.delete
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "App name, or 'all'.") var name: String
+}
+
+struct Scale: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Change an app's number of workers; removes the highest slots first.")
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "App name.") var name: String
+    @Argument(help: "The new number of workers.") var count: Int
+
+    func validate() throws {
+        try validateName(name)
+        guard name != "all" else { throw ValidationError("scale takes one app name, not 'all'") }
+        guard (0...4096).contains(count) else { throw ValidationError("the worker count must be between 0 and 4096, not \(count)") }
+    }
+
+    func run() throws {
+        try execute {
+            let client = try Client(path: global.socketPath)
+            let r = try client.call(client.request(.scale, name: name, count: count))
+            if let m = r.message { printOut(m) }
+        }
+    }
+}
+
+struct Ping: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Check that swarmd answers.")
+    @OptionGroup var global: GlobalOptions
+
+    func run() throws {
+        try execute {
+            let client = try Client(path: global.socketPath)
+            let r = try client.call(client.request(.ping))
+            printOut(r.message ?? "pong")
+        }
+    }
+}
+
+struct Version: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print swarmctl's and swarmd's versions.")
+    @OptionGroup var global: GlobalOptions
+
+    func run() throws {
+        printOut("swarmctl 0.1.0, protocol \(ControlProtocol.version)")
+        try execute {
+            let client = try Client(path: global.socketPath)
+            let r = try client.call(client.request(.version))
+            printOut(r.message ?? "")
+        }
+    }
+}
+
+struct Shutdown: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Stop every worker and make swarmd exit (like SIGTERM).")
+    @OptionGroup var global: GlobalOptions
+
+    func run() throws {
+        try execute {
+            let client = try Client(path: global.socketPath)
+            let r = try client.call(client.request(.shutdown))
+            printOut(r.message ?? "swarmd stopped")
+        }
+    }
+}
