@@ -354,6 +354,8 @@ public final class Daemon {
         while !events.isEmpty {
             let e = events.removeFirst()
             let actions = supervisor.handle(e, now: now())
+            // Before any stop signal goes out: a slot being removed must get no new connection.
+            updateReuseportSteering()
             for action in actions { perform(action) }
         }
     }

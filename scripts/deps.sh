@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what building and testing swarm needs on Debian, when missing:
+# libsystemd-dev (sd-daemon, sd-event, sd-journal), pkg-config, python3 and
+# node for the example workers, systemd for systemd-analyze and
+# systemd-socket-activate, util-linux for setpriv.
+set -euo pipefail
+need=()
+dpkg -s libsystemd-dev >/dev/null 2>&1 || need+=(libsystemd-dev)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+command -v python3 >/dev/null || need+=(python3)
+command -v node >/dev/null || need+=(nodejs)
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v setpriv >/dev/null || need+=(util-linux)
+command -v curl >/dev/null || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "deps.sh: installing ${need[*]}"
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}" >/dev/null
+fi
