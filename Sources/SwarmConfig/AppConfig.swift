@@ -80,17 +80,28 @@ public enum AppConfig {
         if text.contains("\0") {
             throw ConfigError(file: path, line: 0, key: nil, message: "file contains a NUL byte")
         }
-        let table: TOMLTable
+        let locator = KeyLocator(text: text)
+        if let bad = locator.keylessHeaderLine {
+            // toml++ would abort on that header: parse only the lines before it, so an
+            // earlier syntax error is still the one reported.
+            let before = text.unicodeScalars.split(separator: "\n", omittingEmptySubsequences: false).prefix(bad - 1)
+            _ = try toml(before.map { String(String.UnicodeScalarView($0)) }.joined(separator: "\n"), path: path)
+            throw ConfigError(file: path, line: bad, key: nil,
+                              message: "TOML syntax error: a table header needs a key after its '[', like [restart] or [[socket]]")
+        }
+        var reader = Reader(path: path, locator: locator, environment: environment)
+        return try reader.app(toml(text, path: path))
+    }
+
+    static func toml(_ text: String, path: String) throws(ConfigError) -> TOMLTable {
         do {
-            table = try TOMLTable(string: text)
+            return try TOMLTable(string: text)
         } catch let error as TOMLParseError {
             throw ConfigError(file: path, line: error.source.begin.line, key: nil,
                               message: "TOML syntax error: \(error.description)")
         } catch {
             throw ConfigError(file: path, line: 0, key: nil, message: "TOML syntax error: \(error)")
         }
-        var reader = Reader(path: path, locator: KeyLocator(text: text), environment: environment)
-        return try reader.app(table)
     }
 
     static func absolutePath(_ path: String) -> String {
@@ -151,9 +162,9 @@ struct Reader {
     }
 
     func duration(_ t: TOMLTable, _ key: String, at prefix: String, max: Duration = .seconds(86_400)) throws(ConfigError) -> Duration? {
-        guard let text = try string(t, key, at: prefix) else {
-            if let v = t[key] { throw fail(join(prefix, key), "expected a duration string like \"250ms\", \"10s\" or \"2m\", found \(v.type)") }
-            return nil
+        guard let v = t[key] else { return nil }
+        guard let text = v.string else {
+            throw fail(join(prefix, key), "expected a duration string like \"250ms\", \"10s\" or \"2m\", found \(v.type)")
         }
         guard let d = parseDuration(text) else {
             throw fail(join(prefix, key), "'\(text)' is not a duration; use a number with ms, s, m or h, like \"250ms\" or \"10s\"")
@@ -294,7 +305,8 @@ struct Reader {
     func checkPlaceholders(_ command: [String], sockets: [SocketSpec]) throws(ConfigError) {
         for arg in command {
             var rest = Substring(arg)
-            while let open = rest.range(of: "{fd:") ?? rest.range(of: "{port:") {
+            // The earlier of the two, so that neither kind hides the other.
+            while let open = [rest.range(of: "{fd:"), rest.range(of: "{port:")].compactMap({ $0 }).min(by: { $0.lowerBound < $1.lowerBound }) {
                 guard let close = rest[open.upperBound...].firstIndex(of: "}") else {
                     throw fail("command", "unterminated placeholder in '\(arg)'")
                 }
@@ -496,7 +508,8 @@ func parseListen(_ text: String, relativeTo dir: String) -> Result<ListenAddress
     if text.hasPrefix("unix:") {
         let p = String(text.dropFirst(5))
         guard !p.isEmpty else { return .failure(ListenError(message: "'\(text)': the unix socket path is empty")) }
-        let full = p.hasPrefix("/") ? p : AppConfig.normalize(dir + "/" + p)
+        // Normalized so that two spellings of one path are seen as the same socket.
+        let full = AppConfig.normalize(p.hasPrefix("/") ? p : dir + "/" + p)
         guard full.utf8.count < 108 else {
             return .failure(ListenError(message: "'\(full)' is longer than a unix socket path may be (107 bytes)"))
         }

@@ -3,20 +3,30 @@
 /// type and value errors need this to name a line.
 struct KeyLocator {
     private(set) var lines: [String: Int] = [:]
+    /// The first table header with no key after its "[" or "[[" (`[=`, `[[[x]]]`, a
+    /// lone `[`): toml++ asserts on these instead of reporting them (tomlplusplus#301).
+    private(set) var keylessHeaderLine: Int?
 
     init(text: String) {
         var table: [String] = []
         var arrayCounts: [String: Int] = [:]
         var depth = 0
+        var multiline: String?
         var lineNumber = 0
-        for rawLine in text.split(separator: "\n", omittingEmptySubsequences: false) {
+        // Split on "\n" scalars: as Characters, "\r\n" is one grapheme and never equals "\n".
+        for rawLine in text.unicodeScalars.split(separator: "\n", omittingEmptySubsequences: false) {
             lineNumber += 1
-            let line = KeyLocator.stripComment(String(rawLine))
-            let trimmed = line.trimmedSpaces
-            if depth > 0 {
-                depth += KeyLocator.bracketBalance(trimmed)
+            let continuing = depth > 0 || multiline != nil
+            if !continuing && keylessHeaderLine == nil
+                && KeyLocator.isKeylessHeader(lineNumber == 1 && rawLine.first == "\u{FEFF}" ? rawLine.dropFirst() : rawLine[...]) {
+                keylessHeaderLine = lineNumber
+            }
+            let (line, balance) = KeyLocator.scan(String(String.UnicodeScalarView(rawLine)), multiline: &multiline)
+            if continuing {
+                depth = max(0, depth + balance)
                 continue
             }
+            let trimmed = line.trimmedSpaces
             if trimmed.hasPrefix("[[") && trimmed.hasSuffix("]]") {
                 let name = KeyLocator.parseKey(String(trimmed.dropFirst(2).dropLast(2)))
                 let joined = name.joined(separator: ".")
@@ -47,7 +57,8 @@ struct KeyLocator {
                     }
                 }
             }
-            depth = max(0, KeyLocator.bracketBalance(value))
+            // A value left open (array, inline table, multi-line string) continues on the next lines.
+            depth = max(0, balance)
         }
     }
 
@@ -84,38 +95,98 @@ struct KeyLocator {
         }
     }
 
-    static func stripComment(_ line: String) -> String {
-        var inString: Character?
-        var escaped = false
-        var out = ""
-        for ch in line {
-            if let q = inString {
-                if escaped { escaped = false } else if ch == "\\" && q == "\"" { escaped = true } else if ch == q { inString = nil }
-            } else if ch == "\"" || ch == "'" {
-                inString = ch
-            } else if ch == "#" {
-                break
-            }
-            out.append(ch)
+    /// Whether toml++ would read this line as a table header and find neither a
+    /// key nor "]" where the key starts.
+    static func isKeylessHeader(_ line: Substring.UnicodeScalarView) -> Bool {
+        let isSpace: (Unicode.Scalar) -> Bool = { $0 == " " || $0 == "\t" }
+        var rest = line.drop(while: isSpace)
+        guard rest.first == "[" else { return false }
+        rest = rest.dropFirst()
+        let afterSpace = rest.drop(while: isSpace)
+        if afterSpace.first == "[" {
+            // "[ [" is reported as an error; "[[" is an array of tables.
+            if afterSpace.startIndex != rest.startIndex { return false }
+            rest = afterSpace.dropFirst().drop(while: isSpace)
+        } else {
+            rest = afterSpace
         }
-        return out
+        guard let c = rest.first else { return true }
+        let startsKey = (c >= "a" && c <= "z") || (c >= "A" && c <= "Z") || (c >= "0" && c <= "9") || c == "_" || c == "-"
+            || c == "\"" || c == "'" || c == "]"
+        return !startsKey
     }
 
-    static func bracketBalance(_ s: String) -> Int {
-        var n = 0
-        var inString: Character?
-        for ch in s {
-            if let q = inString { if ch == q { inString = nil } ; continue }
-            if ch == "\"" || ch == "'" { inString = ch } else if ch == "[" || ch == "{" { n += 1 } else if ch == "]" || ch == "}" { n -= 1 }
+    /// One line without its comment, and its bracket balance outside
+    /// strings. `multiline` carries an open multi-line string (its delimiter)
+    /// from line to line.
+    static func scan(_ text: String, multiline: inout String?) -> (code: String, balance: Int) {
+        let chars = Array(text)
+        func opens(_ delimiter: Character, at i: Int) -> Bool {
+            i + 2 < chars.count && chars[i] == delimiter && chars[i + 1] == delimiter && chars[i + 2] == delimiter
         }
-        return n
+        var out = ""
+        var balance = 0
+        var single: Character?
+        var i = 0
+        while i < chars.count {
+            let ch = chars[i]
+            if let q = multiline?.first {
+                if q == "\"" && ch == "\\" {
+                    out.append(contentsOf: chars[i..<min(i + 2, chars.count)])
+                    i += 2
+                } else if opens(q, at: i) {
+                    // Up to two more quotes just before the delimiter belong to the string.
+                    var end = i + 3
+                    while end < chars.count && end < i + 5 && chars[end] == q { end += 1 }
+                    out.append(contentsOf: chars[i..<end])
+                    i = end
+                    multiline = nil
+                } else {
+                    out.append(ch)
+                    i += 1
+                }
+                continue
+            }
+            if let q = single {
+                if q == "\"" && ch == "\\" {
+                    out.append(contentsOf: chars[i..<min(i + 2, chars.count)])
+                    i += 2
+                    continue
+                }
+                if ch == q { single = nil }
+                out.append(ch)
+                i += 1
+                continue
+            }
+            if ch == "#" { break }
+            if ch == "\"" || ch == "'" {
+                if opens(ch, at: i) {
+                    multiline = String(repeating: ch, count: 3)
+                    out.append(contentsOf: chars[i..<i + 3])
+                    i += 3
+                    continue
+                }
+                single = ch
+            } else if ch == "[" || ch == "{" {
+                balance += 1
+            } else if ch == "]" || ch == "}" {
+                balance -= 1
+            }
+            out.append(ch)
+            i += 1
+        }
+        return (out, balance)
     }
 
     static func assignmentIndex(_ s: String) -> String.Index? {
         var inString: Character?
+        var escaped = false
         for i in s.indices {
             let ch = s[i]
-            if let q = inString { if ch == q { inString = nil } ; continue }
+            if let q = inString {
+                if escaped { escaped = false } else if ch == "\\" && q == "\"" { escaped = true } else if ch == q { inString = nil }
+                continue
+            }
             if ch == "\"" || ch == "'" { inString = ch } else if ch == "=" { return i } else if ch == "[" || ch == "{" { return nil }
         }
         return nil
@@ -125,9 +196,19 @@ struct KeyLocator {
         var parts: [String] = []
         var current = ""
         var inString: Character?
+        var escaped = false
         for ch in s {
             if let q = inString {
-                if ch == q { inString = nil } else { current.append(ch) }
+                if escaped {
+                    escaped = false
+                    current.append(ch)
+                } else if ch == "\\" && q == "\"" {
+                    escaped = true
+                } else if ch == q {
+                    inString = nil
+                } else {
+                    current.append(ch)
+                }
             } else if ch == "\"" || ch == "'" {
                 inString = ch
             } else if ch == "." {

@@ -15,6 +15,9 @@ final class AppSockets {
         /// Passed in by systemd or a previous swarmd: never closed by us on delete.
         let adopted: Bool
         let port: UInt16?
+        /// eBPF round-robin over the slots' sockets (root only); nil: hash steering.
+        var roundRobin: RoundRobinSteering?
+        var steeringProblem: String?
 
         init(spec: SocketSpec, shared: Int32, adopted: Bool) {
             self.spec = spec
@@ -27,6 +30,7 @@ final class AppSockets {
     }
 
     private(set) var entries: [Entry] = []
+    static let maxSlots = 4096
 
     /// Binds every socket of `spec`, reusing `adoptable` fds (systemd's, or
     /// those of an app being replaced) that match by name and address.
@@ -44,7 +48,19 @@ final class AppSockets {
                 case let .unix(path):
                     fd = try Sockets.listenUnix(path: path, backlog: s.backlog, mode: s.mode.map { mode_t($0) } ?? 0o666)
                 }
-                entries.append(Entry(spec: s, shared: fd, adopted: false))
+                let entry = Entry(spec: s, shared: fd, adopted: false)
+                if entry.reuseport {
+                    do {
+                        let rr = try RoundRobinSteering(maxSlots: AppSockets.maxSlots)
+                        try rr.set(slot: 0, socket: fd)
+                        try rr.setLiveSlots(1)
+                        try rr.attach(to: fd)
+                        entry.roundRobin = rr
+                    } catch {
+                        entry.steeringProblem = "\(error)"
+                    }
+                }
+                entries.append(entry)
             }
         } catch {
             close()
@@ -61,6 +77,9 @@ final class AppSockets {
             guard case let .tcp(host, port) = e.spec.listen else { return e.shared }
             let fd = try Sockets.listenTCP(host: host, port: port, backlog: e.spec.backlog, reusePort: true)
             e.perSlot[slot] = fd
+            if let rr = e.roundRobin {
+                do { try rr.set(slot: slot, socket: fd) } catch { e.steeringProblem = "\(error)" }
+            }
             return fd
         }
     }

@@ -220,8 +220,7 @@ public final class Daemon {
         }
         log.notice("swarmd \(swarmVersion) pid \(getpid()) control socket \(options.socketPath), state \(options.stateDir)")
         for name in order {
-            var (spec, entry) = byName[name]!
-            if let n = entry?.workers { spec.workers = n }
+            let (spec, entry) = byName[name]!
             let fromCommandLine = specs.contains { $0.name == name }
             switch bindSockets(for: spec) {
             case let .failure(error):
@@ -236,6 +235,11 @@ public final class Daemon {
             feed(.command(id, .start(spec, replace: false)))
             if entry?.stopped == true && !fromCommandLine {
                 feed(.command(newRequest(nil), .stop(.app(name))))
+            }
+            // A remembered scale is applied as a scale, not by editing the spec: the spec keeps
+            // the file's count, so the next save still sees the scale and remembers it.
+            if let n = entry?.workers, n != spec.workers {
+                feed(.command(newRequest(nil), .scale(name, n)))
             }
         }
         stateDirty = true
@@ -441,7 +445,11 @@ public final class Daemon {
             guard reuseportCounts[name] != live else { continue }
             reuseportCounts[name] = live
             for entry in sockets.entries where entry.reuseport {
-                if let err = Steering.attach(to: entry.shared, liveSockets: live, ipv6: entry.spec.listen.description.hasPrefix("[")) {
+                if let rr = entry.roundRobin {
+                    do { try rr.setLiveSlots(live) } catch {
+                        log.warning("Failed to steer \(name)/\(entry.spec.name) over \(live) slots: \(error), ignoring")
+                    }
+                } else if let err = Steering.attach(to: entry.shared, liveSockets: live, ipv6: entry.spec.listen.description.hasPrefix("[")) {
                     log.warning("Failed to steer \(name)/\(entry.spec.name) over \(live) sockets: \(err), ignoring")
                 }
             }
@@ -481,6 +489,13 @@ public final class Daemon {
                     return (fd, true)
                 }
                 return nil
+            }
+            for e in sockets.entries {
+                if let problem = e.steeringProblem {
+                    log.notice("\(spec.name)/\(e.spec.name): no round-robin steering (\(problem)); the kernel hashes connections over the slots")
+                } else if e.roundRobin != nil {
+                    log.debug("\(spec.name)/\(e.spec.name): round-robin steering over per-slot sockets")
+                }
             }
             return .success(sockets)
         } catch {

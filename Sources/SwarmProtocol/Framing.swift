@@ -44,6 +44,31 @@ public struct FrameReader: Sendable {
 }
 
 public enum Codec {
+    /// Deepest nesting of arrays and objects a frame may have; our messages
+    /// nest 5 deep. Checked before JSONDecoder sees the bytes: Foundation's
+    /// decoder (Swift 6.3) traps when its own limit of 512 is passed on the
+    /// last byte of the input (513 "["), so one short line would kill swarmd.
+    static let maxNesting = 64
+
+    static func isNestedTooDeep(_ frame: [UInt8]) -> Bool {
+        var depth = 0
+        var inString = false
+        var escaped = false
+        for byte in frame {
+            if inString {
+                if escaped { escaped = false } else if byte == UInt8(ascii: "\\") { escaped = true } else if byte == UInt8(ascii: "\"") { inString = false }
+            } else if byte == UInt8(ascii: "\"") {
+                inString = true
+            } else if byte == UInt8(ascii: "[") || byte == UInt8(ascii: "{") {
+                depth += 1
+                if depth > maxNesting { return true }
+            } else if byte == UInt8(ascii: "]") || byte == UInt8(ascii: "}") {
+                depth = max(0, depth - 1)
+            }
+        }
+        return false
+    }
+
     public static func encode<T: Encodable>(_ value: T) -> [UInt8] {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
@@ -54,6 +79,7 @@ public enum Codec {
     }
 
     public static func decodeRequest(_ frame: [UInt8]) throws(FrameError) -> Request {
+        if isNestedTooDeep(frame) { throw .malformed("nested deeper than \(maxNesting) levels") }
         let data = Data(frame)
         // Check the version first so an old or new client gets a precise answer.
         struct Envelope: Decodable { var v: Int? }
@@ -70,13 +96,16 @@ public enum Codec {
             throw .malformed("wrong type for field '\(ctx.codingPath.map(\.stringValue).joined(separator: "."))'")
         } catch let DecodingError.dataCorrupted(ctx) {
             let path = ctx.codingPath.map(\.stringValue).joined(separator: ".")
-            throw .malformed(path.isEmpty ? "invalid JSON" : "invalid value for field '\(path)'")
+            // The envelope parsed, so the JSON is valid: Foundation reports a number that does
+            // not fit its field (1.5 or -1 for an integer) this way, without a coding path.
+            throw .malformed(path.isEmpty ? "a number does not fit its field" : "invalid value for field '\(path)'")
         } catch {
             throw .malformed("\(error)")
         }
     }
 
     public static func decodeResponse(_ frame: [UInt8]) throws(FrameError) -> Response {
+        if isNestedTooDeep(frame) { throw .malformed("cannot decode response: nested deeper than \(maxNesting) levels") }
         do {
             return try JSONDecoder().decode(Response.self, from: Data(frame))
         } catch {
@@ -87,6 +116,7 @@ public enum Codec {
     /// Best effort id of a frame that failed to decode, so the error reply can carry it.
     public static func peekID(_ frame: [UInt8]) -> UInt64 {
         struct Envelope: Decodable { var id: UInt64? }
+        if isNestedTooDeep(frame) { return 0 }
         return (try? JSONDecoder().decode(Envelope.self, from: Data(frame)))?.id ?? 0
     }
 }

@@ -18,3 +18,45 @@ public enum Steering {
         return r < 0 ? SystemError("setsockopt(SO_ATTACH_REUSEPORT_CBPF)", errno: errno) : nil
     }
 }
+
+/// Round-robin over a reuseport group's live slots with an eBPF program: a
+/// burst of connections spreads evenly whatever the client ports are.
+/// Needs CAP_BPF (root); without it swarmd uses `Steering` (hash based).
+public final class RoundRobinSteering {
+    let program: Int32
+    let stateMap: Int32
+    let socketMap: Int32
+
+    public init(maxSlots: Int) throws {
+        var state: Int32 = -1, socks: Int32 = -1
+        var log = [CChar](repeating: 0, count: 4096)
+        let fd = swarm_rr_create(UInt32(maxSlots), &state, &socks, &log, UInt32(log.count))
+        guard fd >= 0 else {
+            let e = errno
+            let text = String(cString: log)
+            throw SystemError("bpf(BPF_PROG_LOAD)", errno: e, subject: text.isEmpty ? nil : "verifier: \(text.suffix(300))")
+        }
+        program = fd
+        stateMap = state
+        socketMap = socks
+    }
+
+    deinit {
+        Posix.close(program)
+        Posix.close(stateMap)
+        Posix.close(socketMap)
+    }
+
+    /// Attaching to one socket applies to its whole group.
+    public func attach(to fd: Int32) throws {
+        try Posix.check("setsockopt(SO_ATTACH_REUSEPORT_EBPF)") { swarm_rr_attach(program, fd) }
+    }
+
+    public func set(slot: Int, socket fd: Int32) throws {
+        try Posix.check("bpf(BPF_MAP_UPDATE_ELEM)", subject: "slot \(slot)") { swarm_rr_set_socket(socketMap, UInt32(slot), fd) }
+    }
+
+    public func setLiveSlots(_ n: Int) throws {
+        try Posix.check("bpf(BPF_MAP_UPDATE_ELEM)") { swarm_rr_set_count(stateMap, UInt32(n)) }
+    }
+}

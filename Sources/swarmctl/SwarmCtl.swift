@@ -5,6 +5,28 @@ import SwarmProtocol
 import SwarmSystem
 
 @main
+enum Main {
+    /// `swarmctl --socket X status` as well as `swarmctl status --socket X`:
+    /// global options written before the subcommand are moved after it.
+    static func main() {
+        var args = Array(CommandLine.arguments.dropFirst())
+        var moved: [String] = []
+        var i = 0
+        while i < args.count, args[i].hasPrefix("-") {
+            if args[i] == "--socket", i + 1 < args.count {
+                moved += [args[i], args[i + 1]]
+                args.removeSubrange(i...(i + 1))
+            } else if args[i].hasPrefix("--socket=") {
+                moved.append(args.remove(at: i))
+            } else {
+                i += 1
+            }
+        }
+        if !moved.isEmpty, i < args.count { args.insert(contentsOf: moved, at: i + 1) } else { args += moved }
+        SwarmCtl.main(args)
+    }
+}
+
 struct SwarmCtl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "swarmctl",

@@ -70,4 +70,11 @@ int swarm_memfd_create(const char *name);
 int swarm_pipe_cloexec(int fds[2]);
 int swarm_usable_cpus(void);
 
+/// eBPF round-robin steering of a reuseport group (needs CAP_BPF).
+/// Returns the program fd, or -1 with errno (and the verifier's log in `log`).
+int swarm_rr_create(unsigned max_slots, int *state_map, int *sock_map, char *log, unsigned log_size);
+int swarm_rr_attach(int prog, int sock);
+int swarm_rr_set_socket(int sock_map, unsigned index, int sock);
+int swarm_rr_set_count(int state_map, unsigned count);
+
 #endif

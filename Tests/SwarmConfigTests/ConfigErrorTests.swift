@@ -1,0 +1,133 @@
+import SwarmConfig
+import Testing
+
+/// A bad config and exactly where and how it must be reported.
+struct BadConfig: CustomTestStringConvertible, Sendable {
+    var label: String
+    var text: String
+    var line: Int
+    var key: String?
+    var message: String
+    var environment: ConfigEnvironment = fakeEnvironment()
+
+    var testDescription: String { label }
+}
+
+let app = "name = \"web\"\ncommand = [\"node\"]\n"
+
+let badConfigs: [BadConfig] = [
+    BadConfig(label: "TOML syntax error", text: app + "workers = 2\nworkers = = 3\n", line: 4, key: nil, message: "TOML syntax error"),
+    BadConfig(label: "unterminated string", text: app + "\n\ncwd = \"/srv\n", line: 5, key: nil, message: "TOML syntax error"),
+    BadConfig(label: "unknown top-level key with hint", text: app + "worker = 2\n", line: 3, key: "worker", message: "did you mean 'workers'?"),
+    BadConfig(label: "unknown key, no hint", text: app + "\nbanana = 2\n", line: 4, key: "banana", message: "unknown key; allowed here: name"),
+    BadConfig(label: "unknown key in [restart]", text: app + "[restart]\npolicy = \"always\"\ninital_delay = \"1s\"\n",
+              line: 5, key: "restart.inital_delay", message: "did you mean 'initial_delay'?"),
+    BadConfig(label: "unknown key in second [[socket]]",
+              text: app + "[[socket]]\nlisten = \"127.0.0.1:80\"\nbacklog = 10\n\n[[socket]]\nname = \"b\"\nlisten = \"127.0.0.1:81\"\nbalanse = \"shared\"\n",
+              line: 10, key: "socket[1].balanse", message: "did you mean 'balance'?"),
+    BadConfig(label: "workers is a word", text: app + "workers = \"many\"\n", line: 3, key: "workers", message: "'many'"),
+    BadConfig(label: "workers is a float", text: app + "workers = 2.5\n", line: 3, key: "workers", message: "expected a number of workers"),
+    BadConfig(label: "command is a string", text: "name = \"web\"\ncommand = \"node server.js\"\n", line: 2, key: "command",
+              message: "commands never go through a shell"),
+    BadConfig(label: "command element is a number", text: "name = \"web\"\ncommand = [\"node\", 3]\n", line: 2, key: "command", message: "element 1"),
+    BadConfig(label: "empty command", text: "name = \"web\"\ncommand = []\n", line: 2, key: "command", message: "must not be empty"),
+    BadConfig(label: "env value is a table", text: app + "[env]\nA = \"1\"\nB = { C = 1 }\n", line: 5, key: "env.B", message: "expected a string, found table"),
+    BadConfig(label: "env value is an array", text: app + "env.A = [1]\n", line: 3, key: "env.A", message: "expected a string, found array"),
+    BadConfig(label: "bad env name", text: app + "[env]\n\"1A\" = \"x\"\n", line: 4, key: "env.1A", message: "not a valid environment variable name"),
+    BadConfig(label: "workers zero", text: app + "workers = 0\n", line: 3, key: "workers", message: "0 is out of range (1…4096"),
+    BadConfig(label: "workers too many", text: app + "workers = 4097\n", line: 3, key: "workers", message: "out of range"),
+    BadConfig(label: "workers negative", text: app + "workers = -1\n", line: 3, key: "workers", message: "out of range"),
+    BadConfig(label: "duration without unit", text: app + "[stop]\ntimeout = \"10\"\n", line: 4, key: "stop.timeout", message: "'10' is not a duration"),
+    BadConfig(label: "duration is a word", text: app + "[restart]\nmax_delay = \"fast\"\n", line: 4, key: "restart.max_delay", message: "'fast' is not a duration"),
+    BadConfig(label: "negative duration", text: app + "[ready]\ntimeout = \"-1s\"\n", line: 4, key: "ready.timeout", message: "'-1s' is not a duration"),
+    BadConfig(label: "duration is a number", text: app + "[ready]\ntimeout = 10\n", line: 4, key: "ready.timeout", message: "expected a duration string"),
+    BadConfig(label: "duration too long", text: app + "[stop]\ntimeout = \"2h\"\n", line: 4, key: "stop.timeout", message: "is longer than"),
+    BadConfig(label: "zero ready timeout", text: app + "[ready]\ntimeout = \"0\"\n", line: 4, key: "ready.timeout", message: "must be positive"),
+    BadConfig(label: "max_delay under initial_delay", text: app + "[restart]\ninitial_delay = \"5s\"\nmax_delay = \"1s\"\n",
+              line: 5, key: "restart.max_delay", message: "must not be shorter than initial_delay"),
+    BadConfig(label: "host name", text: app + "[[socket]]\nlisten = \"localhost:80\"\n", line: 4, key: "socket[0].listen", message: "not a numeric IPv4 address"),
+    BadConfig(label: "no port", text: app + "[[socket]]\nlisten = \"1.2.3.4\"\n", line: 4, key: "socket[0].listen", message: "use \"HOST:PORT\""),
+    BadConfig(label: "port zero", text: app + "[[socket]]\nlisten = \"1.2.3.4:0\"\n", line: 4, key: "socket[0].listen", message: "'0' is not a port"),
+    BadConfig(label: "port too big", text: app + "[[socket]]\nlisten = \"1.2.3.4:70000\"\n", line: 4, key: "socket[0].listen", message: "'70000' is not a port"),
+    BadConfig(label: "IPv6 without colon", text: app + "[[socket]]\nlisten = \"[::1]8080\"\n", line: 4, key: "socket[0].listen", message: "IPv6 is written"),
+    BadConfig(label: "bad IPv6", text: app + "[[socket]]\nlisten = \"[::g]:80\"\n", line: 4, key: "socket[0].listen", message: "not an IPv6 address"),
+    BadConfig(label: "empty unix path", text: app + "[[socket]]\nlisten = \"unix:\"\n", line: 4, key: "socket[0].listen", message: "path is empty"),
+    BadConfig(label: "unix path too long", text: app + "[[socket]]\nlisten = \"unix:/\(String(repeating: "a", count: 120))\"\n",
+              line: 4, key: "socket[0].listen", message: "longer than a unix socket path"),
+    BadConfig(label: "missing listen", text: app + "[[socket]]\nname = \"a\"\n", line: 3, key: "socket[0]", message: "missing 'listen'"),
+    BadConfig(label: "duplicate socket name",
+              text: app + "[[socket]]\nname = \"a\"\nlisten = \"127.0.0.1:80\"\n[[socket]]\nname = \"a\"\nlisten = \"127.0.0.1:81\"\n",
+              line: 7, key: "socket[1].name", message: "a socket named 'a' is already defined"),
+    BadConfig(label: "duplicate socket address",
+              text: app + "[[socket]]\nlisten = \"unix:/run/a.sock\"\n[[socket]]\nname = \"b\"\nlisten = \"unix:/run/../run/a.sock\"\n",
+              line: 7, key: "socket[1].listen", message: "already used by socket 'http'"),
+    BadConfig(label: "second socket needs a name",
+              text: app + "[[socket]]\nlisten = \"127.0.0.1:80\"\n[[socket]]\nlisten = \"127.0.0.1:81\"\n",
+              line: 5, key: "socket[1].name", message: "'' is not a valid socket name"),
+    BadConfig(label: "mode on a TCP socket", text: app + "[[socket]]\nlisten = \"127.0.0.1:80\"\nmode = \"0600\"\n",
+              line: 5, key: "socket[0].mode", message: "only unix sockets"),
+    BadConfig(label: "bad balance", text: app + "[[socket]]\nlisten = \"127.0.0.1:80\"\nbalance = \"random\"\n",
+              line: 5, key: "socket[0].balance", message: "not one of: reuseport, shared"),
+    BadConfig(label: "socket is a plain table", text: app + "[socket]\nlisten = \"127.0.0.1:80\"\n", line: 3, key: "socket", message: "expected [[socket]] tables"),
+    BadConfig(label: "missing name", text: "command = [\"node\"]\n", line: 0, key: "name", message: "missing"),
+    BadConfig(label: "missing command", text: "name = \"web\"\n", line: 0, key: "command", message: "missing"),
+    BadConfig(label: "upper-case name", text: "name = \"Web\"\ncommand = [\"node\"]\n", line: 1, key: "name", message: "'Web' is not a valid name"),
+    BadConfig(label: "reserved name", text: "command = [\"node\"]\nname = \"all\"\n", line: 2, key: "name", message: "'all' is reserved"),
+    BadConfig(label: "empty name", text: "name = \"\"\ncommand = [\"node\"]\n", line: 1, key: "name", message: "not a valid name"),
+    BadConfig(label: "missing binary", text: "name = \"web\"\ncommand = [\"nosuch\"]\n", line: 2, key: "command", message: "'nosuch' was not found in PATH"),
+    BadConfig(label: "missing relative binary", text: "name = \"web\"\ncommand = [\"./nosuch\"]\n", line: 2, key: "command",
+              message: "'/etc/swarm/nosuch' does not exist or is not executable"),
+    BadConfig(label: "non-executable binary", text: "name = \"web\"\ncommand = [\"/usr/bin/node\"]\n", line: 2, key: "command",
+              message: "'/usr/bin/node' does not exist or is not executable", environment: fakeEnvironment(executables: [])),
+    BadConfig(label: "cwd is not a directory", text: app + "cwd = \"/nope\"\n", line: 3, key: "cwd", message: "'/nope' is not a directory"),
+    BadConfig(label: "unknown signal", text: app + "[stop]\nsignal = \"SIGFOO\"\n", line: 4, key: "stop.signal", message: "'SIGFOO' is not a signal"),
+    BadConfig(label: "signal number out of range", text: app + "[stop]\nsignal = 65\n", line: 4, key: "stop.signal", message: "expected a signal name"),
+    BadConfig(label: "listening without sockets", text: app + "[ready]\nmode = \"listening\"\n", line: 4, key: "ready.mode", message: "needs a [[socket]]"),
+    BadConfig(label: "unknown ready mode", text: app + "[ready]\nmode = \"magic\"\n", line: 4, key: "ready.mode", message: "not one of: notify, fd"),
+    BadConfig(label: "watchdog without notify", text: app + "[ready]\nmode = \"fd\"\nwatchdog = \"1s\"\n", line: 5, key: "ready.watchdog",
+              message: "needs mode = \"notify\""),
+    BadConfig(label: "watchdog too short", text: app + "[ready]\nmode = \"notify\"\nwatchdog = \"1ms\"\n", line: 5, key: "ready.watchdog",
+              message: "at least 10ms"),
+    BadConfig(label: "non-root asks for another user", text: app + "user = \"www-data\"\n", line: 3, key: "user", message: "not root"),
+    BadConfig(label: "non-root asks for a group", text: app + "group = \"app\"\n", line: 3, key: "group", message: "is not root"),
+    BadConfig(label: "unknown user", text: app + "user = \"nobody-here\"\n", line: 3, key: "user", message: "no user named 'nobody-here'",
+              environment: fakeEnvironment(isRoot: true)),
+    BadConfig(label: "unknown group", text: app + "group = \"nogroup-here\"\n", line: 3, key: "group", message: "no group named",
+              environment: fakeEnvironment(isRoot: true)),
+    BadConfig(label: "key inside an inline table", text: app + "env = { A = 1, B = {} }\n", line: 3, key: "env.B", message: "found table"),
+    BadConfig(label: "multi-line arrays before the bad key",
+              text: "name = \"web\"\ncommand = [\n  \"node\",\n  \"a]b\", # ]]\n  \"x\",\n]\n[env]\nX = [\n  [1, 2],\n  [3],\n]\n",
+              line: 8, key: "env.X", message: "found array"),
+    BadConfig(label: "multi-line array then unknown key",
+              text: "command = [\n  \"node\",\n  \"server.js\"\n]\nname = \"web\"\n[restart]\npolicy = \"sometimes\"\n",
+              line: 7, key: "restart.policy", message: "'sometimes' is not one of"),
+    BadConfig(label: "'#' inside strings",
+              text: "name = \"web\" # [stop]\ncommand = [\"node\", \"#[ready]\", '#'] # \"\nenv.A = \"#\" # x = [\nworkers = \"#\"\n",
+              line: 4, key: "workers", message: "'#'"),
+    BadConfig(label: "escaped quotes in strings",
+              text: "name = \"web\"\ncommand = [\"node\", \"a\\\"[\", \"b\"]\nenv.A = \"\\\"#\"\nworkers = true\n",
+              line: 4, key: "workers", message: "found bool"),
+    BadConfig(label: "multi-line string", text: app + "env.A = \"\"\"\n[stop]\nworkers = 1\n\"\"\"\nworkers = 0\n",
+              line: 7, key: "workers", message: "out of range"),
+    BadConfig(label: "CRLF line ends", text: "name = \"web\"\r\ncommand = [\"node\"]\r\n\r\nworkers = 0\r\n",
+              line: 4, key: "workers", message: "out of range"),
+    BadConfig(label: "bad surge", text: app + "[reload]\nsurge = 0\n", line: 4, key: "reload.surge", message: "out of range"),
+    BadConfig(label: "bad log size", text: app + "[logs]\nmax_size = \"1KiB\"\n", line: 4, key: "logs.max_size", message: "at least 4KiB"),
+    BadConfig(label: "bad log target", text: app + "[logs]\ntarget = \"syslog\"\n", line: 4, key: "logs.target", message: "not one of: auto, file, journal"),
+    BadConfig(label: "bad limit", text: app + "[limits]\nnofile = -1\n", line: 4, key: "limits.nofile", message: "non-negative integer or \"unlimited\""),
+    BadConfig(label: "unknown limit", text: app + "[limits]\nnofiles = 1\n", line: 4, key: "limits.nofiles", message: "did you mean 'nofile'?"),
+    BadConfig(label: "bad memory", text: app + "[limits]\nmemory = \"lots\"\n", line: 4, key: "limits.memory", message: "expected a size"),
+    BadConfig(label: "section is a value", text: app + "restart = \"always\"\n", line: 3, key: "restart", message: "expected a table, found string"),
+    BadConfig(label: "NUL byte", text: app + "env.A = \"a\0b\"\n", line: 0, key: nil, message: "NUL byte"),
+]
+
+@Suite struct ConfigErrorTests {
+    @Test(arguments: badConfigs)
+    func badConfigIsReportedPrecisely(_ bad: BadConfig) throws {
+        let error = try #require(parseError(bad.text, environment: bad.environment), "\(bad.label) parsed")
+        #expect(error.file == configPath)
+        #expect(error.line == bad.line, "\(error)")
+        #expect(error.key == bad.key, "\(error)")
+        #expect(error.message.contains(bad.message), "\(error)")
+    }
+}
