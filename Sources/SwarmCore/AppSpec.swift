@@ -1,6 +1,6 @@
 /// A signal by number. Linux numbers: the core targets Linux only and must
 /// not import Glibc to learn them.
-public struct Signal: Hashable, Sendable, CustomStringConvertible {
+public struct Signal: Codable, Hashable, Sendable, CustomStringConvertible {
     public var number: Int32
     public init(_ number: Int32) { self.number = number }
 
@@ -33,7 +33,7 @@ public struct Signal: Hashable, Sendable, CustomStringConvertible {
 }
 
 /// Where a socket listens.
-public enum ListenAddress: Hashable, Sendable, CustomStringConvertible {
+public enum ListenAddress: Codable, Hashable, Sendable, CustomStringConvertible {
     /// `host` is a numeric IPv4 or IPv6 address (no brackets).
     case tcp(host: String, port: UInt16)
     case unix(path: String)
@@ -49,7 +49,7 @@ public enum ListenAddress: Hashable, Sendable, CustomStringConvertible {
 }
 
 /// How connections are spread over the workers of a socket.
-public enum Balance: String, Hashable, Sendable, CaseIterable {
+public enum Balance: String, Codable, Hashable, Sendable, CaseIterable {
     /// One listening socket per slot in a SO_REUSEPORT group: the kernel
     /// hashes each new connection to a slot, so no worker can starve the others.
     case reuseport
@@ -57,7 +57,7 @@ public enum Balance: String, Hashable, Sendable, CaseIterable {
     case shared
 }
 
-public struct SocketSpec: Hashable, Sendable {
+public struct SocketSpec: Codable, Hashable, Sendable {
     public var name: String
     public var listen: ListenAddress
     public var backlog: Int32
@@ -77,13 +77,13 @@ public struct SocketSpec: Hashable, Sendable {
     public var effectiveBalance: Balance { listen.isTCP ? balance : .shared }
 }
 
-public enum RestartMode: String, Sendable, CaseIterable {
+public enum RestartMode: String, Codable, Sendable, CaseIterable {
     case always
     case onFailure = "on-failure"
     case never
 }
 
-public struct RestartPolicy: Hashable, Sendable {
+public struct RestartPolicy: Codable, Hashable, Sendable {
     public var mode: RestartMode = .always
     public var initialDelay: Duration = .milliseconds(100)
     public var maxDelay: Duration = .seconds(30)
@@ -96,13 +96,13 @@ public struct RestartPolicy: Hashable, Sendable {
     public init() {}
 }
 
-public struct StopPolicy: Hashable, Sendable {
+public struct StopPolicy: Codable, Hashable, Sendable {
     public var signal: Signal = .term
     public var timeout: Duration = .seconds(10)
     public init() {}
 }
 
-public enum ReadyMode: String, Sendable, CaseIterable {
+public enum ReadyMode: String, Codable, Sendable, CaseIterable {
     /// sd_notify READY=1 on the NOTIFY_SOCKET swarmd serves.
     case notify
     /// A newline on the fd named by SWARM_READY_FD (the s6 convention).
@@ -113,7 +113,7 @@ public enum ReadyMode: String, Sendable, CaseIterable {
     case delay
 }
 
-public struct ReadyPolicy: Hashable, Sendable {
+public struct ReadyPolicy: Codable, Hashable, Sendable {
     public var mode: ReadyMode = .listening
     public var timeout: Duration = .seconds(30)
     public var delay: Duration = .seconds(1)
@@ -122,13 +122,13 @@ public struct ReadyPolicy: Hashable, Sendable {
     public init() {}
 }
 
-public struct ReloadPolicy: Hashable, Sendable {
+public struct ReloadPolicy: Codable, Hashable, Sendable {
     /// New workers started ahead of the old ones they replace.
     public var surge: Int = 1
     public init() {}
 }
 
-public struct LogPolicy: Hashable, Sendable {
+public struct LogPolicy: Codable, Hashable, Sendable {
     public var maxSize: Int64 = 10 << 20
     public var keep: Int = 5
     /// "file" writes the app's log files; "journal" sends to journald;
@@ -137,7 +137,7 @@ public struct LogPolicy: Hashable, Sendable {
     public init() {}
 }
 
-public struct ResourceLimit: Hashable, Sendable {
+public struct ResourceLimit: Codable, Hashable, Sendable {
     public var name: String
     public var soft: UInt64
     public var hard: UInt64
@@ -150,7 +150,7 @@ public struct ResourceLimit: Hashable, Sendable {
 
 /// One app as its config describes it: everything the core and the shell
 /// need to run its workers.
-public struct AppSpec: Hashable, Sendable {
+public struct AppSpec: Codable, Hashable, Sendable {
     public var name: String
     /// argv as written, `{fd:NAME}`/`{port:NAME}` placeholders not yet expanded.
     public var command: [String]

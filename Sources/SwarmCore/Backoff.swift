@@ -1,6 +1,6 @@
 /// Restart pacing for one slot: exponential delays, reset after a healthy
 /// run, and crash-loop detection over a sliding window.
-public struct Backoff: Hashable, Sendable {
+public struct Backoff: Codable, Hashable, Sendable {
     public private(set) var consecutiveFailures = 0
     public private(set) var recentFailures: [Instant] = []
     public private(set) var inCrashLoop = false

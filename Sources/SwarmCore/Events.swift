@@ -1,5 +1,5 @@
 /// Identifies one worker process over its whole life, across pid reuse.
-public struct WorkerID: Hashable, Comparable, Sendable, CustomStringConvertible {
+public struct WorkerID: Codable, Hashable, Comparable, Sendable, CustomStringConvertible {
     public var raw: UInt64
     public init(_ raw: UInt64) { self.raw = raw }
     public static func < (a: WorkerID, b: WorkerID) -> Bool { a.raw < b.raw }
@@ -7,14 +7,14 @@ public struct WorkerID: Hashable, Comparable, Sendable, CustomStringConvertible 
 }
 
 /// A control request in flight, assigned by the shell.
-public struct RequestID: Hashable, Sendable, CustomStringConvertible {
+public struct RequestID: Codable, Hashable, Sendable, CustomStringConvertible {
     public var raw: UInt64
     public init(_ raw: UInt64) { self.raw = raw }
     public var description: String { "r\(raw)" }
 }
 
 /// How a worker's process ended.
-public enum ExitStatus: Hashable, Sendable, CustomStringConvertible {
+public enum ExitStatus: Codable, Hashable, Sendable, CustomStringConvertible {
     /// exit(code).
     case exited(Int32)
     /// Killed by a signal.

@@ -823,3 +823,37 @@ public struct Supervisor: Sendable {
         out.append(.exit)
     }
 }
+
+extension Supervisor {
+    /// Everything the supervisor knows, for handing over to a re-executed
+    /// swarmd. Taken only when no command waits for an answer: a waiting
+    /// client would lose its connection across the exec.
+    public struct Snapshot: Codable, Sendable {
+        public var apps: [String: App]
+        public var appOrder: [String]
+        public var workers: [WorkerID: Worker]
+        public var nextWorker: UInt64
+    }
+
+    /// Why no snapshot can be taken now, or nil.
+    public var busyReason: String? {
+        if shuttingDown { return "swarmd is shutting down" }
+        if let name = appOrder.first(where: { apps[$0]?.reload != nil }) { return "a reload of '\(name)' is in progress" }
+        if !waiters.isEmpty { return "\(waiters.count) command(s) are still waiting for workers" }
+        return nil
+    }
+
+    public func snapshot() -> Snapshot? {
+        guard busyReason == nil else { return nil }
+        return Snapshot(apps: apps, appOrder: appOrder, workers: workers, nextWorker: nextWorker)
+    }
+
+    public init(restoring s: Snapshot) {
+        self.init()
+        apps = s.apps
+        appOrder = s.appOrder
+        workers = s.workers
+        nextWorker = s.nextWorker
+        for (id, w) in workers { if let pid = w.pid { byPid[pid] = id } }
+    }
+}

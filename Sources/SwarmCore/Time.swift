@@ -1,6 +1,6 @@
 /// A point on the monotonic clock, in nanoseconds. The core never reads a
 /// clock: every instant arrives as a parameter, so tests drive a fake one.
-public struct Instant: Comparable, Hashable, Sendable, CustomStringConvertible {
+public struct Instant: Codable, Comparable, Hashable, Sendable, CustomStringConvertible {
     public var nanoseconds: Int64
 
     public init(nanoseconds: Int64) { self.nanoseconds = nanoseconds }

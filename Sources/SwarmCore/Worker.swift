@@ -1,5 +1,5 @@
 /// Where a worker is in its life.
-public enum WorkerPhase: String, Hashable, Sendable {
+public enum WorkerPhase: String, Codable, Hashable, Sendable {
     /// Asked of the shell; no pid yet.
     case spawning
     /// Running, not yet ready.
@@ -13,12 +13,12 @@ public enum WorkerPhase: String, Hashable, Sendable {
 }
 
 /// Why swarmd stopped a worker.
-public enum StopReason: String, Hashable, Sendable {
+public enum StopReason: String, Codable, Hashable, Sendable {
     case stop, restart, reload, scale, rollback, readyTimeout = "ready-timeout", watchdog, memory, shutdown
 }
 
 /// One worker process.
-public struct Worker: Hashable, Sendable {
+public struct Worker: Codable, Hashable, Sendable {
     public let id: WorkerID
     public let app: String
     public let slot: Int
@@ -45,7 +45,7 @@ public struct Worker: Hashable, Sendable {
 
 /// A stable position 0…N-1 in an app: the worker in it changes, the slot
 /// (its `SWARM_WORKER` number, its reuseport socket, its backoff) stays.
-public struct Slot: Hashable, Sendable {
+public struct Slot: Codable, Hashable, Sendable {
     public let index: Int
     /// The worker that serves (or is starting to serve) this slot.
     public internal(set) var current: WorkerID?
@@ -76,7 +76,7 @@ public struct Slot: Hashable, Sendable {
 }
 
 /// Outcome of the last reload of an app.
-public struct ReloadOutcome: Hashable, Sendable {
+public struct ReloadOutcome: Codable, Hashable, Sendable {
     public var succeeded: Bool
     public var message: String
     public var at: Instant
@@ -84,7 +84,7 @@ public struct ReloadOutcome: Hashable, Sendable {
 
 /// A rolling reload in progress: generation `from` is replaced slot by slot
 /// with `to`. Which slots are old, new or surplus is read off the slots.
-public struct RollingReload: Hashable, Sendable {
+public struct RollingReload: Codable, Hashable, Sendable {
     public let from: Int
     public let to: Int
     public let requester: RequestID?
@@ -98,12 +98,12 @@ public struct RollingReload: Hashable, Sendable {
 }
 
 /// Desired state of an app.
-public enum AppGoal: String, Hashable, Sendable {
+public enum AppGoal: String, Codable, Hashable, Sendable {
     case running, stopped, deleted
 }
 
 /// An app the supervisor runs.
-public struct App: Hashable, Sendable {
+public struct App: Codable, Hashable, Sendable {
     public let name: String
     /// Spec of each generation that still has workers; `specs[generation]` is in force.
     public internal(set) var specs: [Int: AppSpec]

@@ -68,6 +68,16 @@ final class AppSockets {
         }
     }
 
+    /// Sockets handed over by a re-executed swarmd.
+    init(restoring entries: [(SocketSpec, Int32, [Int: Int32], Bool, RoundRobinSteering?)]) {
+        for (spec, shared, perSlot, adopted, rr) in entries {
+            let e = Entry(spec: spec, shared: shared, adopted: adopted)
+            e.perSlot = perSlot
+            e.roundRobin = rr
+            self.entries.append(e)
+        }
+    }
+
     /// The fds a worker of `slot` receives, in [[socket]] order.
     func fds(forSlot slot: Int) throws -> [Int32] {
         try entries.map { e in

@@ -57,9 +57,12 @@ extension Daemon {
     /// An idle connection is closed after this.
     static let idleTimeout: Int64 = 600_000_000_000
 
-    func setUpControlSocket() throws {
-        if let i = systemdFDs.firstIndex(where: { $0.name == "control" }) {
+    func setUpControlSocket(adopting adopted: Int32? = nil) throws {
+        if let adopted {
+            controlFD = adopted
+        } else if let i = systemdFDs.firstIndex(where: { $0.name == "control" }) {
             controlFD = systemdFDs.remove(at: i).fd
+            controlFromSystemd = true
             try Posix.setNonBlocking(controlFD)
             log.info("using the control socket passed by systemd (fd \(controlFD))")
         } else {
@@ -213,7 +216,7 @@ extension Daemon {
         case .shutdown:
             submit([.shutdown], for: request, conn)
         case .daemonReexec:
-            send(conn, .failure(id, "daemon-reexec is not supported by this swarmd yet"))
+            if let why = reexec(reply: (conn, id)) { send(conn, .failure(id, "cannot re-execute now: \(why)")) }
         }
     }
 

@@ -97,7 +97,9 @@ public final class Daemon {
     let loop: EventLoop
     var supervisor = Supervisor()
     var log: Logger
-    let startedAt = Posix.monotonicNanoseconds()
+    var startedAt = Posix.monotonicNanoseconds()
+    /// This binary's path, read at start: after an upgrade it names the new binary.
+    let executablePath = ProcFS.readLink("/proc/self/exe").map { $0.hasSuffix(" (deleted)") ? String($0.dropLast(10)) : $0 } ?? CommandLine.arguments[0]
     let configEnvironment: ConfigEnvironment
 
     var appSockets: [String: AppSockets] = [:]
@@ -115,10 +117,11 @@ public final class Daemon {
     var nextRequest: UInt64 = 1
     var housekeeping: EventLoop.Source?
     var sweepSource: EventLoop.Source?
+    var controlFromSystemd = false
     var acceptPausedUntil: Int64?
     var cpuSamples: [Int32: (ticks: Int64, at: Int64)] = [:]
 
-    let notifyPath: String
+    var notifyPath: String
     var notifyFD: Int32 = -1
     var notifySource: EventLoop.Source?
 
@@ -180,8 +183,13 @@ public final class Daemon {
         devNull = try Posix.open("/dev/null", O_RDWR)
         try Spawner.setChildSubreaper()
         Posix.ignore(SIGPIPE)
-        systemdFDs = Systemd.listenFDs()
 
+        if let handover = try Handover.take() {
+            // Re-executed: the workers, sockets and pipes are already ours.
+            try resume(from: handover)
+            return try runLoop()
+        }
+        systemdFDs = Systemd.listenFDs()
         try setUpSignals()
         try setUpControlSocket()
         try setUpNotifySocket()
@@ -245,6 +253,10 @@ public final class Daemon {
         stateDirty = true
         flushState()
         maybeSendReady()
+        return try runLoop()
+    }
+
+    func runLoop() throws -> Int32 {
         let code = try loop.run()
         Systemd.notify("STOPPING=1")
         cleanUp()
@@ -258,7 +270,7 @@ public final class Daemon {
     }
 
     func setUpSignals() throws {
-        let handled = [SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGQUIT]
+        let handled = [SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR2]
         Posix.blockSignals(handled)
         for sig in handled {
             signalSources.append(try loop.addSignal(sig) { [weak self] s in self?.onSignal(s) })
@@ -286,6 +298,9 @@ public final class Daemon {
         case SIGHUP:
             log.notice("received SIGHUP: reloading every app")
             reloadAll()
+        case SIGUSR2:
+            log.notice("received SIGUSR2: re-executing \(executablePath)")
+            if let why = reexec(reply: nil) { log.error("Failed to re-execute: \(why)") }
         default:
             break
         }
@@ -339,7 +354,7 @@ public final class Daemon {
         appSockets = [:]
         if controlFD >= 0 {
             Posix.close(controlFD)
-            if !systemdFDs.contains(where: { $0.fd == controlFD }) { unlink(options.socketPath) }
+            if !controlFromSystemd { unlink(options.socketPath) }
         }
         for sink in sinks.values { sink.close() }
     }
@@ -522,5 +537,5 @@ extension DaemonError: DaemonConfigError {}
 
 /// Blocks the signals the event loop handles; call first thing in main.
 public func blockDaemonSignals() {
-    Posix.blockSignals([SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGQUIT])
+    Posix.blockSignals([SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR2])
 }

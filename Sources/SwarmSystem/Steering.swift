@@ -23,9 +23,16 @@ public enum Steering {
 /// burst of connections spreads evenly whatever the client ports are.
 /// Needs CAP_BPF (root); without it swarmd uses `Steering` (hash based).
 public final class RoundRobinSteering {
-    let program: Int32
-    let stateMap: Int32
-    let socketMap: Int32
+    public let program: Int32
+    public let stateMap: Int32
+    public let socketMap: Int32
+
+    /// Maps and program handed over by a re-executed swarmd.
+    public init(adopting program: Int32, stateMap: Int32, socketMap: Int32) {
+        self.program = program
+        self.stateMap = stateMap
+        self.socketMap = socketMap
+    }
 
     public init(maxSlots: Int) throws {
         var state: Int32 = -1, socks: Int32 = -1

@@ -33,7 +33,7 @@ struct SwarmCtl: ParsableCommand {
         abstract: "Drive swarmd over its control socket.",
         version: "0.1.0",
         subcommands: [Start.self, Stop.self, Restart.self, Delete.self, Reload.self, Scale.self, Status.self, Logs.self,
-                      Ping.self, Version.self, Shutdown.self])
+                      Ping.self, Version.self, Shutdown.self, DaemonReexec.self])
 }
 
 struct GlobalOptions: ParsableArguments {
@@ -167,6 +167,32 @@ struct Shutdown: ParsableCommand {
             let client = try Client(path: global.socketPath)
             let r = try client.call(client.request(.shutdown))
             printOut(r.message ?? "swarmd stopped")
+        }
+    }
+}
+
+struct DaemonReexec: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "daemon-reexec",
+        abstract: "Replace the swarmd binary in place (same pid); workers and sockets are untouched.",
+        discussion: "Like systemctl daemon-reexec: install the new swarmd over the old path, then run this (or send SIGUSR2).")
+    @OptionGroup var global: GlobalOptions
+
+    func run() throws {
+        try execute {
+            let client = try Client(path: global.socketPath)
+            let r = try client.call(client.request(.daemonReexec))
+            if let m = r.message { printOut(m) }
+            // Wait for the new binary to answer on the same socket.
+            let deadline = Posix.monotonicNanoseconds() + 10_000_000_000
+            while Posix.monotonicNanoseconds() < deadline {
+                if let c = try? Client(path: global.socketPath), let v = try? c.call(c.request(.version)) {
+                    printOut(v.message ?? "swarmd answers again")
+                    return
+                }
+                usleep(20_000)
+            }
+            throw CtlError(description: "swarmd did not answer within 10s after re-executing")
         }
     }
 }

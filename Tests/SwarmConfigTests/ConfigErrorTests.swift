@@ -118,6 +118,18 @@ let badConfigs: [BadConfig] = [
     BadConfig(label: "unknown limit", text: app + "[limits]\nnofiles = 1\n", line: 4, key: "limits.nofiles", message: "did you mean 'nofile'?"),
     BadConfig(label: "bad memory", text: app + "[limits]\nmemory = \"lots\"\n", line: 4, key: "limits.memory", message: "expected a size"),
     BadConfig(label: "section is a value", text: app + "restart = \"always\"\n", line: 3, key: "restart", message: "expected a table, found string"),
+    // toml++ asserts on these (tomlplusplus#301): swarm must report them instead.
+    BadConfig(label: "header [=]", text: app + "[=]\n", line: 3, key: nil, message: "a table header needs a key"),
+    BadConfig(label: "header [[[1]]]", text: app + "\n[[[1]]]\n", line: 4, key: nil, message: "a table header needs a key"),
+    BadConfig(label: "lone [", text: app + "[\nworkers = 1\n", line: 3, key: nil, message: "a table header needs a key"),
+    BadConfig(label: "lone [ at the end", text: app + "  [", line: 3, key: nil, message: "TOML syntax error"),
+    BadConfig(label: "header [#]", text: app + "[#restart]\n", line: 3, key: nil, message: "a table header needs a key"),
+    BadConfig(label: "header [[ =", text: app + "[[ =\n", line: 3, key: nil, message: "a table header needs a key"),
+    BadConfig(label: "header after CRLF", text: "name = \"web\"\r\n[\r\n", line: 2, key: nil, message: "a table header needs a key"),
+    BadConfig(label: "header after BOM", text: "\u{FEFF}[=]\n" + app, line: 1, key: nil, message: "a table header needs a key"),
+    BadConfig(label: "earlier syntax error wins", text: app + "workers = = 1\n[=]\n", line: 3, key: nil, message: "TOML syntax error"),
+    BadConfig(label: "header [ [", text: app + "[ [a]]\n", line: 3, key: nil, message: "must be contiguous"),
+    BadConfig(label: "nested arrays are not headers", text: app + "x = [\n  [[1]],\n  [{a = 1}],\n]\n", line: 3, key: "x", message: "unknown key"),
     BadConfig(label: "NUL byte", text: app + "env.A = \"a\0b\"\n", line: 0, key: nil, message: "NUL byte"),
 ]
 

@@ -95,9 +95,9 @@ struct ConfigTextGenerator {
     }
 
     @Test func veryLongLinesAndNulBytes() throws {
-        let long = "name = \"web\"\ncommand = [\"node\"]\n[env]\nA = \"" + String(repeating: "é#[", count: 100_000) + "\"\nworkers = 0\n"
-        let error = try #require(parseError(long))
-        #expect(error.line == 6 && error.key == "workers")
+        let long = "name = \"web\"\ncommand = [\"node\"]\n[env]\nA = \"" + String(repeating: "é#[", count: 100_000) + "\"\n[stop]\ntimeout = \"x\"\n"
+        let error = try #require(parseError(long), "a config with a 300,000-character line parsed")
+        #expect(error.line == 6 && error.key == "stop.timeout", "\(error.line) \(error.key ?? "")")
         #expect(parseError(fullConfig + "\0")?.message.contains("NUL") == true)
     }
 }
