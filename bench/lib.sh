@@ -6,7 +6,7 @@
 #
 # Environment knobs common to all scripts:
 #   SWARM_BIN   folder holding swarmd and swarmctl (default: <repo>/.build-release/release,
-#               built with `swift build -c release --scratch-path .build-release` if missing)
+#               brought up to date first with `swift build -c release --scratch-path .build-release`)
 #   BENCH_TMP   scratch folder (default: a fresh mktemp -d, removed on exit unless KEEP_TMP=1)
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -121,12 +121,16 @@ need_circus() {
 }
 
 need_swarm() {
-    SWARM_BIN="${SWARM_BIN:-$REPO_DIR/.build-release/release}"
-    if [[ ! -x "$SWARM_BIN/swarmd" || ! -x "$SWARM_BIN/swarmctl" ]]; then
-        (cd "$REPO_DIR" && run swift build -c release --scratch-path .build-release >&2)
+    if [[ -z "${SWARM_BIN:-}" ]]; then
+        # incremental: quick when the build is up to date, and never benchmarks a stale binary
+        (cd "$REPO_DIR" && run swift build -c release --scratch-path .build-release >&2) ||
+            say "# WARNING: the release build failed; using the binaries already in .build-release"
+        SWARM_BIN="$REPO_DIR/.build-release/release"
     fi
     SWARMD="$SWARM_BIN/swarmd"
     SWARMCTL="$SWARM_BIN/swarmctl"
+    [[ -x "$SWARMD" && -x "$SWARMCTL" ]] || { say "no swarmd/swarmctl in $SWARM_BIN"; return 1; }
+    say "# $("$SWARMCTL" --version 2>/dev/null || true) at $SWARM_BIN (git $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO_DIR" diff --quiet 2>/dev/null || echo ', dirty tree'))"
 }
 
 need_wrk() { need_apt wrk wrk; }

@@ -84,8 +84,9 @@ public enum AppConfig {
         if let bad = locator.keylessHeaderLine {
             // toml++ would abort on that header: parse only the lines before it, so an
             // earlier syntax error is still the one reported.
-            let before = text.unicodeScalars.split(separator: "\n", omittingEmptySubsequences: false).prefix(bad - 1)
-            _ = try toml(before.map { String(String.UnicodeScalarView($0)) }.joined(separator: "\n"), path: path)
+            var end = text.unicodeScalars.startIndex
+            for _ in 1..<bad { end = text.unicodeScalars[end...].firstIndex(of: "\n").map(text.unicodeScalars.index(after:)) ?? end }
+            _ = try toml(String(text.unicodeScalars[..<end]), path: path)
             throw ConfigError(file: path, line: bad, key: nil,
                               message: "TOML syntax error: a table header needs a key after its '[', like [restart] or [[socket]]")
         }

@@ -43,6 +43,8 @@ public enum AppSelector: Hashable, Sendable {
 public enum Command: Sendable {
     /// Run a new app; with `replace`, an app of that name is deleted first.
     case start(AppSpec, replace: Bool)
+    /// Know an app without running it (a remembered stopped app); `resume` starts it.
+    case add(AppSpec)
     /// Gracefully stop every worker; the app stays known.
     case stop(AppSelector)
     /// Start a stopped app again.

@@ -87,6 +87,15 @@ public struct Supervisor: Sendable {
         switch command {
         case let .start(spec, replace):
             start(spec, replace: replace, request: request, now: now)
+        case let .add(spec):
+            guard apps[spec.name] == nil else { return reply(request, .failure(.appExists(spec.name))) }
+            var app = App(name: spec.name, specs: [1: spec], generation: 1, targetCount: spec.workers)
+            app.goal = .stopped
+            app.slots = (0..<spec.workers).map { Slot(index: $0, generation: 1) }
+            apps[spec.name] = app
+            appOrder.append(spec.name)
+            reply(request, .success("\(spec.name): added, stopped"))
+            out.append(.appsChanged)
         case let .stop(selector):
             guard let names = resolve(selector, request: request) else { return }
             for name in names { stopApp(name, goal: .stopped, reason: "stopped by request", now: now) }
@@ -544,6 +553,7 @@ public struct Supervisor: Sendable {
 
     /// The slot's current worker failed (exit, readiness timeout, watchdog).
     mutating func slotLost(_ name: String, _ k: Int, worker w: Worker, cause: String, restartable: Bool, now: Instant) {
+        apps[name]!.slots[k].lastFailure = cause
         let app = apps[name]!
         if let r = app.reload, w.generation == r.to {
             rollBack(name, reason: "new worker in slot \(k)\(w.pid.map { " (pid \($0))" } ?? "") \(cause)", slot: k, pid: w.pid, now: now)
@@ -637,10 +647,9 @@ public struct Supervisor: Sendable {
               bytes > limit, w.phase == .ready || w.phase == .starting else { return }
         let name = w.app
         guard apps[name]!.slots[w.slot].current == id else { return }
-        note(.warning, "\(label(w)) uses \(bytes >> 20) MiB, above its \(limit >> 20) MiB ceiling; replacing it")
         retire(id, reason: .memory, now: now)
-        apps[name]!.slots[w.slot].restarts += 1
-        if apps[name]!.goal == .running && !shuttingDown { apps[name]!.slots[w.slot].restartAt = now }
+        // Through the backoff: a worker over its ceiling from the start must not be replaced in a tight loop.
+        slotLost(name, w.slot, worker: w, cause: "uses \(bytes >> 20) MiB, above its \(limit >> 20) MiB ceiling", restartable: true, now: now)
     }
 
     // MARK: - Time
@@ -707,7 +716,7 @@ public struct Supervisor: Sendable {
         if wasIncoming {
             rollBack(name, reason: "new worker in slot \(k) (pid \(w.pid ?? 0)) \(cause)", slot: k, pid: w.pid, now: now)
         } else if wasCurrent {
-            slotLost(name, k, worker: w, cause: cause, restartable: true, now: now)
+            slotLost(name, k, worker: w, cause: cause, restartable: spec.restart.mode != .never, now: now)
         }
     }
 
@@ -719,12 +728,14 @@ public struct Supervisor: Sendable {
         note(.error, "\(label(w)) sent no WATCHDOG=1 for \(spec.ready.watchdog?.humanReadable ?? "?"); killing it")
         if apps[name]!.slots[k].current == id { apps[name]!.slots[k].current = nil }
         apps[name]!.slots[k].retiring.append(id)
-        workers[id]!.phase = .killing
+        // SIGABRT first, as systemd does, so a hung worker can dump core; SIGKILL follows at the stop timeout.
+        workers[id]!.phase = .stopping
+        workers[id]!.killAt = now + spec.stop.timeout
         workers[id]!.stopReason = .watchdog
         workers[id]!.watchdogDeadline = nil
         workers[id]!.healthyAt = nil
+        workers[id]!.nextMemorySample = nil
         out.append(.signal(pid: pid, .abrt, group: false))
-        out.append(.signal(pid: pid, .kill, group: true))
         if wasCurrent {
             apps[name]!.slots[k].lastExit = .signaled(Signal.kill.number, coreDumped: false)
             slotLost(name, k, worker: w, cause: "watchdog timeout", restartable: true, now: now)

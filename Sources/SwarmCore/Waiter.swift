@@ -86,7 +86,7 @@ extension Supervisor {
                     return nil
                 }
                 if !failed.isEmpty {
-                    let detail = failed.first?.lastExit?.description ?? "not ready"
+                    let detail = failed.first.flatMap { $0.lastFailure ?? $0.lastExit?.description } ?? "not ready"
                     return .failure(.startFailed(app: name, failed: failed.count, of: app.slots.count, detail: detail))
                 }
                 lines.append("\(name): \(waiter.verb), \(app.slots.count)/\(app.slots.count) workers ready")

@@ -60,6 +60,8 @@ public struct Slot: Codable, Hashable, Sendable {
     public internal(set) var backoff = Backoff()
     public internal(set) var restarts = 0
     public internal(set) var lastExit: ExitStatus?
+    /// Why the slot's last worker was lost (an exit, a readiness timeout, the watchdog, its memory).
+    public internal(set) var lastFailure: String?
     /// Scale-down: the slot goes away once its workers are gone.
     public internal(set) var removing = false
     /// Exits (or spawn failures) before readiness, to settle waiting commands.

@@ -114,6 +114,11 @@ extension Daemon {
 
     func sweepConnections() {
         let now = Posix.monotonicNanoseconds()
+        // Quiet for a while after control traffic: give back the code pages it touched.
+        if let last = lastControlActivity, now - last > 5_000_000_000 {
+            lastControlActivity = nil
+            ProcFS.pageOutCleanMappings()
+        }
         if let until = acceptPausedUntil, now >= until {
             acceptPausedUntil = nil
             controlSource?.setEnabled(true)
@@ -144,6 +149,7 @@ extension Daemon {
         if n == 0 { return drop(conn) }
         if conn.closing { return }
         conn.lastActivity = Posix.monotonicNanoseconds()
+        lastControlActivity = conn.lastActivity
         conn.reader.append(buf[0..<n])
         while true {
             let frame: [UInt8]?

@@ -118,6 +118,7 @@ public final class Daemon {
     var housekeeping: EventLoop.Source?
     var sweepSource: EventLoop.Source?
     var controlFromSystemd = false
+    var lastControlActivity: Int64?
     var acceptPausedUntil: Int64?
     var cpuSamples: [Int32: (ticks: Int64, at: Int64)] = [:]
 
@@ -238,11 +239,12 @@ public final class Daemon {
             case let .success(sockets):
                 appSockets[name] = sockets
             }
-            let id = newRequest(nil)
-            initialRequests.insert(id)
-            feed(.command(id, .start(spec, replace: false)))
             if entry?.stopped == true && !fromCommandLine {
-                feed(.command(newRequest(nil), .stop(.app(name))))
+                feed(.command(newRequest(nil), .add(spec)))
+            } else {
+                let id = newRequest(nil)
+                initialRequests.insert(id)
+                feed(.command(id, .start(spec, replace: false)))
             }
             // A remembered scale is applied as a scale, not by editing the spec: the spec keeps
             // the file's count, so the next save still sees the scale and remembers it.
@@ -489,6 +491,8 @@ public final class Daemon {
         guard !sentReady, initialRequests.isEmpty else { return }
         sentReady = true
         Systemd.notify("READY=1\nSTATUS=\(lastSystemdStatus.isEmpty ? "no apps" : lastSystemdStatus)")
+        // Start-up code (argument parsing, config decoding, runtime metadata scans) is not needed while idle.
+        ProcFS.pageOutCleanMappings()
         log.info("ready: \(supervisor.appOrder.count) apps")
     }
 

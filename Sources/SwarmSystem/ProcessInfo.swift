@@ -175,3 +175,27 @@ public enum Users {
         return String(cString: pw.pointee.pw_dir)
     }
 }
+
+extension ProcFS {
+    /// Asks the kernel to reclaim this process's clean, file-backed pages
+    /// (code and read-only data touched only while starting: argument
+    /// parsing, config decoding, runtime metadata scans). They are read
+    /// back from the page cache or disk if ever needed again. Returns the
+    /// number of bytes advised.
+    @discardableResult
+    public static func pageOutCleanMappings() -> Int {
+        guard let maps = read("/proc/self/maps") else { return 0 }
+        var total = 0
+        for line in maps.split(separator: "\n") {
+            let f = line.split(separator: " ", omittingEmptySubsequences: true)
+            // address perms offset dev inode path
+            guard f.count >= 6, f[1].hasPrefix("r"), !f[1].contains("w"), f[5].hasPrefix("/") else { continue }
+            let range = f[0].split(separator: "-")
+            guard range.count == 2, let start = UInt(range[0], radix: 16), let end = UInt(range[1], radix: 16) else { continue }
+            if madvise(UnsafeMutableRawPointer(bitPattern: start), Int(end - start), 21 /* MADV_PAGEOUT */) == 0 {
+                total += Int(end - start)
+            }
+        }
+        return total
+    }
+}

@@ -102,6 +102,7 @@ struct SessionTests {
                 #expect(Array(four.prefix(2)) == first, "scaling up keeps the running workers")
                 let upAt = Date()
                 try await waitUntil(timeout: 10, "the load to reach all 4 workers") { load.pids(since: upAt) == Set(four) }
+                try await waitUntil(timeout: 10, "more answers at 4 workers") { load.snapshot.answers.filter { $0.at > upAt }.count >= 50 }
 
                 try await s.ctlOK("scale", "web", "2")
                 let two = try await s.waitReady("web", workers: 2)
@@ -119,7 +120,7 @@ struct SessionTests {
             // A keep-alive connection to a removed worker may be closed by it; nothing else may fail.
             let bad = snap.failures.filter { !($0.keepAlive && $0.pid.map(removed.contains) == true) }
             #expect(bad.isEmpty, "\(bad.count) failed requests (of \(snap.answers.count)): \(bad.prefix(10))")
-            #expect(snap.answers.count > 200, "only \(snap.answers.count) requests were answered")
+            #expect(snap.answers.count >= 100, "only \(snap.answers.count) requests were answered")
         }
     }
 
@@ -268,9 +269,7 @@ struct SessionTests {
             #expect(app.state == "stopped")
             #expect(app.workers.allSatisfy { $0.pid == nil })
             #expect(app.workersWanted == 3, "the scale is remembered too")
-            withKnownIssue("swarmd starts a remembered stopped app, then stops it: SwarmCore has no command to add an app stopped") {
-                #expect(!d3.stderr.contains("started (generation"), "a stopped app's workers should not run at all:\n\(d3.stderr)")
-            }
+            #expect(!d3.stderr.contains("started (generation"), "a stopped app's workers should not run at all:\n\(d3.stderr)")
             try await s.ctlOK("start", "web")
             try await s.waitReady("web", workers: 3)
         }

@@ -35,6 +35,7 @@ import urllib.parse
 
 SD_LISTEN_FDS_START = 3
 CPU_ITERATIONS = 823543
+FIRST_REQUEST_GRACE_S = 1.0  # during a stop: how long a new connection may take to send its request
 
 
 def log(msg):
@@ -147,12 +148,12 @@ class Server(http.server.ThreadingHTTPServer):
         self.address_family = sock.family
         self.stopping = False
         self._lock = threading.Lock()
-        self._conns = {}  # handler -> idle?
+        self._conns = {}  # handler -> idle? (None: accepted, first request not read yet)
 
     def track(self, handler, alive):
         with self._lock:
             if alive:
-                self._conns[handler] = True
+                self._conns[handler] = None
             else:
                 self._conns.pop(handler, None)
 
@@ -163,11 +164,29 @@ class Server(http.server.ThreadingHTTPServer):
             return idle and self.stopping
 
     def close_idle_connections(self):
-        """Start the stop: busy connections close after their response, idle ones now."""
+        """Start the stop: busy connections close after their response, idle ones now.
+
+        A connection accepted whose first request has not arrived yet is not idle:
+        its client sent (or is sending) a request and expects an answer, so it gets
+        FIRST_REQUEST_GRACE_S to arrive before the connection is closed."""
         with self._lock:
             self.stopping = True
-            idle = [h for h, is_idle in self._conns.items() if is_idle]
-        for h in idle:
+            idle = [h for h, state in self._conns.items() if state is True]
+            fresh = [h for h, state in self._conns.items() if state is None]
+        self._shutdown_read(idle)
+        if fresh:
+            timer = threading.Timer(FIRST_REQUEST_GRACE_S, self._close_if_still_fresh, args=(fresh,))
+            timer.daemon = True
+            timer.start()
+
+    def _close_if_still_fresh(self, handlers):
+        with self._lock:
+            still = [h for h in handlers if h in self._conns and self._conns[h] is None]
+        self._shutdown_read(still)
+
+    @staticmethod
+    def _shutdown_read(handlers):
+        for h in handlers:
             try:
                 h.request.shutdown(socket.SHUT_RD)  # wakes its readline() with EOF
             except OSError:

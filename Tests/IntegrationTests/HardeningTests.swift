@@ -1,0 +1,293 @@
+import Foundation
+import Glibc
+import SwarmProtocol
+import SwarmSystem
+import Testing
+
+// Hardening: in-place re-exec under load, kill -9 of swarmd, a corrupt state
+// file, hostile control clients, crash-loop storms, log floods, limits,
+// memory ceilings and user switching.
+
+/// Figures the reliability table quotes; printed to the test log.
+func reportFigure(_ text: String) {
+    print("[figure] \(text)")
+}
+
+@Suite("Hardening: re-exec, kill -9, corrupt state, hostile clients, storms, floods, limits")
+struct HardeningTests {
+    @Test("daemon re-exec under HTTP load keeps the pid, the workers and every request", arguments: ["swarmctl", "SIGUSR2"])
+    func reexecUnderLoad(trigger: String) async throws {
+        try await withSwarm { s in
+            let port = try Ports.free()
+            let conf = try s.write("web.conf", Conf.python("web", workers: 2, port: port))
+            let d = try await s.startDaemon([conf])
+            let pids = try await s.waitReady("web", workers: 2)
+            let load = HTTPLoadLoop(port: port, pause: 0.005)
+            try await waitUntil(timeout: 10, "the load to get answers") { load.counts.ok >= 20 }
+
+            let logBefore = d.stderr.components(separatedBy: "re-executed as pid").count
+            if trigger == "swarmctl" {
+                let r = try await s.ctlOK("daemon-reexec")
+                #expect(r.out.contains("re-executing") || r.err.isEmpty, "\(r)")
+            } else {
+                d.signal(SIGUSR2)
+            }
+            try await waitUntil(timeout: 15, "swarmd to log that it re-executed") {
+                d.stderr.components(separatedBy: "re-executed as pid").count > logBefore
+            }
+            let t0 = Date()
+            let status = try s.quickStatus()
+            #expect(elapsed(since: t0) < 1, "status after the re-exec took \(elapsed(since: t0))s")
+            #expect(status.daemon.pid == d.pid, "swarmd's pid changed: \(status.daemon.pid) vs \(d.pid)")
+            #expect(d.running, "swarmd exited during the re-exec: \(d.stderr.suffix(1500))")
+            let after = try await s.waitReady("web", workers: 2)
+            #expect(after == pids, "workers changed across the re-exec: \(pids) → \(after)")
+            let atReexec = load.counts.ok
+            try await waitUntil(timeout: 10, "requests answered after the re-exec") { load.counts.ok >= atReexec + 20 }
+            let result = try await load.stop()
+            #expect(result.failed == 0, "\(result.failed) failed requests across the re-exec (ok \(result.ok)): \(result.errors)")
+
+            // The new image reaps and restarts: the handover of the children worked.
+            let victim = pids[0]
+            kill(victim, SIGKILL)
+            let replaced = try await waitUntil(timeout: 15, "slot 0 to get a new ready worker after kill -9 of \(victim)") { () -> Int32? in
+                let a = try s.quickStatus().apps.first { $0.name == "web" }
+                guard let w = a?.workers.first(where: { $0.slot == 0 && $0.state == "ready" }), let p = w.pid, p != victim else { return nil }
+                return p
+            }
+            try await waitUntil(timeout: 5, "the killed worker \(victim) to be reaped (no zombie)") { !ProcState.exists(victim) }
+            #expect(try httpGet(port).status == 200)
+            #expect(replaced != victim)
+            #expect(d.running)
+        }
+    }
+
+    @Test("kill -9 of swarmd: no worker survives it (PDEATHSIG); a new swarmd with the same state dir brings the app back")
+    func killNineDaemon() async throws {
+        try await withSwarm { s in
+            let port = try Ports.free()
+            let conf = try s.write("web.conf", Conf.python("web", workers: 2, port: port))
+            let d = try await s.startDaemon()
+            try await s.ctlOK("start", conf)
+            let pids = try await s.waitReady("web", workers: 2)
+            let ids = pids.compactMap { ProcessIdentity(pid: $0) }
+            #expect(ids.count == 2)
+            d.signal(SIGKILL)
+            _ = try await d.wait(timeout: 5, "swarmd to die of SIGKILL")
+            try await waitUntil(timeout: 5, "every worker to die with swarmd; alive: \(ids.filter(\.isAlive))") { ids.allSatisfy { !$0.isAlive } }
+
+            try await s.startDaemon()
+            let again = try await s.waitReady("web", workers: 2, timeout: 20)
+            #expect(Set(again).isDisjoint(with: Set(pids)))
+            #expect(try httpGet(port).status == 200)
+        }
+    }
+
+    @Test("a corrupt apps.json: swarmd starts, reports it and moves it aside")
+    func corruptStateFile() async throws {
+        try await withSwarm { s in
+            try FileManager.default.createDirectory(atPath: s.stateDir, withIntermediateDirectories: true)
+            let garbage = "{\"version\": 1, \"apps\": [{\"name\": \"web\", \"conf"
+            try garbage.write(toFile: s.stateDir + "/apps.json", atomically: true, encoding: .utf8)
+            let d = try await s.startDaemon()
+            try await waitUntil(timeout: 5, "swarmd to report the corrupt state file") { d.stderr.contains("apps.json") }
+            #expect(d.stderr.contains("unreadable") && d.stderr.contains("moved it to"), "log: \(d.stderr.suffix(1500))")
+            let files = try FileManager.default.contentsOfDirectory(atPath: s.stateDir)
+            let aside = files.filter { $0.hasPrefix("apps.json.corrupt-") }
+            #expect(aside.count == 1, "state dir: \(files)")
+            if let a = aside.first { #expect(readText(s.stateDir + "/" + a) == garbage) }
+            let status = try s.quickStatus()
+            #expect(status.apps.isEmpty)
+            // The state file it writes now is valid.
+            let text = readText(s.stateDir + "/apps.json")
+            #expect(text.isEmpty || (try? JSONSerialization.jsonObject(with: Data(text.utf8))) != nil, "apps.json now: \(text)")
+        }
+    }
+
+    @Test("slow loris on the control socket: cut off after ~10 s while other clients are served")
+    func slowLoris() async throws {
+        try await withSwarm { s in
+            try await s.startDaemon()
+            let loris = try ControlConnection(path: s.socket, timeout: 20)
+            try loris.send(Array("{\"v\":1,\"id\":7,\"verb\":\"sta".utf8))
+            let t0 = Date()
+            var served = 0
+            var slowest = 0.0
+            var closedAfter: Double?
+            var reply = ""
+            while closedAfter == nil && elapsed(since: t0) < 15 {
+                let (took, _) = try timedStatus(s)
+                served += 1
+                slowest = max(slowest, took)
+                var pfd = pollfd(fd: loris.fd, events: Int16(POLLIN), revents: 0)
+                if poll(&pfd, 1, 0) > 0 {
+                    while let f = try loris.receiveFrame() { reply += String(decoding: f, as: UTF8.self) }
+                    closedAfter = elapsed(since: t0)
+                    break
+                }
+                try await Task.sleep(nanoseconds: 250_000_000)
+            }
+            let after = try #require(closedAfter, "the slow client was not disconnected within 15 s")
+            #expect(after >= 9.5 && after <= 12.5, "disconnected after \(after)s; expected ~10 s")
+            #expect(reply.contains("not completed within"), "reply to the slow client: \(reply)")
+            #expect(served >= 20 && slowest < 1, "other clients: \(served) served, slowest \(slowest)s")
+        }
+    }
+
+    @Test("1,000 idle control connections: status still answers within a second")
+    func thousandIdleConnections() async throws {
+        try await withSwarm { s in
+            ProcPeek.raiseNoFile(to: 4096)
+            let d = try await s.startDaemon()
+            var fds: [Int32] = []
+            defer { for fd in fds { close(fd) } }
+            for i in 0..<1000 {
+                do { fds.append(try Sockets.connectUnix(s.socket)) } catch {
+                    throw HarnessError("connection \(i + 1) of 1000 failed: \(error)")
+                }
+            }
+            // swarmd has accepted them all (its fds), not merely queued them.
+            let held = try await waitUntil(timeout: 10, "swarmd to accept 1000 connections") { () -> Int? in
+                let n = ProcFS.listDirectory("/proc/\(d.pid)/fd")?.count ?? 0
+                return n >= 1000 ? n : nil
+            }
+            var slowest = 0.0
+            for _ in 0..<5 {
+                let (took, report) = try timedStatus(s)
+                slowest = max(slowest, took)
+                #expect(report.daemon.pid == d.pid)
+            }
+            #expect(slowest < 1, "status took \(slowest)s with 1000 idle connections")
+            reportFigure("idle control connections: \(fds.count) open (swarmd holds \(held) fds), slowest status \(String(format: "%.3f", slowest))s")
+            for fd in fds { close(fd) }
+            fds = []
+            try await waitUntil(timeout: 10, "swarmd to drop the closed connections") { (ProcFS.listDirectory("/proc/\(d.pid)/fd")?.count ?? 0) < 100 }
+        }
+    }
+
+    @Test("crash-loop storm: 10 apps × 8 crashing workers cost swarmd < 5% of a core once backed off")
+    func crashLoopStorm() async throws {
+        try await withSwarm { s in
+            var confs: [String] = []
+            for i in 0..<10 {
+                // python -S: no site import, a sixth of the start-up CPU; the machine is shared.
+                confs.append(try s.write("crash\(i).conf", Conf.app("crash\(i)", command: [Paths.python, "-S", Paths.pythonApps + "/crash.py"],
+                                                                     workers: 8, extra: "[restart]\nmax_delay = \"10s\"\n")))
+            }
+            let d = try await s.startDaemon(confs)
+            try await waitUntil(timeout: 40, "all 10 apps to be in crash-loop") {
+                let st = try s.quickStatus()
+                return st.apps.count == 10 && st.apps.allSatisfy { $0.state == "crash-loop" }
+            }
+            let ticks0 = try #require(ProcPeek.cpuTicks(d.pid))
+            let t0 = Date()
+            var slowest = 0.0
+            for _ in 0..<5 {
+                try await Task.sleep(nanoseconds: 1_000_000_000)
+                slowest = max(slowest, try timedStatus(s).seconds)
+            }
+            let ticks1 = try #require(ProcPeek.cpuTicks(d.pid))
+            let share = Double(ticks1 - ticks0) / Double(ProcFS.clockTicks) / elapsed(since: t0)
+            reportFigure("crash-loop storm (10×8 crash.py, max_delay 10s): swarmd CPU \(String(format: "%.2f", share * 100))% of a core over \(String(format: "%.1f", elapsed(since: t0)))s, slowest status \(String(format: "%.3f", slowest))s")
+            #expect(share < 0.05, "swarmd used \(share * 100)% of a core during the crash-loop storm")
+            #expect(slowest < 1, "status took \(slowest)s during the storm")
+            let st = try s.quickStatus()
+            #expect(st.apps.allSatisfy { $0.workers.count == 8 }, "\(st.apps.map { "\($0.name): \($0.workers.count)" })")
+        }
+    }
+
+    @Test("log flood: status stays fast, swarmd's RSS stays bounded, the log files rotate")
+    func logFlood() async throws {
+        try await withSwarm { s in
+            let conf = try s.write("flood.conf", Conf.python("flood", script: "flood.py", workers: 1,
+                                                             extra: "[logs]\nmax_size = \"1MiB\"\nkeep = 2\n"))
+            let d = try await s.startDaemon([conf])
+            try await s.waitReady("flood", workers: 1)
+            let logs = s.stateDir + "/logs"
+            try await waitUntil(timeout: 30, "flood.log.2 to appear (rotation)") { access(logs + "/flood.log.2", F_OK) == 0 }
+            var slowest = 0.0
+            var maxRSS: Int64 = 0
+            let t0 = Date()
+            while elapsed(since: t0) < 3 {
+                slowest = max(slowest, try timedStatus(s).seconds)
+                maxRSS = max(maxRSS, ProcPeek.rss(d.pid) ?? 0)
+                try await Task.sleep(nanoseconds: 200_000_000)
+            }
+            // Still flooding: the worker's CPU keeps growing.
+            let files = try FileManager.default.contentsOfDirectory(atPath: logs).filter { $0.hasPrefix("flood.log") }.sorted()
+            var total: Int64 = 0
+            for f in files {
+                let size = (try? FileManager.default.attributesOfItem(atPath: logs + "/" + f)[.size] as? NSNumber)?.int64Value ?? 0
+                total += size
+                #expect(size <= (1 << 20) + 32 << 10, "\(f) is \(size) bytes, above max_size 1MiB")
+            }
+            #expect(Set(files) == ["flood.log", "flood.log.1", "flood.log.2"], "log files: \(files)")
+            let lastLine = readText(logs + "/flood.log.1").split(separator: "\n").last.map(String.init) ?? ""
+            #expect(lastLine.contains("flood") && lastLine.contains("line"), "rotated file content: \(lastLine)")
+            reportFigure("log flood: swarmd max RSS \(maxRSS >> 20) MiB, slowest status \(String(format: "%.3f", slowest))s, logs on disk \(total >> 10) KiB in \(files.count) files")
+            #expect(maxRSS < 100 << 20, "swarmd RSS reached \(maxRSS >> 20) MiB during the flood")
+            #expect(slowest < 1, "status took \(slowest)s during the flood")
+            #expect(total <= 3 * (1 << 20) + 96 << 10, "logs use \(total) bytes on disk")
+            try await s.ctlOK("stop", "flood")
+        }
+    }
+
+    @Test("[limits] nofile = 1234 is the worker's RLIMIT_NOFILE")
+    func nofileLimit() async throws {
+        try await withSwarm { s in
+            let conf = try s.write("lim.conf", Conf.app("lim", command: ["/bin/sleep", "600"], extra: "[limits]\nnofile = 1234\n"))
+            try await s.startDaemon([conf])
+            let pid = try #require(try await s.waitReady("lim", workers: 1).first)
+            let line = ProcPeek.line(pid, file: "limits", prefix: "Max open files") ?? ""
+            let numbers = line.split(separator: " ").compactMap { Int($0) }
+            #expect(numbers == [1234, 1234], "/proc/\(pid)/limits: \(line)")
+        }
+    }
+
+    @Test("[limits] memory = \"30MiB\": a growing worker is replaced")
+    func memoryCeiling() async throws {
+        try await withSwarm { s in
+            let script = try s.write("grow.py", """
+                import time
+                chunks = []
+                for _ in range(40):   # at most ~160 MiB even if nobody stops it
+                    chunks.append(b"\\x01" * (4 << 20))
+                    time.sleep(0.1)
+                while True:
+                    time.sleep(1)
+
+                """)
+            let conf = try s.write("grow.conf", Conf.app("grow", command: [Paths.python, script],
+                                                         extra: "[limits]\nmemory = \"30MiB\"\n"))
+            let d = try await s.startDaemon([conf])
+            let first = try await waitUntil(timeout: 10, "the first grow worker") { () -> Int32? in
+                try s.quickStatus().apps.first?.workers.first?.pid
+            }
+            let replacement = try await waitUntil(timeout: 15, "grow's worker \(first) to be replaced for its memory") { () -> Int32? in
+                let w = try s.quickStatus().apps.first?.workers.first { $0.slot == 0 }
+                guard let p = w?.pid, p != first, (w?.restarts ?? 0) >= 1 else { return nil }
+                return p
+            }
+            #expect(d.stderr.contains("ceiling"), "log: \(d.stderr.suffix(1500))")
+            try await waitUntil(timeout: 5, "the replaced worker \(first) to be gone") { !ProcState.exists(first) }
+            #expect(replacement != first)
+        }
+    }
+
+    @Test("user = \"nobody\": the worker runs as nobody with no supplementary groups",
+          .enabled(if: getuid() == 0, "needs root to switch users"))
+    func runsAsNobody() async throws {
+        try await withSwarm { s in
+            let nobody = try #require(Users.lookupUser("nobody"))
+            let conf = try s.write("nob.conf", Conf.app("nob", command: ["/bin/sleep", "600"], extra: "user = \"nobody\"\n"))
+            try await s.startDaemon([conf])
+            let pid = try #require(try await s.waitReady("nob", workers: 1).first)
+            func ids(_ key: String) -> [String] {
+                (ProcPeek.line(pid, file: "status", prefix: key) ?? "").split(whereSeparator: { $0 == " " || $0 == "\t" }).dropFirst().map(String.init)
+            }
+            #expect(ids("Uid:") == Array(repeating: String(nobody.uid), count: 4), "Uid: \(ids("Uid:"))")
+            #expect(ids("Gid:") == Array(repeating: String(nobody.gid), count: 4), "Gid: \(ids("Gid:"))")
+            #expect(ids("Groups:").isEmpty, "supplementary groups: \(ids("Groups:"))")
+        }
+    }
+}

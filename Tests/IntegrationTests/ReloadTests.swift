@@ -1,0 +1,270 @@
+import Foundation
+import Glibc
+import SwarmProtocol
+import Testing
+
+// Rolling reload (issue 4): zero failed requests under load, every pid
+// replaced, rollback of versions that crash or never get ready, every
+// readiness mode, the watchdog, worker-count changes, concurrency, --json, SIGHUP.
+
+/// The app named `name` in a report, or an error naming what was there.
+func reloadApp(_ report: StatusReport, _ name: String) throws -> AppStatus {
+    guard let a = report.apps.first(where: { $0.name == name }) else {
+        throw HarnessError("no app '\(name)' in status (apps: \(report.apps.map(\.name)))")
+    }
+    return a
+}
+
+/// `[ready]` table text.
+func readyTable(_ lines: String...) -> String { (["[ready]"] + lines).joined(separator: "\n") }
+
+/// Checks a reload's outcome once the app has settled with `workers` ready workers:
+/// every pid in `before` is gone, the generation is `generation`, the last reload succeeded.
+@discardableResult
+func expectReplaced(_ s: Swarm, _ name: String, workers: Int, before: [Int32], generation: Int,
+                    sourceLocation: SourceLocation = #_sourceLocation) async throws -> [Int32] {
+    let after = try await s.waitReady(name, workers: workers)
+    let a = try reloadApp(try s.quickStatus(), name)
+    #expect(Set(after).isDisjoint(with: before), "every pid should be replaced: before \(before), after \(after)", sourceLocation: sourceLocation)
+    #expect(Set(after).count == workers, "pids after reload: \(after)", sourceLocation: sourceLocation)
+    #expect(a.generation == generation, "generation \(a.generation), expected \(generation)", sourceLocation: sourceLocation)
+    #expect(a.workers.allSatisfy { $0.generation == generation }, "worker generations: \(a.workers.map(\.generation))", sourceLocation: sourceLocation)
+    #expect(a.lastReload?.ok == true, "last_reload: \(String(describing: a.lastReload))", sourceLocation: sourceLocation)
+    return after
+}
+
+@Suite("Reload: rolling replacement, rollback, readiness modes")
+struct ReloadTests {
+    @Test("20 consecutive reloads of 4 workers under keep-alive and fresh-connection load: 0 failed requests, every pid replaced")
+    func twentyReloadsUnderLoad() async throws {
+        try await withSwarm { s in
+            let port = try Ports.free()
+            let conf = try s.write("web.conf", Conf.python("web", workers: 4, port: port))
+            try await s.startDaemon([conf])
+            var pids = try await s.waitReady("web", workers: 4)
+            let g0 = try reloadApp(try s.quickStatus(), "web").generation
+            let load = Traffic(port: port)
+            let (_, report) = try await withTraffic(load) {
+                for i in 1...20 {
+                    try await s.ctlOK("reload", "web")
+                    pids = try await expectReplaced(s, "web", workers: 4, before: pids, generation: g0 + i)
+                }
+            }
+            print("20 reloads under load: \(report)")
+            #expect(report.failed == 0, "load during 20 reloads: \(report)")
+            #expect(report.ok > 200, "load during 20 reloads: \(report)")
+            // The last generation is what answers now.
+            #expect(Set(try answeringPids(port, connections: 16).keys) == Set(pids))
+        }
+    }
+
+    @Test("a reload to a crashing command fails with the reason and its log, rolls back, fails no request")
+    func crashingReloadRollsBack() async throws {
+        try await withSwarm { s in
+            let port = try Ports.free()
+            let conf = try s.write("web.conf", Conf.python("web", workers: 4, port: port))
+            try await s.startDaemon([conf])
+            let pids = try await s.waitReady("web", workers: 4)
+            let g0 = try reloadApp(try s.quickStatus(), "web").generation
+            try s.write("web.conf", Conf.python("web", script: "crash.py", workers: 4, port: port))
+            let (r, report) = try await withTraffic(Traffic(port: port)) { try await s.ctl("reload", "web") }
+            #expect(r.code == 1, "\(r)")
+            #expect(r.err.contains("reload failed and was rolled back"), "\(r)")
+            #expect(r.err.contains("exited with status 1 before it was ready"), "\(r)")
+            #expect(r.err.contains("crashing on purpose"), "the failed worker's last log lines should follow: \(r)")
+            #expect(report.failed == 0, "load during the failed reload: \(report)")
+
+            let after = try await s.waitReady("web", workers: 4)
+            #expect(after == pids, "the old workers should still be the ones serving")
+            let a = try reloadApp(try await s.status(), "web")
+            #expect(a.lastReload?.ok == false, "last_reload: \(String(describing: a.lastReload))")
+            #expect(a.generation == g0)
+            #expect(Set(try answeringPids(port, connections: 16).keys) == Set(pids))
+        }
+    }
+
+    @Test("a reload to a worker that never gets ready times out, rolls back, fails no request")
+    func neverReadyReloadRollsBack() async throws {
+        try await withSwarm { s in
+            let port = try Ports.free()
+            let conf = try s.write("web.conf", Conf.python("web", workers: 2, port: port))
+            try await s.startDaemon([conf])
+            let pids = try await s.waitReady("web", workers: 2)
+            let g0 = try reloadApp(try s.quickStatus(), "web").generation
+            // notify mode, but server.py without READY_MODE never sends READY=1.
+            try s.write("web.conf", Conf.python("web", workers: 2, port: port, extra: readyTable("mode = \"notify\"", "timeout = \"2s\"")))
+            let t0 = Date()
+            let (r, report) = try await withTraffic(Traffic(port: port)) { try await s.ctl("reload", "web") }
+            #expect(r.code == 1, "\(r)")
+            #expect(r.err.contains("reload failed and was rolled back"), "\(r)")
+            #expect(r.err.contains("not ready within 2s"), "\(r)")
+            #expect(elapsed(since: t0) >= 1.9, "the reload gave up before the 2s readiness timeout")
+            #expect(report.failed == 0, "load during the failed reload: \(report)")
+
+            let after = try await s.waitReady("web", workers: 2)
+            #expect(after == pids)
+            let a = try reloadApp(try await s.status(), "web")
+            #expect(a.lastReload?.ok == false, "last_reload: \(String(describing: a.lastReload))")
+            #expect(a.generation == g0)
+            #expect(Set(try answeringPids(port, connections: 16).keys) == Set(pids))
+        }
+    }
+
+    enum Mode: String, CaseIterable, Sendable { case notify, fd, listeningPython, listeningNode, delay }
+
+    @Test("each readiness mode with a worker written for it: start and reload", arguments: Mode.allCases)
+    func readinessModes(mode: Mode) async throws {
+        try await withSwarm { s in
+            let port = try Ports.free()
+            let conf: String
+            switch mode {
+            case .notify:
+                conf = Conf.python("web", workers: 2, port: port, env: ["READY_MODE": "notify"], extra: readyTable("mode = \"notify\"", "timeout = \"10s\""))
+            case .fd:
+                conf = Conf.python("web", workers: 2, port: port, env: ["READY_MODE": "fd"], extra: readyTable("mode = \"fd\"", "timeout = \"10s\""))
+            case .listeningPython:
+                conf = Conf.python("web", workers: 2, port: port, extra: readyTable("mode = \"listening\""))
+            case .listeningNode:
+                conf = Conf.app("web", command: [Paths.node, Paths.nodeApps + "/server.js"], workers: 2, port: port,
+                                extra: readyTable("mode = \"listening\""))
+            case .delay:
+                conf = Conf.python("web", workers: 2, port: port, extra: readyTable("mode = \"delay\"", "delay = \"400ms\""))
+            }
+            let path = try s.write("web.conf", conf)
+            try await s.startDaemon([path])
+            let pids = try await s.waitReady("web", workers: 2)
+            #expect(Set(try answeringPids(port, connections: 8).keys) == Set(pids))
+            if mode == .notify {
+                let a = try reloadApp(try await s.status(), "web")
+                #expect(a.workers.allSatisfy { $0.statusText == "serving" }, "STATUS= lines: \(a.workers.map(\.statusText))")
+            }
+            let t0 = Date()
+            try await s.ctlOK("reload", "web")
+            let took = elapsed(since: t0)
+            if mode == .delay {
+                #expect(took >= 0.75, "2 slots × 400ms delay, but the reload took \(took)s")
+            }
+            let after = try await expectReplaced(s, "web", workers: 2, before: pids, generation: 2)
+            try await waitUntil(timeout: 5, "the new workers \(after) to answer") {
+                Set(try answeringPids(port, connections: 8).keys) == Set(after)
+            }
+        }
+    }
+
+    @Test("[ready] watchdog: a worker that stops sending WATCHDOG=1 is killed and replaced")
+    func watchdogReplacesSilentWorker() async throws {
+        try await withSwarm { s in
+            let port = try Ports.free()
+            let conf = try s.write("wd.conf", Conf.python("wd", workers: 1, port: port,
+                                                          env: ["READY_MODE": "notify", "WATCHDOG_STOP_AFTER_S": "2"],
+                                                          extra: readyTable("mode = \"notify\"", "watchdog = \"1s\"") + "\n[restart]\ninitial_delay = \"100ms\""))
+            try await s.startDaemon([conf])
+            let pid = try await s.waitReady("wd", workers: 1)[0]
+            let old = ProcessIdentity(pid: pid)
+            let t0 = Date()
+            let w = try await waitUntil(timeout: 15, "slot 0 of wd to have a ready replacement for pid \(pid)") { () -> WorkerStatus? in
+                guard let w = try reloadApp(try s.quickStatus(), "wd").workers.first(where: { $0.slot == 0 }),
+                      let p = w.pid, p != pid, w.state == "ready" else { return nil }
+                return w
+            }
+            // Pings stop 2s after start; the watchdog (1s) fires about 1s later.
+            #expect(elapsed(since: t0) >= 1.5, "replaced after \(elapsed(since: t0))s: before the worker went silent")
+            #expect(w.restarts >= 1, "restarts: \(w.restarts)")
+            #expect(w.lastExit?.contains("SIGABRT") == true || w.lastExit?.contains("SIGKILL") == true, "last_exit: \(w.lastExit ?? "nil")")
+            #expect(s.daemonLog.contains("sent no WATCHDOG=1"), "swarmd's log should say why")
+            #expect(old.map { !$0.isAlive } ?? true, "the silent worker \(pid) should be gone")
+            #expect(try httpGet(port).pid == w.pid)
+        }
+    }
+
+    @Test("reload with a changed worker count (2 → 4 → 2) under load: 0 failed requests")
+    func workerCountChangeUnderLoad() async throws {
+        try await withSwarm { s in
+            let port = try Ports.free()
+            let conf = try s.write("web.conf", Conf.python("web", workers: 2, port: port))
+            try await s.startDaemon([conf])
+            let two = try await s.waitReady("web", workers: 2)
+            let (_, report) = try await withTraffic(Traffic(port: port)) {
+                try s.write("web.conf", Conf.python("web", workers: 4, port: port))
+                try await s.ctlOK("reload", "web")
+                let four = try await expectReplaced(s, "web", workers: 4, before: two, generation: 2)
+                #expect(try reloadApp(try s.quickStatus(), "web").workersWanted == 4)
+                try s.write("web.conf", Conf.python("web", workers: 2, port: port))
+                try await s.ctlOK("reload", "web")
+                try await expectReplaced(s, "web", workers: 2, before: four, generation: 3)
+                #expect(try reloadApp(try s.quickStatus(), "web").workersWanted == 2)
+            }
+            #expect(report.failed == 0, "load during 2 → 4 → 2: \(report)")
+            #expect(report.pids.count >= 4, "answers came from \(report.pids)")
+        }
+    }
+
+    @Test("a reload requested while one runs is rejected; the first one completes")
+    func concurrentReloadRejected() async throws {
+        try await withSwarm { s in
+            let port = try Ports.free()
+            let conf = try s.write("slow.conf", Conf.python("slow", workers: 2, port: port, env: ["SERVER_START_DELAY_MS": "1500"]))
+            try await s.startDaemon([conf])
+            let pids = try await s.waitReady("slow", workers: 2)
+            let first = Task { try await s.ctl("reload", "slow") }
+            try await waitUntil(timeout: 10, "slow to be reloading") {
+                try reloadApp(try s.quickStatus(), "slow").state == "reloading"
+            }
+            let second = try await s.ctl("reload", "slow")
+            #expect(second.code == 1, "\(second)")
+            #expect(second.err.contains("a reload of 'slow' is already in progress"), "\(second)")
+            let r = try await first.value
+            #expect(r.code == 0, "the first reload should succeed: \(r)")
+            try await expectReplaced(s, "slow", workers: 2, before: pids, generation: 2)
+        }
+    }
+
+    @Test("reload --json prints one JSON object per line")
+    func reloadJSON() async throws {
+        try await withSwarm { s in
+            let port = try Ports.free()
+            let conf = try s.write("web.conf", Conf.python("web", workers: 2, port: port))
+            try await s.startDaemon([conf])
+            let pids = try await s.waitReady("web", workers: 2)
+            let r = try await s.ctlOK("reload", "web", "--json")
+            let lines = r.out.split(separator: "\n").map(String.init)
+            #expect(lines.count >= 3, "stdout: \(r.out)")
+            var events: [ProgressEvent] = []
+            for line in lines {
+                let obj = try? JSONSerialization.jsonObject(with: Data(line.utf8))
+                #expect(obj is [String: Any], "not a JSON object: \(line)")
+                if let e = try? JSONDecoder().decode(ProgressEvent.self, from: Data(line.utf8)) { events.append(e) }
+            }
+            #expect(events.count == lines.count - 1, "every line but the last should be an event: \(r.out)")
+            #expect(events.allSatisfy { $0.app == "web" && [1, 2].contains($0.generation) }, "\(events)")
+            #expect(events.first?.kind == "begin" && events.last?.kind == "done" && events.last?.generation == 2, "\(events)")
+            // A retiring old worker's event carries its own generation (1).
+            #expect(events.contains { $0.kind == "ready" && $0.generation == 2 }, "\(events)")
+            #expect(Set(events.compactMap(\.slot)) == [0, 1], "events should cover both slots: \(events)")
+            let last = try JSONSerialization.jsonObject(with: Data((lines.last ?? "").utf8)) as? [String: Any]
+            #expect(last?["ok"] as? Bool == true, "last line: \(lines.last ?? "")")
+            try await expectReplaced(s, "web", workers: 2, before: pids, generation: 2)
+        }
+    }
+
+    @Test("SIGHUP to swarmd reloads every app")
+    func sighupReloadsEveryApp() async throws {
+        try await withSwarm { s in
+            let p1 = try Ports.free(), p2 = try Ports.free()
+            let a = try s.write("a.conf", Conf.python("a", workers: 2, port: p1))
+            let b = try s.write("b.conf", Conf.app("b", command: [Paths.node, Paths.nodeApps + "/server.js"], workers: 1, port: p2))
+            let d = try await s.startDaemon([a, b])
+            let pa = try await s.waitReady("a", workers: 2)
+            let pb = try await s.waitReady("b", workers: 1)
+            kill(d.pid, SIGHUP)
+            for (name, before, n) in [("a", pa, 2), ("b", pb, 1)] {
+                try await waitUntil(timeout: 20, "\(name) to reach generation 2 after SIGHUP") {
+                    let app = try reloadApp(try s.quickStatus(), name)
+                    return app.generation == 2 && app.state == "running"
+                }
+                try await expectReplaced(s, name, workers: n, before: before, generation: 2)
+            }
+            #expect(d.running, "swarmd should still run after SIGHUP")
+        }
+    }
+}
