@@ -7,11 +7,13 @@ let package = Package(
     products: [
         .executable(name: "swarmd", targets: ["swarmd"]),
         .executable(name: "swarmctl", targets: ["swarmctl"]),
+        .executable(name: "swarm-example-nio", targets: ["ExampleNIOServer"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
     ],
     targets: [
         // fork/exec and the few calls Swift cannot import (prctl, accept4, SO_PEERCRED, close_range).
@@ -32,6 +34,11 @@ let package = Package(
         ], swiftSettings: [.swiftLanguageMode(.v5)]),
         .executableTarget(name: "swarmctl", dependencies: [
             "SwarmProtocol", "SwarmSystem", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], swiftSettings: [.swiftLanguageMode(.v5)]),
+        // An example worker: a SwiftNIO HTTP server on the inherited fd 3.
+        .executableTarget(name: "ExampleNIOServer", dependencies: [
+            .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
         ], swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "SwarmCoreTests", dependencies: ["SwarmCore"]),
         .testTarget(name: "SwarmConfigTests", dependencies: ["SwarmConfig"]),

@@ -23,13 +23,14 @@ need_circus || have_circus=0
 raise_nofile
 
 out="$BENCH_TMP/memory.tsv"
-printf 'daemon\tworkers\tVmRSS_KiB\tVmRSS_MiB\tRssAnon_KiB\tRssFile_KiB\tnote\n' >"$out"
+printf 'daemon\tworkers\tVmRSS_KiB\tVmRSS_MiB\tRssAnon_KiB\tRssFile_KiB\tPss_KiB\tnote\n' >"$out"
 add() { # DAEMON N PID NOTE
     local kib anon file
     kib=$(rss_kib "$3")
     anon=$(awk '/^RssAnon:/ {print $2}' "/proc/$3/status")
     file=$(awk '/^RssFile:/ {print $2}' "/proc/$3/status")
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$kib" "$(python3 -c "print(f'{$kib/1024:.1f}')")" "$anon" "$file" "$4" >>"$out"
+    pss=$(awk '/^Pss:/ {print $2}' "/proc/$3/smaps_rollup" 2>/dev/null || echo -)
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$kib" "$(python3 -c "print(f'{$kib/1024:.1f}')")" "$anon" "$file" "$pss" "$4" >>"$out"
     say "  $1 workers=$2 VmRSS=${kib} KiB (anon $anon, file $file) $4"
 }
 count_children() { children "$1" | wc -l; }
@@ -125,5 +126,6 @@ add node-cluster-primary 2 "$npid" "idle, example app workers"
 bg_stop "$npid"
 
 echo
-echo "## VmRSS of the supervising process (target: swarmd < 10 MiB)"
+echo "## VmRSS of the supervising process (target: swarmd < 10 MiB); RssFile = mapped files"
+echo "## (shared libraries: for swarmd the Swift runtime and Foundation), Pss = shared pages split"
 print_table "$out"

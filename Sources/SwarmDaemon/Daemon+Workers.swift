@@ -166,7 +166,7 @@ extension Daemon {
         outputPipes[key] = pipe
         do {
             // Lowest priority: a flooding worker yields to control requests and timers.
-            pipe.source = try loop.addReader(fd, priority: 10) { [weak self] _ in self?.onOutput(key) }
+            pipe.source = try loop.addReader(fd, priority: 10) { [weak self] _ in _ = self?.onOutput(key) }
         } catch {
             log.error("Failed to watch output of \(app)[\(slot)]: \(error), ignoring")
             Posix.close(fd)
@@ -174,12 +174,14 @@ extension Daemon {
         }
     }
 
-    func onOutput(_ key: ObjectIdentifier) {
-        guard let pipe = outputPipes[key] else { return }
+    /// Reads what the pipe holds (at most 64 KiB); false once it is empty (EAGAIN) or closed.
+    @discardableResult
+    func onOutput(_ key: ObjectIdentifier) -> Bool {
+        guard let pipe = outputPipes[key] else { return false }
         var buf = [UInt8](repeating: 0, count: 65536)
         let n: Int
         do { n = try buf.withUnsafeMutableBytes { try Posix.read(pipe.fd, into: $0) } } catch {
-            if (error as? SystemError)?.errno == EAGAIN { return }
+            if (error as? SystemError)?.errno == EAGAIN { return false }
             n = 0
         }
         let sink = self.sink(for: pipe.app)
@@ -194,9 +196,20 @@ extension Daemon {
             pipe.source = nil
             Posix.close(pipe.fd)
             outputPipes[key] = nil
-            return
+            return false
         }
         buf.withUnsafeBytes { pipe.splitter.feed(UnsafeRawBufferPointer(rebasing: $0[0..<n]), emit) }
+        return true
+    }
+
+    /// Reads what an exited worker left in its stdout/stderr pipes before its exit is
+    /// handled (the pipes' readers run at a lower priority than SIGCHLD), so a reload
+    /// failure's reply and the log show its last lines. Bounded: 16 × 64 KiB per pipe
+    /// (a grandchild may still hold the write end and keep writing).
+    func drainOutput(pid: Int32) {
+        for (key, pipe) in outputPipes where pipe.pid == pid {
+            for _ in 0..<16 where onOutput(key) {}
+        }
     }
 
     // MARK: - sd_notify from workers

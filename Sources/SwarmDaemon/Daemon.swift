@@ -284,8 +284,12 @@ public final class Daemon {
         case SIGCHLD:
             while let r = Posix.reapOne() {
                 switch r {
-                case let .exited(pid, code): feed(.exited(pid: pid, .exited(code)))
-                case let .signaled(pid, s, core): feed(.exited(pid: pid, .signaled(s, coreDumped: core)))
+                case let .exited(pid, code):
+                    drainOutput(pid: pid)
+                    feed(.exited(pid: pid, .exited(code)))
+                case let .signaled(pid, s, core):
+                    drainOutput(pid: pid)
+                    feed(.exited(pid: pid, .signaled(s, coreDumped: core)))
                 }
             }
         case SIGTERM, SIGINT, SIGQUIT:

@@ -158,6 +158,13 @@ struct HardeningTests {
                 #expect(report.daemon.pid == d.pid)
             }
             #expect(slowest < 1, "status took \(slowest)s with 1000 idle connections")
+            // Past the cap of 1,024: refused with a reason, not left hanging.
+            var extra: [ControlConnection] = []
+            for _ in 0..<30 { extra.append(try ControlConnection(path: s.socket, timeout: 5)) }
+            let refused = try extra.last!.receive()
+            #expect(refused?.ok == false && refused?.error?.contains("too many control connections") == true,
+                    "connection 1030: \(String(describing: refused))")
+            extra = []
             reportFigure("idle control connections: \(fds.count) open (swarmd holds \(held) fds), slowest status \(String(format: "%.3f", slowest))s")
             for fd in fds { close(fd) }
             fds = []
@@ -172,13 +179,21 @@ struct HardeningTests {
             for i in 0..<10 {
                 // python -S: no site import, a sixth of the start-up CPU; the machine is shared.
                 confs.append(try s.write("crash\(i).conf", Conf.app("crash\(i)", command: [Paths.python, "-S", Paths.pythonApps + "/crash.py"],
-                                                                     workers: 8, extra: "[restart]\nmax_delay = \"10s\"\n")))
+                                                                     workers: 8, extra: "[restart]\nmax_delay = \"5s\"\n")))
             }
             let d = try await s.startDaemon(confs)
             try await waitUntil(timeout: 40, "all 10 apps to be in crash-loop") {
                 let st = try s.quickStatus()
                 return st.apps.count == 10 && st.apps.allSatisfy { $0.state == "crash-loop" }
             }
+            /// Restarts so far, summed over every slot of every app.
+            func restarts(_ r: StatusReport) -> Int {
+                r.apps.reduce(0) { acc, a in acc + Dictionary(a.workers.map { ($0.slot, $0.restarts) }, uniquingKeysWith: max).values.reduce(0, +) }
+            }
+            // Every slot now retries once per max_delay; start the window 1 s into that period, so
+            // the next batch (due ~5 s after entering the crash loop) falls inside it.
+            try await Task.sleep(nanoseconds: 1_000_000_000)
+            let restarts0 = restarts(try s.quickStatus())
             let ticks0 = try #require(ProcPeek.cpuTicks(d.pid))
             let t0 = Date()
             var slowest = 0.0
@@ -187,10 +202,15 @@ struct HardeningTests {
                 slowest = max(slowest, try timedStatus(s).seconds)
             }
             let ticks1 = try #require(ProcPeek.cpuTicks(d.pid))
-            let share = Double(ticks1 - ticks0) / Double(ProcFS.clockTicks) / elapsed(since: t0)
-            reportFigure("crash-loop storm (10×8 crash.py, max_delay 10s): swarmd CPU \(String(format: "%.2f", share * 100))% of a core over \(String(format: "%.1f", elapsed(since: t0)))s, slowest status \(String(format: "%.3f", slowest))s")
+            let span = elapsed(since: t0)
+            let share = Double(ticks1 - ticks0) / Double(ProcFS.clockTicks) / span
+            let respawned = restarts(try s.quickStatus()) - restarts0
+            reportFigure("crash-loop storm (10×8 crash.py, max_delay 5s): swarmd CPU \(String(format: "%.2f", share * 100))% of a core over \(String(format: "%.1f", span))s with \(respawned) restarts in that time, slowest status \(String(format: "%.3f", slowest))s")
+            // Every crash-looping slot is retried once per max_delay: the window saw real work.
+            #expect(respawned >= 20, "only \(respawned) restarts in \(span)s: the window measured an idle swarmd")
             #expect(share < 0.05, "swarmd used \(share * 100)% of a core during the crash-loop storm")
-            #expect(slowest < 1, "status took \(slowest)s during the storm")
+            // A loaded, shared machine: status must answer, and promptly (it is never queued behind the storm).
+            #expect(slowest < 2, "status took \(slowest)s during the storm")
             let st = try s.quickStatus()
             #expect(st.apps.allSatisfy { $0.workers.count == 8 }, "\(st.apps.map { "\($0.name): \($0.workers.count)" })")
         }
@@ -226,7 +246,7 @@ struct HardeningTests {
             #expect(lastLine.contains("flood") && lastLine.contains("line"), "rotated file content: \(lastLine)")
             reportFigure("log flood: swarmd max RSS \(maxRSS >> 20) MiB, slowest status \(String(format: "%.3f", slowest))s, logs on disk \(total >> 10) KiB in \(files.count) files")
             #expect(maxRSS < 100 << 20, "swarmd RSS reached \(maxRSS >> 20) MiB during the flood")
-            #expect(slowest < 1, "status took \(slowest)s during the flood")
+            #expect(slowest < 2, "status took \(slowest)s during the flood")
             #expect(total <= 3 * (1 << 20) + 96 << 10, "logs use \(total) bytes on disk")
             try await s.ctlOK("stop", "flood")
         }

@@ -27,8 +27,13 @@ enum Paths {
         fatalError("no Package.swift above \(#filePath)")
     }()
 
-    static var swarmd: String { root + "/.build/debug/swarmd" }
-    static var swarmctl: String { root + "/.build/debug/swarmctl" }
+    /// The binaries under test: .build/debug, or SWARM_BIN_DIR (scripts/sanitize.sh points it at a sanitized build).
+    static var binDir: String {
+        if let d = ProcessInfo.processInfo.environment["SWARM_BIN_DIR"], !d.isEmpty { return d }
+        return root + "/.build/debug"
+    }
+    static var swarmd: String { binDir + "/swarmd" }
+    static var swarmctl: String { binDir + "/swarmctl" }
     static var pythonApps: String { root + "/etc/apps/python" }
     static var nodeApps: String { root + "/etc/apps/node" }
 

@@ -130,6 +130,19 @@ struct SystemdTests {
             var maxGap = 0.0
             for (a, b) in zip(pings, pings.dropFirst()) { maxGap = max(maxGap, b.at.timeIntervalSince(a.at)) }
             #expect(maxGap < 0.2, "largest gap between WATCHDOG=1 pings \(maxGap)s ≥ the 200 ms period")
+            print("[figure] watchdog: \(pings.count) WATCHDOG=1 in \(String(format: "%.2f", span))s for WATCHDOG_USEC=200000, largest gap \(String(format: "%.3f", maxGap))s")
+
+            // A re-exec keeps pinging (the new image reads WATCHDOG_USEC too) and keeps a STATUS= text.
+            let mark = notify.count
+            try await s.ctlOK("daemon-reexec")
+            try await waitUntil(timeout: 15, "swarmd to re-execute") { d.stderr.contains("re-executed as pid") }
+            let (_, again) = try await notify.waitFor(timeout: 10, "READY=1 from the re-executed swarmd", from: mark) { $0.text.contains("READY=1") }
+            try await Task.sleep(nanoseconds: 1_000_000_000)
+            let later = notify.notifyLines.filter { $0.line == "WATCHDOG=1" && $0.at > again.at }
+            #expect(later.count >= 3, "WATCHDOG=1 after the re-exec: \(later.count) in ~1 s")
+            let statuses = notify.all[mark...].flatMap { $0.text.split(separator: "\n") }.filter { $0.hasPrefix("STATUS=") }
+            #expect(!statuses.contains { $0 == "STATUS=" }, "an empty STATUS= after the re-exec: \(statuses)")
+            #expect(statuses.allSatisfy { $0 == "STATUS=idle 1/1 ready" }, "STATUS= after the re-exec: \(statuses)")
             try await stopSystemdStyleDaemon(d)
         }
     }

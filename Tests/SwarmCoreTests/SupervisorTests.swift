@@ -646,3 +646,23 @@ struct HealthTests {
         #expect(h.signals.isEmpty)
     }
 }
+
+@Suite("Supervisor: adding a stopped app")
+struct AddStoppedTests {
+    @Test func addedAppRunsNothingUntilResumed() {
+        let h = FakeShell()
+        let r = h.command(.add(makeSpec(workers: 3)))
+        #expect(h.succeeded(r))
+        #expect(h.spawns.isEmpty, "a remembered stopped app runs no worker")
+        #expect(h.app()?.goal == .stopped)
+        #expect(h.app()?.slots.count == 3)
+        #expect(h.failure(h.command(.add(makeSpec(workers: 1)))) == .appExists("web"))
+        let s = h.command(.scale("web", 2))
+        #expect(h.succeeded(s))
+        #expect(h.spawns.isEmpty)
+        let resume = h.command(.resume(.app("web")))
+        #expect(h.spawns.count == 2, "resume starts the scaled count")
+        h.readyAll()
+        #expect(h.succeeded(resume))
+    }
+}

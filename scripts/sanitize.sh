@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The test suite under AddressSanitizer and ThreadSanitizer, each in its own
+# build folder (a sanitized build cannot share .build with a plain one).
+# Slow (two full rebuilds), so not part of scripts/test.sh; run it before a
+# release. Usage: scripts/sanitize.sh [address|thread ...] [-- swift test args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh
+kinds=()
+while [ $# -gt 0 ] && [ "$1" != "--" ]; do kinds+=("$1"); shift; done
+[ "${1:-}" = "--" ] && shift
+[ ${#kinds[@]} -gt 0 ] || kinds=(address thread)
+status=0
+for kind in "${kinds[@]}"; do
+    dir=.build-$kind
+    echo "sanitize.sh: building with --sanitize=$kind in $dir"
+    swift build --sanitize="$kind" --scratch-path "$dir" 2>&1 | tail -n 2
+    swift build --build-tests --sanitize="$kind" --scratch-path "$dir" 2>&1 | tail -n 2
+    # The integration tests run the sanitized swarmd/swarmctl of this build folder.
+    SWARM_BIN_DIR="$PWD/$dir/debug" swift test --skip-build --sanitize="$kind" --scratch-path "$dir" "$@" || status=1
+done
+exit $status
