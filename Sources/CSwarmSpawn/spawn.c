@@ -373,3 +373,12 @@ int swarm_rr_set_count(int state_map, unsigned count) {
     attr.flags = BPF_ANY;
     return (int)swarm_bpf(BPF_MAP_UPDATE_ELEM, &attr);
 }
+
+int swarm_rr_clear_socket(int sock_map, unsigned index) {
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.map_fd = (uint32_t)sock_map;
+    attr.key = (uint64_t)(uintptr_t)&index;
+    long r = swarm_bpf(BPF_MAP_DELETE_ELEM, &attr);
+    return (r < 0 && errno == ENOENT) ? 0 : (int)r;
+}

@@ -17,6 +17,8 @@ final class AppSockets {
         let port: UInt16?
         /// eBPF round-robin over the slots' sockets (root only); nil: hash steering.
         var roundRobin: RoundRobinSteering?
+        /// The sockets round-robin steers to now (those of slots with a ready worker).
+        var steeredTo: [Int32] = []
         var steeringProblem: String?
 
         init(spec: SocketSpec, shared: Int32, adopted: Bool) {
@@ -52,10 +54,10 @@ final class AppSockets {
                 if entry.reuseport {
                     do {
                         let rr = try RoundRobinSteering(maxSlots: AppSockets.maxSlots)
-                        try rr.set(slot: 0, socket: fd)
-                        try rr.setLiveSlots(1)
+                        try rr.steer(to: [fd], previouslyUsed: 0)
                         try rr.attach(to: fd)
                         entry.roundRobin = rr
+                        entry.steeredTo = [fd]
                     } catch {
                         entry.steeringProblem = "\(error)"
                     }
@@ -87,9 +89,6 @@ final class AppSockets {
             guard case let .tcp(host, port) = e.spec.listen else { return e.shared }
             let fd = try Sockets.listenTCP(host: host, port: port, backlog: e.spec.backlog, reusePort: true)
             e.perSlot[slot] = fd
-            if let rr = e.roundRobin {
-                do { try rr.set(slot: slot, socket: fd) } catch { e.steeringProblem = "\(error)" }
-            }
             return fd
         }
     }

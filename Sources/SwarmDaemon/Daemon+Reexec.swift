@@ -172,6 +172,8 @@ extension Daemon {
         // Children that exited during the exec: their SIGCHLD is still pending, but reap now anyway.
         onSignal(SIGCHLD)
         feed(.tick)
+        // The status text is not handed over: compute it before READY=1, or systemd is told "STATUS=".
+        updateSystemdStatus()
         Systemd.notify("READY=1\nSTATUS=\(lastSystemdStatus)")
     }
 }

@@ -208,7 +208,7 @@ extension Daemon {
     /// (a grandchild may still hold the write end and keep writing).
     func drainOutput(pid: Int32) {
         for (key, pipe) in outputPipes where pipe.pid == pid {
-            for _ in 0..<16 where onOutput(key) {}
+            for _ in 0..<16 { if !onOutput(key) { break } }
         }
     }
 

@@ -330,8 +330,13 @@ public final class Daemon {
             if spec.sockets != app.spec.sockets { log.error("\(spec.name): sockets changed; a reload cannot rebind them (use swarmctl start --replace), ignoring"); return false }
             return true
         }
-        guard !usable.isEmpty else { return }
         Systemd.notify("RELOADING=1\nMONOTONIC_USEC=\(Posix.monotonicNanoseconds() / 1000)")
+        guard !usable.isEmpty else {
+            // Nothing to roll (config errors, reloads already running, no apps): still finish the
+            // handshake, or systemd (Type=notify-reload) waits for READY=1 until its timeout.
+            if sentReady { Systemd.notify("READY=1\nSTATUS=\(lastSystemdStatus)") }
+            return
+        }
         let id = newRequest(nil)
         reloadingForSIGHUP.insert(id)
         feed(.command(id, .reload(usable)))
@@ -463,17 +468,29 @@ public final class Daemon {
         for (name, sockets) in appSockets {
             guard let app = supervisor.apps[name] else { continue }
             let live = max(1, app.slots.filter { !$0.removing }.count)
-            guard reuseportCounts[name] != live else { continue }
-            reuseportCounts[name] = live
+            // Round-robin goes to slots with a ready worker only; with none ready, to every live slot.
+            var ready = app.slots.filter { slot in
+                !slot.removing && slot.current.flatMap { supervisor.workers[$0] }?.phase == .ready
+            }.map(\.index)
+            if ready.isEmpty { ready = app.slots.filter { !$0.removing }.map(\.index) }
             for entry in sockets.entries where entry.reuseport {
                 if let rr = entry.roundRobin {
-                    do { try rr.setLiveSlots(live) } catch {
-                        log.warning("Failed to steer \(name)/\(entry.spec.name) over \(live) slots: \(error), ignoring")
+                    let fds = ready.compactMap { $0 == 0 ? entry.shared : entry.perSlot[$0] }
+                    guard entry.steeredTo != fds else { continue }
+                    do {
+                        try rr.steer(to: fds, previouslyUsed: entry.steeredTo.count)
+                        entry.steeredTo = fds
+                    } catch {
+                        entry.steeredTo = []
+                        log.warning("Failed to steer \(name)/\(entry.spec.name) over slots \(ready): \(error), ignoring")
                     }
-                } else if let err = Steering.attach(to: entry.shared, liveSockets: live, ipv6: entry.spec.listen.description.hasPrefix("[")) {
-                    log.warning("Failed to steer \(name)/\(entry.spec.name) over \(live) sockets: \(err), ignoring")
+                } else if reuseportCounts[name] != live {
+                    if let err = Steering.attach(to: entry.shared, liveSockets: live, ipv6: entry.spec.listen.description.hasPrefix("[")) {
+                        log.warning("Failed to steer \(name)/\(entry.spec.name) over \(live) sockets: \(err), ignoring")
+                    }
                 }
             }
+            reuseportCounts[name] = live
         }
     }
 

@@ -63,6 +63,20 @@ public final class RoundRobinSteering {
         try Posix.check("bpf(BPF_MAP_UPDATE_ELEM)", subject: "slot \(slot)") { swarm_rr_set_socket(socketMap, UInt32(slot), fd) }
     }
 
+    /// Steers new connections only to `sockets`, round-robin: the sockets of
+    /// the slots whose worker is ready. A slot whose worker died or is
+    /// starting keeps its queue but gets nothing new until it is ready again.
+    public func steer(to sockets: [Int32], previouslyUsed: Int) throws {
+        // A socket may sit at one index only: empty the array, then refill it.
+        for i in 0..<max(previouslyUsed, sockets.count) {
+            try Posix.check("bpf(BPF_MAP_DELETE_ELEM)") { swarm_rr_clear_socket(socketMap, UInt32(i)) }
+        }
+        for (i, fd) in sockets.enumerated() {
+            try Posix.check("bpf(BPF_MAP_UPDATE_ELEM)", subject: "index \(i)") { swarm_rr_set_socket(socketMap, UInt32(i), fd) }
+        }
+        try setLiveSlots(sockets.count)
+    }
+
     public func setLiveSlots(_ n: Int) throws {
         try Posix.check("bpf(BPF_MAP_UPDATE_ELEM)") { swarm_rr_set_count(stateMap, UInt32(n)) }
     }

@@ -83,16 +83,19 @@ struct BalanceTests {
                     pids = try await expectReplaced(s, "web", workers: 2, before: pids, generation: g)
                     try await load.waitForProgress()
                 }
-                // kill -9 of slot 0's worker. A request the worker had already accepted dies
-                // with it (nobody can save that one), so the clients pause between two requests
-                // for the kill; they go on the moment the worker is gone, and their connections
-                // to slot 0 wait in its socket's backlog for the replacement.
+                // kill -9 of slot 0's worker with connections queued in its socket's backlog.
+                // A request the worker had already accepted dies with it (nobody can save that
+                // one), so the clients pause between two requests; the worker is frozen
+                // (SIGSTOP: still "ready" for swarmd, so steering still sends it connections,
+                // but it accepts none), 8 connections are opened, then it is killed.
                 let victim = try #require(ProcessIdentity(pid: pids[0]))
                 try await load.pauseAll()
+                kill(victim.pid, SIGSTOP)
+                try await waitUntil(timeout: 5, "worker \(victim) to be stopped") { ProcState.read(victim.pid)?.state == "T" }
+                // No other client connects now: steering alternates slots, so some of these queue on slot 0.
+                let queued = try (0..<8).map { _ in try HTTPConnection(port: port) }
                 kill(victim.pid, SIGKILL)
                 try await waitUntil(timeout: 5, "the killed worker \(victim) to be gone") { !victim.isAlive }
-                // With no other client connecting now, steering alternates slots: some of these queue on slot 0.
-                let queued = try (0..<8).map { _ in try HTTPConnection(port: port) }
                 load.resume()
                 var answeredBy: [Int32: Int] = [:]
                 for (i, c) in queued.enumerated() {
@@ -105,8 +108,9 @@ struct BalanceTests {
                     return p
                 }
                 #expect(answeredBy[replacement] != nil,
-                        "connections queued on slot 0 while it had no worker should be answered by its replacement \(replacement): \(answeredBy)")
+                        "connections queued on slot 0 when its worker was killed should be answered by its replacement \(replacement): \(answeredBy)")
                 #expect(answeredBy[victim.pid] == nil)
+                #expect(answeredBy.values.reduce(0, +) == 8)
                 try await load.waitForProgress()
             }
             #expect(report.failed == 0, "tight-loop clients during 3 reloads and a kill -9: \(report)")

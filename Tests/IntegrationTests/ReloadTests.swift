@@ -83,6 +83,25 @@ struct ReloadTests {
         }
     }
 
+    @Test("a new worker that writes one line and exits at once: the line is in every failed reload's error")
+    func failedWorkerLastLineIsAlwaysReported() async throws {
+        try await withSwarm { s in
+            let port = try Ports.free()
+            try s.write("boom.py", "import os\nos.write(2, b\"boom: dying at once\\n\")\nos._exit(1)\n")
+            let conf = try s.write("web.conf", Conf.python("web", workers: 1, port: port))
+            try await s.startDaemon([conf])
+            let pids = try await s.waitReady("web", workers: 1)
+            try s.write("web.conf", Conf.app("web", command: [Paths.python, s.dir + "/boom.py"], workers: 1, port: port))
+            // The exit and the last output reach swarmd together: the output must be read first.
+            for i in 1...8 {
+                let r = try await s.ctl("reload", "web")
+                #expect(r.code == 1, "reload \(i): \(r)")
+                #expect(r.err.contains("boom: dying at once"), "reload \(i): the worker's last line should be reported: \(r)")
+            }
+            #expect(try await s.waitReady("web", workers: 1) == pids)
+        }
+    }
+
     @Test("a reload to a worker that never gets ready times out, rolls back, fails no request")
     func neverReadyReloadRollsBack() async throws {
         try await withSwarm { s in

@@ -76,5 +76,6 @@ int swarm_rr_create(unsigned max_slots, int *state_map, int *sock_map, char *log
 int swarm_rr_attach(int prog, int sock);
 int swarm_rr_set_socket(int sock_map, unsigned index, int sock);
 int swarm_rr_set_count(int state_map, unsigned count);
+int swarm_rr_clear_socket(int sock_map, unsigned index);
 
 #endif
