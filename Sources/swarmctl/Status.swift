@@ -27,53 +27,47 @@ struct Status: ParsableCommand {
 
 /// The `swarmctl status` table: fits 80 columns.
 enum StatusTable {
+    /// One block per app: a summary line, then a worker table (≤ 80 columns).
     static func render(_ report: StatusReport, color: Bool) -> String {
+        func paint(_ text: String, _ state: String) -> String {
+            guard color, let code = colorCode(state) else { return text }
+            return "\u{1b}[\(code)m\(text)\u{1b}[0m"
+        }
         var lines: [String] = []
-        let header = ["APP", "SLOT", "PID", "STATE", "GEN", "UPTIME", "RESTARTS", "CPU%", "SHARE", "RSS"]
-        var rows: [[String]] = []
-        var states: [String] = []
+        let header = ["SLOT", "PID", "STATE", "GEN", "UPTIME", "RESTARTS", "CPU%", "SHARE", "RSS"]
         for app in report.apps {
-            rows.append([app.name, "", "", app.state, "\(app.generation)", "", "", "", "", "\(app.workersReady)/\(app.workersWanted) ready"])
-            states.append(app.state)
-            for w in app.workers {
-                rows.append([
-                    "", "\(w.slot)", w.pid.map(String.init) ?? "-", w.state, "\(w.generation)", duration(w.uptimeS),
-                    "\(w.restarts)", w.cpuPercent.map { String(format: "%.1f", $0) } ?? "-",
+            let sockets = app.sockets.map { "\($0.name) \($0.listen) (\($0.balance))" }.joined(separator: ", ")
+            var summary = "\(app.name)  \(paint(app.state, app.state))  gen \(app.generation)  \(app.workersReady)/\(app.workersWanted) ready"
+            if !sockets.isEmpty { summary += "  \(sockets)" }
+            lines.append(summary)
+            let rows: [[String]] = app.workers.map { w in
+                [
+                    "\(w.slot)", w.pid.map(String.init) ?? "-", w.state, "\(w.generation)", duration(w.uptimeS), "\(w.restarts)",
+                    w.cpuPercent.map { String(format: "%.1f", $0) } ?? "-",
                     w.cpuShare.map { String(format: "%.0f%%", $0 * 100) } ?? "-", w.rssBytes.map(bytes) ?? "-",
-                ])
-                states.append(w.state)
+                ]
             }
-        }
-        let widths = header.indices.map { i in
-            max(header[i].count, rows.map { i == 9 && $0[0] != "" ? 0 : $0[i].count }.max() ?? 0)
-        }
-        func format(_ row: [String]) -> String {
-            var out = ""
-            for (i, cell) in row.enumerated() {
-                let pad = String(repeating: " ", count: max(0, widths[i] - cell.count))
-                let right = [1, 2, 4, 6, 7, 8, 9].contains(i)
-                out += (right ? pad + cell : cell + pad) + (i == row.count - 1 ? "" : "  ")
+            let widths = header.indices.map { i in max(header[i].count, rows.map { $0[i].count }.max() ?? 0) }
+            func format(_ row: [String], state: String?) -> String {
+                var out = " "
+                for (i, cell) in row.enumerated() {
+                    let pad = String(repeating: " ", count: widths[i] - cell.count)
+                    var text = i == 2 ? cell + pad : pad + cell
+                    if i == 2, let state { text = paint(cell, state) + pad }
+                    out += " " + text + (i == row.count - 1 ? "" : " ")
+                }
+                return out
             }
-            return out.replacingOccurrences(of: "\\s+$", with: "", options: .regularExpression)
-        }
-        lines.append(format(header))
-        for (row, state) in zip(rows, states) {
-            var line: String
-            if row[0] != "" {
-                // App line: name, state and a summary, not aligned to worker columns.
-                line = "\(row[0])  \(row[3])  gen \(row[4])  \(row[9])"
-            } else {
-                line = format(row)
+            lines.append(format(header, state: nil))
+            for (row, w) in zip(rows, app.workers) { lines.append(format(row, state: w.state)) }
+            if let r = app.lastReload {
+                lines.append("  last reload \(r.ok ? "ok" : paint("FAILED", "crash-loop")) \(duration(r.ageS)) ago: \(r.message)")
             }
-            if color, let code = colorCode(state) {
-                line = line.replacingOccurrences(of: " \(state) ", with: " \u{1b}[\(code)m\(state)\u{1b}[0m ")
-                if line.hasSuffix(" \(state)") { line = String(line.dropLast(state.count)) + "\u{1b}[\(code)m\(state)\u{1b}[0m" }
+            for w in app.workers {
+                if let text = w.statusText { lines.append("  [\(w.slot)] \(text)") }
+                if w.state == "backoff" || w.state == "crash-loop", let exit = w.lastExit { lines.append("  [\(w.slot)] last exit: \(exit)") }
             }
-            lines.append(line)
-        }
-        for app in report.apps {
-            if let r = app.lastReload { lines.append("\(app.name): last reload \(r.ok ? "ok" : "FAILED") \(duration(r.ageS)) ago: \(r.message)") }
-            for w in app.workers where w.statusText != nil { lines.append("\(app.name)[\(w.slot)]: \(w.statusText!)") }
+            lines.append("")
         }
         if report.apps.isEmpty { lines.append("(no apps; start one with: swarmctl start app.conf)") }
         lines.append("swarmd pid \(report.daemon.pid), up \(duration(report.daemon.uptimeS)), rss \(bytes(report.daemon.rssBytes))")
