@@ -4,13 +4,20 @@
 # environment (DURATION, RUNS, ...); note DURATION means different things per script,
 # so set per-script ones instead: THROUGHPUT_DURATION, RELOAD_DURATION, SPREAD_DURATION,
 # THROUGHPUT_RUNS, SPREAD_RUNS, KILLS, N, CALLS.
-#   bench/run-all.sh                     # defaults: about 25 minutes
+#   bench/run-all.sh                     # defaults: about 25 minutes on 2 cores
 #   ONLY="memory restart-latency" bench/run-all.sh
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 OUT_DIR="${OUT_DIR:-$here/out}"
 ONLY="${ONLY:-throughput memory restart-latency status-1000 reload spread}"
 mkdir -p "$OUT_DIR"
+# Build once so every script measures the same binaries (scripts skip their build when
+# SWARM_BIN is set).
+if [[ -z "${SWARM_BIN:-}" ]]; then
+    (cd "$here/.." && printf '+ swift build -c release --scratch-path .build-release\n' &&
+        swift build -c release --scratch-path .build-release)
+    export SWARM_BIN="$here/../.build-release/release"
+fi
 failed=()
 for s in $ONLY; do
     env=()

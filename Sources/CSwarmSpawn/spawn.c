@@ -1,6 +1,8 @@
 #define _GNU_SOURCE
 #include "swarm_spawn.h"
 
+#include <sched.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -95,9 +97,11 @@ static void child(const struct swarm_spawn_request *req, int report_fd, pid_t pa
         if (setrlimit(req->rlimits[i].resource, &rl) < 0) child_fail(report_fd, SWARM_STEP_RLIMIT);
     }
     if (req->set_ids) {
-        if (setgroups(0, NULL) < 0) child_fail(report_fd, SWARM_STEP_SETGROUPS);
-        if (setgid(req->gid) < 0) child_fail(report_fd, SWARM_STEP_SETGID);
-        if (setuid(req->uid) < 0) child_fail(report_fd, SWARM_STEP_SETUID);
+        /* Raw system calls: glibc's wrappers would try to change the
+           credentials of every thread of the (shared-memory) parent. */
+        if (syscall(SYS_setgroups, 0, NULL) < 0) child_fail(report_fd, SWARM_STEP_SETGROUPS);
+        if (syscall(SYS_setgid, req->gid) < 0) child_fail(report_fd, SWARM_STEP_SETGID);
+        if (syscall(SYS_setuid, req->uid) < 0) child_fail(report_fd, SWARM_STEP_SETUID);
     }
     if (req->cwd && chdir(req->cwd) < 0) child_fail(report_fd, SWARM_STEP_CHDIR);
     if (req->no_new_privs && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
@@ -111,25 +115,50 @@ static void child(const struct swarm_spawn_request *req, int report_fd, pid_t pa
     child_fail(report_fd, SWARM_STEP_EXEC);
 }
 
+struct child_args {
+    const struct swarm_spawn_request *req;
+    int report_fd;
+    int report_read_fd;
+    pid_t parent;
+};
+
+static int child_entry(void *arg) {
+    struct child_args *a = arg;
+    close(a->report_read_fd);
+    child(a->req, a->report_fd, a->parent);
+    return 127;
+}
+
+/* clone(CLONE_VM | CLONE_VFORK) on a stack of its own, like posix_spawn: no
+   copy of swarmd's page tables, and swarmd resumes once the child has exec'd
+   (or failed). The child touches only its stack, the request prepared
+   before, and raw system calls. */
 pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step) {
     int pipefd[2];
     *err = 0;
     *step = SWARM_STEP_NONE;
     if (pipe2(pipefd, O_CLOEXEC) < 0) { *err = errno; *step = SWARM_STEP_FORK; return -1; }
     pid_t parent = getpid();
+    size_t stack_size = 256 * 1024;
+    void *stack = mmap(NULL, stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (stack == MAP_FAILED) {
+        *err = errno;
+        *step = SWARM_STEP_FORK;
+        close(pipefd[0]);
+        close(pipefd[1]);
+        return -1;
+    }
+    struct child_args args = { req, pipefd[1], pipefd[0], parent };
 
-    /* Block every signal across fork so the child never runs a handler
+    /* Block every signal across clone so the child never runs a handler
        inherited from the daemon before it resets dispositions. */
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    pid_t pid = fork();
-    if (pid == 0) {
-        close(pipefd[0]);
-        child(req, pipefd[1], parent);
-    }
+    pid_t pid = clone(child_entry, (char *)stack + stack_size, CLONE_VM | CLONE_VFORK | SIGCHLD, &args);
     int fork_errno = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+    munmap(stack, stack_size);
     close(pipefd[1]);
     if (pid < 0) {
         close(pipefd[0]);
@@ -239,7 +268,6 @@ int swarm_pipe_cloexec(int fds[2]) {
     return pipe2(fds, O_CLOEXEC);
 }
 
-#include <sched.h>
 int swarm_usable_cpus(void) {
     cpu_set_t set;
     if (sched_getaffinity(0, sizeof set, &set) < 0) return -1;

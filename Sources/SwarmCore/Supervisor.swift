@@ -570,6 +570,8 @@ public struct Supervisor: Sendable {
         apps[name]!.slots[k].restarts += 1
         apps[name]!.slots[k].restartAt = now + delay
         note(.warning, "\(label(w)) \(cause); restarting in \(delay.humanReadable)")
+        // No delay: start the replacement in this very batch rather than on the next timer.
+        if delay <= .zero { startWorker(name, slot: k, generation: apps[name]!.slots[k].generation, incoming: false, now: now) }
         if apps[name]!.slots[k].backoff.inCrashLoop && !wasLooping {
             note(.error, "\(name)[\(k)] is in a crash loop (\(policy.crashLoopRestarts) failures within \(policy.crashLoopWindow.humanReadable)); retrying every \(policy.maxDelay.humanReadable)")
         }

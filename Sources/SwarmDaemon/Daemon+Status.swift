@@ -40,8 +40,9 @@ extension Daemon {
                     var cpuSeconds: Double?
                     if let pid = w.pid {
                         seenPids.insert(pid)
-                        rss = ProcFS.rss(pid: pid)
-                        if let ticks = ProcFS.cpuTicks(pid: pid)?.cpu {
+                        let usage = ProcFS.usage(pid: pid)
+                        rss = usage?.rss
+                        if let ticks = usage?.cpuTicks {
                             cpuSeconds = Double(ticks) / Double(ProcFS.clockTicks)
                             if let prev = cpuSamples[pid], nowNS - prev.at > 50_000_000 {
                                 cpu = Double(ticks - prev.ticks) / Double(ProcFS.clockTicks) / (Double(nowNS - prev.at) / 1e9) * 100

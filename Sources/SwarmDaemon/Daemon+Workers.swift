@@ -107,6 +107,10 @@ extension Daemon {
         }
         plan.noNewPrivileges = spec.noNewPrivileges
         plan.limits = spec.limits.compactMap { l in rlimitResource(l.name).map { ($0, l.soft, l.hard) } }
+        // swarmd raised its own fd limit; workers get the one it was given, unless their app sets one.
+        if let original = originalNoFile, !spec.limits.contains(where: { $0.name == "nofile" }) {
+            plan.limits.append((7, original.soft, original.hard))
+        }
         let pid: pid_t
         do {
             pid = try Spawner.spawn(plan)

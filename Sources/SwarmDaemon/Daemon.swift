@@ -119,6 +119,7 @@ public final class Daemon {
     var sweepSource: EventLoop.Source?
     var controlFromSystemd = false
     var lastControlActivity: Int64?
+    var originalNoFile: (soft: UInt64, hard: UInt64)?
     var acceptPausedUntil: Int64?
     var cpuSamples: [Int32: (ticks: Int64, at: Int64)] = [:]
 
@@ -182,6 +183,8 @@ public final class Daemon {
         chmod(options.stateDir, 0o700)
         try Posix.mkdirs(options.stateDir + "/logs", mode: 0o750)
         devNull = try Posix.open("/dev/null", O_RDWR)
+        // Every worker costs swarmd a few fds (pipes, sockets): use the whole hard limit.
+        originalNoFile = Posix.raiseFileLimit()
         try Spawner.setChildSubreaper()
         Posix.ignore(SIGPIPE)
 
@@ -384,9 +387,11 @@ public final class Daemon {
         while !events.isEmpty {
             let e = events.removeFirst()
             let actions = supervisor.handle(e, now: now())
+            // Replacements first: they are what a crashed slot's queued connections wait for.
+            for action in actions { if case .spawn = action { perform(action) } }
             // Before any stop signal goes out: a slot being removed must get no new connection.
             updateReuseportSteering()
-            for action in actions { perform(action) }
+            for action in actions { if case .spawn = action {} else { perform(action) } }
         }
     }
 

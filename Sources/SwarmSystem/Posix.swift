@@ -211,6 +211,20 @@ public enum Posix {
         return out
     }
 
+    /// Raises RLIMIT_NOFILE's soft limit to its hard limit; returns the limits before.
+    @discardableResult
+    public static func raiseFileLimit() -> (soft: UInt64, hard: UInt64)? {
+        var rl = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &rl) == 0 else { return nil }
+        let before = (UInt64(rl.rlim_cur), UInt64(rl.rlim_max))
+        if rl.rlim_cur < rl.rlim_max {
+            var raised = rl
+            raised.rlim_cur = rl.rlim_max
+            _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised)
+        }
+        return before
+    }
+
     public static var pid: pid_t { getpid() }
     public static var uid: uid_t { getuid() }
 }

@@ -28,6 +28,15 @@ public enum ProcFS {
         return (ut + st, start)
     }
 
+    /// CPU ticks and resident bytes from one read of /proc/PID/stat.
+    public static func usage(pid: pid_t) -> (cpuTicks: Int64, rss: Int64)? {
+        guard let stat = read("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return nil }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        // fields[0] is field 3 (state): utime 14, stime 15, rss 24 (pages).
+        guard fields.count > 21, let ut = Int64(fields[11]), let st = Int64(fields[12]), let pages = Int64(fields[21]) else { return nil }
+        return (ut + st, pages * pageSize)
+    }
+
     /// Peak RSS of this process (VmHWM), bytes.
     public static func peakRSS(pid: pid_t) -> Int64? {
         guard let status = read("/proc/\(pid)/status") else { return nil }

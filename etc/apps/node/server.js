@@ -19,9 +19,9 @@
 //                          wrong pid. Use the Python worker, or "listening"/"fd" here.
 //   VERBOSE=1              log each request to stderr.
 //
-// SIGTERM/SIGINT: server.close() (stop accepting), close idle keep-alive
-// connections, let in-flight requests finish (their responses carry
-// "Connection: close"), then exit 0.
+// SIGTERM/SIGINT: server.close() (stop accepting); responses from then on carry
+// "Connection: close"; keep-alive connections still idle after STOP_GRACE_MS
+// (1000) are closed; exit 0 once every connection is gone.
 'use strict';
 
 const fs = require('fs');
@@ -104,11 +104,19 @@ server.on('error', (err) => {
   process.exit(1);
 });
 
+// Draining: every response from now on carries "Connection: close", so a busy
+// keep-alive client is told to reconnect (to another worker) after its current
+// request instead of having its connection cut between two requests. Connections
+// that stay idle through the grace period are closed then.
+const STOP_GRACE_MS = parseInt(process.env.STOP_GRACE_MS || '1000', 10);
+
 function stop() {
   if (stopping) return;
   stopping = true;
   server.close(() => process.exit(0)); // called once every connection is gone
-  if (typeof server.closeIdleConnections === 'function') server.closeIdleConnections();
+  setTimeout(() => {
+    if (typeof server.closeIdleConnections === 'function') server.closeIdleConnections();
+  }, STOP_GRACE_MS).unref();
 }
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);

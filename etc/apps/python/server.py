@@ -19,8 +19,9 @@ Environment:
   READY_MODE=fd          write "\\n" to fd $SWARM_READY_FD, then close it.
   VERBOSE=1              print an access log line per request to stderr.
 
-SIGTERM/SIGINT: stop accepting, let in-flight requests finish (idle keep-alive
-connections are closed, busy ones get "Connection: close"), then exit 0.
+SIGTERM/SIGINT: stop accepting, let in-flight requests finish (busy keep-alive
+connections get "Connection: close"; idle ones are closed after STOP_GRACE_MS,
+default 1000), then exit 0.
 The main thread runs serve_forever(), i.e. sits in poll() on fd 3.
 """
 import http.server
@@ -35,6 +36,7 @@ import urllib.parse
 
 SD_LISTEN_FDS_START = 3
 CPU_ITERATIONS = 823543
+STOP_GRACE_S = float(os.environ.get("STOP_GRACE_MS", "1000")) / 1000
 FIRST_REQUEST_GRACE_S = 1.0  # during a stop: how long a new connection may take to send its request
 
 
@@ -173,11 +175,22 @@ class Server(http.server.ThreadingHTTPServer):
             self.stopping = True
             idle = [h for h, state in self._conns.items() if state is True]
             fresh = [h for h, state in self._conns.items() if state is None]
-        self._shutdown_read(idle)
+        # An idle keep-alive connection may have a request on its way right now:
+        # closing it at once would fail that request. Give it STOP_GRACE_S; if a
+        # request comes, its response carries "Connection: close".
+        if idle:
+            timer = threading.Timer(STOP_GRACE_S, self._close_if_still_idle, args=(idle,))
+            timer.daemon = True
+            timer.start()
         if fresh:
             timer = threading.Timer(FIRST_REQUEST_GRACE_S, self._close_if_still_fresh, args=(fresh,))
             timer.daemon = True
             timer.start()
+
+    def _close_if_still_idle(self, handlers):
+        with self._lock:
+            still = [h for h in handlers if self._conns.get(h) is True]
+        self._shutdown_read(still)
 
     def _close_if_still_fresh(self, handlers):
         with self._lock:
