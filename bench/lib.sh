@@ -5,8 +5,8 @@
 # exactly those groups (SIGTERM, then SIGKILL after a grace period).
 #
 # Environment knobs common to all scripts:
-#   SWARM_BIN   folder holding swarmd and swarmctl (default: <repo>/.build-release/release,
-#               brought up to date first with `swift build -c release --scratch-path .build-release`)
+#   SWARM_BIN   folder holding swarmd and swarmctl (default: <repo>/.build-static/release, brought up
+#               to date first with `swift build -c release --static-swift-stdlib -Xlinker -no-pie --scratch-path .build-static`)
 #   BENCH_TMP   scratch folder (default: a fresh mktemp -d, removed on exit unless KEEP_TMP=1)
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -123,9 +123,10 @@ need_circus() {
 need_swarm() {
     if [[ -z "${SWARM_BIN:-}" ]]; then
         # incremental: quick when the build is up to date, and never benchmarks a stale binary
-        (cd "$REPO_DIR" && run swift build -c release --scratch-path .build-release >&2) ||
-            say "# WARNING: the release build failed; using the binaries already in .build-release"
-        SWARM_BIN="$REPO_DIR/.build-release/release"
+        # Static, non-PIE: the deployment build (README, Memory): smallest footprint.
+        (cd "$REPO_DIR" && run swift build -c release --static-swift-stdlib -Xlinker -no-pie --scratch-path .build-static >&2) ||
+            say "# WARNING: the release build failed; using the binaries already in .build-static"
+        SWARM_BIN="$REPO_DIR/.build-static/release"
     fi
     SWARMD="$SWARM_BIN/swarmd"
     SWARMCTL="$SWARM_BIN/swarmctl"

@@ -15,12 +15,12 @@ swarmd max RSS and CPU.
             same workers, no failed request.
 
 Usage: bench/reliability.py [scenario ...]   (env: DURATION=seconds for chaos, default 60;
-       SWARMD/SWARMCTL binaries, default .build-release/release/…; PYTHON)
+       SWARMD/SWARMCTL binaries, default .build-static/release/…; PYTHON)
 """
 import json, os, random, shutil, signal, socket, subprocess, sys, tempfile, threading, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.environ.get("SWARM_BIN_DIR", os.path.join(ROOT, ".build-release", "release"))
+BIN = os.environ.get("SWARM_BIN_DIR", os.path.join(ROOT, ".build-static", "release"))
 SWARMD = os.environ.get("SWARMD", os.path.join(BIN, "swarmd"))
 SWARMCTL = os.environ.get("SWARMCTL", os.path.join(BIN, "swarmctl"))
 PY = os.environ.get("PYTHON", sys.executable)
@@ -353,7 +353,7 @@ def reexec():
 def main():
     for b in (SWARMD, SWARMCTL):
         if not os.access(b, os.X_OK):
-            raise SystemExit("%s missing: swift build -c release --scratch-path .build-release" % b)
+            raise SystemExit("%s missing: swift build -c release --static-swift-stdlib -Xlinker -no-pie --scratch-path .build-static" % b)
     chosen = sys.argv[1:] or ["chaos", "storm", "flood", "reexec"]
     for name in chosen:
         globals()[name]()
