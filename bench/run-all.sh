@@ -9,14 +9,14 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 OUT_DIR="${OUT_DIR:-$here/out}"
-ONLY="${ONLY:-throughput memory restart-latency status-1000 reload spread}"
+ONLY="${ONLY:-throughput memory restart-latency status-1000 reload spread reliability}"
 mkdir -p "$OUT_DIR"
 # Build once so every script measures the same binaries (scripts skip their build when
 # SWARM_BIN is set).
 if [[ -z "${SWARM_BIN:-}" ]]; then
-    (cd "$here/.." && printf '+ swift build -c release --scratch-path .build-release\n' &&
-        swift build -c release --scratch-path .build-release)
-    export SWARM_BIN="$here/../.build-release/release"
+    (cd "$here/.." && printf '+ swift build -c release --static-swift-stdlib -Xlinker -no-pie --scratch-path .build-static\n' &&
+        swift build -c release --static-swift-stdlib -Xlinker -no-pie --scratch-path .build-static)
+    export SWARM_BIN="$here/../.build-static/release"
 fi
 failed=()
 for s in $ONLY; do
