@@ -59,21 +59,43 @@ public final class EventLoop {
         }
     }
 
-    /// Calls `handler` with the ready epoll events while `fd` is readable (level-triggered).
-    public func addReader(_ fd: Int32, events: UInt32 = UInt32(EPOLLIN.rawValue), priority: Int64 = 0, _ handler: @escaping (UInt32) -> Void) throws -> Source {
-        let h = Handler(io: handler)
-        let src = Source(handler: h)
+    /// Retains `handler` for the source's life and registers it with `add`,
+    /// which receives the userdata pointer the C callback gets back.
+    private func register(_ handler: Handler, _ call: String, subject: String? = nil,
+                          _ add: (inout OpaquePointer?, UnsafeMutableRawPointer) -> Int32) throws -> Source {
+        let src = Source(handler: handler)
         var s: OpaquePointer?
-        let user = Unmanaged.passRetained(h).toOpaque()
-        let r = sd_event_add_io(event, &s, fd, events, { _, _, revents, user in
-            Unmanaged<EventLoop.Handler>.fromOpaque(user!).takeUnretainedValue().io?(revents)
-            return 0
-        }, user)
+        let user = Unmanaged.passRetained(handler).toOpaque()
+        let r = add(&s, user)
         guard r >= 0 else {
-            Unmanaged.passUnretained(h).release()
-            throw SystemError("sd_event_add_io", errno: -r, subject: "fd \(fd)")
+            Unmanaged.passUnretained(handler).release()
+            throw SystemError(call, errno: -r, subject: subject)
         }
         src.source = s
+        return src
+    }
+
+    private static func handler(_ user: UnsafeMutableRawPointer?) -> Handler {
+        Unmanaged<Handler>.fromOpaque(user!).takeUnretainedValue()
+    }
+
+    private func addTime(at usec: UInt64, _ h: Handler) throws -> Source {
+        try register(h, "sd_event_add_time") { s, user in
+            sd_event_add_time(event, &s, CLOCK_MONOTONIC, usec, 0, { _, _, user in
+                EventLoop.handler(user).defer_?()
+                return 0
+            }, user)
+        }
+    }
+
+    /// Calls `handler` with the ready epoll events while `fd` is readable (level-triggered).
+    public func addReader(_ fd: Int32, events: UInt32 = UInt32(EPOLLIN.rawValue), priority: Int64 = 0, _ handler: @escaping (UInt32) -> Void) throws -> Source {
+        let src = try register(Handler(io: handler), "sd_event_add_io", subject: "fd \(fd)") { s, user in
+            sd_event_add_io(event, &s, fd, events, { _, _, revents, user in
+                EventLoop.handler(user).io?(revents)
+                return 0
+            }, user)
+        }
         if priority != 0 { src.setPriority(priority) }
         return src
     }
@@ -84,38 +106,22 @@ public final class EventLoop {
 
     /// The signal must already be blocked.
     public func addSignal(_ sig: Int32, _ handler: @escaping (Int32) -> Void) throws -> Source {
-        let h = Handler(signal: handler)
-        let src = Source(handler: h)
-        var s: OpaquePointer?
-        let user = Unmanaged.passRetained(h).toOpaque()
-        let r = sd_event_add_signal(event, &s, sig, { _, info, user in
-            Unmanaged<EventLoop.Handler>.fromOpaque(user!).takeUnretainedValue().signal?(Int32(bitPattern: info!.pointee.ssi_signo))
-            return 0
-        }, user)
-        guard r >= 0 else {
-            Unmanaged.passUnretained(h).release()
-            throw SystemError("sd_event_add_signal", errno: -r, subject: "signal \(sig)")
+        try register(Handler(signal: handler), "sd_event_add_signal", subject: "signal \(sig)") { s, user in
+            sd_event_add_signal(event, &s, sig, { _, info, user in
+                EventLoop.handler(user).signal?(Int32(bitPattern: info!.pointee.ssi_signo))
+                return 0
+            }, user)
         }
-        src.source = s
-        return src
     }
 
-    /// Runs `handler` once, after the current dispatch, before the loop sleeps.
+    /// Runs `handler` after every dispatch, before the loop sleeps.
     public func addPost(_ handler: @escaping () -> Void) throws -> Source {
-        let h = Handler(defer_: handler)
-        let src = Source(handler: h)
-        var s: OpaquePointer?
-        let user = Unmanaged.passRetained(h).toOpaque()
-        let r = sd_event_add_post(event, &s, { _, user in
-            Unmanaged<EventLoop.Handler>.fromOpaque(user!).takeUnretainedValue().defer_?()
-            return 0
-        }, user)
-        guard r >= 0 else {
-            Unmanaged.passUnretained(h).release()
-            throw SystemError("sd_event_add_post", errno: -r)
+        try register(Handler(defer_: handler), "sd_event_add_post") { s, user in
+            sd_event_add_post(event, &s, { _, user in
+                EventLoop.handler(user).defer_?()
+                return 0
+            }, user)
         }
-        src.source = s
-        return src
     }
 
     private var timerSource: Source?
@@ -133,20 +139,7 @@ public final class EventLoop {
             _ = sd_event_source_set_enabled(s, Int32(SD_EVENT_ONESHOT))
             return
         }
-        let h = Handler(defer_: { [weak self] in self?.timerHandler?() })
-        let src = Source(handler: h)
-        var s: OpaquePointer?
-        let user = Unmanaged.passRetained(h).toOpaque()
-        let r = sd_event_add_time(event, &s, CLOCK_MONOTONIC, usec, 0, { _, _, user in
-            Unmanaged<EventLoop.Handler>.fromOpaque(user!).takeUnretainedValue().defer_?()
-            return 0
-        }, user)
-        guard r >= 0 else {
-            Unmanaged.passUnretained(h).release()
-            throw SystemError("sd_event_add_time", errno: -r)
-        }
-        src.source = s
-        timerSource = src
+        timerSource = try addTime(at: usec, Handler(defer_: { [weak self] in self?.timerHandler?() }))
     }
 
     /// Calls `handler` every `interval` nanoseconds (housekeeping, not supervision).
@@ -162,22 +155,11 @@ public final class EventLoop {
                 _ = sd_event_source_set_enabled(s, Int32(SD_EVENT_ON))
             }
         })
-        let src = Source(handler: h)
-        var s: OpaquePointer?
         var nowUsec: UInt64 = 0
         _ = sd_event_now(event, CLOCK_MONOTONIC, &nowUsec)
-        let user = Unmanaged.passRetained(h).toOpaque()
-        let r = sd_event_add_time(event, &s, CLOCK_MONOTONIC, nowUsec + UInt64(interval / 1000), 0, { _, _, user in
-            Unmanaged<EventLoop.Handler>.fromOpaque(user!).takeUnretainedValue().defer_?()
-            return 0
-        }, user)
-        guard r >= 0 else {
-            Unmanaged.passUnretained(h).release()
-            throw SystemError("sd_event_add_time", errno: -r)
-        }
-        _ = sd_event_source_set_enabled(s, Int32(SD_EVENT_ON))
-        box.source = s
-        src.source = s
+        let src = try addTime(at: nowUsec + UInt64(interval / 1000), h)
+        if let s = src.source { _ = sd_event_source_set_enabled(s, Int32(SD_EVENT_ON)) }
+        box.source = src.source
         return src
     }
 
