@@ -89,7 +89,10 @@ extension Daemon {
                 fd = c
             } catch {
                 // EMFILE/ENFILE: stop accepting for a moment instead of spinning on a readable socket.
-                log.error("Failed to accept a control connection: \(error); pausing accepts for 100ms")
+                if !acceptFailing {
+                    log.error("Failed to accept a control connection: \(error); pausing accepts (retrying every 100ms)")
+                    acceptFailing = true
+                }
                 controlSource?.setEnabled(false)
                 acceptPausedUntil = Posix.monotonicNanoseconds() + 100_000_000
                 return
@@ -99,6 +102,10 @@ extension Daemon {
                 _ = msg.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
                 Posix.close(fd)
                 continue
+            }
+            if acceptFailing {
+                acceptFailing = false
+                log.notice("accepting control connections again")
             }
             let cred = Sockets.peerCredentials(fd) ?? (pid: 0, uid: uid_t.max, gid: gid_t.max)
             let conn = Connection(fd: fd, uid: cred.uid, pid: cred.pid, now: Posix.monotonicNanoseconds())

@@ -121,6 +121,7 @@ public final class Daemon {
     var lastControlActivity: Int64?
     var originalNoFile: (soft: UInt64, hard: UInt64)?
     var acceptPausedUntil: Int64?
+    var acceptFailing = false
     var cpuSamples: [Int32: (ticks: Int64, at: Int64)] = [:]
 
     var notifyPath: String

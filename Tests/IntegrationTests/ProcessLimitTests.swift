@@ -52,3 +52,49 @@ struct ProcessLimitTests {
         }
     }
 }
+
+@Suite("Limits: fd exhaustion on the control socket")
+struct FileLimitTests {
+    /// swarmd with RLIMIT_NOFILE = 64 (hard): clients open more connections
+    /// than it has fds. accept() fails with EMFILE; swarmd must pause accepting
+    /// rather than spin on the readable socket, keep its workers, and answer
+    /// again once the clients go away.
+    @Test func emfileIsSurvived() async throws {
+        try await withSwarm { s in
+            let port = try Ports.free()
+            let conf = try s.write("web.conf", Conf.python("web", workers: 2, port: port))
+            let daemon = try Child.spawn("/usr/bin/prlimit", ["--nofile=64:64", Paths.swarmd, "--socket", s.socket, "--state-dir", s.stateDir, conf],
+                                         dir: s.dir, label: "swarmd-nofile")
+            defer {
+                daemon.signal(SIGTERM)
+                for _ in 0..<500 where daemon.running { usleep(10_000) }
+                daemon.signal(SIGKILL)
+            }
+            let pids = try await waitUntil(timeout: 20, "web to be ready under RLIMIT_NOFILE=64: \(daemon.stderr)") { () -> [Int32]? in
+                if let code = daemon.poll() { throw HarnessError("swarmd exited with \(code): \(daemon.stderr)") }
+                guard let st = try? s.quickStatus(), let app = st.apps.first, app.workersReady == 2 else { return nil }
+                return app.workers.compactMap(\.pid)
+            }
+            // More connections than swarmd has fds left.
+            var held: [Int32] = []
+            defer { for fd in held { close(fd) } }
+            for _ in 0..<120 {
+                if let fd = try? Sockets.connectUnix(s.socket) { held.append(fd) }
+            }
+            try await waitUntil(timeout: 10, "swarmd to log EMFILE on accept") { daemon.stderr.contains("EMFILE") }
+            let cpu0 = ProcPeek.cpuTicks(daemon.pid) ?? 0
+            try await Task.sleep(nanoseconds: 1_000_000_000)
+            let ticks = (ProcPeek.cpuTicks(daemon.pid) ?? 0) - cpu0
+            #expect(ticks < 30, "swarmd spun: \(ticks) ticks of CPU in 1 s while out of fds")
+            #expect(daemon.running)
+            // The workers never noticed.
+            #expect(Set(try answeringPids(port, connections: 8).keys).isSubset(of: Set(pids)))
+            for fd in held { close(fd) }
+            held = []
+            try await waitUntil(timeout: 10, "status to answer again once the clients are gone") {
+                (try? s.quickStatus())?.apps.first?.workersReady == 2
+            }
+            #expect(daemon.running)
+        }
+    }
+}
