@@ -314,11 +314,13 @@ def flood():
         cpu = d.cpu() - cpu0
         ok, failed, errors = load.finish()
         status_ms = probe.finish()
+        throttled = next((a.get("log_throttled_s") or 0 for a in d.status()["apps"] if a["name"] == "flood"), 0)
         logs = os.path.join(d.dir, "state", "logs")
         disk = sum(os.path.getsize(os.path.join(logs, f)) for f in os.listdir(logs) if f.startswith("flood"))
         log("  web requests ok %d failed %d; flood log files %.1f MiB" % (ok, failed, disk / 2**20))
         row("log flood", "1 worker flooding stdout + HTTP on another app", duration, "-",
-            "%d of %d" % (failed, ok + failed), status_ms, d, cpu, "flood logs on disk %.1f MiB (cap 12)" % (disk / 2**20))
+            "%d of %d" % (failed, ok + failed), status_ms, d, cpu,
+            "flood logs on disk %.1f MiB (cap 12); reading paused %.1f s by [logs] rate = 4MiB/s" % (disk / 2**20, throttled))
     finally:
         d.stop()
 

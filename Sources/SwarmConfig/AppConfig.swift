@@ -432,11 +432,17 @@ struct Reader {
 
     func logs(_ t: TOMLTable) throws(ConfigError) -> LogPolicy {
         let p = "logs"
-        try checkKeys(t, allowed: ["max_size", "keep", "target"], at: p)
+        try checkKeys(t, allowed: ["max_size", "keep", "target", "rate"], at: p)
         var l = LogPolicy()
         l.maxSize = try size(t, "max_size", at: p) ?? l.maxSize
         if l.maxSize < 4096 { throw fail("\(p).max_size", "must be at least 4KiB") }
         l.keep = try int(t, "keep", at: p, range: 0...100) ?? l.keep
+        if t["rate"]?.int == 0 {
+            l.rate = 0
+        } else if let rate = try size(t, "rate", at: p) {
+            guard rate >= 4096 else { throw fail("\(p).rate", "must be at least 4KiB (per second), or 0 for no limit") }
+            l.rate = rate
+        }
         if let target = try string(t, "target", at: p) {
             guard ["auto", "file", "journal"].contains(target) else {
                 throw fail("\(p).target", "'\(target)' is not one of: auto, file, journal")

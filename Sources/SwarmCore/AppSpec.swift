@@ -134,6 +134,10 @@ public struct LogPolicy: Codable, Hashable, Sendable {
     /// "file" writes the app's log files; "journal" sends to journald;
     /// "auto" picks journal under systemd, files otherwise.
     public var target: String = "auto"
+    /// Bytes per second read from the app's workers' output (0: no limit). Past it,
+    /// swarmd stops reading until the next second: the workers block on their full
+    /// pipes instead of swarmd spending a core on their logs. Nothing is dropped.
+    public var rate: Int64 = 4 << 20
     public init() {}
 }
 

@@ -120,9 +120,10 @@ extension Daemon {
     }
 
     func sweepConnections() {
+        refillOutputBudgets()
         let now = Posix.monotonicNanoseconds()
-        // Quiet for a while after control traffic: give back the code pages it touched.
-        if let last = lastControlActivity, now - last > 5_000_000_000 {
+        // Quiet for a while after control traffic or spawning: give back the code pages they touched.
+        if let last = lastControlActivity, now - last > 2_000_000_000 {
             lastControlActivity = nil
             ProcFS.pageOutCleanMappings()
         }

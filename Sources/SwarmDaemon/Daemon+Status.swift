@@ -82,6 +82,10 @@ extension Daemon {
                 workersReady: ready,
                 lastReload: app.lastReload.map { ReloadStatus(ok: $0.succeeded, message: $0.message, ageS: ((now - $0.at).seconds * 10).rounded() / 10) },
                 sockets: sockets, workers: workers))
+            if let b = outputBudgets[n], b.throttledNS > 0 || b.pausedAt != nil {
+                let open = b.pausedAt.map { nowNS - $0 } ?? 0
+                apps[apps.count - 1].logThrottledS = (Double(b.throttledNS + open) / 1e8).rounded() / 10
+            }
         }
         cpuSamples = cpuSamples.filter { seenPids.contains($0.key) || names.count != supervisor.appOrder.count }
         let daemon = DaemonStatus(pid: getpid(), version: swarmVersion, uptimeS: (Double(nowNS - startedAt) / 1e8).rounded() / 10,

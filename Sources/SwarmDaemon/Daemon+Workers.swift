@@ -13,6 +13,7 @@ let strippedEnvironment: Set<String> = [
 
 extension Daemon {
     func spawn(_ id: WorkerID, spec: AppSpec, slot: Int, generation: Int) {
+        lastControlActivity = Posix.monotonicNanoseconds()
         do {
             let pid = try startProcess(id, spec: spec, slot: slot, generation: generation)
             events.append(.spawned(id, pid: pid))
@@ -171,6 +172,7 @@ extension Daemon {
         do {
             // Lowest priority: a flooding worker yields to control requests and timers.
             pipe.source = try loop.addReader(fd, priority: 10) { [weak self] _ in _ = self?.onOutput(key) }
+            if outputBudgets[app]?.pausedAt != nil { pipe.source?.setEnabled(false) }
         } catch {
             log.error("Failed to watch output of \(app)[\(slot)]: \(error), ignoring")
             Posix.close(fd)
@@ -203,7 +205,40 @@ extension Daemon {
             return false
         }
         buf.withUnsafeBytes { pipe.splitter.feed(UnsafeRawBufferPointer(rebasing: $0[0..<n]), emit) }
+        chargeOutput(app: pipe.app, bytes: n)
         return true
+    }
+
+    /// Counts output against the app's `[logs] rate`; over it, stops reading the
+    /// app's pipes until the next second (`refillOutputBudgets`).
+    func chargeOutput(app: String, bytes: Int) {
+        let rate = supervisor.apps[app]?.spec.logs.rate ?? 0
+        guard rate > 0 else { return }
+        var budget = outputBudgets[app] ?? OutputBudget()
+        budget.bytes += Int64(bytes)
+        if budget.bytes >= rate && budget.pausedAt == nil {
+            budget.pausedAt = Posix.monotonicNanoseconds()
+            budget.pauses += 1
+            for pipe in outputPipes.values where pipe.app == app { pipe.source?.setEnabled(false) }
+            if budget.pauses == 1 || budget.pauses % 60 == 0 {
+                log.notice("\(app): workers write more than \(rate >> 10) KiB/s of output ([logs] rate); reading it at that pace, the writers wait")
+            }
+        }
+        outputBudgets[app] = budget
+    }
+
+    /// Every second: a new budget, and reading resumes.
+    func refillOutputBudgets() {
+        let now = Posix.monotonicNanoseconds()
+        for (app, var budget) in outputBudgets {
+            if let paused = budget.pausedAt {
+                budget.throttledNS += now - paused
+                budget.pausedAt = nil
+                for pipe in outputPipes.values where pipe.app == app { pipe.source?.setEnabled(true) }
+            }
+            budget.bytes = 0
+            outputBudgets[app] = budget
+        }
     }
 
     /// Reads what an exited worker left in its stdout/stderr pipes before its exit is

@@ -71,6 +71,15 @@ final class WorkerIO {
     }
 }
 
+/// Output read from an app's workers in the current second, against `[logs] rate`.
+struct OutputBudget {
+    var bytes: Int64 = 0
+    var pausedAt: Int64?
+    var pauses = 0
+    /// Total time reading was paused.
+    var throttledNS: Int64 = 0
+}
+
 /// A worker's stdout or stderr pipe; it may outlive the worker (children holding it).
 final class OutputPipe {
     let fd: Int32
@@ -122,6 +131,7 @@ public final class Daemon {
     var originalNoFile: (soft: UInt64, hard: UInt64)?
     var acceptPausedUntil: Int64?
     var acceptFailing = false
+    var outputBudgets: [String: OutputBudget] = [:]
     var cpuSamples: [Int32: (ticks: Int64, at: Int64)] = [:]
 
     var notifyPath: String
@@ -425,6 +435,7 @@ public final class Daemon {
         case let .appRemoved(name):
             appSockets.removeValue(forKey: name)?.close()
             reuseportCounts[name] = nil
+            outputBudgets[name] = nil
             if let sink = sinks.removeValue(forKey: name) { sink.close() }
         case .appsChanged:
             stateDirty = true

@@ -184,9 +184,12 @@ public struct AppStatus: Codable, Sendable, Equatable {
     public var lastReload: ReloadStatus?
     public var sockets: [SocketStatus]
     public var workers: [WorkerStatus]
+    /// Seconds swarmd paused reading the workers' output to hold `[logs] rate`.
+    public var logThrottledS: Double?
 
     enum CodingKeys: String, CodingKey {
         case name, state, config, generation, workers, sockets
+        case logThrottledS = "log_throttled_s"
         case workersWanted = "workers_wanted"
         case workersReady = "workers_ready"
         case lastReload = "last_reload"

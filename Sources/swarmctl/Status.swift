@@ -39,6 +39,7 @@ enum StatusTable {
             let sockets = app.sockets.map { "\($0.name) \($0.listen) (\($0.balance))" }.joined(separator: ", ")
             var summary = "\(app.name)  \(paint(app.state, app.state))  gen \(app.generation)  \(app.workersReady)/\(app.workersWanted) ready"
             if !sockets.isEmpty { summary += "  \(sockets)" }
+            if let t = app.logThrottledS, t > 0 { summary += "  (output throttled \(duration(t)))" }
             lines.append(summary)
             let rows: [[String]] = app.workers.map { w in
                 [

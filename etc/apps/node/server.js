@@ -26,6 +26,7 @@
 
 const fs = require('fs');
 const http = require('http');
+const net = require('net');
 
 const SD_LISTEN_FDS_START = 3;
 const CPU_ITERATIONS = 823543;
@@ -113,7 +114,9 @@ const STOP_GRACE_MS = parseInt(process.env.STOP_GRACE_MS || '1000', 10);
 function stop() {
   if (stopping) return;
   stopping = true;
-  server.close(() => process.exit(0)); // called once every connection is gone
+  // net.Server's close, not http.Server's: since Node 19 the latter also closes
+  // idle keep-alive connections at once, failing requests already on their way.
+  net.Server.prototype.close.call(server, () => process.exit(0)); // once every connection is gone
   setTimeout(() => {
     if (typeof server.closeIdleConnections === 'function') server.closeIdleConnections();
   }, STOP_GRACE_MS).unref();
