@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import SwarmProtocol
+import SwarmSystem
 import Testing
 
 @Suite("Limits: fork failing with EAGAIN backs off")
