@@ -96,6 +96,8 @@ static void child(const struct swarm_spawn_request *req, int report_fd, pid_t pa
         struct rlimit rl = { (rlim_t)req->rlimits[i].soft, (rlim_t)req->rlimits[i].hard };
         if (setrlimit(req->rlimits[i].resource, &rl) < 0) child_fail(report_fd, SWARM_STEP_RLIMIT);
     }
+    /* Lowered before exec, so every thread the program starts inherits it. */
+    if (req->set_nice) (void)syscall(SYS_setpriority, PRIO_PROCESS, 0, req->nice);
     if (req->set_ids) {
         /* Raw system calls: glibc's wrappers would try to change the
            credentials of every thread of the (shared-memory) parent. */

@@ -264,8 +264,9 @@ struct Reader {
         if let t = try table(root, "ready", at: "") { spec.ready = try ready(t, hasSockets: !sockets.isEmpty) }
         else if sockets.isEmpty { spec.ready.mode = .delay }
         if let t = try table(root, "reload", at: "") {
-            try checkKeys(t, allowed: ["surge"], at: "reload")
+            try checkKeys(t, allowed: ["surge", "background_start"], at: "reload")
             spec.reload.surge = try int(t, "surge", at: "reload", range: 1...AppConfig.maxWorkers) ?? 1
+            spec.reload.backgroundStart = try bool(t, "background_start", at: "reload") ?? true
         }
         if let t = try table(root, "logs", at: "") { spec.logs = try logs(t) }
         if let t = try table(root, "limits", at: "") { (spec.limits, spec.memoryLimit) = try limits(t) }

@@ -125,6 +125,9 @@ public struct ReadyPolicy: Codable, Hashable, Sendable {
 public struct ReloadPolicy: Codable, Hashable, Sendable {
     /// New workers started ahead of the old ones they replace.
     public var surge: Int = 1
+    /// Start new-generation workers at the lowest CPU priority until they
+    /// are ready, so the workers still serving keep the CPU (needs root).
+    public var backgroundStart = true
     public init() {}
 }
 

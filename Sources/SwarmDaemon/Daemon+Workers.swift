@@ -107,6 +107,10 @@ extension Daemon {
             plan.ids = (getuid(), gid)
         }
         plan.noNewPrivileges = spec.noNewPrivileges
+        // A reload's new worker starts in the background: the old ones still serve.
+        let backgrounded = spec.reload.backgroundStart && Spawner.canRaisePriority
+            && supervisor.apps[spec.name]?.reload?.to == generation
+        if backgrounded { plan.nice = 19 }
         plan.limits = spec.limits.compactMap { l in rlimitResource(l.name).map { ($0, l.soft, l.hard) } }
         // swarmd raised its own fd limit; workers get the one it was given, unless their app sets one.
         if let original = originalNoFile, !spec.limits.contains(where: { $0.name == "nofile" }) {
@@ -122,6 +126,7 @@ extension Daemon {
         }
         io.pid = pid
         workerIO[id] = io
+        if backgrounded { backgroundWorkers[id] = pid }
         watchOutput(fd: out.read, app: spec.name, slot: slot, pid: pid, stream: "stdout")
         watchOutput(fd: err.read, app: spec.name, slot: slot, pid: pid, stream: "stderr")
         if io.readyPipe >= 0 {
@@ -272,6 +277,24 @@ extension Daemon {
                 else if line.hasPrefix("WATCHDOG=trigger") {
                     log.warning("\(worker.app)[\(worker.slot)] pid \(pid) asked for a watchdog kill")
                 }
+            }
+        }
+    }
+}
+
+extension Daemon {
+    /// Background-started workers that became ready (or gone) get swarmd's own priority back.
+    func restorePriorities() {
+        guard !backgroundWorkers.isEmpty else { return }
+        let own = getpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0)
+        for (id, pid) in backgroundWorkers {
+            guard let w = supervisor.workers[id] else {
+                backgroundWorkers[id] = nil
+                continue
+            }
+            if w.phase != .starting && w.phase != .spawning {
+                Spawner.renice(pid: pid, to: own)
+                backgroundWorkers[id] = nil
             }
         }
     }

@@ -132,6 +132,8 @@ public final class Daemon {
     var acceptPausedUntil: Int64?
     var acceptFailing = false
     var outputBudgets: [String: OutputBudget] = [:]
+    /// Reload workers started at nice 19, until they are ready.
+    var backgroundWorkers: [WorkerID: Int32] = [:]
     var cpuSamples: [Int32: (ticks: Int64, at: Int64)] = [:]
 
     var notifyPath: String
@@ -460,6 +462,7 @@ public final class Daemon {
 
     /// Runs after each dispatch: persist, update systemd, steer reuseport groups.
     func afterDispatch() {
+        restorePriorities()
         flushState()
         updateReuseportSteering()
         updateSystemdStatus()

@@ -19,6 +19,8 @@ public struct SpawnPlan {
     public var ids: (uid: uid_t, gid: gid_t)?
     public var noNewPrivileges = false
     public var limits: [(resource: Int32, soft: UInt64, hard: UInt64)] = []
+    /// Scheduling niceness to start with (nil: swarmd's own).
+    public var nice: Int32?
 
     public init(executable: String, argv: [String], environment: [String], setListenPID: Bool, cwd: String?, fds: [Int32],
                 stdin: Int32, stdout: Int32, stderr: Int32) {
@@ -97,6 +99,10 @@ public enum Spawner {
                         req.no_new_privs = plan.noNewPrivileges ? 1 : 0
                         req.rlimits = UnsafePointer(limBuf.baseAddress)
                         req.nrlimits = Int32(limBuf.count)
+                        if let nice = plan.nice {
+                            req.set_nice = 1
+                            req.nice = nice
+                        }
                         return swarm_spawn(&req, &err, &step)
                     }
                 }
@@ -111,5 +117,24 @@ public enum Spawner {
 
     public static func setChildSubreaper() throws {
         try Posix.check("prctl(PR_SET_CHILD_SUBREAPER)") { swarm_set_child_subreaper() }
+    }
+}
+
+extension Spawner {
+    /// Sets the niceness of every thread of `pid` (Linux niceness is per thread).
+    /// Lowering it needs CAP_SYS_NICE; returns false if any thread refused.
+    @discardableResult
+    public static func renice(pid: pid_t, to nice: Int32) -> Bool {
+        var ok = true
+        for tid in ProcFS.listDirectory("/proc/\(pid)/task") ?? [] {
+            guard let t = UInt32(tid) else { continue }
+            if setpriority(__priority_which_t(PRIO_PROCESS.rawValue), t, nice) < 0 { ok = false }
+        }
+        return ok
+    }
+
+    /// Whether this process may make a niced child normal again.
+    public static var canRaisePriority: Bool {
+        geteuid() == 0
     }
 }

@@ -31,6 +31,8 @@ struct swarm_spawn_request {
     int no_new_privs;
     const struct swarm_rlimit *rlimits;
     int nrlimits;
+    int set_nice;                ///< 1: setpriority(nice) below
+    int nice;
 };
 
 /// Steps of the child; reported with the errno when one fails.
