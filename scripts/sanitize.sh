@@ -10,6 +10,10 @@ kinds=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do kinds+=("$1"); shift; done
 [ "${1:-}" = "--" ] && shift
 [ ${#kinds[@]} -gt 0 ] || kinds=(address thread)
+# Known leaks of dependencies (see the file); every process the tests start inherits this.
+export LSAN_OPTIONS="suppressions=$PWD/scripts/lsan.supp:print_suppressions=0"
+# ASan's default 256 MiB quarantine of freed memory would trip the log-flood test's RSS bound.
+export ASAN_OPTIONS="quarantine_size_mb=16${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
 status=0
 for kind in "${kinds[@]}"; do
     dir=.build-$kind
