@@ -21,6 +21,6 @@ for kind in "${kinds[@]}"; do
     swift build --sanitize="$kind" --scratch-path "$dir" 2>&1 | tail -n 2
     swift build --build-tests --sanitize="$kind" --scratch-path "$dir" 2>&1 | tail -n 2
     # The integration tests run the sanitized swarmd/swarmctl of this build folder.
-    SWARM_BIN_DIR="$PWD/$dir/debug" swift test --skip-build --sanitize="$kind" --scratch-path "$dir" "$@" || status=1
+    SWARM_SANITIZER="$kind" SWARM_BIN_DIR="$PWD/$dir/debug" swift test --skip-build --sanitize="$kind" --scratch-path "$dir" "$@" || status=1
 done
 exit $status

@@ -220,6 +220,16 @@ func waitUntil(timeout: Double, _ what: @autoclosure () -> String, every interva
 
 func elapsed(since start: Date) -> Double { Date().timeIntervalSince(start) }
 
+/// How much slower the binaries under test run: 1, or more for a sanitized build
+/// (scripts/sanitize.sh sets SWARM_SANITIZER). Scales a few CPU and time bounds.
+let sanitizerSlowdown: Double = {
+    switch ProcessInfo.processInfo.environment["SWARM_SANITIZER"] {
+    case "thread": return 4
+    case "address": return 2
+    default: return 1
+    }
+}()
+
 // MARK: - Ports and parallelism
 
 final class Counter: @unchecked Sendable {
