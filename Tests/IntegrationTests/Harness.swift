@@ -69,6 +69,8 @@ func childEnvironment(_ extra: [String: String] = [:]) -> [String] {
         env[k] = nil
     }
     env["NO_COLOR"] = "1"
+    // scripts/sanitize.sh: leak checks for the programs under test, not for this runner.
+    if let asan = env["SWARM_CHILD_ASAN_OPTIONS"] { env["ASAN_OPTIONS"] = asan }
     for (k, v) in extra { env[k] = v }
     return env.map { "\($0.key)=\($0.value)" }.sorted()
 }
