@@ -80,13 +80,7 @@ protocol SimpleVerb: ParsableCommand {
 extension SimpleVerb {
     func validate() throws { try validateName(name) }
 
-    func run() throws {
-        try execute {
-            let client = try Client(path: global.socketPath)
-            let r = try client.call(client.request(Self.verb, name: name))
-            if let m = r.message, !m.isEmpty { printOut(m) }
-        }
-    }
+    func run() throws { try call(global, Self.verb, name: name, fallback: nil) }
 }
 
 struct Stop: SimpleVerb {
@@ -123,11 +117,16 @@ struct Scale: ParsableCommand {
     }
 
     func run() throws {
-        try execute {
-            let client = try Client(path: global.socketPath)
-            let r = try client.call(client.request(.scale, name: name, count: count))
-            if let m = r.message { printOut(m) }
-        }
+        try call(global, .scale, name: name, count: count, fallback: nil)
+    }
+}
+
+/// One request; its message (or `fallback`) printed; failures as one line.
+func call(_ global: GlobalOptions, _ verb: Verb, name: String? = nil, count: Int? = nil, fallback: String?) throws {
+    try execute {
+        let client = try Client(path: global.socketPath)
+        let r = try client.call(client.request(verb, name: name, count: count))
+        if let m = r.message ?? fallback { printOut(m) }
     }
 }
 
@@ -135,13 +134,7 @@ struct Ping: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Check that swarmd answers.")
     @OptionGroup var global: GlobalOptions
 
-    func run() throws {
-        try execute {
-            let client = try Client(path: global.socketPath)
-            let r = try client.call(client.request(.ping))
-            printOut(r.message ?? "pong")
-        }
-    }
+    func run() throws { try call(global, .ping, fallback: "pong") }
 }
 
 struct Version: ParsableCommand {
@@ -150,11 +143,7 @@ struct Version: ParsableCommand {
 
     func run() throws {
         printOut("swarmctl 0.1.0, protocol \(ControlProtocol.version)")
-        try execute {
-            let client = try Client(path: global.socketPath)
-            let r = try client.call(client.request(.version))
-            printOut(r.message ?? "")
-        }
+        try call(global, .version, fallback: nil)
     }
 }
 
@@ -162,13 +151,7 @@ struct Shutdown: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Stop every worker and make swarmd exit (like SIGTERM).")
     @OptionGroup var global: GlobalOptions
 
-    func run() throws {
-        try execute {
-            let client = try Client(path: global.socketPath)
-            let r = try client.call(client.request(.shutdown))
-            printOut(r.message ?? "swarmd stopped")
-        }
-    }
+    func run() throws { try call(global, .shutdown, fallback: "swarmd stopped") }
 }
 
 struct DaemonReexec: ParsableCommand {
