@@ -212,6 +212,44 @@ struct SystemdTests {
         }
     }
 
+    @Test("under systemd-socket-activate: control and app sockets adopted, READY=1 on NOTIFY_SOCKET, SIGTERM exits 0")
+    func realSocketActivateTool() async throws {
+        let tool = "/usr/bin/systemd-socket-activate"
+        try #require(access(tool, X_OK) == 0, "\(tool) is missing (Debian package systemd)")
+        try await withSwarm { s in
+            let owned = OwnedProcesses()
+            defer { owned.killAll() }
+            let notify = try DatagramListener(path: s.dir + "/notify.sock")
+            defer { notify.stop() }
+            let port = try Ports.free()
+            let conf = try s.write("web.conf", Conf.python("web", workers: 2, port: port))
+            let unusedPath = s.dir + "/not-bound.sock"
+            // The tool binds both sockets, waits for the first connection, then execs swarmd in its own
+            // process with LISTEN_FDS/LISTEN_PID/LISTEN_FDNAMES; it passes only PATH and the -E variables.
+            let d = try Child.spawn(tool, ["-l", s.socket, "-l", "127.0.0.1:\(port)", "--fdname=control:http",
+                                           "-E", "NOTIFY_SOCKET=\(notify.path)",
+                                           Paths.swarmd, "--socket", unusedPath, "--state-dir", s.stateDir, "--log-target", "file", conf],
+                                    dir: s.dir, label: "socket-activate")
+            owned.add(d)
+            try await waitUntil(timeout: 10, "systemd-socket-activate to listen on \(s.socket): \(d.stderr)") { access(s.socket, F_OK) == 0 }
+            // This first connection is what makes the tool exec swarmd; it waits in the backlog and is answered.
+            try await waitUntil(timeout: 20, "swarmd (exec'd by the tool) to answer ping on the passed socket: \(d.stderr)") {
+                if let code = d.poll() { throw HarnessError("the tool or swarmd exited with \(code): \(d.stderr)") }
+                return (try? s.request(.ping))?.ok == true
+            }
+            #expect(readText("/proc/\(d.pid)/comm").hasPrefix("swarmd"), "swarmd runs in the tool's process (exec)")
+            let pids = try await s.waitReady("web", workers: 2)
+            _ = try await notify.waitFor(timeout: 20, "READY=1 from swarmd") { $0.text.contains("READY=1") }
+            #expect(access(unusedPath, F_OK) != 0, "swarmd bound its own control socket at \(unusedPath)")
+            #expect(d.stderr.contains("using the control socket passed by systemd"), "log: \(d.stderr.suffix(1500))")
+            #expect(d.stderr.contains("using socket 'http' passed by systemd"), "log: \(d.stderr.suffix(1500))")
+            #expect(Set(try answeringPids(port, connections: 16).keys).isSubset(of: Set(pids)))
+            #expect(listeningSocketCount(port: port) == 1, "only the passed socket may listen on \(port)")
+            try await stopSystemdStyleDaemon(d)
+            _ = try await notify.waitFor(timeout: 5, "STOPPING=1 from swarmd") { $0.text.contains("STOPPING=1") }
+        }
+    }
+
     @Test("restart of swarmd with sockets held as systemd would: no connection refused, gap connections answered")
     func restartKeepsSockets() async throws {
         try await withSwarm { s in
