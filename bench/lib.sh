@@ -242,3 +242,26 @@ raise_nofile() {
     ulimit -n "$want"
     say "# ulimit -n $(ulimit -n)"
 }
+
+# supervisor_conf DIR N MINFDS MINPROCS: DIR/supervisord.conf running N `sleep` programs,
+# foreground, control socket in DIR (minprocs 0: supervisord's default).
+supervisor_conf() {
+    local d=$1 n=$2 minfds=$3 minprocs=$4
+    {
+        printf '[unix_http_server]\nfile = %s/supervisor.sock\n' "$d"
+        printf '[supervisord]\nnodaemon = true\nlogfile = %s/supervisord.log\npidfile = %s/supervisord.pid\nchildlogdir = %s\nminfds = %s\n' "$d" "$d" "$d" "$minfds"
+        [[ "$minprocs" == 0 ]] || printf 'minprocs = %s\n' "$minprocs"
+        printf '[rpcinterface:supervisor]\nsupervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n'
+        printf '[supervisorctl]\nserverurl = unix://%s/supervisor.sock\n' "$d"
+        printf '[program:sleep]\ncommand = sleep 100000\nnumprocs = %s\nprocess_name = %%(program_name)s_%%(process_num)04d\n' "$n"
+        printf 'startsecs = 0\nautorestart = true\nstdout_logfile = NONE\nstderr_logfile = NONE\n'
+    } >"$d/supervisord.conf"
+}
+
+# swarm_conf NAME PORT BALANCE: a config for the Node example app, 2 workers on
+# 127.0.0.1:PORT with that balance mode, in $BENCH_TMP; prints its path.
+swarm_conf() {
+    printf 'name = "%s"\ncommand = ["node", "%s"]\nworkers = 2\n[[socket]]\nname = "http"\nlisten = "127.0.0.1:%s"\nbalance = "%s"\n' \
+        "$1" "$NODE_APP" "$2" "$3" >"$BENCH_TMP/$1.conf"
+    echo "$BENCH_TMP/$1.conf"
+}

@@ -66,28 +66,7 @@ EOF
     # --- supervisord
     d="$BENCH_TMP/supervisor$n"
     mkdir -p "$d"
-    cat >"$d/supervisord.conf" <<EOF
-[unix_http_server]
-file = $d/supervisor.sock
-[supervisord]
-nodaemon = true
-logfile = $d/supervisord.log
-pidfile = $d/supervisord.pid
-childlogdir = $d
-minfds = 4096
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-[supervisorctl]
-serverurl = unix://$d/supervisor.sock
-[program:sleep]
-command = sleep 100000
-numprocs = $n
-process_name = %(program_name)s_%(process_num)04d
-startsecs = 0
-autorestart = true
-stdout_logfile = NONE
-stderr_logfile = NONE
-EOF
+    supervisor_conf "$d" "$n" 4096 0
     bg_start "$d/out.log" supervisord -c "$d/supervisord.conf"
     spid=$BG_PID
     wait_children "$spid" "$n"

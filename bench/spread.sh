@@ -33,16 +33,7 @@ PORT[single]=$((PORT_BASE + 4))
 confs=()
 for m in reuseport shared; do
     [[ " $MODES " == *" $m "* ]] || continue
-    cat >"$BENCH_TMP/$m.conf" <<EOF
-name = "$m"
-command = ["node", "$NODE_APP"]
-workers = 2
-[[socket]]
-name = "http"
-listen = "127.0.0.1:${PORT[$m]}"
-balance = "$m"
-EOF
-    confs+=("$BENCH_TMP/$m.conf")
+    confs+=("$(swarm_conf "$m" "${PORT[$m]}" "$m")")
 done
 if ((${#confs[@]})); then
     swarm_start swarmd "${confs[@]}"

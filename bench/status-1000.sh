@@ -71,29 +71,7 @@ bg_stop "$SWARMD_PID"
 # --- supervisord, N sleep programs
 d="$BENCH_TMP/supervisor"
 mkdir -p "$d"
-cat >"$d/supervisord.conf" <<EOF
-[unix_http_server]
-file = $d/supervisor.sock
-[supervisord]
-nodaemon = true
-logfile = $d/supervisord.log
-pidfile = $d/supervisord.pid
-childlogdir = $d
-minfds = 8192
-minprocs = 2000
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-[supervisorctl]
-serverurl = unix://$d/supervisor.sock
-[program:sleep]
-command = sleep 100000
-numprocs = $N
-process_name = %(program_name)s_%(process_num)04d
-startsecs = 0
-autorestart = true
-stdout_logfile = NONE
-stderr_logfile = NONE
-EOF
+supervisor_conf "$d" "$N" 8192 2000
 t0=$(now_s)
 bg_start "$d/out.log" supervisord -c "$d/supervisord.conf"
 spid=$BG_PID

@@ -45,18 +45,6 @@ for c in $CONFIGS; do
 done
 
 # --- start every server once; they stay up for the whole benchmark.
-swarm_conf() { # NAME PORT BALANCE
-    cat >"$BENCH_TMP/$1.conf" <<EOF
-name = "$1"
-command = ["node", "$NODE_APP"]
-workers = 2
-[[socket]]
-name = "http"
-listen = "127.0.0.1:$2"
-balance = "$3"
-EOF
-    echo "$BENCH_TMP/$1.conf"
-}
 swarm_confs=()
 [[ " ${active[*]} " == *" swarm "* ]] && swarm_confs+=("$(swarm_conf web-rp "${PORT[swarm]}" reuseport)")
 [[ " ${active[*]} " == *" swarm-shared "* ]] && swarm_confs+=("$(swarm_conf web-sh "${PORT[swarm-shared]}" shared)")

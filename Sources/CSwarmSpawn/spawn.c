@@ -204,10 +204,6 @@ int swarm_set_child_subreaper(void) {
     return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
 }
 
-int swarm_set_pdeathsig(int sig) {
-    return prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0);
-}
-
 int swarm_accept(int fd) {
     return accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 }

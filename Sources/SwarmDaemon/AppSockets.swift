@@ -102,10 +102,6 @@ final class AppSockets {
         }
     }
 
-    func allFDs() -> [Int32] {
-        entries.flatMap { [$0.shared] + $0.perSlot.values }
-    }
-
     /// Takes the shared fd of a matching socket out, for an app replacing this one.
     func take(matching s: SocketSpec) -> Int32? {
         guard let i = entries.firstIndex(where: { $0.spec.listen == s.listen && $0.spec.effectiveBalance == s.effectiveBalance }) else { return nil }

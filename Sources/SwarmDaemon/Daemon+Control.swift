@@ -123,8 +123,8 @@ extension Daemon {
         refillOutputBudgets()
         let now = Posix.monotonicNanoseconds()
         // Quiet for a while after control traffic or spawning: give back the code pages they touched.
-        if let last = lastControlActivity, now - last > 2_000_000_000 {
-            lastControlActivity = nil
+        if let last = lastBusyAt, now - last > 2_000_000_000 {
+            lastBusyAt = nil
             ProcFS.pageOutCleanMappings()
         }
         if let until = acceptPausedUntil, now >= until {
@@ -157,7 +157,7 @@ extension Daemon {
         if n == 0 { return drop(conn) }
         if conn.closing { return }
         conn.lastActivity = Posix.monotonicNanoseconds()
-        lastControlActivity = conn.lastActivity
+        lastBusyAt = conn.lastActivity
         conn.reader.append(buf[0..<n])
         while true {
             let frame: [UInt8]?

@@ -13,7 +13,6 @@ extension Daemon {
             names = [name]
         }
         var apps: [AppStatus] = []
-        var seenPids = Set<Int32>()
         for n in names {
             guard let app = supervisor.apps[n] else { continue }
             var workers: [WorkerStatus] = []
@@ -39,7 +38,6 @@ extension Daemon {
                     var rss: Int64?
                     var cpuSeconds: Double?
                     if let pid = w.pid {
-                        seenPids.insert(pid)
                         let usage = ProcFS.usage(pid: pid)
                         rss = usage?.rss
                         if let ticks = usage?.cpuTicks {
@@ -87,7 +85,6 @@ extension Daemon {
                 apps[apps.count - 1].logThrottledS = (Double(b.throttledNS + open) / 1e8).rounded() / 10
             }
         }
-        cpuSamples = cpuSamples.filter { seenPids.contains($0.key) || names.count != supervisor.appOrder.count }
         let daemon = DaemonStatus(pid: getpid(), version: swarmVersion, uptimeS: (Double(nowNS - startedAt) / 1e8).rounded() / 10,
                                   rssBytes: ProcFS.rss(pid: getpid()) ?? 0, socket: options.socketPath, stateDir: options.stateDir)
         return StatusReport(daemon: daemon, apps: apps)

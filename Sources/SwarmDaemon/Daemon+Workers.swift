@@ -13,7 +13,7 @@ let strippedEnvironment: Set<String> = [
 
 extension Daemon {
     func spawn(_ id: WorkerID, spec: AppSpec, slot: Int, generation: Int) {
-        lastControlActivity = Posix.monotonicNanoseconds()
+        lastBusyAt = Posix.monotonicNanoseconds()
         do {
             let pid = try startProcess(id, spec: spec, slot: slot, generation: generation)
             events.append(.spawned(id, pid: pid))

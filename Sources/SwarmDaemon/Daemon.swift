@@ -55,7 +55,6 @@ final class WorkerIO {
     var pid: Int32 = 0
     var readyPipe: Int32 = -1
     var readySource: EventLoop.Source?
-    var cpuSample: (ticks: Int64, at: Int64)?
 
     init(id: WorkerID, app: String, slot: Int) {
         self.id = id
@@ -127,7 +126,7 @@ public final class Daemon {
     var housekeeping: EventLoop.Source?
     var sweepSource: EventLoop.Source?
     var controlFromSystemd = false
-    var lastControlActivity: Int64?
+    var lastBusyAt: Int64?
     var originalNoFile: (soft: UInt64, hard: UInt64)?
     var acceptPausedUntil: Int64?
     var acceptFailing = false
@@ -299,14 +298,14 @@ public final class Daemon {
         switch sig {
         case SIGCHLD:
             while let r = Posix.reapOne() {
+                let (pid, status): (Int32, SwarmCore.ExitStatus)
                 switch r {
-                case let .exited(pid, code):
-                    drainOutput(pid: pid)
-                    feed(.exited(pid: pid, .exited(code)))
-                case let .signaled(pid, s, core):
-                    drainOutput(pid: pid)
-                    feed(.exited(pid: pid, .signaled(s, coreDumped: core)))
+                case let .exited(p, code): (pid, status) = (p, .exited(code))
+                case let .signaled(p, s, core): (pid, status) = (p, .signaled(s, coreDumped: core))
                 }
+                drainOutput(pid: pid)
+                cpuSamples[pid] = nil
+                feed(.exited(pid: pid, status))
             }
         case SIGTERM, SIGINT, SIGQUIT:
             if supervisor.shuttingDown {
@@ -460,11 +459,10 @@ public final class Daemon {
         return supervisor.apps[w.app]?.specs[w.generation]
     }
 
-    /// Runs after each dispatch: persist, update systemd, steer reuseport groups.
+    /// Runs after each dispatch: priorities, persistence, systemd status. (Steering follows every event, in `feed`.)
     func afterDispatch() {
         restorePriorities()
         flushState()
-        updateReuseportSteering()
         updateSystemdStatus()
         maybeSendReady()
     }
@@ -485,7 +483,7 @@ public final class Daemon {
     /// Keeps each reuseport group's steering program in step with the live
     /// slots, so a slot being removed gets no new connections while it drains.
     func updateReuseportSteering() {
-        for (name, sockets) in appSockets {
+        for (name, sockets) in appSockets where sockets.entries.contains(where: \.reuseport) {
             guard let app = supervisor.apps[name] else { continue }
             let live = max(1, app.slots.filter { !$0.removing }.count)
             // Round-robin goes to slots with a ready worker only; with none ready, to every live slot.

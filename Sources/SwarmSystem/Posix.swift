@@ -162,12 +162,6 @@ public enum Posix {
         pthread_sigmask(SIG_BLOCK, &set, nil)
     }
 
-    public static func unblockAllSignals() {
-        var set = sigset_t()
-        sigemptyset(&set)
-        pthread_sigmask(SIG_SETMASK, &set, nil)
-    }
-
     public static func ignore(_ sig: Int32) {
         signal(sig, SIG_IGN)
     }
@@ -225,6 +219,4 @@ public enum Posix {
         return before
     }
 
-    public static var pid: pid_t { getpid() }
-    public static var uid: uid_t { getuid() }
 }

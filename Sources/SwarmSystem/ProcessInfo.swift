@@ -37,16 +37,6 @@ public enum ProcFS {
         return (ut + st, pages * pageSize)
     }
 
-    /// Peak RSS of this process (VmHWM), bytes.
-    public static func peakRSS(pid: pid_t) -> Int64? {
-        guard let status = read("/proc/\(pid)/status") else { return nil }
-        for line in status.split(separator: "\n") where line.hasPrefix("VmHWM:") {
-            let n = line.split(separator: " ").dropFirst().first.flatMap { Int64($0) }
-            return n.map { $0 * 1024 }
-        }
-        return nil
-    }
-
     /// CPUs this process may run on: affinity mask, bounded by a cgroup v2 cpu.max quota.
     public static func usableCPUs() -> Int {
         var count = Int(swarm_usable_cpus())

@@ -148,26 +148,6 @@ public enum Sockets {
         guard swarm_peer_cred(fd, &pid, &uid, &gid) == 0 else { return nil }
         return (pid, uid, gid)
     }
-
-    /// Type of an inherited socket: (family, type, listening).
-    public static func describe(_ fd: Int32) -> (family: Int32, type: Int32, listening: Bool)? {
-        var family: Int32 = 0, type: Int32 = 0, acc: Int32 = 0
-        var len = socklen_t(MemoryLayout<Int32>.size)
-        guard getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &family, &len) == 0 else { return nil }
-        len = socklen_t(MemoryLayout<Int32>.size)
-        guard getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 else { return nil }
-        len = socklen_t(MemoryLayout<Int32>.size)
-        guard getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &len) == 0 else { return nil }
-        return (family, type, acc != 0)
-    }
-
-    /// Connections waiting in a listening socket's accept queue (TCP_INFO's tcpi_unacked).
-    public static func acceptQueueLength(_ fd: Int32) -> Int? {
-        var info = tcp_info()
-        var len = socklen_t(MemoryLayout<tcp_info>.size)
-        guard getsockopt(fd, Int32(IPPROTO_TCP), TCP_INFO, &info, &len) == 0 else { return nil }
-        return Int(info.tcpi_unacked)
-    }
 }
 
 extension Sockets {

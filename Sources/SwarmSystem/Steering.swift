@@ -59,10 +59,6 @@ public final class RoundRobinSteering {
         try Posix.check("setsockopt(SO_ATTACH_REUSEPORT_EBPF)") { swarm_rr_attach(program, fd) }
     }
 
-    public func set(slot: Int, socket fd: Int32) throws {
-        try Posix.check("bpf(BPF_MAP_UPDATE_ELEM)", subject: "slot \(slot)") { swarm_rr_set_socket(socketMap, UInt32(slot), fd) }
-    }
-
     /// Steers new connections only to `sockets`, round-robin: the sockets of
     /// the slots whose worker is ready. A slot whose worker died or is
     /// starting keeps its queue but gets nothing new until it is ready again.

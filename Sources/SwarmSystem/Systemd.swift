@@ -11,12 +11,6 @@ public enum Systemd {
 
     public static var underSystemd: Bool { getenv("NOTIFY_SOCKET") != nil || getenv("INVOCATION_ID") != nil }
 
-    /// Watchdog period asked of us, if any.
-    public static func watchdogUsec() -> UInt64? {
-        var usec: UInt64 = 0
-        return sd_watchdog_enabled(0, &usec) > 0 ? usec : nil
-    }
-
     /// Sockets passed by the service manager, by name; the environment
     /// variables are consumed so workers never see them.
     public static func listenFDs() -> [(name: String, fd: Int32)] {

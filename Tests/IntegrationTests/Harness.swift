@@ -91,8 +91,9 @@ final class Child: @unchecked Sendable {
         self.errPath = errPath
     }
 
+    /// `fds` become 3, 4, … in the child; with `listenPID`, LISTEN_PID is set to the child's own pid.
     static func spawn(_ executable: String, _ args: [String], env: [String] = childEnvironment(), dir: String,
-                      label: String, cwd: String? = nil) throws -> Child {
+                      label: String, cwd: String? = nil, fds: [Int32] = [], listenPID: Bool = false) throws -> Child {
         let outPath = "\(dir)/\(label).out"
         let errPath = "\(dir)/\(label).err"
         let out = try Posix.open(outPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode: 0o644)
@@ -101,8 +102,8 @@ final class Child: @unchecked Sendable {
         defer { Posix.close(err) }
         let devNull = try Posix.open("/dev/null", O_RDWR | O_CLOEXEC)
         defer { Posix.close(devNull) }
-        var plan = SpawnPlan(executable: executable, argv: [executable] + args, environment: env, setListenPID: false,
-                             cwd: cwd ?? dir, fds: [], stdin: devNull, stdout: out, stderr: err)
+        var plan = SpawnPlan(executable: executable, argv: [executable] + args, environment: env, setListenPID: listenPID,
+                             cwd: cwd ?? dir, fds: fds, stdin: devNull, stdout: out, stderr: err)
         // Not PDEATHSIG: it fires when the spawning *thread* exits, and test threads come and go.
         plan.parentDeathSignal = 0
         let pid = try Spawner.spawn(plan)

@@ -202,19 +202,7 @@ final class OwnedProcesses: @unchecked Sendable {
 /// With `listenPID`, LISTEN_PID is set to the child's own pid.
 func spawnWithFDs(_ executable: String, _ args: [String], env: [String], fds: [Int32], listenPID: Bool,
                   dir: String, label: String) throws -> Child {
-    let outPath = "\(dir)/\(label).out"
-    let errPath = "\(dir)/\(label).err"
-    let out = try Posix.open(outPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode: 0o644)
-    defer { Posix.close(out) }
-    let err = try Posix.open(errPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode: 0o644)
-    defer { Posix.close(err) }
-    let devNull = try Posix.open("/dev/null", O_RDWR | O_CLOEXEC)
-    defer { Posix.close(devNull) }
-    var plan = SpawnPlan(executable: executable, argv: [executable] + args, environment: env, setListenPID: listenPID,
-                         cwd: dir, fds: fds, stdin: devNull, stdout: out, stderr: err)
-    plan.parentDeathSignal = 0
-    let pid = try Spawner.spawn(plan)
-    return Child(pid: pid, name: label, outPath: outPath, errPath: errPath)
+    try Child.spawn(executable, args, env: env, dir: dir, label: label, fds: fds, listenPID: listenPID)
 }
 
 /// /proc helpers.

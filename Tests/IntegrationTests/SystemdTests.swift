@@ -35,6 +35,17 @@ func stopSystemdStyleDaemon(_ d: Child, timeout: Double = 20) async throws {
     #expect(code == 0, "swarmd should exit 0 after SIGTERM; log:\n\(d.stderr.suffix(2000))")
 }
 
+/// swarmd took the control and `http` sockets it was passed: it bound no socket of its own,
+/// its workers answer on the passed port, and only that one socket listens there.
+func expectSocketsAdopted(_ d: Child, port: UInt16, unusedPath: String, workers: Set<Int32>) throws {
+    #expect(access(unusedPath, F_OK) != 0, "swarmd bound its own control socket at \(unusedPath)")
+    #expect(d.stderr.contains("using the control socket passed by systemd"), "log: \(d.stderr.suffix(1500))")
+    #expect(d.stderr.contains("using socket 'http' passed by systemd"), "log: \(d.stderr.suffix(1500))")
+    let pids = try answeringPids(port, connections: 16)
+    #expect(Set(pids.keys).isSubset(of: workers), "answers from \(pids), workers \(workers)")
+    #expect(listeningSocketCount(port: port) == 1, "only the passed socket may listen on \(port): /proc/net/tcp has \(listeningSocketCount(port: port))")
+}
+
 /// Listening TCP sockets on 127.0.0.1:port in /proc/net/tcp (one line per socket).
 func listeningSocketCount(port: UInt16) -> Int {
     let hexPort = String(format: ":%04X", Int(port))
@@ -190,14 +201,8 @@ struct SystemdTests {
             let unusedPath = s.dir + "/not-bound.sock"
             let d = try await startSystemdStyleDaemon(s, owned, configs: [conf], socketPath: unusedPath,
                                                       fds: [control, http], fdNames: ["control", "http"])
-            try await s.waitReady("web", workers: 2)
-            #expect(access(unusedPath, F_OK) != 0, "swarmd bound its own control socket at \(unusedPath)")
-            #expect(d.stderr.contains("using the control socket passed by systemd"), "log: \(d.stderr.suffix(1500))")
-            #expect(d.stderr.contains("using socket 'http' passed by systemd"), "log: \(d.stderr.suffix(1500))")
-            let pids = try answeringPids(port, connections: 16)
-            let workers = Set(try s.quickStatus().apps[0].workers.compactMap(\.pid))
-            #expect(Set(pids.keys).isSubset(of: workers), "answers from \(pids), workers \(workers)")
-            #expect(listeningSocketCount(port: port) == 1, "only the passed socket may listen on \(port): /proc/net/tcp has \(listeningSocketCount(port: port))")
+            let workers = Set(try await s.waitReady("web", workers: 2))
+            try expectSocketsAdopted(d, port: port, unusedPath: unusedPath, workers: workers)
             // A re-exec keeps the adopted sockets (and still binds nothing).
             try await s.ctlOK("daemon-reexec")
             try await waitUntil(timeout: 15, "swarmd to re-execute") { d.stderr.contains("re-executed as pid") }
@@ -240,11 +245,7 @@ struct SystemdTests {
             #expect(readText("/proc/\(d.pid)/comm").hasPrefix("swarmd"), "swarmd runs in the tool's process (exec)")
             let pids = try await s.waitReady("web", workers: 2)
             _ = try await notify.waitFor(timeout: 20, "READY=1 from swarmd") { $0.text.contains("READY=1") }
-            #expect(access(unusedPath, F_OK) != 0, "swarmd bound its own control socket at \(unusedPath)")
-            #expect(d.stderr.contains("using the control socket passed by systemd"), "log: \(d.stderr.suffix(1500))")
-            #expect(d.stderr.contains("using socket 'http' passed by systemd"), "log: \(d.stderr.suffix(1500))")
-            #expect(Set(try answeringPids(port, connections: 16).keys).isSubset(of: Set(pids)))
-            #expect(listeningSocketCount(port: port) == 1, "only the passed socket may listen on \(port)")
+            try expectSocketsAdopted(d, port: port, unusedPath: unusedPath, workers: Set(pids))
             try await stopSystemdStyleDaemon(d)
             _ = try await notify.waitFor(timeout: 5, "STOPPING=1 from swarmd") { $0.text.contains("STOPPING=1") }
         }

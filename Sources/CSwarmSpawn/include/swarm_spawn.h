@@ -65,7 +65,6 @@ int swarm_enable_passcred(int fd);
 /// recvmsg of one datagram with SCM_CREDENTIALS; returns length, sender pid in *pid (0 if none).
 /// Any passed fds are closed.
 ssize_t swarm_recv_with_cred(int fd, void *buf, size_t len, pid_t *pid);
-int swarm_set_pdeathsig(int sig);
 /// Attach a classic BPF reuseport program choosing among the first n sockets of the group.
 int swarm_attach_reuseport_steering(int fd, unsigned n, int ipv6);
 int swarm_memfd_create(const char *name);
