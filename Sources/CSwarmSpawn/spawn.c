@@ -109,6 +109,13 @@ static void child(const struct swarm_spawn_request *req, int report_fd, pid_t pa
     }
     /* Lowered before exec, so every thread the program starts inherits it. */
     if (req->set_nice) (void)syscall(SYS_setpriority, PRIO_PROCESS, 0, req->nice);
+    if (req->cpu >= 0) {
+        unsigned long mask[1024 / (8 * sizeof(unsigned long))];
+        memset(mask, 0, sizeof mask);
+        if (req->cpu >= 1024) child_fail(report_fd, SWARM_STEP_AFFINITY);
+        mask[req->cpu / (8 * sizeof(unsigned long))] |= 1UL << (req->cpu % (8 * sizeof(unsigned long)));
+        if (syscall(SYS_sched_setaffinity, 0, sizeof mask, mask) < 0) child_fail(report_fd, SWARM_STEP_AFFINITY);
+    }
     if (req->set_ids) {
         /* Raw system calls: glibc's wrappers would try to change the
            credentials of every thread of the (shared-memory) parent. */
@@ -317,7 +324,7 @@ int swarm_rr_create(unsigned max_slots, int *state_map, int *sock_map, char *log
     memset(&attr, 0, sizeof attr);
     attr.map_type = BPF_MAP_TYPE_ARRAY;
     attr.key_size = 4;
-    attr.value_size = 16;
+    attr.value_size = sizeof(struct swarm_rr_state);
     attr.max_entries = 1;
     int state = (int)swarm_bpf(BPF_MAP_CREATE, &attr);
     if (state < 0) return -1;
@@ -330,7 +337,7 @@ int swarm_rr_create(unsigned max_slots, int *state_map, int *sock_map, char *log
     int socks = (int)swarm_bpf(BPF_MAP_CREATE, &attr);
     if (socks < 0) { int e = errno; close(state); errno = e; return -1; }
 
-    struct bpf_insn prog[32];
+    struct bpf_insn prog[40];
     int n = 0;
     prog[n++] = insn(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_6, BPF_REG_1, 0, 0);          /* r6 = ctx */
     prog[n++] = insn(BPF_ST | BPF_MEM | BPF_W, BPF_REG_10, 0, -4, 0);                  /* *(u32 *)(fp-4) = 0 */
@@ -342,6 +349,17 @@ int swarm_rr_create(unsigned max_slots, int *state_map, int *sock_map, char *log
     int jump_to_pass_1 = n;
     prog[n++] = insn(BPF_JMP | BPF_JEQ | BPF_K, BPF_REG_0, 0, 0, 0);                   /* if r0 == 0 goto pass */
     prog[n++] = insn(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_7, BPF_REG_0, 0, 0);          /* r7 = value */
+    /* A hand-over pending: the next `quota` connections go to index `target`. Two
+       CPUs may both take the last one; the quota then ends at -1, which is as done. */
+    prog[n++] = insn(BPF_LDX | BPF_MEM | BPF_DW, BPF_REG_1, BPF_REG_7, 16, 0);          /* r1 = quota */
+    int jump_to_rr = n;
+    prog[n++] = insn(BPF_JMP | BPF_JSLE | BPF_K, BPF_REG_1, 0, 0, 0);                  /* if quota <= 0 goto rr */
+    prog[n++] = insn(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_1, 0, 0, -1);
+    prog[n++] = insn(BPF_STX | BPF_DW | BPF_ATOMIC, BPF_REG_7, BPF_REG_1, 16, BPF_ADD); /* lock quota -= 1 */
+    prog[n++] = insn(BPF_LDX | BPF_MEM | BPF_W, BPF_REG_8, BPF_REG_7, 12, 0);           /* r8 = target */
+    int jump_to_select = n;
+    prog[n++] = insn(BPF_JMP | BPF_JA, 0, 0, 0, 0);                                    /* goto select */
+    prog[jump_to_rr].off = (int16_t)(n - jump_to_rr - 1);
     prog[n++] = insn(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_1, 0, 0, 1);
     prog[n++] = insn(BPF_STX | BPF_DW | BPF_ATOMIC, BPF_REG_7, BPF_REG_1, 0, BPF_ADD);  /* lock counter += 1 */
     prog[n++] = insn(BPF_LDX | BPF_MEM | BPF_DW, BPF_REG_8, BPF_REG_7, 0, 0);           /* r8 = counter */
@@ -349,6 +367,7 @@ int swarm_rr_create(unsigned max_slots, int *state_map, int *sock_map, char *log
     int jump_to_pass_2 = n;
     prog[n++] = insn(BPF_JMP | BPF_JEQ | BPF_K, BPF_REG_9, 0, 0, 0);                   /* if r9 == 0 goto pass */
     prog[n++] = insn(BPF_ALU64 | BPF_MOD | BPF_X, BPF_REG_8, BPF_REG_9, 0, 0);          /* r8 %= r9 */
+    prog[jump_to_select].off = (int16_t)(n - jump_to_select - 1);
     prog[n++] = insn(BPF_STX | BPF_MEM | BPF_W, BPF_REG_10, BPF_REG_8, -8, 0);          /* *(u32 *)(fp-8) = r8 */
     prog[n++] = insn(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_1, BPF_REG_6, 0, 0);          /* r1 = ctx */
     prog[n++] = insn(BPF_LD | BPF_DW | BPF_IMM, BPF_REG_2, BPF_PSEUDO_MAP_FD, 0, socks);/* r2 = &socks */
@@ -396,25 +415,32 @@ int swarm_rr_set_socket(int sock_map, unsigned index, int sock) {
     return (int)swarm_bpf(BPF_MAP_UPDATE_ELEM, &attr);
 }
 
-int swarm_rr_set_count(int state_map, unsigned count) {
+/* Read-modify-write of the state: the program's counter keeps running meanwhile
+   (a lost increment only shifts the round-robin by one). */
+static int swarm_rr_update_state(int state_map, int set_count, unsigned count, unsigned target, int64_t quota) {
+    uint32_t key = 0;
+    struct swarm_rr_state st;
+    memset(&st, 0, sizeof st);
     union bpf_attr attr;
     memset(&attr, 0, sizeof attr);
-    uint32_t key = 0;
-    uint64_t value[2] = { 0, count };
-    /* Keep the counter: a fresh lookup would race with the program; the
-       counter's value only matters modulo the count. */
-    union bpf_attr look;
-    memset(&look, 0, sizeof look);
-    look.map_fd = (uint32_t)state_map;
-    look.key = (uint64_t)(uintptr_t)&key;
-    look.value = (uint64_t)(uintptr_t)value;
-    (void)swarm_bpf(BPF_MAP_LOOKUP_ELEM, &look);
-    value[1] = count;
     attr.map_fd = (uint32_t)state_map;
     attr.key = (uint64_t)(uintptr_t)&key;
-    attr.value = (uint64_t)(uintptr_t)value;
+    attr.value = (uint64_t)(uintptr_t)&st;
+    (void)swarm_bpf(BPF_MAP_LOOKUP_ELEM, &attr);
+    if (set_count) st.live = count;
+    st.target = target;
+    st.quota = quota;
     attr.flags = BPF_ANY;
     return (int)swarm_bpf(BPF_MAP_UPDATE_ELEM, &attr);
+}
+
+int swarm_rr_set_count(int state_map, unsigned count) {
+    /* The socket array changed: a pending hand-over's index may name another slot now. */
+    return swarm_rr_update_state(state_map, 1, count, 0, 0);
+}
+
+int swarm_rr_set_handover(int state_map, unsigned target, unsigned quota) {
+    return swarm_rr_update_state(state_map, 0, 0, target, (int64_t)quota);
 }
 
 int swarm_rr_clear_socket(int sock_map, unsigned index) {
@@ -424,4 +450,80 @@ int swarm_rr_clear_socket(int sock_map, unsigned index) {
     attr.key = (uint64_t)(uintptr_t)&index;
     long r = swarm_bpf(BPF_MAP_DELETE_ELEM, &attr);
     return (r < 0 && errno == ENOENT) ? 0 : (int)r;
+}
+
+/* ---- Established connections of one process on one port (sock_diag) ---- */
+
+#include <linux/inet_diag.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+
+static int swarm_cmp_u32(const void *a, const void *b) {
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Asks the kernel for established TCP sockets only (not the listening or
+   TIME_WAIT ones, which /proc/net/tcp would list by the hundred thousand under
+   short-lived connections), and counts those on local port `port` whose inode is
+   in `inodes` (sorted ascending). -1 and errno on failure. */
+int swarm_count_established(uint16_t port, const uint32_t *inodes, int ninodes) {
+    int total = 0;
+    const int families[2] = { AF_INET, AF_INET6 };
+    for (int f = 0; f < 2; f++) {
+        int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+        if (fd < 0) return -1;
+        struct {
+            struct nlmsghdr nlh;
+            struct inet_diag_req_v2 req;
+        } msg;
+        memset(&msg, 0, sizeof msg);
+        msg.nlh.nlmsg_len = sizeof msg;
+        msg.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+        msg.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+        msg.req.sdiag_family = (uint8_t)families[f];
+        msg.req.sdiag_protocol = IPPROTO_TCP;
+        msg.req.idiag_states = 1u << TCP_ESTABLISHED;
+        if (send(fd, &msg, sizeof msg, 0) < 0) { int e = errno; close(fd); errno = e; return -1; }
+        static char buf[32768] __attribute__((aligned(8)));
+        int done = 0;
+        while (!done) {
+            ssize_t n = recv(fd, buf, sizeof buf, 0);
+            if (n < 0) {
+                if (errno == EINTR) continue;
+                int e = errno; close(fd); errno = e; return -1;
+            }
+            if (n == 0) break;
+            for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n)) {
+                if (h->nlmsg_type == NLMSG_DONE) { done = 1; break; }
+                if (h->nlmsg_type == NLMSG_ERROR) {
+                    struct nlmsgerr *err = NLMSG_DATA(h);
+                    close(fd);
+                    errno = err->error ? -err->error : EIO;
+                    return -1;
+                }
+                struct inet_diag_msg *d = NLMSG_DATA(h);
+                if (ntohs(d->id.idiag_sport) != port) continue;
+                uint32_t inode = d->idiag_inode;
+                if (bsearch(&inode, inodes, (size_t)ninodes, sizeof *inodes, swarm_cmp_u32)) total++;
+            }
+        }
+        close(fd);
+    }
+    return total;
+}
+
+/* The CPUs this process may run on, ascending; how many were written. */
+int swarm_allowed_cpus(int *out, int max) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) < 0) return -1;
+    int n = 0;
+    for (int cpu = 0; cpu < CPU_SETSIZE && n < max; cpu++) {
+        if (CPU_ISSET(cpu, &set)) out[n++] = cpu;
+    }
+    return n;
 }

@@ -37,13 +37,16 @@ public struct ConfigEnvironment: Sendable {
     public var path: String
     public var isExecutable: @Sendable (String) -> Bool
     public var isDirectory: @Sendable (String) -> Bool
+    /// The CPUs this process may run on (`cpu_affinity` must name some of them).
+    public var allowedCPUs: @Sendable () -> [Int]
 
     public init(cpuCount: @escaping @Sendable () -> Int, isRoot: Bool, currentUID: UInt32,
                 lookupUser: @escaping @Sendable (String) -> (uid: UInt32, gid: UInt32)?,
                 lookupGroup: @escaping @Sendable (String) -> UInt32?,
                 path: String,
                 isExecutable: @escaping @Sendable (String) -> Bool,
-                isDirectory: @escaping @Sendable (String) -> Bool) {
+                isDirectory: @escaping @Sendable (String) -> Bool,
+                allowedCPUs: @escaping @Sendable () -> [Int] = { [] }) {
         self.cpuCount = cpuCount
         self.isRoot = isRoot
         self.currentUID = currentUID
@@ -52,6 +55,7 @@ public struct ConfigEnvironment: Sendable {
         self.path = path
         self.isExecutable = isExecutable
         self.isDirectory = isDirectory
+        self.allowedCPUs = allowedCPUs
     }
 }
 
@@ -59,6 +63,8 @@ public enum AppConfig {
     /// Largest config file read: anything bigger is a mistake.
     public static let maxFileSize = 1 << 20
     public static let maxWorkers = 4096
+    /// sched_setaffinity masks swarmd builds hold CPUs 0…1023.
+    public static let maxCPU = 1024
 
     /// Reads and validates one app config file.
     public static func load(path: String, environment: ConfigEnvironment) throws(ConfigError) -> AppSpec {
@@ -194,9 +200,38 @@ struct Reader {
 
     func join(_ prefix: String, _ key: String) -> String { prefix.isEmpty ? key : "\(prefix).\(key)" }
 
+    /// `cpu_affinity = "auto"`, `"none"` or a list of CPU numbers.
+    func cpuAffinity(_ root: TOMLTable) throws(ConfigError) -> CPUAffinity? {
+        guard let v = root["cpu_affinity"] else { return nil }
+        let expected = "expected \"auto\" (slot k on the k-th CPU swarmd may use), \"none\" or a list of CPU numbers like [0, 2]"
+        if let s = v.string {
+            switch s {
+            case "auto": return .auto
+            case "none": return nil
+            default: throw fail("cpu_affinity", "'\(s)': \(expected)")
+            }
+        }
+        guard let items = v.array else { throw fail("cpu_affinity", "\(expected), found \(v.type)") }
+        guard !items.isEmpty else { throw fail("cpu_affinity", "the list is empty: \(expected)") }
+        var cpus: [Int] = []
+        for (i, item) in items.enumerated() {
+            guard let n = item.int else { throw fail("cpu_affinity", "element \(i) is \(item.type), expected a CPU number") }
+            guard (0..<AppConfig.maxCPU).contains(n) else {
+                throw fail("cpu_affinity", "element \(i): CPU \(n) is out of range (0…\(AppConfig.maxCPU - 1))")
+            }
+            guard !cpus.contains(n) else { throw fail("cpu_affinity", "CPU \(n) is listed twice") }
+            cpus.append(n)
+        }
+        let allowed = environment.allowedCPUs()
+        if !allowed.isEmpty, let missing = cpus.first(where: { !allowed.contains($0) }) {
+            throw fail("cpu_affinity", "CPU \(missing) is not available here (this process may use CPUs \(cpuList(allowed)))")
+        }
+        return .cpus(cpus)
+    }
+
     mutating func app(_ root: TOMLTable) throws(ConfigError) -> AppSpec {
         try checkKeys(root, allowed: ["name", "command", "workers", "cwd", "env", "inherit_env", "user", "group",
-                                      "no_new_privs", "socket", "restart", "stop", "ready", "reload", "logs", "limits"], at: "")
+                                      "no_new_privs", "cpu_affinity", "socket", "restart", "stop", "ready", "reload", "logs", "limits"], at: "")
         guard let name = try string(root, "name", at: "") else { throw fail("name", "missing: every app needs a name") }
         guard !name.isEmpty, name.count <= 64,
               name.allSatisfy({ ($0 >= "a" && $0 <= "z") || ($0 >= "0" && $0 <= "9") || $0 == "_" || $0 == "-" }) else {
@@ -264,10 +299,12 @@ struct Reader {
         if let t = try table(root, "ready", at: "") { spec.ready = try ready(t, hasSockets: !sockets.isEmpty) }
         else if sockets.isEmpty { spec.ready.mode = .delay }
         if let t = try table(root, "reload", at: "") {
-            try checkKeys(t, allowed: ["surge", "background_start"], at: "reload")
+            try checkKeys(t, allowed: ["surge", "background_start", "hand_over"], at: "reload")
             spec.reload.surge = try int(t, "surge", at: "reload", range: 1...AppConfig.maxWorkers) ?? 1
             spec.reload.backgroundStart = try bool(t, "background_start", at: "reload") ?? true
+            spec.reload.handOver = try bool(t, "hand_over", at: "reload") ?? true
         }
+        spec.cpuAffinity = try cpuAffinity(root)
         if let t = try table(root, "logs", at: "") { spec.logs = try logs(t) }
         if let t = try table(root, "limits", at: "") { (spec.limits, spec.memoryLimit) = try limits(t) }
 
@@ -571,4 +608,17 @@ func editDistance(_ a: String, _ b: String) -> Int {
         prev = cur
     }
     return prev[b.count]
+}
+
+/// "0-3,6" for [0, 1, 2, 3, 6].
+func cpuList(_ cpus: [Int]) -> String {
+    var parts: [String] = []
+    var i = 0
+    while i < cpus.count {
+        var j = i
+        while j + 1 < cpus.count && cpus[j + 1] == cpus[j] + 1 { j += 1 }
+        parts.append(j == i ? "\(cpus[i])" : "\(cpus[i])-\(cpus[j])")
+        i = j + 1
+    }
+    return parts.joined(separator: ",")
 }

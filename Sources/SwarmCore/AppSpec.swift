@@ -128,6 +128,8 @@ public struct ReloadPolicy: Codable, Hashable, Sendable {
     /// Start new-generation workers at the lowest CPU priority until they
     /// are ready, so the workers still serving keep the CPU (needs root).
     public var backgroundStart = true
+    /// Each swap sends the retiring worker's clients to its replacement (false: round-robin over all workers).
+    public var handOver = true
     public init() {}
 }
 
@@ -157,6 +159,21 @@ public struct ResourceLimit: Codable, Hashable, Sendable {
 
 /// One app as its config describes it: everything the core and the shell
 /// need to run its workers.
+/// Which CPU a slot's worker is pinned to.
+public enum CPUAffinity: Codable, Hashable, Sendable {
+    /// Slot k on the k-th CPU swarmd may use (modulo their number).
+    case auto
+    /// Slot k on `cpus[k % cpus.count]`.
+    case cpus([Int])
+
+    public func cpu(forSlot k: Int, allowed: [Int]) -> Int? {
+        switch self {
+        case .auto: return allowed.isEmpty ? nil : allowed[k % allowed.count]
+        case let .cpus(list): return list.isEmpty ? nil : list[k % list.count]
+        }
+    }
+}
+
 public struct AppSpec: Codable, Hashable, Sendable {
     public var name: String
     /// argv as written, `{fd:NAME}`/`{port:NAME}` placeholders not yet expanded.
@@ -181,6 +198,8 @@ public struct AppSpec: Codable, Hashable, Sendable {
     public var user: String? = nil
     public var group: String? = nil
     public var noNewPrivileges = false
+    /// nil: workers run on any CPU swarmd may use.
+    public var cpuAffinity: CPUAffinity? = nil
     /// Absolute path of the config file, re-read on reload.
     public var sourcePath: String
 

@@ -153,6 +153,10 @@ public enum Action: Equatable, Sendable {
     case reply(RequestID, Result<String, CommandError>)
     /// Stream reload progress to the requester.
     case progress(RequestID, ReloadEvent)
+    /// A reload swapped a new worker into `slot` and is about to stop `pid`, the
+    /// slot's old worker: the clients that worker disconnects will reconnect, so
+    /// send as many new connections as it holds to the slot, not round-robin.
+    case handOver(app: String, slot: Int, from: Int32)
     /// A slot no longer exists: release what the shell holds for it (its reuseport socket).
     case slotReleased(app: String, slot: Int)
     /// The app has no workers left and is forgotten.

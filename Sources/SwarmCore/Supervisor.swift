@@ -488,6 +488,7 @@ public struct Supervisor: Sendable {
                                               message: "slot \(k): retiring pid \(oldPid)"))
                 }
                 apps[name]!.slots[k].current = nil
+                if spec.reload.handOver, let oldPid = workers[old]?.pid { out.append(.handOver(app: name, slot: k, from: oldPid)) }
                 retire(old, reason: .reload, now: now)
             }
             apps[name]!.slots[k].incoming = nil

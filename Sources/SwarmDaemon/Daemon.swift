@@ -133,6 +133,8 @@ public final class Daemon {
     var outputBudgets: [String: OutputBudget] = [:]
     /// Reload workers started at nice 19, until they are ready.
     var backgroundWorkers: [WorkerID: Int32] = [:]
+    /// The CPUs swarmd was started with: `cpu_affinity = "auto"` spreads slots over them.
+    let allowedCPUs = Spawner.allowedCPUs()
     var cpuSamples: [Int32: (ticks: Int64, at: Int64)] = [:]
 
     var notifyPath: String
@@ -170,7 +172,8 @@ public final class Daemon {
             isDirectory: { p in
                 var st = stat()
                 return stat(p, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
-            })
+            },
+            allowedCPUs: { Spawner.allowedCPUs() })
     }
 
     // MARK: - Start-up
@@ -431,6 +434,8 @@ public final class Daemon {
             reply(id, result)
         case let .progress(id, event):
             progress(id, event)
+        case let .handOver(app, slot, pid):
+            handOver(app, slot: slot, from: pid)
         case let .slotReleased(app, slot):
             appSockets[app]?.release(slot: slot)
         case let .appRemoved(name):
@@ -509,6 +514,28 @@ public final class Daemon {
                 }
             }
             reuseportCounts[name] = live
+        }
+    }
+
+    /// A reload is about to stop `pid`, slot `slot`'s old worker: its keep-alive
+    /// clients will reconnect, and round-robin would spread them over every slot,
+    /// piling them onto the other (old) workers. Instead the steering program sends
+    /// the next as-many-as-it-holds connections to the slot's socket, where its
+    /// replacement waits, and resumes round-robin after that.
+    func handOver(_ app: String, slot: Int, from pid: Int32) {
+        guard let sockets = appSockets[app] else { return }
+        for entry in sockets.entries where entry.reuseport {
+            guard let rr = entry.roundRobin, let port = entry.port,
+                  let fd = slot == 0 ? entry.shared : entry.perSlot[slot],
+                  let index = entry.steeredTo.firstIndex(of: fd) else { continue }
+            do {
+                let held = try ProcFS.establishedConnections(pid: pid, localPort: port)
+                guard held > 0 else { continue }
+                try rr.handOver(toIndex: index, quota: held)
+                log.debug("\(app)[\(slot)]: the next \(held) connections to \(entry.spec.name) go to the new worker (pid \(pid) holds \(held))")
+            } catch {
+                log.warning("Failed to hand \(app)[\(slot)]'s connections over to its new worker: \(error), ignoring")
+            }
         }
     }
 

@@ -131,6 +131,23 @@ public enum ProcFS {
         return n == count ? buf : nil
     }
 
+    /// How many established TCP connections with local port `port` the
+    /// process holds open: its socket inodes (/proc/PID/fd) matched against
+    /// the kernel's established sockets (sock_diag).
+    public static func establishedConnections(pid: pid_t, localPort port: UInt16) throws -> Int {
+        var inodes: [UInt32] = []
+        for entry in listDirectory("/proc/\(pid)/fd") ?? [] {
+            guard let target = readLink("/proc/\(pid)/fd/\(entry)"), target.hasPrefix("socket:["),
+                  let inode = UInt32(target.dropFirst(8).dropLast()) else { continue }
+            inodes.append(inode)
+        }
+        guard !inodes.isEmpty else { return 0 }
+        inodes.sort()
+        let n = inodes.withUnsafeBufferPointer { swarm_count_established(port, $0.baseAddress, Int32($0.count)) }
+        if n < 0 { throw SystemError("sock_diag(SOCK_DIAG_BY_FAMILY)", errno: errno) }
+        return Int(n)
+    }
+
     public static func listDirectory(_ path: String) -> [String]? {
         guard let dir = opendir(path) else { return nil }
         defer { closedir(dir) }

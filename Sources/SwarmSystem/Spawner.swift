@@ -21,6 +21,8 @@ public struct SpawnPlan {
     public var limits: [(resource: Int32, soft: UInt64, hard: UInt64)] = []
     /// Scheduling niceness to start with (nil: swarmd's own).
     public var nice: Int32?
+    /// The one CPU the worker may run on (nil: any swarmd may use).
+    public var cpu: Int32?
 
     public init(executable: String, argv: [String], environment: [String], setListenPID: Bool, cwd: String?, fds: [Int32],
                 stdin: Int32, stdout: Int32, stderr: Int32) {
@@ -48,7 +50,8 @@ public struct SpawnError: Error, CustomStringConvertible {
 
 public enum Spawner {
     static let stepNames = ["none", "fork", "setpgid", "prctl(PR_SET_PDEATHSIG)", "moving fds", "setting stdio", "setrlimit",
-                            "chdir", "setgroups", "setgid", "setuid", "prctl(PR_SET_NO_NEW_PRIVS)", "execve"]
+                            "chdir", "setgroups", "setgid", "setuid", "prctl(PR_SET_NO_NEW_PRIVS)", "execve",
+                            "sched_setaffinity"]
 
     /// fork + exec through the C target; exec failures come back as errors.
     public static func spawn(_ plan: SpawnPlan) throws -> pid_t {
@@ -103,6 +106,7 @@ public enum Spawner {
                             req.set_nice = 1
                             req.nice = nice
                         }
+                        req.cpu = plan.cpu ?? -1
                         return swarm_spawn(&req, &err, &step)
                     }
                 }
@@ -131,6 +135,13 @@ extension Spawner {
             if setpriority(__priority_which_t(PRIO_PROCESS.rawValue), t, nice) < 0 { ok = false }
         }
         return ok
+    }
+
+    /// The CPUs this process may run on (its affinity mask), ascending.
+    public static func allowedCPUs() -> [Int] {
+        var cpus = [Int32](repeating: 0, count: 1024)
+        let n = swarm_allowed_cpus(&cpus, Int32(cpus.count))
+        return n > 0 ? cpus.prefix(Int(n)).map(Int.init) : []
     }
 
     /// Whether this process may make a niced child normal again.

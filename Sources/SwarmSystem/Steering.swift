@@ -73,6 +73,15 @@ public final class RoundRobinSteering {
         try setLiveSlots(sockets.count)
     }
 
+    /// The next `quota` new connections go to the socket at `index` of the
+    /// array `steer(to:)` last set, then round-robin resumes. Steering anew
+    /// cancels a hand-over still pending.
+    public func handOver(toIndex index: Int, quota: Int) throws {
+        try Posix.check("bpf(BPF_MAP_UPDATE_ELEM)", subject: "hand-over") {
+            swarm_rr_set_handover(stateMap, UInt32(index), UInt32(clamping: quota))
+        }
+    }
+
     public func setLiveSlots(_ n: Int) throws {
         try Posix.check("bpf(BPF_MAP_UPDATE_ELEM)") { swarm_rr_set_count(stateMap, UInt32(n)) }
     }

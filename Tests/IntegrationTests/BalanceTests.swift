@@ -120,6 +120,64 @@ struct BalanceTests {
         }
     }
 
+    @Test("after each reload the keep-alive clients sit 10/10 again: a retiring worker's clients go to its replacement (hand_over); round-robin would pile them up",
+          arguments: [true, false])
+    func reloadHandsClientsOver(handOver: Bool) async throws {
+        try await withSwarm { s in
+            let port = try Ports.free()
+            let conf = try s.write("web.conf", Conf.python("web", workers: 2, port: port,
+                                                           extra: handOver ? "" : "[reload]\nhand_over = false"))
+            try await s.startDaemon([conf])
+            var pids = try await s.waitReady("web", workers: 2)
+            let load = Traffic(port: port, keepAlive: 20, fresh: 0, pause: 0.005)
+            let (_, report) = try await withTraffic(load) {
+                func settled(on workers: [Int32]) async throws -> [Int] {
+                    try await waitUntil(timeout: 10, "all 20 clients answered by \(workers) (now: \(load.keepAliveHomes))") { () -> [Int]? in
+                        let homes = load.keepAliveHomes
+                        return Set(homes.keys).isSubset(of: Set(workers)) && homes.values.reduce(0, +) == 20 ? homes.values.sorted() : nil
+                    }
+                }
+                #expect(try await settled(on: pids) == [10, 10], "20 connections opened at once: round-robin, 10 each")
+                var spreads: [[Int]] = []
+                for g in 2...4 {
+                    try await s.ctlOK("reload", "web")
+                    pids = try await expectReplaced(s, "web", workers: 2, before: pids, generation: g)
+                    spreads.append(try await settled(on: pids))
+                }
+                if handOver {
+                    #expect(spreads.allSatisfy { $0 == [10, 10] }, "clients per worker after each reload: \(spreads)")
+                } else {
+                    // The first swap's 10 clients split 5/5 (15 on the old worker), the second's 15 split 7/8.
+                    #expect(spreads.allSatisfy { $0 != [10, 10] }, "round-robin: clients per worker after each reload: \(spreads)")
+                }
+            }
+            #expect(report.failed == 0, "keep-alive clients during 3 reloads: \(report)")
+        }
+    }
+
+    @Test("cpu_affinity = \"auto\" pins slot k to the k-th CPU swarmd may use, and a reload's new workers too")
+    func cpuAffinityAuto() async throws {
+        try await withSwarm { s in
+            let port = try Ports.free()
+            let conf = try s.write("web.conf", "cpu_affinity = \"auto\"\n" + Conf.python("web", workers: 3, port: port))
+            try await s.startDaemon([conf])
+            let allowed = try #require(cpusAllowed(getpid()))
+            func check(_ generation: Int) async throws {
+                let app = try reloadApp(try await s.status(), "web")
+                #expect(app.workers.count == 3)
+                for w in app.workers {
+                    let pid = try #require(w.pid)
+                    #expect(cpusAllowed(pid) == [allowed[w.slot % allowed.count]], "generation \(generation), slot \(w.slot), pid \(pid)")
+                }
+            }
+            let before = try await s.waitReady("web", workers: 3)
+            try await check(1)
+            try await s.ctlOK("reload", "web")
+            try await expectReplaced(s, "web", workers: 3, before: before, generation: 2)
+            try await check(2)
+        }
+    }
+
     @Test("scale 4 → 2 under keep-alive and fresh-connection load fails no request")
     func scaleDownUnderLoad() async throws {
         try await withSwarm { s in
@@ -171,4 +229,17 @@ func answeringPidsFor(_ port: UInt16, path: String, connections: Int) throws -> 
         seen[pid, default: 0] += 1
     }
     return seen
+}
+
+/// The CPUs a process may run on (Cpus_allowed_list of /proc/PID/status, "0-2,5" expanded).
+func cpusAllowed(_ pid: Int32) -> [Int]? {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+          let line = text.split(separator: "\n").first(where: { $0.hasPrefix("Cpus_allowed_list:") }) else { return nil }
+    var cpus: [Int] = []
+    for part in line.dropFirst("Cpus_allowed_list:".count).trimmingCharacters(in: .whitespaces).split(separator: ",") {
+        let bounds = part.split(separator: "-").compactMap { Int($0) }
+        guard let lo = bounds.first, let hi = bounds.last else { return nil }
+        cpus += Array(lo...hi)
+    }
+    return cpus
 }

@@ -42,6 +42,8 @@ final class Traffic: @unchecked Sendable {
     private var inFlight = 0
     private var running = 0
     private var started = Date()
+    /// Keep-alive thread index → pid of its last answer.
+    private var lastPid: [Int: Int32] = [:]
 
     /// `pause`: seconds each thread sleeps between requests (0: a tight loop).
     init(port: UInt16, keepAlive: Int = 2, fresh: Int = 2, path: String = "/", pause: Double = 0.002,
@@ -59,8 +61,8 @@ final class Traffic: @unchecked Sendable {
             started = Date()
             running = styles.count
         }
-        for style in styles {
-            let t = Thread { [self] in self.run(style) }
+        for (i, style) in styles.enumerated() {
+            let t = Thread { [self] in self.run(style, index: i) }
             t.stackSize = 1 << 20
             t.start()
         }
@@ -73,6 +75,11 @@ final class Traffic: @unchecked Sendable {
             r.seconds = Date().timeIntervalSince(started)
             return r
         }
+    }
+
+    /// How many keep-alive clients the last answer came from each pid: where their connections are.
+    var keepAliveHomes: [Int32: Int] {
+        lock.withLock { lastPid.values.reduce(into: [:]) { $0[$1, default: 0] += 1 } }
     }
 
     /// Waits until at least `n` more requests have succeeded (proof the load is flowing).
@@ -142,7 +149,7 @@ final class Traffic: @unchecked Sendable {
         return ["closed the connection before answering", "ECONNRESET", "EPIPE"].contains { text.contains($0) }
     }
 
-    private func run(_ style: Style) {
+    private func run(_ style: Style, index: Int) {
         defer { lock.withLock { running -= 1 } }
         var conn: HTTPConnection?
         var reused = false
@@ -175,6 +182,7 @@ final class Traffic: @unchecked Sendable {
                     }
                     reused = true
                     if r.headers["connection"]?.lowercased() == "close" { conn = nil }
+                    if let pid = r.pid { lock.withLock { lastPid[index] = pid } }
                     if r.status == 200 { record(ok: r.pid, retried: retried) } else { record(ok: nil, failure: "status \(r.status)", retried: retried) }
                 } catch {
                     conn = nil

@@ -58,6 +58,31 @@ struct ReloadTests {
         }
     }
 
+    @Test("the SwiftNIO example drains too: 5 reloads of 2 workers under keep-alive and fresh-connection load, 0 failed requests")
+    func nioReloadsUnderLoad() async throws {
+        let nio = Paths.binDir + "/swarm-example-nio"
+        try #require(access(nio, X_OK) == 0, "\(nio) is missing: run `swift build` first")
+        try await withSwarm { s in
+            let port = try Ports.free()
+            let conf = try s.write("nio.conf", Conf.app("nio", command: [nio], workers: 2, port: port))
+            try await s.startDaemon([conf])
+            var pids = try await s.waitReady("nio", workers: 2)
+            let load = Traffic(port: port, keepAlive: 4, fresh: 2)
+            let (_, report) = try await withTraffic(load) {
+                for g in 2...6 {
+                    try await s.ctlOK("reload", "nio")
+                    pids = try await expectReplaced(s, "nio", workers: 2, before: pids, generation: g)
+                    try await load.waitForProgress()
+                }
+            }
+            #expect(report.failed == 0, "load during 5 reloads of the NIO worker: \(report)")
+            // "Connection: close" from the client is honoured: one answer, then the server closes.
+            let c = try HTTPConnection(port: port)
+            let r = try c.get("/", close: true)
+            #expect(r.status == 200 && r.headers["connection"]?.lowercased() == "close", "\(r.headers)")
+        }
+    }
+
     @Test("a reload to a crashing command fails with the reason and its log, rolls back, fails no request")
     func crashingReloadRollsBack() async throws {
         try await withSwarm { s in

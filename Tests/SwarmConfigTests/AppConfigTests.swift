@@ -150,6 +150,44 @@ let fullConfig = """
         #expect(spec.workers == expected)
     }
 
+    @Test(arguments: [("\"auto\"", CPUAffinity?.some(.auto)), ("\"none\"", nil), ("[3]", .cpus([3])), ("[1, 0, 7]", .cpus([1, 0, 7]))])
+    func cpuAffinity(value: String, expected: CPUAffinity?) throws {
+        let spec = try AppConfig.parse(text: "name = \"w\"\ncommand = [\"node\"]\ncpu_affinity = \(value)\n",
+                                       path: configPath, environment: fakeEnvironment(cpus: 8))
+        #expect(spec.cpuAffinity == expected)
+    }
+
+    @Test(arguments: [
+        ("\"all\"", "'all': expected \"auto\""),
+        ("2", "found integer"),
+        ("[]", "the list is empty"),
+        ("[0, \"1\"]", "element 1 is string"),
+        ("[-1]", "CPU -1 is out of range (0…1023)"),
+        ("[1024]", "CPU 1024 is out of range"),
+        ("[2, 2]", "CPU 2 is listed twice"),
+        ("[1, 9]", "CPU 9 is not available here (this process may use CPUs 0-7)"),
+    ])
+    func invalidCPUAffinity(value: String, message: String) throws {
+        let error = try #require(parseError("name = \"w\"\ncommand = [\"node\"]\n\ncpu_affinity = \(value)\n"))
+        #expect(error.key == "cpu_affinity")
+        #expect(error.line == 4)
+        #expect(error.message.contains(message), "\(error)")
+    }
+
+    @Test func slotsMapOntoCPUsRoundRobin() {
+        #expect((0..<5).map { CPUAffinity.auto.cpu(forSlot: $0, allowed: [0, 2, 5]) } == [0, 2, 5, 0, 2])
+        #expect((0..<3).map { CPUAffinity.cpus([4, 6]).cpu(forSlot: $0, allowed: [0, 1]) } == [4, 6, 4])
+        #expect(CPUAffinity.auto.cpu(forSlot: 1, allowed: []) == nil)
+    }
+
+    @Test func handOverIsOnUnlessTurnedOff() throws {
+        let on = try AppConfig.parse(text: "name = \"w\"\ncommand = [\"node\"]\n", path: configPath, environment: fakeEnvironment())
+        #expect(on.reload.handOver)
+        let off = try AppConfig.parse(text: "name = \"w\"\ncommand = [\"node\"]\n[reload]\nhand_over = false\n",
+                                      path: configPath, environment: fakeEnvironment())
+        #expect(!off.reload.handOver)
+    }
+
     @Test(arguments: [
         ("\"SIGTERM\"", Signal.term), ("\"term\"", .term), ("\"SIGHUP\"", .hup), ("\"usr2\"", .usr2), ("9", .kill), ("15", .term), ("34", Signal(34)),
     ])

@@ -17,7 +17,8 @@ func fakeEnvironment(cpus: Int = 8, isRoot: Bool = false, path: String = "/usr/l
         lookupGroup: { name in ["app": 1000, "www-data": 33, "33": 33][name] },
         path: path,
         isExecutable: { executables.contains($0) },
-        isDirectory: { directories.contains($0) })
+        isDirectory: { directories.contains($0) },
+        allowedCPUs: { Array(0..<cpus) })
 }
 
 let defaultExecutables: Set<String> = ["/usr/bin/node", "/srv/web/bin/server", "/etc/swarm/apps/run", "/opt/tools/tool"]

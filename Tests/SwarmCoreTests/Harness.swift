@@ -50,6 +50,8 @@ final class FakeShell {
     private(set) var probes: [(id: WorkerID, pid: Int32, at: Instant)] = []
     private(set) var memorySamples: [(pid: Int32, at: Instant)] = []
     private(set) var released: [(app: String, slot: Int)] = []
+    /// Reload hand-overs, with how many signals had been sent before each (it must precede the old worker's stop signal).
+    private(set) var handOvers: [(app: String, slot: Int, from: Int32, signalsBefore: Int)] = []
     private(set) var removed: [String] = []
     private(set) var appsChanged = 0
     private(set) var notes: [(level: NoteLevel, text: String)] = []
@@ -151,6 +153,8 @@ final class FakeShell {
                 replyOrder.append(r)
             case let .progress(r, e):
                 progress[r, default: []].append(e)
+            case let .handOver(app, slot, pid):
+                handOvers.append((app, slot, pid, signals.count))
             case let .slotReleased(app, slot):
                 released.append((app, slot))
             case let .appRemoved(name):

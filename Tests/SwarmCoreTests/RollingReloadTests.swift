@@ -52,6 +52,37 @@ struct RollingReloadTests {
         #expect(h.progress[r]?.filter { $0.kind == .retiring }.map(\.pid) == old)
     }
 
+    @Test func eachSwapHandsTheOldWorkersClientsToItsReplacementBeforeStoppingIt() {
+        let (h, old) = runningApp(workers: 3)
+        h.command(.reload([v2()]))
+        for k in 0..<3 {
+            let signalsBefore = h.signals.count
+            h.ready(h.incomingPid("web", k)!)
+            #expect(h.handOvers.count == k + 1)
+            let last = h.handOvers.last
+            #expect(last?.app == "web" && last?.slot == k && last?.from == old[k])
+            #expect(last?.signalsBefore == signalsBefore, "the hand-over precedes the old worker's stop signal")
+        }
+        h.exitRetiring()
+        #expect(h.handOvers.count == 3)
+    }
+
+    @Test func noHandOverWithoutASwap() {
+        let (h, _) = runningApp(workers: 3)
+        h.readyFloor["web"] = 1
+        h.command(.scale("web", 1))
+        h.exitRetiring()
+        let r = h.command(.reload([v2(workers: 1)]))
+        h.exit(h.incomingPid("web", 0))
+        #expect(h.failure(r) != nil)
+        #expect(h.handOvers.isEmpty, "scale-down and a rolled-back reload keep round-robin")
+        let off = h.command(.reload([v2(workers: 1) { $0.reload.handOver = false }]))
+        h.readyAll()
+        h.exitRetiring()
+        #expect(h.succeeded(off))
+        #expect(h.handOvers.isEmpty, "hand_over = false keeps round-robin")
+    }
+
     @Test func surgeTwoStartsTwoAtATime() {
         let (h, old) = runningApp(workers: 3)
         let r = h.command(.reload([v2(surge: 2)]))

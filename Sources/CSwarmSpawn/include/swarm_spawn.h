@@ -33,6 +33,7 @@ struct swarm_spawn_request {
     int nrlimits;
     int set_nice;                ///< 1: setpriority(nice) below
     int nice;
+    int cpu;                     ///< >= 0: sched_setaffinity to this CPU only
 };
 
 /// Steps of the child; reported with the errno when one fails.
@@ -50,6 +51,7 @@ enum swarm_spawn_step {
     SWARM_STEP_SETUID,
     SWARM_STEP_NO_NEW_PRIVS,
     SWARM_STEP_EXEC,
+    SWARM_STEP_AFFINITY,
 };
 
 /// fork + exec. Returns the pid, or -1 with *err = errno and *step = the
@@ -73,10 +75,27 @@ int swarm_usable_cpus(void);
 
 /// eBPF round-robin steering of a reuseport group (needs CAP_BPF).
 /// Returns the program fd, or -1 with errno (and the verifier's log in `log`).
+/* Established TCP connections on local port `port` among the socket inodes
+   `inodes` (sorted ascending): one process's connections. -1 and errno on failure. */
+int swarm_count_established(uint16_t port, const uint32_t *inodes, int ninodes);
+
+/* The CPUs this process may run on, ascending; how many were written, -1 on failure. */
+int swarm_allowed_cpus(int *out, int max);
+
+/* The round-robin program's state (its one-element array map). */
+struct swarm_rr_state {
+    uint64_t counter;  /* connections steered round-robin */
+    uint32_t live;     /* sockets in the socket array: indices 0..live-1 */
+    uint32_t target;   /* hand-over: socket-array index ... */
+    int64_t quota;     /* ... and how many connections it still gets first */
+};
+
 int swarm_rr_create(unsigned max_slots, int *state_map, int *sock_map, char *log, unsigned log_size);
 int swarm_rr_attach(int prog, int sock);
 int swarm_rr_set_socket(int sock_map, unsigned index, int sock);
 int swarm_rr_set_count(int state_map, unsigned count);
+/* The next `quota` new connections go to socket-array index `target`, then round-robin resumes. */
+int swarm_rr_set_handover(int state_map, unsigned target, unsigned quota);
 int swarm_rr_clear_socket(int sock_map, unsigned index);
 
 #endif
