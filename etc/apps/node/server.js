@@ -47,16 +47,10 @@ function reply(res, status, body) {
 }
 
 let stopping = false;
-let stopAt = 0;
-const DRAIN_SPREAD_MS = parseInt(process.env.DRAIN_SPREAD_MS || '0', 10);
-function shouldClose(sock) {
-  if (sock.drainAt === undefined) sock.drainAt = stopAt + Math.random() * DRAIN_SPREAD_MS;
-  return Date.now() >= sock.drainAt;
-}
 
 function handler(req, res) {
   if (verbose) log(`${req.method} ${req.url}`);
-  if (stopping && shouldClose(req.socket)) res.shouldKeepAlive = false; // answer, then close the connection
+  if (stopping) res.shouldKeepAlive = false; // answer, then close the connection
   const [path, query = ''] = req.url.split('?', 2);
   if (req.method !== 'GET' && req.method !== 'HEAD') {
     reply(res, 405, 'method not allowed\n');
@@ -120,13 +114,12 @@ const STOP_GRACE_MS = parseInt(process.env.STOP_GRACE_MS || '1000', 10);
 function stop() {
   if (stopping) return;
   stopping = true;
-  stopAt = Date.now();
   // net.Server's close, not http.Server's: since Node 19 the latter also closes
   // idle keep-alive connections at once, failing requests already on their way.
   net.Server.prototype.close.call(server, () => process.exit(0)); // once every connection is gone
   setTimeout(() => {
     if (typeof server.closeIdleConnections === 'function') server.closeIdleConnections();
-  }, STOP_GRACE_MS + DRAIN_SPREAD_MS).unref();
+  }, STOP_GRACE_MS).unref();
 }
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);
