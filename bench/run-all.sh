@@ -3,8 +3,8 @@
 # (default bench/out/, git-ignored). The knobs of each script pass through the
 # environment (DURATION, RUNS, ...); note DURATION means different things per script,
 # so set per-script ones instead: THROUGHPUT_DURATION, RELOAD_DURATION, SPREAD_DURATION,
-# THROUGHPUT_RUNS, SPREAD_RUNS, KILLS, N, CALLS.
-#   bench/run-all.sh                     # defaults: about 25 minutes on 2 cores
+# THROUGHPUT_RUNS, RELOAD_RUNS, SPREAD_RUNS, KILLS, N, CALLS.
+#   bench/run-all.sh                     # defaults: about 60 minutes on 2 cores (reload: 35)
 #   ONLY="memory restart-latency" bench/run-all.sh
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -23,7 +23,7 @@ for s in $ONLY; do
     env=()
     case "$s" in
     throughput) env=(DURATION="${THROUGHPUT_DURATION:-6}" RUNS="${THROUGHPUT_RUNS:-3}") ;;
-    reload) env=(DURATION="${RELOAD_DURATION:-15}") ;;
+    reload) env=(DURATION="${RELOAD_DURATION:-15}" RUNS="${RELOAD_RUNS:-3}") ;;
     spread) env=(DURATION="${SPREAD_DURATION:-10}" RUNS="${SPREAD_RUNS:-10}") ;;
     esac
     echo "=================== $s ($(date -u +%H:%M:%S) UTC) ==================="

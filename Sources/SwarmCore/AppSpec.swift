@@ -157,8 +157,6 @@ public struct ResourceLimit: Codable, Hashable, Sendable {
     }
 }
 
-/// One app as its config describes it: everything the core and the shell
-/// need to run its workers.
 /// Which CPU a slot's worker is pinned to.
 public enum CPUAffinity: Codable, Hashable, Sendable {
     /// Slot k on the k-th CPU swarmd may use (modulo their number).
@@ -174,6 +172,8 @@ public enum CPUAffinity: Codable, Hashable, Sendable {
     }
 }
 
+/// One app as its config describes it: everything the core and the shell
+/// need to run its workers.
 public struct AppSpec: Codable, Hashable, Sendable {
     public var name: String
     /// argv as written, `{fd:NAME}`/`{port:NAME}` placeholders not yet expanded.

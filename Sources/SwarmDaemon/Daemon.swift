@@ -532,7 +532,7 @@ public final class Daemon {
                 let held = try ProcFS.establishedConnections(pid: pid, localPort: port)
                 guard held > 0 else { continue }
                 try rr.handOver(toIndex: index, quota: held)
-                log.debug("\(app)[\(slot)]: the next \(held) connections to \(entry.spec.name) go to the new worker (pid \(pid) holds \(held))")
+                log.debug("\(app)[\(slot)]: the next \(held) connections to \(entry.spec.name) go to the replacement of pid \(pid), which holds \(held)")
             } catch {
                 log.warning("Failed to hand \(app)[\(slot)]'s connections over to its new worker: \(error), ignoring")
             }

@@ -348,7 +348,7 @@ struct SystemdTests {
             defer { owned.killAll() }
             let port = try Ports.free()
             let conf = try s.write("df.conf", Conf.python("df", script: "doublefork.py", port: port,
-                                                         env: ["GRANDCHILD_SLEEP_S": "2", "GRANDCHILD_PIDFILE": s.dir + "/grandchild.pid"]))
+                                                         env: ["GRANDCHILD_SLEEP_S": "5", "GRANDCHILD_PIDFILE": s.dir + "/grandchild.pid"]))
             let unshare = try Child.spawn("/usr/bin/unshare", ["--pid", "--fork", "--mount-proc", Paths.swarmd,
                                                                "--socket", s.socket, "--state-dir", s.stateDir, conf],
                                           dir: s.dir, label: "unshare")
@@ -368,7 +368,8 @@ struct SystemdTests {
                 return r.status?.apps.first?.workers.first?.state == "ready"
             }
             #expect(try httpGet(port).status == 200)
-            // The worker plus the reparented grandchild are swarmd's children for ~2 s; then only the worker, and no zombie.
+            // The worker plus the reparented grandchild are swarmd's children for ~5 s (long enough to be seen
+            // even when readiness was slow on a loaded machine); then only the worker, and no zombie.
             let workerHost = try await waitUntil(timeout: 10, "the grandchild to be reparented to swarmd (children: \(ProcPeek.children(of: swarmd)))") { () -> Int32? in
                 let kids = ProcPeek.children(of: swarmd)
                 guard kids.count >= 2, FileManager.default.fileExists(atPath: s.dir + "/grandchild.pid") else { return nil }
