@@ -8,6 +8,7 @@
 # and these ways of replacing the workers:
 #   swarm      swarmctl reload APP                     (rolling; hand-over on, the default)
 #   swarm-rr   the same with [reload] hand_over = false (node only)
+#   swarm-warm the same with [reload] min_ready = "1s"  (node only: V8 warms up beside the old worker)
 #   swarm-pin  the same with cpu_affinity = "auto"      (nio only; its own steady runs)
 #   naive      swarmctl stop APP && swarmctl start APP  (stop all, start all)
 #   cluster    Node cluster rolling restart on SIGHUP   (node only; bench/peers/node-cluster-rolling.js)
@@ -30,7 +31,7 @@ DURATION="${DURATION:-15}"
 RELOADS="${RELOADS:-4}"
 RUNS="${RUNS:-3}"
 APPS="${APPS:-node nio}"
-SERVERS="${SERVERS:-swarm swarm-rr swarm-pin naive cluster circus}"
+SERVERS="${SERVERS:-swarm swarm-rr swarm-warm swarm-pin naive cluster circus}"
 LOADS="${LOADS:-ka close}"
 DELAYS="${DELAYS:-0 1000}"
 PORT_BASE="${PORT_BASE:-18300}"
@@ -48,10 +49,10 @@ wanted() { [[ " $SERVERS " == *" $1 "* ]]; }
 # servers APP: the ways of reloading APP this run measures
 servers() {
     local s out=()
-    for s in swarm swarm-rr swarm-pin naive cluster circus; do
+    for s in swarm swarm-rr swarm-warm swarm-pin naive cluster circus; do
         wanted "$s" || continue
         case "$s:$1" in
-        swarm-rr:nio | swarm-pin:node | cluster:nio) continue ;;
+        swarm-rr:nio | swarm-warm:nio | swarm-pin:node | cluster:nio) continue ;;
         circus:*) ((have_circus)) || continue ;;
         esac
         out+=("$s")
@@ -88,7 +89,7 @@ confs=()
 for app in $APPS; do
     for d in $(delays "$app"); do
         for s in $(servers "$app"); do
-            case "$s" in swarm | swarm-rr | swarm-pin) ;; *) continue ;; esac
+            case "$s" in swarm | swarm-rr | swarm-warm | swarm-pin) ;; *) continue ;; esac
             name=$(swarm_app "$app" "$s" "$d")
             {
                 echo "name = \"$name\""
@@ -96,6 +97,7 @@ for app in $APPS; do
                 echo "workers = 2"
                 [[ "$s" == swarm-pin ]] && echo 'cpu_affinity = "auto"'
                 [[ "$s" == swarm-rr ]] && printf '[reload]\nhand_over = false\n'
+                [[ "$s" == swarm-warm ]] && printf '[reload]\nmin_ready = "1s"\n'
                 printf '[env]\nSERVER_START_DELAY_MS = "%s"\n' "$d"
                 printf '[[socket]]\nname = "http"\nlisten = "127.0.0.1:%s"\n' "$(port_of "$app" "$s" "$d")"
             } >"$BENCH_TMP/$name.conf"
@@ -163,7 +165,7 @@ done; done; done
 reload_once() {
     local app="$1" s="$2" d="$3"
     case "$s" in
-    swarm | swarm-rr | swarm-pin) "$SWARMCTL" reload "$(swarm_app "$app" "$s" "$d")" >/dev/null ;;
+    swarm | swarm-rr | swarm-warm | swarm-pin) "$SWARMCTL" reload "$(swarm_app "$app" "$s" "$d")" >/dev/null ;;
     naive) "$SWARMCTL" stop "$(swarm_app "$app" swarm "$d")" >/dev/null && "$SWARMCTL" start "$(swarm_app "$app" swarm "$d")" >/dev/null ;;
     cluster)
         local before i
@@ -179,7 +181,7 @@ reload_once() {
 }
 reload_cmd() { # APP SERVER DELAY, for printing
     case "$2" in
-    swarm | swarm-rr | swarm-pin) echo "$SWARMCTL reload $(swarm_app "$1" "$2" "$3")" ;;
+    swarm | swarm-rr | swarm-warm | swarm-pin) echo "$SWARMCTL reload $(swarm_app "$1" "$2" "$3")" ;;
     naive) echo "$SWARMCTL stop $(swarm_app "$1" swarm "$3") && $SWARMCTL start $(swarm_app "$1" swarm "$3")" ;;
     cluster) echo "kill -HUP <node-cluster-rolling.js pid>; wait for 'rolling done'" ;;
     circus) echo "${CIRCUSCTL[*]} reload $1$3" ;;
@@ -221,7 +223,7 @@ one_run() { # RUN APP SERVER DELAY LOAD MODE(steady|reload)
     say "  $row"
     # every deployment must be back with 2 workers before the next run
     case "$s" in
-    swarm | swarm-rr | swarm-pin) swarm_wait_ready "$(swarm_app "$app" "$s" "$d")" 2 60 ;;
+    swarm | swarm-rr | swarm-warm | swarm-pin) swarm_wait_ready "$(swarm_app "$app" "$s" "$d")" 2 60 ;;
     naive) swarm_wait_ready "$(swarm_app "$app" swarm "$d")" 2 60 ;;
     esac
     wait_http "$port" /health 30
@@ -233,7 +235,7 @@ for ((run = 1; run <= RUNS; run++)); do
         for load in $LOADS; do
             d0=$(delays "$app"); d0=${d0%% *}
             for s in $(servers "$app"); do
-                case "$s" in naive | swarm-rr) continue ;; esac # same processes as swarm's
+                case "$s" in naive | swarm-rr | swarm-warm) continue ;; esac # same processes as swarm's
                 one_run "$run" "$app" "$s" "$d0" "$load" steady
             done
             for d in $(delays "$app"); do
@@ -252,7 +254,7 @@ python3 - "$raw" <<'EOF'
 import csv, statistics, sys
 from collections import defaultdict
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter='\t'))
-dep = lambda s: {'naive': 'swarm', 'swarm-rr': 'swarm'}.get(s, s)
+dep = lambda s: {'naive': 'swarm', 'swarm-rr': 'swarm', 'swarm-warm': 'swarm'}.get(s, s)
 steady = defaultdict(list)
 for r in rows:
     if r['mode'] == 'steady':

@@ -299,10 +299,11 @@ struct Reader {
         if let t = try table(root, "ready", at: "") { spec.ready = try ready(t, hasSockets: !sockets.isEmpty) }
         else if sockets.isEmpty { spec.ready.mode = .delay }
         if let t = try table(root, "reload", at: "") {
-            try checkKeys(t, allowed: ["surge", "background_start", "hand_over"], at: "reload")
+            try checkKeys(t, allowed: ["surge", "background_start", "hand_over", "min_ready"], at: "reload")
             spec.reload.surge = try int(t, "surge", at: "reload", range: 1...AppConfig.maxWorkers) ?? 1
             spec.reload.backgroundStart = try bool(t, "background_start", at: "reload") ?? true
             spec.reload.handOver = try bool(t, "hand_over", at: "reload") ?? true
+            spec.reload.minReady = try duration(t, "min_ready", at: "reload", max: .seconds(3600)) ?? .zero
         }
         spec.cpuAffinity = try cpuAffinity(root)
         if let t = try table(root, "logs", at: "") { spec.logs = try logs(t) }

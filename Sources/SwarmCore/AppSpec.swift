@@ -130,6 +130,9 @@ public struct ReloadPolicy: Codable, Hashable, Sendable {
     public var backgroundStart = true
     /// Each swap sends the retiring worker's clients to its replacement (false: round-robin over all workers).
     public var handOver = true
+    /// How long a new worker must stay ready before it replaces its slot's old
+    /// one (which keeps serving meanwhile); a new worker lost within it rolls the reload back.
+    public var minReady: Duration = .zero
     public init() {}
 }
 

@@ -480,27 +480,41 @@ public struct Supervisor: Sendable {
         let name = w.app
         guard apps[name] != nil else { return }
         let k = w.slot
-        if apps[name]!.slots[k].incoming == id {
-            let r = apps[name]!.reload
-            if let old = apps[name]!.slots[k].current {
-                if let req = r?.requester, let oldPid = workers[old]?.pid {
-                    progress(req, ReloadEvent(app: name, kind: .retiring, slot: k, pid: oldPid, generation: workers[old]!.generation,
-                                              message: "slot \(k): retiring pid \(oldPid)"))
-                }
-                apps[name]!.slots[k].current = nil
-                if spec.reload.handOver, let oldPid = workers[old]?.pid { out.append(.handOver(app: name, slot: k, from: oldPid)) }
-                retire(old, reason: .reload, now: now)
-            }
-            apps[name]!.slots[k].incoming = nil
-            apps[name]!.slots[k].current = id
-            apps[name]!.slots[k].generation = w.generation
-            apps[name]!.slots[k].restartAt = nil
-        }
+        // With [reload] min_ready the old worker keeps serving beside the new one until it is due.
+        if apps[name]!.slots[k].incoming == id && spec.reload.minReady == .zero { swapIn(id, now: now) }
         if let r = apps[name]!.reload, w.generation == r.to, let req = r.requester {
             progress(req, ReloadEvent(app: name, kind: .ready, slot: k, pid: w.pid, generation: w.generation,
-                                      message: "slot \(k): pid \(w.pid ?? 0) ready"))
+                                      message: "slot \(k): pid \(w.pid ?? 0) ready"
+                                          + (spec.reload.minReady > .zero ? " (replaces the old worker after \(spec.reload.minReady.humanReadable))" : "")))
         }
         advanceReload(name, now: now)
+    }
+
+    /// When a reload's new worker, ready, may replace its slot's old one.
+    func swapDue(_ w: Worker) -> Instant? {
+        guard w.phase == .ready, let readyAt = w.readyAt, let app = apps[w.app], w.slot < app.slots.count,
+              app.slots[w.slot].incoming == w.id, let spec = spec(of: w) else { return nil }
+        return readyAt + spec.reload.minReady
+    }
+
+    /// The slot's incoming (ready) worker becomes current; the old one is stopped.
+    mutating func swapIn(_ id: WorkerID, now: Instant) {
+        guard let w = workers[id], let spec = spec(of: w), apps[w.app] != nil else { return }
+        let name = w.app
+        let k = w.slot
+        if let old = apps[name]!.slots[k].current {
+            if let req = apps[name]!.reload?.requester, let oldPid = workers[old]?.pid {
+                progress(req, ReloadEvent(app: name, kind: .retiring, slot: k, pid: oldPid, generation: workers[old]!.generation,
+                                          message: "slot \(k): retiring pid \(oldPid)"))
+            }
+            apps[name]!.slots[k].current = nil
+            if spec.reload.handOver, let oldPid = workers[old]?.pid { out.append(.handOver(app: name, slot: k, from: oldPid)) }
+            retire(old, reason: .reload, now: now)
+        }
+        apps[name]!.slots[k].incoming = nil
+        apps[name]!.slots[k].current = id
+        apps[name]!.slots[k].generation = w.generation
+        apps[name]!.slots[k].restartAt = nil
     }
 
     mutating func exited(pid: Int32, status: ExitStatus, now: Instant) {
@@ -528,7 +542,8 @@ public struct Supervisor: Sendable {
             slot.startFailures += 1
             slot.lastExit = status
             apps[name]!.slots[k] = slot
-            rollBack(name, reason: "new worker in slot \(k)\(w.pid.map { " (pid \($0))" } ?? "") \(status) before it was ready",
+            let when = w.readyAt.map { "\((now - $0).humanReadable) after it was ready (within [reload] min_ready)" } ?? "before it was ready"
+            rollBack(name, reason: "new worker in slot \(k)\(w.pid.map { " (pid \($0))" } ?? "") \(status) \(when)",
                      slot: k, pid: w.pid, now: now)
         } else if slot.current == w.id {
             slot.current = nil
@@ -685,6 +700,10 @@ public struct Supervisor: Sendable {
                 watchdogExpired(id, now: now)
                 continue
             }
+            if let t = swapDue(w), t <= now {
+                swapIn(id, now: now)
+                advanceReload(w.app, now: now)
+            }
             if let t = w.healthyAt, t <= now {
                 workers[id]!.healthyAt = nil
                 if let app = apps[w.app], w.slot < app.slots.count, app.slots[w.slot].current == id {
@@ -757,7 +776,10 @@ public struct Supervisor: Sendable {
                 consider(w.delayReadyAt)
                 consider(w.nextProbe)
             }
-            if w.phase == .ready { consider(w.watchdogDeadline) }
+            if w.phase == .ready {
+                consider(w.watchdogDeadline)
+                consider(swapDue(w))
+            }
             consider(w.healthyAt)
             consider(w.nextMemorySample)
         }

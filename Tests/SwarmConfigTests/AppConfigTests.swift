@@ -186,6 +186,12 @@ let fullConfig = """
         let off = try AppConfig.parse(text: "name = \"w\"\ncommand = [\"node\"]\n[reload]\nhand_over = false\n",
                                       path: configPath, environment: fakeEnvironment())
         #expect(!off.reload.handOver)
+        #expect(on.reload.minReady == .zero)
+        let warm = try AppConfig.parse(text: "name = \"w\"\ncommand = [\"node\"]\n[reload]\nmin_ready = \"1.5s\"\n",
+                                       path: configPath, environment: fakeEnvironment())
+        #expect(warm.reload.minReady == .milliseconds(1500))
+        let bad = try #require(parseError("name = \"w\"\ncommand = [\"node\"]\n[reload]\nmin_ready = \"2h\"\n"))
+        #expect(bad.key == "reload.min_ready" && bad.line == 4, "\(bad)")
     }
 
     @Test(arguments: [

@@ -302,7 +302,9 @@ final class FakeShell {
                     #expect(w.generation == slot.generation, "\(where_): current runs generation \(w.generation), slot says \(slot.generation)", sourceLocation: loc)
                 }
                 if let inc = slot.incoming, let w = sup.workers[inc] {
-                    #expect(w.phase == .spawning || w.phase == .starting, "\(where_): incoming \(inc) is \(w.phase)", sourceLocation: loc)
+                    // A ready incoming worker waits out [reload] min_ready, and no longer than that.
+                    let waiting = w.phase == .ready && w.readyAt.map { now < $0 + (sup.spec(of: w)?.reload.minReady ?? .zero) } == true
+                    #expect(w.phase == .spawning || w.phase == .starting || waiting, "\(where_): incoming \(inc) is \(w.phase)", sourceLocation: loc)
                     #expect(app.reload.map { w.generation == $0.to } ?? false, "\(where_): incoming of generation \(w.generation)", sourceLocation: loc)
                 }
                 for id in slot.retiring {

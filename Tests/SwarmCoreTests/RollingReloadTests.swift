@@ -83,6 +83,40 @@ struct RollingReloadTests {
         #expect(h.handOvers.isEmpty, "hand_over = false keeps round-robin")
     }
 
+    @Test func minReadyKeepsTheOldWorkerServingUntilTheNewOneHasBeenReadyThatLong() {
+        let (h, old) = runningApp(workers: 2)
+        let r = h.command(.reload([v2(workers: 2) { $0.reload.minReady = .seconds(1) }]))
+        let new0 = h.incomingPid("web", 0)!
+        h.ready(new0)
+        #expect(!h.signalled(old[0]), "the old worker serves on beside the new one")
+        #expect(h.incoming("web", 1) == nil, "the next slot waits for this one's swap")
+        #expect(h.armed == h.now + .seconds(1), "a timer for the swap")
+        h.advance(by: .milliseconds(999))
+        #expect(!h.signalled(old[0]))
+        h.advance(by: .milliseconds(1))
+        #expect(h.signals(to: old[0]).map(\.signal) == [.term, .cont])
+        #expect(h.pid("web", 0) == new0)
+        #expect(h.incoming("web", 1) != nil)
+        h.ready(h.incomingPid("web", 1))
+        h.advance(by: .seconds(1))
+        h.exitRetiring()
+        #expect(h.succeeded(r))
+        #expect(h.progress[r]?.first { $0.kind == .ready }?.message.contains("replaces the old worker after 1s") == true)
+    }
+
+    @Test func aNewWorkerLostWithinMinReadyRollsBackAndTheOldOneWasNeverStopped() {
+        let (h, old) = runningApp(workers: 2)
+        let r = h.command(.reload([v2(workers: 2) { $0.reload.minReady = .seconds(5) }]))
+        let new0 = h.incomingPid("web", 0)!
+        h.ready(new0)
+        h.advance(by: .seconds(2))
+        h.exit(new0, .signaled(11, coreDumped: false))
+        #expect(h.failure(r).map { "\($0)" }?.contains("after it was ready (within [reload] min_ready)") == true, "\(String(describing: h.failure(r)))")
+        #expect(!h.signalled(old[0]) && !h.signalled(old[1]), "the old workers were never stopped")
+        #expect(h.pid("web", 0) == old[0] && h.pid("web", 1) == old[1])
+        #expect(h.app()?.generation == 1)
+    }
+
     @Test func surgeTwoStartsTwoAtATime() {
         let (h, old) = runningApp(workers: 3)
         let r = h.command(.reload([v2(surge: 2)]))
