@@ -95,9 +95,9 @@ final class HTTPConnection {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
         if r < 0 {
-            let e = errno
-            close(fd)
-            throw HarnessError("connect to 127.0.0.1:\(port) failed: \(errnoText(e))")
+            // No close(fd) here: the object is fully initialised, so throwing runs deinit, which
+            // closes it. Closing twice would close whatever another thread opened in between.
+            throw HarnessError("connect to 127.0.0.1:\(port) failed: \(errnoText(errno))")
         }
     }
 

@@ -96,18 +96,24 @@ struct ReloadTests {
     func minReadyCatchesALateCrash() async throws {
         try await withSwarm { s in
             let port = try Ports.free()
-            // Generation 1 serves; later generations exit half a second after they start serving.
+            // Generation 1 serves; later generations exit half a second after they said READY=1
+            // (notify readiness: swarmd sees it at once, however slow a sanitized build is).
             let script = try s.write("late_crash.py", """
                 import os, sys, threading
                 sys.path.insert(0, \(Conf.q(Paths.pythonApps)))
                 import server
-                if os.environ.get("SWARM_GENERATION") != "1":
-                    threading.Timer(0.5, lambda: os._exit(3)).start()
+                ready = server.signal_ready
+                def signal_ready():
+                    ready()
+                    if os.environ.get("SWARM_GENERATION") != "1":
+                        threading.Timer(0.5, lambda: os._exit(3)).start()
+                server.signal_ready = signal_ready
                 server.main()
 
                 """)
             let conf = try s.write("web.conf", Conf.app("web", command: [Paths.python, script], workers: 2, port: port,
-                                                      extra: "[reload]\nmin_ready = \"3s\""))
+                                                      env: ["READY_MODE": "notify"],
+                                                      extra: "[ready]\nmode = \"notify\"\n[reload]\nmin_ready = \"3s\""))
             try await s.startDaemon([conf])
             let pids = try await s.waitReady("web", workers: 2)
             let (r, report) = try await withTraffic(Traffic(port: port)) { try await s.ctl("reload", "web") }

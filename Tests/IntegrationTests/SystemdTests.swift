@@ -231,8 +231,12 @@ struct SystemdTests {
             let unusedPath = s.dir + "/not-bound.sock"
             // The tool binds both sockets, waits for the first connection, then execs swarmd in its own
             // process with LISTEN_FDS/LISTEN_PID/LISTEN_FDNAMES; it passes only PATH and the -E variables.
+            // Sanitizer settings (scripts/sanitize.sh: leak suppressions) must reach swarmd too.
+            let sanitizerEnv = ["ASAN_OPTIONS", "LSAN_OPTIONS", "TSAN_OPTIONS", "UBSAN_OPTIONS"].flatMap { name in
+                ProcessInfo.processInfo.environment[name].map { ["-E", "\(name)=\($0)"] } ?? []
+            }
             let d = try Child.spawn(tool, ["-l", s.socket, "-l", "127.0.0.1:\(port)", "--fdname=control:http",
-                                           "-E", "NOTIFY_SOCKET=\(notify.path)",
+                                           "-E", "NOTIFY_SOCKET=\(notify.path)"] + sanitizerEnv + [
                                            Paths.swarmd, "--socket", unusedPath, "--state-dir", s.stateDir, "--log-target", "file", conf],
                                     dir: s.dir, label: "socket-activate")
             owned.add(d)
@@ -348,7 +352,7 @@ struct SystemdTests {
             defer { owned.killAll() }
             let port = try Ports.free()
             let conf = try s.write("df.conf", Conf.python("df", script: "doublefork.py", port: port,
-                                                         env: ["GRANDCHILD_SLEEP_S": "5", "GRANDCHILD_PIDFILE": s.dir + "/grandchild.pid"]))
+                                                         env: ["GRANDCHILD_SLEEP_S": "60", "GRANDCHILD_PIDFILE": s.dir + "/grandchild.pid"]))
             let unshare = try Child.spawn("/usr/bin/unshare", ["--pid", "--fork", "--mount-proc", Paths.swarmd,
                                                                "--socket", s.socket, "--state-dir", s.stateDir, conf],
                                           dir: s.dir, label: "unshare")
@@ -368,8 +372,8 @@ struct SystemdTests {
                 return r.status?.apps.first?.workers.first?.state == "ready"
             }
             #expect(try httpGet(port).status == 200)
-            // The worker plus the reparented grandchild are swarmd's children for ~5 s (long enough to be seen
-            // even when readiness was slow on a loaded machine); then only the worker, and no zombie.
+            // The worker plus the reparented grandchild are swarmd's children until the test ends the
+            // grandchild (it would sleep 60 s); then only the worker, and no zombie.
             let workerHost = try await waitUntil(timeout: 10, "the grandchild to be reparented to swarmd (children: \(ProcPeek.children(of: swarmd)))") { () -> Int32? in
                 let kids = ProcPeek.children(of: swarmd)
                 guard kids.count >= 2, FileManager.default.fileExists(atPath: s.dir + "/grandchild.pid") else { return nil }
@@ -378,6 +382,9 @@ struct SystemdTests {
             }
             let worker = ProcessIdentity(pid: workerHost)
             if let worker { owned.add(worker) }
+            let grandchild = try #require(ProcPeek.children(of: swarmd).first { $0.pid != workerHost }?.pid)
+            if let id = ProcessIdentity(pid: grandchild) { owned.add(id) }
+            Glibc.kill(grandchild, SIGTERM)
             try await waitUntil(timeout: 10, "the grandchild to exit and be reaped (children of swarmd: \(ProcPeek.children(of: swarmd)))") {
                 let kids = ProcPeek.children(of: swarmd)
                 return kids.count == 1 && kids.allSatisfy { $0.state != "Z" }
