@@ -290,12 +290,6 @@ int swarm_pipe_cloexec(int fds[2]) {
     return pipe2(fds, O_CLOEXEC);
 }
 
-int swarm_usable_cpus(void) {
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof set, &set) < 0) return -1;
-    return CPU_COUNT(&set);
-}
-
 /* Round-robin steering of a SO_REUSEPORT group with an eBPF program
  * (BPF_PROG_TYPE_SK_REUSEPORT): a counter in an array map picks the next
  * index modulo the number of live slots, and a REUSEPORT_SOCKARRAY maps

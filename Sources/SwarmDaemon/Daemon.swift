@@ -133,8 +133,8 @@ public final class Daemon {
     var outputBudgets: [String: OutputBudget] = [:]
     /// Reload workers started at nice 19, until they are ready.
     var backgroundWorkers: [WorkerID: Int32] = [:]
-    /// The CPUs swarmd was started with: `cpu_affinity = "auto"` spreads slots over them.
-    let allowedCPUs = Spawner.allowedCPUs()
+    /// The CPUs swarmd was started with: `cpu_affinity` is checked against them and "auto" spreads slots over them.
+    let allowedCPUs: [Int]
     var cpuSamples: [Int32: (ticks: Int64, at: Int64)] = [:]
 
     var notifyPath: String
@@ -162,6 +162,8 @@ public final class Daemon {
         let isRoot = getuid() == 0
         let uid = getuid()
         let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
+        let cpus = ProcFS.allowedCPUs()
+        allowedCPUs = cpus
         configEnvironment = ConfigEnvironment(
             cpuCount: { ProcFS.usableCPUs() }, isRoot: isRoot, currentUID: uid,
             lookupUser: { Users.lookupUser($0) }, lookupGroup: { Users.lookupGroup($0) }, path: path,
@@ -173,7 +175,7 @@ public final class Daemon {
                 var st = stat()
                 return stat(p, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
             },
-            allowedCPUs: { Spawner.allowedCPUs() })
+            allowedCPUs: { cpus })
     }
 
     // MARK: - Start-up

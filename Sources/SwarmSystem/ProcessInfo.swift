@@ -38,8 +38,15 @@ public enum ProcFS {
     }
 
     /// CPUs this process may run on: affinity mask, bounded by a cgroup v2 cpu.max quota.
+    /// The CPUs this process may run on (its affinity mask), ascending; empty if unknown.
+    public static func allowedCPUs() -> [Int] {
+        var cpus = [Int32](repeating: 0, count: 1024)
+        let n = swarm_allowed_cpus(&cpus, Int32(cpus.count))
+        return n > 0 ? cpus.prefix(Int(n)).map(Int.init) : []
+    }
+
     public static func usableCPUs() -> Int {
-        var count = Int(swarm_usable_cpus())
+        var count = allowedCPUs().count
         if count == 0 { count = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))) }
         if let quota = cgroupQuota() { count = min(count, max(1, Int(quota.rounded(.up)))) }
         return max(1, count)

@@ -137,13 +137,6 @@ extension Spawner {
         return ok
     }
 
-    /// The CPUs this process may run on (its affinity mask), ascending.
-    public static func allowedCPUs() -> [Int] {
-        var cpus = [Int32](repeating: 0, count: 1024)
-        let n = swarm_allowed_cpus(&cpus, Int32(cpus.count))
-        return n > 0 ? cpus.prefix(Int(n)).map(Int.init) : []
-    }
-
     /// Whether this process may make a niced child normal again.
     public static var canRaisePriority: Bool {
         geteuid() == 0

@@ -71,7 +71,6 @@ ssize_t swarm_recv_with_cred(int fd, void *buf, size_t len, pid_t *pid);
 int swarm_attach_reuseport_steering(int fd, unsigned n, int ipv6);
 int swarm_memfd_create(const char *name);
 int swarm_pipe_cloexec(int fds[2]);
-int swarm_usable_cpus(void);
 
 /// eBPF round-robin steering of a reuseport group (needs CAP_BPF).
 /// Returns the program fd, or -1 with errno (and the verifier's log in `log`).
