@@ -62,7 +62,7 @@ public struct ConfigEnvironment: Sendable {
 public enum AppConfig {
     /// Largest config file read: anything bigger is a mistake.
     public static let maxFileSize = 1 << 20
-    public static let maxWorkers = 4096
+    public static let maxWorkers = AppSpec.maxWorkers
     /// sched_setaffinity masks swarmd builds hold CPUs 0…1023.
     public static let maxCPU = 1024
 

@@ -178,6 +178,9 @@ public enum CPUAffinity: Codable, Hashable, Sendable {
 /// One app as its config describes it: everything the core and the shell
 /// need to run its workers.
 public struct AppSpec: Codable, Hashable, Sendable {
+    /// The most workers one app may have (config `workers`, `scale`).
+    public static let maxWorkers = 4096
+
     public var name: String
     /// argv as written, `{fd:NAME}`/`{port:NAME}` placeholders not yet expanded.
     public var command: [String]

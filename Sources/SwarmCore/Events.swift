@@ -57,6 +57,8 @@ public enum Command: Sendable {
     case reload([AppSpec])
     /// Change the number of workers.
     case scale(String, Int)
+    /// Add (positive) or remove (negative) workers: resolved against the app's worker count when it arrives.
+    case scaleBy(String, Int)
     /// Stop everything; the supervisor emits `.exit` when nothing is left.
     case shutdown
 }

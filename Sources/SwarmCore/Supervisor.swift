@@ -136,6 +136,15 @@ public struct Supervisor: Sendable {
             reload(specs, request: request, now: now)
         case let .scale(name, count):
             scale(name, to: count, request: request, now: now)
+        case let .scaleBy(name, delta):
+            guard let app = apps[name], app.goal != .deleted else { return reply(request, .failure(.unknownApp(name))) }
+            let (count, overflow) = app.targetCount.addingReportingOverflow(delta)
+            guard !overflow, (0...AppSpec.maxWorkers).contains(count) else {
+                let change = delta < 0 ? "remove \(delta.magnitude)" : "add \(delta)"
+                return reply(request, .failure(.invalid(
+                    "\(name) has \(app.targetCount) workers: cannot \(change) (the count must stay between 0 and \(AppSpec.maxWorkers))")))
+            }
+            scale(name, to: count, request: request, now: now)
         case .shutdown:
             shuttingDown = true
             shutdownRequests.append(request)
@@ -212,7 +221,9 @@ public struct Supervisor: Sendable {
 
     mutating func scale(_ name: String, to count: Int, request: RequestID, now: Instant) {
         guard let app = apps[name], app.goal != .deleted else { return reply(request, .failure(.unknownApp(name))) }
-        guard count >= 0 else { return reply(request, .failure(.invalid("the worker count must be 0 or more, not \(count)"))) }
+        guard (0...AppSpec.maxWorkers).contains(count) else {
+            return reply(request, .failure(.invalid("the worker count must be between 0 and \(AppSpec.maxWorkers), not \(count)")))
+        }
         if app.reload != nil { return reply(request, .failure(.reloadInProgress(name))) }
         let baselines = [name: baseline(name)]
         apps[name]!.targetCount = count
@@ -829,7 +840,7 @@ public struct Supervisor: Sendable {
         return max(app.generation, app.specs.keys.max() ?? 0) + 1
     }
 
-    func spec(of w: Worker) -> AppSpec? { apps[w.app]?.specs[w.generation] }
+    public func spec(of w: Worker) -> AppSpec? { apps[w.app]?.specs[w.generation] }
 
     func baseline(_ name: String) -> [Int: Int] {
         var b: [Int: Int] = [:]

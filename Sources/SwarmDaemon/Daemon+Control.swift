@@ -218,13 +218,11 @@ extension Daemon {
             guard let selector = selector(request, conn) else { return }
             reload(selector, request, conn)
         case .scale:
-            guard let name = request.name, let count = request.count else {
-                return send(conn, .failure(id, "scale needs 'name' and 'count'"))
+            switch (request.name, request.count, request.delta) {
+            case let (name?, count?, nil): submit([.scale(name, count)], for: request, conn)
+            case let (name?, nil, delta?): submit([.scaleBy(name, delta)], for: request, conn)
+            default: send(conn, .failure(id, "scale needs 'name' and exactly one of 'count' and 'delta'"))
             }
-            guard (0...AppConfig.maxWorkers).contains(count) else {
-                return send(conn, .failure(id, "count must be between 0 and \(AppConfig.maxWorkers), not \(count)"))
-            }
-            submit([.scale(name, count)], for: request, conn)
         case .logs:
             logs(request, conn)
         case .shutdown:

@@ -56,7 +56,8 @@ extension Daemon {
                         slot: slot.index, pid: w.pid, state: state, generation: w.generation, restarts: slot.restarts,
                         uptimeS: ((now - w.startedAt).seconds * 1000).rounded() / 1000,
                         cpuPercent: cpu.map { ($0 * 10).rounded() / 10 }, rssBytes: rss, cpuSeconds: cpuSeconds,
-                        statusText: w.status, lastExit: slot.lastExit?.description))
+                        statusText: w.status, lastExit: slot.lastExit?.description,
+                        cpuPinned: w.pid == nil ? nil : supervisor.spec(of: w)?.cpuAffinity?.cpu(forSlot: w.slot, allowed: allowedCPUs)))
                 }
             }
             let total = cpuTotals.values.reduce(0, +)

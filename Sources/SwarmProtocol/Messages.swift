@@ -31,13 +31,15 @@ public struct Request: Codable, Sendable, Equatable {
     public var replace: Bool?
     /// `scale`: the new worker count.
     public var count: Int?
+    /// `scale`: add (positive) or remove (negative) this many workers instead; exactly one of `count` and `delta`.
+    public var delta: Int?
     /// `logs`: how many past lines.
     public var lines: Int?
     /// `logs`: keep streaming.
     public var follow: Bool?
 
     public init(id: UInt64, verb: Verb, files: [String]? = nil, name: String? = nil, replace: Bool? = nil,
-                count: Int? = nil, lines: Int? = nil, follow: Bool? = nil) {
+                count: Int? = nil, delta: Int? = nil, lines: Int? = nil, follow: Bool? = nil) {
         self.v = ControlProtocol.version
         self.id = id
         self.verb = verb
@@ -45,6 +47,7 @@ public struct Request: Codable, Sendable, Equatable {
         self.name = name
         self.replace = replace
         self.count = count
+        self.delta = delta
         self.lines = lines
         self.follow = follow
     }
@@ -255,9 +258,12 @@ public struct WorkerStatus: Codable, Sendable, Equatable {
     /// The worker's own STATUS= line.
     public var statusText: String?
     public var lastExit: String?
+    /// The CPU the worker was pinned to (`cpu_affinity`), if any.
+    public var cpuPinned: Int?
 
     enum CodingKeys: String, CodingKey {
         case slot, pid, state, generation, restarts
+        case cpuPinned = "cpu_pinned"
         case cpuSeconds = "cpu_seconds"
         case cpuShare = "cpu_share"
         case uptimeS = "uptime_s"
@@ -269,7 +275,7 @@ public struct WorkerStatus: Codable, Sendable, Equatable {
 
     public init(slot: Int, pid: Int32?, state: String, generation: Int, restarts: Int, uptimeS: Double,
                 cpuPercent: Double? = nil, rssBytes: Int64? = nil, cpuSeconds: Double? = nil, cpuShare: Double? = nil, statusText: String? = nil,
-                lastExit: String? = nil) {
+                lastExit: String? = nil, cpuPinned: Int? = nil) {
         self.slot = slot
         self.pid = pid
         self.state = state
@@ -282,5 +288,6 @@ public struct WorkerStatus: Codable, Sendable, Equatable {
         self.cpuShare = cpuShare
         self.statusText = statusText
         self.lastExit = lastExit
+        self.cpuPinned = cpuPinned
     }
 }

@@ -34,19 +34,23 @@ enum StatusTable {
             return "\u{1b}[\(code)m\(text)\u{1b}[0m"
         }
         var lines: [String] = []
-        let header = ["SLOT", "PID", "STATE", "GEN", "UPTIME", "RESTARTS", "CPU%", "SHARE", "RSS"]
         for app in report.apps {
+            // PIN (the CPU a worker is pinned to) only for apps with cpu_affinity, to stay within 80 columns.
+            let pinned = app.workers.contains { $0.cpuPinned != nil }
+            let header = ["SLOT", "PID", "STATE", "GEN", "UPTIME", "RESTARTS", "CPU%", "SHARE", "RSS"] + (pinned ? ["PIN"] : [])
             let sockets = app.sockets.map { "\($0.name) \($0.listen) (\($0.balance))" }.joined(separator: ", ")
             var summary = "\(app.name)  \(paint(app.state, app.state))  gen \(app.generation)  \(app.workersReady)/\(app.workersWanted) ready"
             if !sockets.isEmpty { summary += "  \(sockets)" }
             if let t = app.logThrottledS, t > 0 { summary += "  (output throttled \(duration(t)))" }
             lines.append(summary)
             let rows: [[String]] = app.workers.map { w in
-                [
+                var row: [String] = [
                     "\(w.slot)", w.pid.map(String.init) ?? "-", w.state, "\(w.generation)", duration(w.uptimeS), "\(w.restarts)",
                     w.cpuPercent.map { String(format: "%.1f", $0) } ?? "-",
                     w.cpuShare.map { String(format: "%.0f%%", $0 * 100) } ?? "-", w.rssBytes.map(bytes) ?? "-",
                 ]
+                if pinned { row.append(w.cpuPinned.map(String.init) ?? "-") }
+                return row
             }
             let widths = header.indices.map { i in max(header[i].count, rows.map { $0[i].count }.max() ?? 0) }
             func format(_ row: [String], state: String?) -> String {

@@ -23,6 +23,11 @@ enum Main {
             }
         }
         if !moved.isEmpty, i < args.count { args.insert(contentsOf: moved, at: i + 1) } else { args += moved }
+        // `scale web -2`: a negative count is not an option; it goes last, after "--".
+        if i < args.count, args[i] == "scale", !args.contains("--"),
+           let n = args[(i + 1)...].firstIndex(where: { $0.count > 1 && $0.hasPrefix("-") && $0.dropFirst().allSatisfy(\.isWholeNumber) }) {
+            args += ["--", args.remove(at: n)]
+        }
         SwarmCtl.main(args)
     }
 }
@@ -108,24 +113,45 @@ struct Scale: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Change an app's number of workers; removes the highest slots first.")
     @OptionGroup var global: GlobalOptions
     @Argument(help: "App name.") var name: String
-    @Argument(help: "The new number of workers.") var count: Int
+    // "-2" reaches here because Main moves it after "--".
+    @Argument(help: "The new number of workers, or +N / -N to add or remove N.") var count: String
+
+    enum Change: Equatable { case to(Int), by(Int) }
+
+    /// "3" → to(3); "+2" → by(2); "-1" → by(-1).
+    static func change(_ word: String) throws -> Change {
+        let sign = word.first.flatMap { "+-".contains($0) ? $0 : nil }
+        let digits = sign == nil ? Substring(word) : word.dropFirst()
+        // The range is swarmd's to check: it knows the app's current count.
+        guard !digits.isEmpty, digits.allSatisfy({ $0.isASCII && $0.isNumber }), let n = Int(digits) else {
+            throw ValidationError("the worker count must be a number N, or +N / -N to add or remove N workers; not '\(word)'")
+        }
+        switch sign {
+        case "+": return .by(n)
+        case "-": return .by(-n)
+        default: return .to(n)
+        }
+    }
 
     func validate() throws {
         try validateName(name)
         guard name != "all" else { throw ValidationError("scale takes one app name, not 'all'") }
-        guard (0...4096).contains(count) else { throw ValidationError("the worker count must be between 0 and 4096, not \(count)") }
+        _ = try Self.change(count)
     }
 
     func run() throws {
-        try call(global, .scale, name: name, count: count, fallback: nil)
+        switch try Self.change(count) {
+        case let .to(n): try call(global, .scale, name: name, count: n, fallback: nil)
+        case let .by(d): try call(global, .scale, name: name, delta: d, fallback: nil)
+        }
     }
 }
 
 /// One request; its message (or `fallback`) printed; failures as one line.
-func call(_ global: GlobalOptions, _ verb: Verb, name: String? = nil, count: Int? = nil, fallback: String?) throws {
+func call(_ global: GlobalOptions, _ verb: Verb, name: String? = nil, count: Int? = nil, delta: Int? = nil, fallback: String?) throws {
     try execute {
         let client = try Client(path: global.socketPath)
-        let r = try client.call(client.request(verb, name: name, count: count))
+        let r = try client.call(client.request(verb, name: name, count: count, delta: delta))
         if let m = r.message ?? fallback { printOut(m) }
     }
 }

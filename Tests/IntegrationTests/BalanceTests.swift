@@ -168,7 +168,10 @@ struct BalanceTests {
                 for w in app.workers {
                     let pid = try #require(w.pid)
                     #expect(cpusAllowed(pid) == [allowed[w.slot % allowed.count]], "generation \(generation), slot \(w.slot), pid \(pid)")
+                    #expect(w.cpuPinned == allowed[w.slot % allowed.count], "status shows the pin: \(w)")
                 }
+                let table = try await s.ctlOK("status", "web").out
+                #expect(table.contains("PIN"), "the status table has a PIN column: \(table)")
             }
             let before = try await s.waitReady("web", workers: 3)
             try await check(1)
@@ -215,7 +218,8 @@ struct BalanceTests {
             #expect(shares.allSatisfy { $0 > 0.05 && $0 < 0.6 }, "each worker did similar work: \(shares)")
             #expect(a.workers.allSatisfy { ($0.cpuSeconds ?? 0) > 0 }, "cpu_seconds: \(a.workers.map(\.cpuSeconds))")
             let table = try await s.ctlOK("status")
-            #expect(!table.out.isEmpty)
+            #expect(table.out.contains("SHARE") && !table.out.contains("PIN"), "no PIN column without cpu_affinity: \(table)")
+            #expect(a.workers.allSatisfy { $0.cpuPinned == nil })
         }
     }
 }

@@ -461,6 +461,37 @@ struct ScaleTests {
         #expect(h.app()?.targetCount == 4)
     }
 
+    @Test func scaleByAddsAndRemovesRelativeToTheCurrentCount() {
+        let h = FakeShell()
+        h.startReady(makeSpec(workers: 2))
+        let up = h.command(.scaleBy("web", 2))
+        #expect(h.spawns.map(\.slot) == [0, 1, 2, 3])
+        h.readyAll()
+        #expect(h.reply(up) == .success("web: scaled to 4 workers, 4/4 workers ready"))
+        let surplus = (1..<4).map { h.pid("web", $0)! }
+        let down = h.command(.scaleBy("web", -3))
+        #expect(h.app()?.targetCount == 1)
+        for pid in surplus.reversed() { h.exit(pid, .exited(0)) }
+        #expect(h.reply(down) == .success("web: scaled to 1 workers, 1/1 workers ready"))
+    }
+
+    @Test func scaleByOutOfRangeChangesNothing() {
+        let h = FakeShell()
+        h.startReady(makeSpec(workers: 2))
+        #expect(h.failure(h.command(.scaleBy("web", -3)))
+            == .invalid("web has 2 workers: cannot remove 3 (the count must stay between 0 and 4096)"))
+        #expect(h.failure(h.command(.scaleBy("web", 4095)))
+            == .invalid("web has 2 workers: cannot add 4095 (the count must stay between 0 and 4096)"))
+        #expect(h.failure(h.command(.scaleBy("web", .max)))
+            == .invalid("web has 2 workers: cannot add \(Int.max) (the count must stay between 0 and 4096)"))
+        #expect(h.failure(h.command(.scaleBy("web", .min)))
+            == .invalid("web has 2 workers: cannot remove \(Int.min.magnitude) (the count must stay between 0 and 4096)"))
+        #expect(h.failure(h.command(.scale("web", 4097))) == .invalid("the worker count must be between 0 and 4096, not 4097"))
+        #expect(h.failure(h.command(.scaleBy("nope", 1))) == .unknownApp("nope"))
+        #expect(h.app()?.targetCount == 2)
+        #expect(h.spawns.count == 2 && h.signals.isEmpty)
+    }
+
     @Test func scaleDownRemovesTheHighestSlots() {
         let h = FakeShell()
         h.startReady(makeSpec(workers: 4))

@@ -28,7 +28,7 @@ let sampleStatus = StatusReport(
     @Test(arguments: Verb.allCases)
     func everyRequestRoundTrips(verb: Verb) throws {
         let full = Request(id: .max, verb: verb, files: ["/a b.conf", "/ünï/çødé.conf"], name: "web", replace: true,
-                           count: -3, lines: 100, follow: false)
+                           count: -3, delta: -2, lines: 100, follow: false)
         #expect(try roundTrip(full) == full)
         #expect(try Codec.decodeRequest(Array(Codec.encode(full).dropLast())) == full)
         let bare = Request(id: 0, verb: verb)
