@@ -120,7 +120,9 @@ struct ReloadTests {
             #expect(r.code == 1, "\(r)")
             #expect(r.err.contains("exited with status 3") && r.err.contains("after it was ready (within [reload] min_ready)"), "\(r)")
             #expect(!r.out.contains("retiring"), "no old worker may be retired: \(r.out)")
-            #expect(report.failed == 0, "load during the failed reload: \(report)")
+            // os._exit drops whatever the dying worker holds at that instant (a crash does): at most one request
+            // per client of the 4 (2 keep-alive, 2 fresh). Stopped old workers would fail far more.
+            #expect(report.failed <= 4, "load during the failed reload: only requests the crashing worker held may fail: \(report)")
             let after = try await s.waitReady("web", workers: 2)
             #expect(after == pids, "the old workers were never replaced: before \(pids), after \(after)")
             let app = try reloadApp(try s.quickStatus(), "web")
