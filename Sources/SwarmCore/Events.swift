@@ -106,7 +106,7 @@ public enum CommandError: Error, Hashable, Sendable, CustomStringConvertible {
         case .shuttingDown: return "swarmd is shutting down"
         case let .invalid(msg): return msg
         case let .startFailed(app, failed, total, detail):
-            return "\(app): \(failed) of \(total) workers failed to start: \(detail)"
+            return "\(app): \(failed) of \(workerCount(total)) failed to start: \(detail)"
         case let .reloadFailed(app, reason, _, _): return "\(app): reload failed and was rolled back: \(reason)"
         case let .interrupted(msg): return msg
         }

@@ -142,7 +142,7 @@ public struct Supervisor: Sendable {
             guard !overflow, (0...AppSpec.maxWorkers).contains(count) else {
                 let change = delta < 0 ? "remove \(delta.magnitude)" : "add \(delta)"
                 return reply(request, .failure(.invalid(
-                    "\(name) has \(app.targetCount) workers: cannot \(change) (the count must stay between 0 and \(AppSpec.maxWorkers))")))
+                    "\(name) has \(workerCount(app.targetCount)): cannot \(change) (the count must stay between 0 and \(AppSpec.maxWorkers))")))
             }
             scale(name, to: count, request: request, now: now)
         case .shutdown:
@@ -153,7 +153,7 @@ public struct Supervisor: Sendable {
                 retireAll(name, reason: .shutdown, now: now)
             }
             for i in waiters.indices { waiters[i].interrupted = "swarmd is shutting down" }
-            note(.notice, "shutting down: stopping \(workers.count) workers")
+            note(.notice, "shutting down: stopping \(workerCount(workers.count))")
         }
     }
 
@@ -214,7 +214,7 @@ public struct Supervisor: Sendable {
         apps[name] = app
         appOrder.append(name)
         for i in 0..<spec.workers { startWorker(name, slot: i, generation: 1, incoming: false, now: now) }
-        note(.notice, "\(name): started with \(spec.workers) workers")
+        note(.notice, "\(name): started with \(workerCount(spec.workers))")
         waiters.append(Waiter(request: request, verb: "started", apps: [name], kind: .settled([name: [:]])))
         out.append(.appsChanged)
     }
@@ -246,11 +246,11 @@ public struct Supervisor: Sendable {
             if running { startWorker(name, slot: i, generation: generation, incoming: false, now: now) }
         }
         removeReleasedSlots(name)
-        note(.notice, "\(name): scaled from \(app.targetCount) to \(count) workers")
+        note(.notice, "\(name): scaled from \(app.targetCount) to \(workerCount(count))")
         if running {
-            waiters.append(Waiter(request: request, verb: "scaled to \(count) workers", apps: [name], kind: .settled(baselines)))
+            waiters.append(Waiter(request: request, verb: "scaled to \(workerCount(count))", apps: [name], kind: .settled(baselines)))
         } else {
-            reply(request, .success("\(name): stopped; it will run \(count) workers when started"))
+            reply(request, .success("\(name): stopped; it will run \(workerCount(count)) when started"))
         }
         out.append(.appsChanged)
     }
@@ -359,7 +359,7 @@ public struct Supervisor: Sendable {
         apps[name]!.generation = r.to
         apps[name]!.targetCount = r.targetCount
         gcSpecs(name)
-        let message = "\(name): reloaded \(r.targetCount) workers to generation \(r.to)"
+        let message = "\(name): reloaded \(workerCount(r.targetCount)) to generation \(r.to)"
         apps[name]!.lastReload = ReloadOutcome(succeeded: true, message: message, at: now)
         note(.notice, message)
         if let req = r.requester {
@@ -904,3 +904,6 @@ extension Supervisor {
         for (id, w) in workers { if let pid = w.pid { byPid[pid] = id } }
     }
 }
+
+/// "1 worker", "3 workers".
+func workerCount(_ n: Int) -> String { n == 1 ? "1 worker" : "\(n) workers" }

@@ -49,7 +49,7 @@ struct ControlTests {
             try await s.ctlOK("scale", "web", "-3")
             let one = try await s.waitReady("web", workers: 1)
             // Out of range, or not a count: refused with the reason, nothing changes.
-            for (args, says) in [(["scale", "web", "-2"], "web has 1 workers: cannot remove 2"),
+            for (args, says) in [(["scale", "web", "-2"], "web has 1 worker: cannot remove 2"),
                                  (["scale", "web", "+4096"], "cannot add 4096 (the count must stay between 0 and 4096)"),
                                  (["scale", "web", "5000"], "between 0 and 4096, not 5000"),
                                  (["scale", "web", "two"], "not 'two'"), (["scale", "web", "+-1"], "not '+-1'"),

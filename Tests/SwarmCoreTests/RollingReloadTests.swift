@@ -159,7 +159,7 @@ struct RollingReloadTests {
         #expect(h.reply(r) == nil)
         h.exitRetiring()
         #expect(h.released.map(\.slot) == [2, 1])
-        #expect(h.reply(r) == .success("web: reloaded 1 workers to generation 2"))
+        #expect(h.reply(r) == .success("web: reloaded 1 worker to generation 2"))
         #expect(h.app()?.slots.count == 1)
         #expect(h.app()?.targetCount == 1)
     }
@@ -456,7 +456,7 @@ struct RollingReloadTests {
         #expect(h.reply(r) == nil)
         h.readyAll("api")
         h.exitRetiring("api")
-        #expect(h.reply(r) == .success("web: reloaded 1 workers to generation 2\napi: reloaded 1 workers to generation 2"))
+        #expect(h.reply(r) == .success("web: reloaded 1 worker to generation 2\napi: reloaded 1 worker to generation 2"))
     }
 
     @Test func aReloadAfterARollbackNeverReusesALiveGeneration() {

@@ -472,7 +472,7 @@ struct ScaleTests {
         let down = h.command(.scaleBy("web", -3))
         #expect(h.app()?.targetCount == 1)
         for pid in surplus.reversed() { h.exit(pid, .exited(0)) }
-        #expect(h.reply(down) == .success("web: scaled to 1 workers, 1/1 workers ready"))
+        #expect(h.reply(down) == .success("web: scaled to 1 worker, 1/1 workers ready"))
     }
 
     @Test func scaleByOutOfRangeChangesNothing() {
