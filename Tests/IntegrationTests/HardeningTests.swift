@@ -130,7 +130,9 @@ struct HardeningTests {
             let after = try #require(closedAfter, "the slow client was not disconnected within 15 s")
             #expect(after >= 9.5 && after <= 12.5, "disconnected after \(after)s; expected ~10 s")
             #expect(reply.contains("not completed within"), "reply to the slow client: \(reply)")
-            #expect(served >= 20 && slowest < 1, "other clients: \(served) served, slowest \(slowest)s")
+            // ~40 status calls in the 10 s if every 250 ms sleep were on time; under a sanitizer and parallel
+            // tests the sleeps overrun: what matters is that calls kept being answered, each within a second.
+            #expect(served >= 10 && slowest < 1, "other clients: \(served) served, slowest \(slowest)s")
         }
     }
 
