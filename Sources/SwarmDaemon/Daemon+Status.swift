@@ -57,7 +57,7 @@ extension Daemon {
                         uptimeS: ((now - w.startedAt).seconds * 1000).rounded() / 1000,
                         cpuPercent: cpu.map { ($0 * 10).rounded() / 10 }, rssBytes: rss, cpuSeconds: cpuSeconds,
                         statusText: w.status, lastExit: slot.lastExit?.description,
-                        cpuPinned: w.pid == nil ? nil : supervisor.spec(of: w)?.cpuAffinity?.cpu(forSlot: w.slot, allowed: allowedCPUs)))
+                        cpuPinned: w.pid == nil ? nil : supervisor.spec(of: w).flatMap { pinnedCPU($0, slot: w.slot) }))
                 }
             }
             let total = cpuTotals.values.reduce(0, +)

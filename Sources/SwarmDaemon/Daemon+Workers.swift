@@ -111,7 +111,7 @@ extension Daemon {
         let backgrounded = spec.reload.backgroundStart && Spawner.canRaisePriority
             && supervisor.apps[spec.name]?.reload?.to == generation
         if backgrounded { plan.nice = 19 }
-        plan.cpu = spec.cpuAffinity?.cpu(forSlot: slot, allowed: allowedCPUs).map(Int32.init)
+        plan.cpu = pinnedCPU(spec, slot: slot).map(Int32.init)
         plan.limits = spec.limits.compactMap { l in rlimitResource(l.name).map { ($0, l.soft, l.hard) } }
         // swarmd raised its own fd limit; workers get the one it was given, unless their app sets one.
         if let original = originalNoFile, !spec.limits.contains(where: { $0.name == "nofile" }) {

@@ -462,8 +462,12 @@ public final class Daemon {
     }
 
     func spec(of id: WorkerID) -> AppSpec? {
-        guard let w = supervisor.workers[id] else { return nil }
-        return supervisor.apps[w.app]?.specs[w.generation]
+        supervisor.workers[id].flatMap(supervisor.spec(of:))
+    }
+
+    /// The CPU a worker of `spec` in `slot` is pinned to, if its app sets `cpu_affinity`.
+    func pinnedCPU(_ spec: AppSpec, slot: Int) -> Int? {
+        spec.cpuAffinity?.cpu(forSlot: slot, allowed: allowedCPUs)
     }
 
     /// Runs after each dispatch: priorities, persistence, systemd status. (Steering follows every event, in `feed`.)

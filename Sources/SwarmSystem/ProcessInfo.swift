@@ -37,7 +37,6 @@ public enum ProcFS {
         return (ut + st, pages * pageSize)
     }
 
-    /// CPUs this process may run on: affinity mask, bounded by a cgroup v2 cpu.max quota.
     /// The CPUs this process may run on (its affinity mask), ascending; empty if unknown.
     public static func allowedCPUs() -> [Int] {
         var cpus = [Int32](repeating: 0, count: 1024)
@@ -45,6 +44,7 @@ public enum ProcFS {
         return n > 0 ? cpus.prefix(Int(n)).map(Int.init) : []
     }
 
+    /// How many CPUs this process may use: its affinity mask, bounded by a cgroup v2 cpu.max quota.
     public static func usableCPUs() -> Int {
         var count = allowedCPUs().count
         if count == 0 { count = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))) }

@@ -116,7 +116,7 @@ struct Scale: ParsableCommand {
     // "-2" reaches here because Main moves it after "--".
     @Argument(help: "The new number of workers, or +N / -N to add or remove N.") var count: String
 
-    enum Change: Equatable { case to(Int), by(Int) }
+    enum Change { case to(Int), by(Int) }
 
     /// "3" → to(3); "+2" → by(2); "-1" → by(-1).
     static func change(_ word: String) throws -> Change {

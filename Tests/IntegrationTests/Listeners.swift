@@ -198,13 +198,6 @@ final class OwnedProcesses: @unchecked Sendable {
     }
 }
 
-/// Spawns a process with `fds` at 3, 4, … (what systemd does for socket activation).
-/// With `listenPID`, LISTEN_PID is set to the child's own pid.
-func spawnWithFDs(_ executable: String, _ args: [String], env: [String], fds: [Int32], listenPID: Bool,
-                  dir: String, label: String) throws -> Child {
-    try Child.spawn(executable, args, env: env, dir: dir, label: label, fds: fds, listenPID: listenPID)
-}
-
 /// /proc helpers.
 enum ProcPeek {
     /// utime + stime in clock ticks.

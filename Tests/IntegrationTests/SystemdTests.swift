@@ -18,14 +18,26 @@ func startSystemdStyleDaemon(_ s: Swarm, _ owned: OwnedProcesses, configs: [Stri
         extra["LISTEN_FDNAMES"] = fdNames.joined(separator: ":")
     }
     let argv = ["--socket", socketPath ?? s.socket, "--state-dir", s.stateDir, "--log-target", "file"] + args + configs
-    let d = try spawnWithFDs(Paths.swarmd, argv, env: childEnvironment(extra), fds: fds, listenPID: !fds.isEmpty,
-                             dir: s.dir, label: s.label("swarmd"))
+    let d = try Child.spawn(Paths.swarmd, argv, env: childEnvironment(extra), dir: s.dir, label: s.label("swarmd"),
+                            fds: fds, listenPID: !fds.isEmpty)
     owned.add(d)
     try await waitUntil(timeout: 15, "swarmd (pid \(d.pid)) to answer ping on \(s.socket)") {
         if let code = d.poll() { throw HarnessError("swarmd exited with \(code): \(d.stderr)") }
         return (try? s.request(.ping))?.ok == true
     }
     return d
+}
+
+/// A test playing systemd: `owned` holds the processes it starts (killed at the end) and
+/// `notify` is the NOTIFY_SOCKET it gives them.
+func withNotifyListener(_ body: (Swarm, OwnedProcesses, DatagramListener) async throws -> Void) async throws {
+    try await withSwarm { s in
+        let owned = OwnedProcesses()
+        defer { owned.killAll() }
+        let notify = try DatagramListener(path: s.dir + "/notify.sock")
+        defer { notify.stop() }
+        try await body(s, owned, notify)
+    }
 }
 
 /// SIGTERM to a swarmd we spawned ourselves; it must exit 0.
@@ -59,11 +71,7 @@ func listeningSocketCount(port: UInt16) -> Int {
 struct SystemdTests {
     @Test("NOTIFY_SOCKET: READY=1 only once the workers are ready, STATUS=, RELOADING=1 then READY=1 on SIGHUP, STOPPING=1 on SIGTERM")
     func notifyProtocol() async throws {
-        try await withSwarm { s in
-            let owned = OwnedProcesses()
-            defer { owned.killAll() }
-            let notify = try DatagramListener(path: s.dir + "/notify.sock")
-            defer { notify.stop() }
+        try await withNotifyListener { s, owned, notify in
             let port = try Ports.free()
             let conf = try s.write("pyweb.conf", Conf.python("pyweb", workers: 2, port: port, env: ["SERVER_START_DELAY_MS": "1000"]))
             let started = Date()
@@ -114,11 +122,7 @@ struct SystemdTests {
 
     @Test("SIGHUP with a broken config: RELOADING=1 is still answered by READY=1 (systemctl reload must not hang)")
     func reloadHandshakeWithNothingToRoll() async throws {
-        try await withSwarm { s in
-            let owned = OwnedProcesses()
-            defer { owned.killAll() }
-            let notify = try DatagramListener(path: s.dir + "/notify.sock")
-            defer { notify.stop() }
+        try await withNotifyListener { s, owned, notify in
             let conf = try s.write("idle.conf", Conf.app("idle", command: ["/bin/sleep", "600"]))
             let d = try await startSystemdStyleDaemon(s, owned, configs: [conf], env: ["NOTIFY_SOCKET": notify.path])
             try await notify.waitFor(timeout: 15, "READY=1") { $0.text.contains("READY=1") }
@@ -137,11 +141,7 @@ struct SystemdTests {
 
     @Test("WATCHDOG_USEC=200000: WATCHDOG=1 several times a second from the event loop")
     func watchdogPings() async throws {
-        try await withSwarm { s in
-            let owned = OwnedProcesses()
-            defer { owned.killAll() }
-            let notify = try DatagramListener(path: s.dir + "/notify.sock")
-            defer { notify.stop() }
+        try await withNotifyListener { s, owned, notify in
             let conf = try s.write("idle.conf", Conf.app("idle", command: ["/bin/sleep", "600"]))
             let d = try await startSystemdStyleDaemon(s, owned, configs: [conf],
                                                       env: ["NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "200000"])
@@ -221,11 +221,7 @@ struct SystemdTests {
     func realSocketActivateTool() async throws {
         let tool = "/usr/bin/systemd-socket-activate"
         try #require(access(tool, X_OK) == 0, "\(tool) is missing (Debian package systemd)")
-        try await withSwarm { s in
-            let owned = OwnedProcesses()
-            defer { owned.killAll() }
-            let notify = try DatagramListener(path: s.dir + "/notify.sock")
-            defer { notify.stop() }
+        try await withNotifyListener { s, owned, notify in
             let port = try Ports.free()
             let conf = try s.write("web.conf", Conf.python("web", workers: 2, port: port))
             let unusedPath = s.dir + "/not-bound.sock"

@@ -72,8 +72,6 @@ int swarm_attach_reuseport_steering(int fd, unsigned n, int ipv6);
 int swarm_memfd_create(const char *name);
 int swarm_pipe_cloexec(int fds[2]);
 
-/// eBPF round-robin steering of a reuseport group (needs CAP_BPF).
-/// Returns the program fd, or -1 with errno (and the verifier's log in `log`).
 /* Established TCP connections on local port `port` among the socket inodes
    `inodes` (sorted ascending): one process's connections. -1 and errno on failure. */
 int swarm_count_established(uint16_t port, const uint32_t *inodes, int ninodes);
@@ -89,6 +87,8 @@ struct swarm_rr_state {
     int64_t quota;     /* ... and how many connections it still gets first */
 };
 
+/// eBPF round-robin steering of a reuseport group (needs CAP_BPF).
+/// Returns the program fd, or -1 with errno (and the verifier's log in `log`).
 int swarm_rr_create(unsigned max_slots, int *state_map, int *sock_map, char *log, unsigned log_size);
 int swarm_rr_attach(int prog, int sock);
 int swarm_rr_set_socket(int sock_map, unsigned index, int sock);
