@@ -246,6 +246,15 @@ final class Counter: @unchecked Sendable {
     }
 }
 
+/// A value shared with another thread.
+final class LockedValue<T>: @unchecked Sendable {
+    private var value: T
+    private let lock = NSLock()
+    init(_ value: T) { self.value = value }
+    func get() -> T { lock.withLock { value } }
+    func set(_ v: T) { lock.withLock { value = v } }
+}
+
 enum Ports {
     static let counter = Counter()
     private static let portCounter = Counter()
