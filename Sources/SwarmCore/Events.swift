@@ -54,7 +54,7 @@ public enum Command: Sendable {
     /// Stop and forget.
     case delete(AppSelector)
     /// Rolling replacement with the freshly read specs, one per app.
-    case reload([AppSpec])
+    case reload([ReloadRequest])
     /// Change the number of workers.
     case scale(String, Int)
     /// Add (positive) or remove (negative) workers: resolved against the app's worker count when it arrives.
@@ -139,10 +139,51 @@ public enum NoteLevel: String, Sendable {
     case debug, info, notice, warning, error
 }
 
+/// A running app's config, read again: what a reload rolls out.
+public struct ReloadRequest: Sendable {
+    /// The running app whose file was read.
+    public var app: String
+    /// What the file says now.
+    public var spec: AppSpec
+    public init(app: String, spec: AppSpec) {
+        self.app = app
+        self.spec = spec
+    }
+}
+
+/// Everything the shell needs to start one worker, worked out by the core.
+public struct SpawnRequest: Equatable, Sendable {
+    public var worker: WorkerID
+    public var app: String
+    public var slot: Int
+    public var generation: Int
+    public var spec: AppSpec
+    /// Start at this nice value (19: a reload's background start); nil: swarmd's own.
+    public var nice: Int32?
+    /// Pin to this CPU (`cpu_affinity`); nil: no pinning.
+    public var cpu: Int?
+
+    public init(worker: WorkerID, app: String, slot: Int, generation: Int, spec: AppSpec, nice: Int32? = nil, cpu: Int? = nil) {
+        self.worker = worker
+        self.app = app
+        self.slot = slot
+        self.generation = generation
+        self.spec = spec
+        self.nice = nice
+        self.cpu = cpu
+    }
+}
+
 /// What the core asks the shell to do.
 public enum Action: Equatable, Sendable {
-    /// Fork and exec one worker of `spec` into `slot`; answer with `.spawned` or `.spawnFailed`.
-    case spawn(WorkerID, AppSpec, slot: Int, generation: Int)
+    /// Fork and exec one worker as the request says; answer with `.spawned` or `.spawnFailed`.
+    case spawn(SpawnRequest)
+    /// New connections to the app's reuseport sockets go to these slots only.
+    case steer(app: String, slots: [Int])
+    /// The worker is gone for good: release what the shell holds for it.
+    case workerGone(WorkerID, pid: Int32?)
+    /// A worker started niced became ready: give its process group swarmd's own priority.
+    case restorePriority(pid: Int32)
     /// kill(pid) or, with `group`, kill(-pid): workers lead their own process group.
     case signal(pid: Int32, Signal, group: Bool)
     /// Check whether the worker waits on one of its listening sockets; answer with `.ready` if so.

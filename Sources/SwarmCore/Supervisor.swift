@@ -24,6 +24,12 @@ public struct Supervisor: Sendable {
     public var probeInterval: Duration = .milliseconds(20)
     /// How often a worker's memory is sampled when its app has a ceiling.
     public var memoryInterval: Duration = .milliseconds(500)
+    /// The CPUs `cpu_affinity` spreads slots over.
+    public var allowedCPUs: [Int] = []
+    /// Whether the shell can give a niced worker normal priority back.
+    public var canRaisePriority = false
+    var niced: Set<WorkerID> = []
+    var steered: [String: [Int]] = [:]
 
     public init() {}
 
@@ -43,6 +49,8 @@ public struct Supervisor: Sendable {
         case let .spawnFailed(id, reason):
             if let worker = workers[id] {
                 workers[id] = nil
+                niced.remove(id)
+                out.append(.workerGone(id, pid: nil))
                 lost(worker, status: .spawnFailed(reason), now: now)
             }
         case let .exited(pid, status):
@@ -67,6 +75,7 @@ public struct Supervisor: Sendable {
         }
         settleWaiters()
         finishShutdownIfDone()
+        emitSteering()
         let next = nextDeadline()
         if next != armed {
             armed = next
@@ -132,8 +141,8 @@ public struct Supervisor: Sendable {
             }
             waiters.append(Waiter(request: request, verb: "restarted", apps: names, kind: .settled(baselines)))
             out.append(.appsChanged)
-        case let .reload(specs):
-            reload(specs, request: request, now: now)
+        case let .reload(items):
+            reload(items.map(\.spec), request: request, now: now)
         case let .scale(name, count):
             scale(name, to: count, request: request, now: now)
         case let .scaleBy(name, delta):
@@ -443,7 +452,13 @@ public struct Supervisor: Sendable {
             apps[name]!.slots[k].generation = generation
         }
         apps[name]!.slots[k].restartAt = nil
-        out.append(.spawn(id, spec, slot: k, generation: generation))
+        var request = SpawnRequest(worker: id, app: name, slot: k, generation: generation, spec: spec,
+                                   cpu: spec.cpuAffinity?.cpu(forSlot: k, allowed: allowedCPUs))
+        if spec.reload.backgroundStart && canRaisePriority && apps[name]?.reload?.to == generation {
+            request.nice = 19
+            niced.insert(id)
+        }
+        out.append(.spawn(request))
     }
 
     mutating func spawned(_ id: WorkerID, pid: Int32, now: Instant) {
@@ -487,6 +502,7 @@ public struct Supervisor: Sendable {
         w.healthyAt = now + spec.restart.resetAfter
         if let wd = spec.ready.watchdog { w.watchdogDeadline = now + wd }
         workers[id] = w
+        if niced.remove(id) != nil, let pid = w.pid { out.append(.restorePriority(pid: pid)) }
         note(.info, "\(label(w)) ready after \((now - w.startedAt).humanReadable)")
         let name = w.app
         guard apps[name] != nil else { return }
@@ -535,6 +551,8 @@ public struct Supervisor: Sendable {
         }
         // Whatever the worker left in its process group goes with it.
         out.append(.signal(pid: pid, .kill, group: true))
+        niced.remove(id)
+        out.append(.workerGone(id, pid: pid))
         lost(w, status: status, now: now)
     }
 
@@ -618,6 +636,8 @@ public struct Supervisor: Sendable {
         guard let pid = w.pid else {
             // Never spawned: nothing to signal.
             workers[id] = nil
+            niced.remove(id)
+            out.append(.workerGone(id, pid: nil))
             if apps[name] != nil { apps[name]!.slots[k].retiring.removeAll { $0 == id } }
             return
         }
@@ -801,6 +821,69 @@ public struct Supervisor: Sendable {
         }
         return next
     }
+
+    /// Interim: recomputes every app's steering set and places the changes
+    /// before the batch's first signal.
+    mutating func emitSteering() {
+        var changes: [Action] = []
+        for name in appOrder {
+            guard let app = apps[name], app.specs.values.contains(where: { $0.sockets.contains { $0.effectiveBalance == .reuseport } }) else { continue }
+            var ready = app.slots.filter { slot in
+                !slot.removing && slot.current.flatMap { workers[$0] }?.phase == .ready
+            }.map(\.index)
+            if ready.isEmpty { ready = app.slots.filter { !$0.removing }.map(\.index) }
+            if steered[name] != ready {
+                steered[name] = ready
+                changes.append(.steer(app: name, slots: ready))
+            }
+        }
+        for name in steered.keys where apps[name] == nil { steered[name] = nil }
+        guard !changes.isEmpty else { return }
+        let at = out.firstIndex { if case .signal = $0 { return true }; return false } ?? out.count
+        out.insert(contentsOf: changes, at: at)
+    }
+
+    /// How an app is doing, for status and systemd's STATUS=.
+    public func health(of name: String) -> AppHealth? {
+        guard let app = apps[name] else { return nil }
+        let ready = app.slots.filter { $0.current.flatMap { workers[$0] }?.phase == .ready }.count
+        let state: AppHealth.State
+        if app.goal == .stopped { state = app.slots.contains { !$0.liveWorkers.isEmpty } ? .stopping : .stopped }
+        else if app.goal == .deleted { state = .deleting }
+        else if app.reload != nil { state = .reloading }
+        else if app.slots.contains(where: { $0.backoff.inCrashLoop }) { state = .crashLoop }
+        else if ready < app.targetCount { state = .degraded }
+        else { state = .running }
+        return AppHealth(state: state, ready: ready, wanted: app.targetCount)
+    }
+
+    public func displayState(of w: Worker, in slot: Slot) -> String {
+        if slot.backoff.inCrashLoop && w.id == slot.current && w.phase != .ready { return "crash-loop" }
+        return w.phase.rawValue
+    }
+
+    public func displayState(ofEmpty slot: Slot, in app: App) -> String {
+        if app.goal != .running { return "stopped" }
+        if slot.removing { return "removed" }
+        if slot.restartAt != nil { return slot.backoff.inCrashLoop ? "crash-loop" : "backoff" }
+        return "stopped"
+    }
+
+    public func startProblems(_ specs: [AppSpec], replace: Bool) -> [String] {
+        var errors: [String] = []
+        var seen = Set<String>()
+        for s in specs where !seen.insert(s.name).inserted { errors.append("two config files define an app named '\(s.name)'") }
+        if !replace {
+            for spec in specs {
+                if let app = apps[spec.name], app.goal != .deleted {
+                    errors.append("\(spec.sourcePath): \(CommandError.appExists(spec.name).description)")
+                }
+            }
+        }
+        return errors
+    }
+
+    public func invariantViolations() -> [String] { [] }
 
     // MARK: - Bookkeeping
 

@@ -95,3 +95,18 @@ extension Supervisor {
         }
     }
 }
+
+/// How an app is doing.
+public struct AppHealth: Equatable, Sendable {
+    public enum State: String, Sendable {
+        case running, degraded, crashLoop = "crash-loop", reloading, stopping, stopped, deleting
+    }
+    public var state: State
+    public var ready: Int
+    public var wanted: Int
+    public init(state: State, ready: Int, wanted: Int) {
+        self.state = state
+        self.ready = ready
+        self.wanted = wanted
+    }
+}

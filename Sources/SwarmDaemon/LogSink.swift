@@ -31,6 +31,13 @@ final class LogSink {
 
     deinit { if fd >= 0 { Posix.close(fd) } }
 
+    /// The tail a previous swarmd had (daemon-reexec), before any new line.
+    func restoreTail(_ lines: [LogLine]) {
+        tail = Array(lines.suffix(LogSink.tailLines))
+        tailBytes = tail.reduce(0) { $0 + $1.text.utf8.count + 64 }
+        while tailBytes > LogSink.tailByteLimit, !tail.isEmpty { tailBytes -= tail.removeFirst().text.utf8.count + 64 }
+    }
+
     func append(_ line: LogLine, priority: Int?) {
         tail.append(line)
         tailBytes += line.text.utf8.count + 64

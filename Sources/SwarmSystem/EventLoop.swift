@@ -21,6 +21,19 @@ public final class EventLoop {
         sd_event_unref(event)
     }
 
+    /// sd-event dispatches one source per iteration, the most urgent pending
+    /// one first, and among equals the one pending longest. Every source of
+    /// swarmd's shares one priority, so each kind (signals, child exits,
+    /// timers, control clients, worker output) gets its turn within one round
+    /// of whatever else is pending: each handler does a bounded amount of work
+    /// and re-arms itself (a deferred source) if more is left. A higher
+    /// priority for signals would let a storm of SIGCHLD starve everything else.
+    public enum Priority {
+        public static let signals: Int64 = 0
+        public static let normal: Int64 = 0
+        public static let output: Int64 = 0
+    }
+
     /// A registered callback; `cancel()` removes it.
     public final class Source {
         var source: OpaquePointer?
@@ -34,6 +47,11 @@ public final class EventLoop {
                 sd_event_source_unref(s)
                 Unmanaged.passUnretained(handler).release()
             }
+        }
+
+        /// A deferred source runs once more, on a later iteration.
+        public func trigger() {
+            if let s = source { _ = sd_event_source_set_enabled(s, Int32(SD_EVENT_ONESHOT)) }
         }
 
         /// Stop (or resume) dispatching without removing.
@@ -106,12 +124,29 @@ public final class EventLoop {
 
     /// The signal must already be blocked.
     public func addSignal(_ sig: Int32, _ handler: @escaping (Int32) -> Void) throws -> Source {
-        try register(Handler(signal: handler), "sd_event_add_signal", subject: "signal \(sig)") { s, user in
+        let src = try register(Handler(signal: handler), "sd_event_add_signal", subject: "signal \(sig)") { s, user in
             sd_event_add_signal(event, &s, sig, { _, info, user in
                 EventLoop.handler(user).signal?(Int32(bitPattern: info!.pointee.ssi_signo))
                 return 0
             }, user)
         }
+        src.setPriority(Priority.signals)
+        return src
+    }
+
+    /// A source that runs `handler` once per `trigger()`, on a later loop
+    /// iteration: how a handler that stopped at its budget continues after the
+    /// other pending sources had their turn.
+    public func addDeferred(priority: Int64 = Priority.normal, _ handler: @escaping () -> Void) throws -> Source {
+        let src = try register(Handler(defer_: handler), "sd_event_add_defer") { s, user in
+            sd_event_add_defer(event, &s, { _, user in
+                EventLoop.handler(user).defer_?()
+                return 0
+            }, user)
+        }
+        src.setEnabled(false)
+        if priority != 0 { src.setPriority(priority) }
+        return src
     }
 
     /// Runs `handler` after every dispatch, before the loop sleeps.
@@ -168,6 +203,15 @@ public final class EventLoop {
         let r = sd_event_loop(event)
         guard r >= 0 else { throw SystemError("sd_event_loop", errno: -r) }
         return r
+    }
+
+    /// One iteration: waits at most `timeout` ns for something to dispatch.
+    /// Returns false once the loop has exited. (For tests that drive the loop.)
+    @discardableResult
+    public func runOnce(timeout: Int64) throws -> Bool {
+        let r = sd_event_run(event, UInt64(max(0, timeout / 1000)))
+        guard r >= 0 else { throw SystemError("sd_event_run", errno: -r) }
+        return sd_event_get_state(event) != Int32(SD_EVENT_FINISHED)
     }
 
     public func exit(code: Int32) {

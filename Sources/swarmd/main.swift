@@ -49,7 +49,7 @@ struct Swarmd: ParsableCommand {
             appsDir: appsDir, configFiles: configs, logTarget: logTarget,
             journalSocket: journalSocket, socketGroup: socketGroup)
         do {
-            let code = try Daemon(options: options).run()
+            let code = try Manager(options: options).run()
             throw ExitCode(code)
         } catch let error as ExitCode {
             throw error

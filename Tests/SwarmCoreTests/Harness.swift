@@ -127,7 +127,8 @@ final class FakeShell {
     private func perform(_ out: [Action], queue: inout [Event]) {
         for action in out {
             switch action {
-            case let .spawn(id, spec, slot, generation):
+            case let .spawn(r):
+                let (id, spec, slot, generation) = (r.worker, r.spec, r.slot, r.generation)
                 spawns.append((id, spec.name, slot, generation, now))
                 if failingSpawns > 0 {
                     failingSpawns -= 1
@@ -163,6 +164,8 @@ final class FakeShell {
                 appsChanged += 1
             case let .note(level, text):
                 notes.append((level, text))
+            case .steer, .workerGone, .restorePriority:
+                break
             case .exit:
                 exits += 1
             }
@@ -335,3 +338,6 @@ final class FakeShell {
         }
     }
 }
+
+/// Interim: reload requests for specs of running apps of the same name.
+func reloads(_ specs: [AppSpec]) -> [ReloadRequest] { specs.map { ReloadRequest(app: $0.name, spec: $0) } }

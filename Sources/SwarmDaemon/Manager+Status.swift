@@ -3,9 +3,9 @@ import SwarmCore
 import SwarmProtocol
 import SwarmSystem
 
-extension Daemon {
+extension Manager {
     func statusReport(only name: String?) throws -> StatusReport {
-        let nowNS = Posix.monotonicNanoseconds()
+        let nowNS = kernel.now()
         let now = Instant(nanoseconds: nowNS)
         var names = supervisor.appOrder
         if let name, name != "all" {
@@ -20,25 +20,20 @@ extension Daemon {
             for slot in app.slots {
                 var ids = [slot.current, slot.incoming].compactMap { $0 } + slot.retiring
                 if ids.isEmpty {
-                    let state: String
-                    if app.goal != .running { state = "stopped" }
-                    else if slot.removing { state = "removed" }
-                    else if slot.restartAt != nil { state = slot.backoff.inCrashLoop ? "crash-loop" : "backoff" }
-                    else { state = "stopped" }
-                    workers.append(WorkerStatus(slot: slot.index, pid: nil, state: state, generation: slot.generation,
-                                                restarts: slot.restarts, uptimeS: 0, lastExit: slot.lastExit?.description))
+                    workers.append(WorkerStatus(slot: slot.index, pid: nil, state: supervisor.displayState(ofEmpty: slot, in: app),
+                                                generation: slot.generation, restarts: slot.restarts, uptimeS: 0,
+                                                lastExit: slot.lastExit?.description))
                     continue
                 }
                 ids.sort()
                 for id in ids {
                     guard let w = supervisor.workers[id] else { continue }
-                    var state = w.phase.rawValue
-                    if slot.backoff.inCrashLoop && id == slot.current && w.phase != .ready { state = "crash-loop" }
+                    let state = supervisor.displayState(of: w, in: slot)
                     var cpu: Double?
                     var rss: Int64?
                     var cpuSeconds: Double?
                     if let pid = w.pid {
-                        let usage = ProcFS.usage(pid: pid)
+                        let usage = kernel.usage(pid: pid)
                         rss = usage?.rss
                         if let ticks = usage?.cpuTicks {
                             cpuSeconds = Double(ticks) / Double(ProcFS.clockTicks)
@@ -57,37 +52,27 @@ extension Daemon {
                         uptimeS: ((now - w.startedAt).seconds * 1000).rounded() / 1000,
                         cpuPercent: cpu.map { ($0 * 10).rounded() / 10 }, rssBytes: rss, cpuSeconds: cpuSeconds,
                         statusText: w.status, lastExit: slot.lastExit?.description,
-                        cpuPinned: w.pid == nil ? nil : supervisor.spec(of: w).flatMap { pinnedCPU($0, slot: w.slot) }))
+                        cpuPinned: w.pid == nil ? nil : supervisor.spec(of: w)?.cpuAffinity?.cpu(forSlot: w.slot, allowed: allowedCPUs)))
                 }
             }
             let total = cpuTotals.values.reduce(0, +)
             if total > 0 {
                 for (i, secs) in cpuTotals { workers[i].cpuShare = ((secs / total) * 1000).rounded() / 1000 }
             }
-            let ready = app.slots.filter { $0.current.flatMap { supervisor.workers[$0] }?.phase == .ready }.count
-            let state: String
-            if app.goal == .stopped { state = app.slots.contains { !$0.liveWorkers.isEmpty } ? "stopping" : "stopped" }
-            else if app.goal == .deleted { state = "deleting" }
-            else if app.reload != nil { state = "reloading" }
-            else if app.slots.contains(where: { $0.backoff.inCrashLoop }) { state = "crash-loop" }
-            else if ready < app.targetCount { state = "degraded" }
-            else { state = "running" }
+            guard let health = supervisor.health(of: n) else { continue }
             let sockets = app.spec.sockets.map { s in
                 SocketStatus(name: s.name, listen: s.listen.description,
-                             balance: (appSockets[n]?.entries.first { $0.spec.name == s.name }?.reuseport ?? false) ? "reuseport" : "shared")
+                             balance: (self.sockets[n]?.entries.first { $0.spec.name == s.name }?.reuseport ?? false) ? "reuseport" : "shared")
             }
             apps.append(AppStatus(
-                name: n, state: state, config: app.spec.sourcePath, generation: app.generation, workersWanted: app.targetCount,
-                workersReady: ready,
+                name: n, state: health.state.rawValue, config: app.spec.sourcePath, generation: app.generation,
+                workersWanted: health.wanted, workersReady: health.ready,
                 lastReload: app.lastReload.map { ReloadStatus(ok: $0.succeeded, message: $0.message, ageS: ((now - $0.at).seconds * 10).rounded() / 10) },
                 sockets: sockets, workers: workers))
-            if let b = outputBudgets[n], b.throttledNS > 0 || b.pausedAt != nil {
-                let open = b.pausedAt.map { nowNS - $0 } ?? 0
-                apps[apps.count - 1].logThrottledS = (Double(b.throttledNS + open) / 1e8).rounded() / 10
-            }
+            apps[apps.count - 1].logThrottledS = output.throttledSeconds(n)
         }
         let daemon = DaemonStatus(pid: getpid(), version: swarmVersion, uptimeS: (Double(nowNS - startedAt) / 1e8).rounded() / 10,
-                                  rssBytes: ProcFS.rss(pid: getpid()) ?? 0, socket: options.socketPath, stateDir: options.stateDir)
+                                  rssBytes: kernel.rss(pid: getpid()) ?? 0, socket: options.socketPath, stateDir: options.stateDir)
         return StatusReport(daemon: daemon, apps: apps)
     }
 }

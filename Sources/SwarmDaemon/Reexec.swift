@@ -16,6 +16,8 @@ struct Handover: Codable {
         var adopted: Bool
         /// eBPF program, state map, socket map.
         var roundRobin: [Int32]?
+        /// The round-robin array as written: index → slot.
+        var steeredSlots: [Int]?
     }
 
     struct OutputState: Codable {
@@ -34,7 +36,10 @@ struct Handover: Codable {
         var fd: Int32
     }
 
-    var version = 1
+    /// The layout this binary writes and reads. A newer layout than a binary
+    /// knows is refused (it would misread the fds); older ones read with defaults.
+    static let currentVersion = 2
+    var version = Handover.currentVersion
     var supervisor: Supervisor.Snapshot
     var startedAt: Int64
     var notifyPath: String
@@ -46,7 +51,8 @@ struct Handover: Codable {
     var readyPipes: [ReadyState]
     var systemdFDs: [String: Int32]
     var sentReady: Bool
-    var reuseportCounts: [String: Int]
+    /// The in-memory log tail of each app (`logs -n`, reload errors).
+    var logTails: [String: [LogLine]]?
 
     static let variable = "SWARM_REEXEC_FD"
 
@@ -74,33 +80,38 @@ struct Handover: Codable {
             bytes += chunk[0..<n]
         }
         let handover = try JSONDecoder().decode(Handover.self, from: Data(bytes))
+        guard handover.version <= currentVersion else {
+            throw DaemonError.control("the swarmd that re-executed this one wrote hand-over version \(handover.version); this binary reads up to \(currentVersion)")
+        }
         for fd in handover.allFDs { try? Posix.setCloseOnExec(fd) }
         return handover
     }
 }
 
-extension Daemon {
+extension Manager {
     /// Replaces this process's binary with `executablePath`, keeping the pid,
     /// every worker, listening socket and pipe. Returns why it could not, or
     /// never returns.
-    func reexec(reply: (Connection, UInt64)?) -> String? {
+    func reexec(reply: (ControlClient, UInt64)?) -> String? {
         guard let snapshot = supervisor.snapshot() else { return supervisor.busyReason ?? "busy" }
-        var sockets: [String: [Handover.SocketState]] = [:]
-        for (name, s) in appSockets {
-            sockets[name] = s.entries.map { e in
+        var socketStates: [String: [Handover.SocketState]] = [:]
+        for (name, s) in sockets.apps {
+            socketStates[name] = s.entries.map { e in
                 Handover.SocketState(name: e.spec.name, shared: e.shared, perSlot: e.perSlot, adopted: e.adopted,
-                                     roundRobin: e.roundRobin.map { [$0.program, $0.stateMap, $0.socketMap] })
+                                     roundRobin: e.roundRobin?.handoverFDs, steeredSlots: e.steeredSlots)
             }
         }
-        let outputs = outputPipes.values.map { Handover.OutputState(fd: $0.fd, app: $0.app, slot: $0.slot, pid: $0.pid, stream: $0.stream) }
-        let ready = workerIO.values.filter { $0.readyPipe >= 0 }.map {
-            Handover.ReadyState(worker: $0.id.raw, app: $0.app, slot: $0.slot, pid: $0.pid, fd: $0.readyPipe)
+        let outputs = output.pipesForHandover.map { Handover.OutputState(fd: $0.fd, app: $0.app, slot: $0.slot, pid: $0.pid, stream: $0.stream) }
+        let ready = output.readyPipes.values.map {
+            Handover.ReadyState(worker: $0.worker.raw, app: $0.app, slot: $0.slot, pid: $0.pid, fd: $0.fd)
         }
         var named: [String: Int32] = [:]
-        for (n, fd) in systemdFDs { named[n] = fd }
-        let handover = Handover(supervisor: snapshot, startedAt: startedAt, notifyPath: notifyPath, notifyFD: notifyFD,
-                                controlFD: controlFD, controlFromSystemd: controlFromSystemd, sockets: sockets, outputs: outputs,
-                                readyPipes: ready, systemdFDs: named, sentReady: sentReady, reuseportCounts: reuseportCounts)
+        for (n, fd) in sockets.passedBySystemd { named[n] = fd }
+        var tails: [String: [LogLine]] = [:]
+        for (app, sink) in output.sinks { tails[app] = sink.tail }
+        let handover = Handover(supervisor: snapshot, startedAt: startedAt, notifyPath: output.notifyPath, notifyFD: output.notifyFD,
+                                controlFD: controlFD, controlFromSystemd: controlFromSystemd, sockets: socketStates, outputs: outputs,
+                                readyPipes: ready, systemdFDs: named, sentReady: systemd.sentReady, logTails: tails)
         let memfd = swarm_memfd_create("swarmd-handover")
         guard memfd >= 0 else { return "memfd_create: \(String(cString: strerror(errno)))" }
         do {
@@ -114,10 +125,10 @@ extension Daemon {
             return "\(executablePath) is not executable"
         }
         flushState()
-        if let (conn, id) = reply {
+        if let (client, id) = reply {
             // Answer now: the connection does not survive the exec.
             let bytes = Codec.encode(Response.success(id, "swarmd pid \(getpid()) re-executing \(executablePath)"))
-            _ = bytes.withUnsafeBytes { Glibc.write(conn.fd, $0.baseAddress, $0.count) }
+            _ = bytes.withUnsafeBytes { Glibc.write(client.fd, $0.baseAddress, $0.count) }
         }
         log.notice("re-executing \(executablePath) as pid \(getpid()) with \(supervisor.workers.count) workers")
         let fds = handover.allFDs + [memfd]
@@ -138,42 +149,40 @@ extension Daemon {
     /// Takes over from the swarmd that re-executed into this one.
     func resume(from h: Handover) throws {
         supervisor = Supervisor(restoring: h.supervisor)
+        supervisor.allowedCPUs = allowedCPUs
+        supervisor.canRaisePriority = Spawner.canRaisePriority
+        for (id, w) in supervisor.workers { if let pid = w.pid { workers[id] = pid } }
         startedAt = h.startedAt
-        notifyPath = h.notifyPath
-        sentReady = h.sentReady
+        output.adoptNotifyPath(h.notifyPath)
         controlFromSystemd = h.controlFromSystemd
-        reuseportCounts = h.reuseportCounts
-        systemdFDs = h.systemdFDs.map { ($0.key, $0.value) }
-        try setUpSignals()
-        try setUpControlSocket(adopting: h.controlFD)
-        notifyFD = h.notifyFD
-        notifySource = try loop.addReader(notifyFD, priority: -5) { [weak self] _ in self?.onNotify() }
-        housekeeping = try loop.addPost { [weak self] in self?.afterDispatch() }
-        for (name, entries) in h.sockets {
+        sockets.passedBySystemd = h.systemdFDs.map { ($0.key, $0.value) }
+        try setUpLoop(controlSocket: h.controlFD, notifySocket: h.notifyFD)
+        for (name, states) in h.sockets {
             guard let app = supervisor.apps[name] else { continue }
-            appSockets[name] = AppSockets(restoring: entries.compactMap { e in
-                guard let spec = app.spec.sockets.first(where: { $0.name == e.name }) else { return nil }
-                let rr = e.roundRobin.flatMap { fds in fds.count == 3 ? RoundRobinSteering(adopting: fds[0], stateMap: fds[1], socketMap: fds[2]) : nil }
-                return (spec, e.shared, e.perSlot, e.adopted, rr)
-            })
-        }
-        for o in h.outputs { watchOutput(fd: o.fd, app: o.app, slot: o.slot, pid: o.pid, stream: o.stream) }
-        for r in h.readyPipes {
-            let io = WorkerIO(id: WorkerID(r.worker), app: r.app, slot: r.slot)
-            io.pid = r.pid
-            io.readyPipe = r.fd
-            workerIO[io.id] = io
-            io.readySource = try? loop.addReader(r.fd) { [weak self, weak io] _ in
-                guard let self, let io else { return }
-                self.onReadyPipe(io)
+            let entries: [AppSockets.Entry] = states.compactMap { s in
+                guard let spec = app.spec.sockets.first(where: { $0.name == s.name }) else { return nil }
+                let e = AppSockets.Entry(spec: spec, shared: s.shared, adopted: s.adopted)
+                e.perSlot = s.perSlot
+                if let fds = s.roundRobin, fds.count == 3 {
+                    e.roundRobin = RoundRobinSteering(adopting: fds[0], stateMap: fds[1], socketMap: fds[2])
+                    e.steeredSlots = s.steeredSlots ?? []
+                    for (i, slot) in e.steeredSlots.enumerated() { e.steeredIndex[slot] = i }
+                }
+                return e
             }
+            sockets.install(AppSockets(restoring: entries), for: name)
+        }
+        for (app, lines) in h.logTails ?? [:] { output.sink(for: app).restoreTail(lines) }
+        for o in h.outputs { output.watch(fd: o.fd, app: o.app, slot: o.slot, pid: o.pid, stream: o.stream) }
+        for r in h.readyPipes {
+            output.watchReadyPipe(ReadyPipe(worker: WorkerID(r.worker), app: r.app, slot: r.slot, pid: r.pid, fd: r.fd))
         }
         log.notice("swarmd \(swarmVersion) re-executed as pid \(getpid()): \(supervisor.appOrder.count) apps, \(supervisor.workers.count) workers kept")
         // Children that exited during the exec: their SIGCHLD is still pending, but reap now anyway.
-        onSignal(SIGCHLD)
+        reapChildren()
         feed(.tick)
         // The status text is not handed over: compute it before READY=1, or systemd is told "STATUS=".
         updateSystemdStatus()
-        Systemd.notify("READY=1\nSTATUS=\(lastSystemdStatus)")
+        systemd.readyAgain()
     }
 }

@@ -1,0 +1,279 @@
+import Foundation
+import Glibc
+import SwarmConfig
+import SwarmCore
+import SwarmProtocol
+import SwarmSystem
+
+extension Manager: ControlHandler {
+    func setUpControlSocket(adopting adopted: Int32? = nil) throws {
+        if let adopted {
+            controlFD = adopted
+        } else if let i = sockets.passedBySystemd.firstIndex(where: { $0.name == "control" }) {
+            controlFD = sockets.passedBySystemd.remove(at: i).fd
+            controlFromSystemd = true
+            try Posix.setNonBlocking(controlFD)
+            log.info("using the control socket passed by systemd (fd \(controlFD))")
+        } else {
+            let dir = (options.socketPath as NSString).deletingLastPathComponent
+            try Posix.mkdirs(dir, mode: 0o755)
+            var mode: mode_t = 0o600
+            if options.socketGroup != nil { mode = 0o660 }
+            controlFD = try Sockets.listenUnix(path: options.socketPath, backlog: 256, mode: mode)
+            if let group = options.socketGroup {
+                guard let gid = Users.lookupGroup(group) else { throw DaemonError.control("--socket-group: no group named '\(group)'") }
+                if chown(options.socketPath, getuid(), gid) < 0 { throw SystemError("chown", errno: errno, subject: options.socketPath) }
+            }
+            try Posix.setNonBlocking(controlFD)
+        }
+        try control.listen(on: controlFD)
+    }
+
+    func handle(_ request: Request, from client: ControlClient) {
+        let id = request.id
+        switch request.verb {
+        case .ping:
+            control.send(client, .success(id, "pong"))
+        case .version:
+            var r = Response.success(id, "swarmd \(swarmVersion), protocol \(ControlProtocol.version)")
+            r.version = swarmVersion
+            control.send(client, r)
+        case .status:
+            var r = Response.success(id)
+            do { r.status = try statusReport(only: request.name) } catch {
+                return control.send(client, .failure(id, "\(error)"))
+            }
+            control.send(client, r)
+        case .start:
+            startFiles(request, client)
+        case .stop, .restart, .delete:
+            guard let selector = selector(request, client) else { return }
+            if case let .app(name) = selector, supervisor.apps[name] == nil {
+                return control.send(client, .failure(id, CommandError.unknownApp(name).description))
+            }
+            if request.verb == .stop, case let .app(name) = selector, supervisor.apps[name]?.goal == .stopped {
+                return control.send(client, .success(id, "\(name): already stopped"))
+            }
+            let command: Command = request.verb == .stop ? .stop(selector) : request.verb == .restart ? .restart(selector) : .delete(selector)
+            submit([command], for: request, client)
+        case .reload:
+            guard let selector = selector(request, client) else { return }
+            reload(selector, request, client)
+        case .scale:
+            switch (request.name, request.count, request.delta) {
+            case let (name?, count?, nil): submit([.scale(name, count)], for: request, client)
+            case let (name?, nil, delta?): submit([.scaleBy(name, delta)], for: request, client)
+            default: control.send(client, .failure(id, "scale needs 'name' and exactly one of 'count' and 'delta'"))
+            }
+        case .logs:
+            logs(request, client)
+        case .shutdown:
+            submit([.shutdown], for: request, client)
+        case .daemonReexec:
+            if let why = reexec(reply: (client, id)) { control.send(client, .failure(id, "cannot re-execute now: \(why)")) }
+        }
+    }
+
+    func clientClosed(_ client: ControlClient) {
+        let key = ObjectIdentifier(client)
+        for name in client.following { output.sinks[name]?.followers[key] = nil }
+        client.following = []
+    }
+
+    func selector(_ request: Request, _ client: ControlClient) -> AppSelector? {
+        guard let name = request.name, !name.isEmpty else {
+            control.send(client, .failure(request.id, "\(request.verb.rawValue) needs an app name or 'all'"))
+            return nil
+        }
+        return name == "all" ? .all : .app(name)
+    }
+
+    func startFiles(_ request: Request, _ client: ControlClient) {
+        let id = request.id
+        guard let files = request.files, !files.isEmpty else {
+            return control.send(client, .failure(id, "start needs at least one config file"))
+        }
+        guard files.count <= 256 else { return control.send(client, .failure(id, "at most 256 files at once")) }
+        var specs: [AppSpec] = []
+        var errors: [String] = []
+        var resumes: [String] = []
+        for file in files {
+            // A bare app name: start a stopped app again.
+            if !file.contains("/"), !file.hasSuffix(".conf"), let app = supervisor.apps[file] {
+                if app.goal == .running { errors.append("\(file): already running") } else { resumes.append(file) }
+                continue
+            }
+            do { specs.append(try AppConfig.load(path: file, environment: configEnvironment)) } catch { errors.append(error.description) }
+        }
+        let replace = request.replace ?? false
+        errors += supervisor.startProblems(specs, replace: replace)
+        guard errors.isEmpty else { return control.send(client, .failure(id, errors.joined(separator: "\n"))) }
+        // Bind everything before starting anything: one failure starts nothing.
+        var bound: [(AppSpec, AppSockets)] = []
+        for spec in specs {
+            switch sockets.bind(spec, replacing: replace) {
+            case let .success(s): bound.append((spec, s))
+            case let .failure(error):
+                for (_, s) in bound { s.close() }
+                return control.send(client, .failure(id, "\(spec.sourcePath): cannot listen: \(error)"))
+            }
+        }
+        var commands: [Command] = resumes.map { .resume(.app($0)) }
+        for (spec, s) in bound {
+            sockets.install(s, for: spec.name)
+            commands.append(.start(spec, replace: replace))
+        }
+        submit(commands, for: request, client)
+    }
+
+    /// Re-reads each app's config file; the core checks what was read.
+    func reloadRequests(_ names: [String]) -> (requests: [ReloadRequest], errors: [(app: String, error: String)]) {
+        var requests: [ReloadRequest] = []
+        var errors: [(app: String, error: String)] = []
+        for name in names {
+            guard let app = supervisor.apps[name] else { continue }
+            do {
+                requests.append(ReloadRequest(app: name, spec: try AppConfig.load(path: app.spec.sourcePath, environment: configEnvironment)))
+            } catch {
+                errors.append((name, error.description))
+            }
+        }
+        return (requests, errors)
+    }
+
+    func reload(_ selector: AppSelector, _ request: Request, _ client: ControlClient) {
+        let names: [String]
+        switch selector {
+        case .all: names = supervisor.appOrder
+        case let .app(name):
+            guard supervisor.apps[name] != nil else { return control.send(client, .failure(request.id, CommandError.unknownApp(name).description)) }
+            names = [name]
+        }
+        guard !names.isEmpty else { return control.send(client, .success(request.id, "no apps to reload")) }
+        let (requests, errors) = reloadRequests(names)
+        guard errors.isEmpty else {
+            return control.send(client, .failure(request.id, errors.map { "\($0.error) (the running config stays in force)" }.joined(separator: "\n")))
+        }
+        submit([.reload(requests)], for: request, client)
+    }
+
+    /// SIGHUP: re-read every config and roll every app, telling systemd. Each
+    /// app is its own reload: one app's broken file does not hold back the others.
+    func reloadAll() {
+        systemd.reloading()
+        let (requests, errors) = reloadRequests(supervisor.appOrder)
+        for e in errors { log.error("Failed to reload \(e.app): \(e.error); keeping its running config") }
+        guard !requests.isEmpty else {
+            // Nothing to roll: still finish the handshake, or systemd
+            // (Type=notify-reload) waits for READY=1 until its timeout.
+            if systemd.sentReady { systemd.reloaded() }
+            return
+        }
+        let signal = Requester(.signal)
+        let ids = requests.map { _ in newRequest(signal) }
+        for (id, r) in zip(ids, requests) { feed(.command(id, .reload([r]))) }
+    }
+
+    func logs(_ request: Request, _ client: ControlClient) {
+        let id = request.id
+        guard let name = request.name else { return control.send(client, .failure(id, "logs needs an app name or 'all'")) }
+        let names = name == "all" ? supervisor.appOrder : [name]
+        if name != "all" && supervisor.apps[name] == nil && output.sinks[name] == nil {
+            return control.send(client, .failure(id, CommandError.unknownApp(name).description))
+        }
+        let count = max(0, min(request.lines ?? 50, LogSink.tailLines))
+        var lines: [LogLine] = []
+        for n in names { lines += output.sink(for: n).tail.suffix(count) }
+        lines.sort { $0.time < $1.time }
+        lines = Array(lines.suffix(count))
+        var r = Response(id: id, kind: .log)
+        r.log = lines
+        control.send(client, r)
+        guard request.follow == true else { return control.send(client, .success(id)) }
+        let key = ObjectIdentifier(client)
+        for n in names {
+            client.following.insert(n)
+            output.sink(for: n).followers[key] = { [weak self, weak client] line in
+                guard let self, let client, !client.closed else { return }
+                if client.queuedBytes > ControlServer.readPause {
+                    client.droppedLogLines += 1
+                    return
+                }
+                var r = Response(id: id, kind: .log)
+                r.log = [line]
+                if client.droppedLogLines > 0 {
+                    r.message = "\(client.droppedLogLines) lines dropped: this client reads too slowly"
+                    client.droppedLogLines = 0
+                }
+                self.control.send(client, r)
+            }
+        }
+    }
+
+    // MARK: - Core requests and their answers
+
+    func newRequest(_ requester: Requester?) -> RequestID {
+        let id = RequestID(nextRequest)
+        nextRequest += 1
+        if let requester {
+            requester.remaining.insert(id)
+            requesters[id] = requester
+        }
+        return id
+    }
+
+    func submit(_ commands: [Command], for request: Request, _ client: ControlClient) {
+        let requester = Requester(.client(client, id: request.id))
+        client.outstanding += 1
+        let ids = commands.map { _ in newRequest(requester) }
+        for (id, command) in zip(ids, commands) { feed(.command(id, command)) }
+    }
+
+    /// The core answered one request; once a requester has every answer, it is told.
+    func answer(_ id: RequestID, _ result: Result<String, CommandError>) {
+        guard let requester = requesters.removeValue(forKey: id) else { return }
+        requester.remaining.remove(id)
+        switch result {
+        case let .success(msg): requester.messages.append(msg)
+        case let .failure(err):
+            requester.errors.append(err.description)
+            if case let .reloadFailed(app, _, slot, pid) = err, let slot {
+                requester.details += failedWorkerLog(app: app, slot: slot, pid: pid)
+            }
+        }
+        guard requester.remaining.isEmpty else { return }
+        switch requester.kind {
+        case let .client(client, clientID):
+            client.outstanding -= 1
+            if requester.errors.isEmpty {
+                control.send(client, .success(clientID, requester.messages.joined(separator: "\n")))
+            } else {
+                var r = Response.failure(clientID, requester.errors.joined(separator: "\n"), details: requester.details.isEmpty ? nil : requester.details)
+                if !requester.messages.isEmpty { r.message = requester.messages.joined(separator: "\n") }
+                control.send(client, r)
+            }
+        case .signal:
+            for m in requester.messages { log.notice("\(m)") }
+            for e in requester.errors { log.error("\(e)") }
+            updateSystemdStatus()
+            systemd.reloaded()
+        case .startup:
+            for e in requester.errors { log.error("\(e)") }
+            finishStartup()
+        }
+    }
+
+    func failedWorkerLog(app: String, slot: Int, pid: Int32?) -> [String] {
+        guard let sink = output.sinks[app] else { return [] }
+        let lines = sink.tail.filter { $0.slot == slot && (pid == nil || $0.pid == pid!) }.suffix(10)
+        return lines.map(\.formatted)
+    }
+
+    func progress(_ id: RequestID, _ event: ReloadEvent) {
+        guard let requester = requesters[id], case let .client(client, clientID) = requester.kind else { return }
+        var r = Response(id: clientID, kind: .event)
+        r.event = ProgressEvent(app: event.app, kind: event.kind.rawValue, slot: event.slot, pid: event.pid,
+                                generation: event.generation, message: event.message)
+        control.send(client, r)
+    }
+}

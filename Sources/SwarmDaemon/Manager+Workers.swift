@@ -1,0 +1,107 @@
+import Foundation
+import Glibc
+import SwarmCore
+import SwarmSystem
+
+extension Manager {
+    /// Performs `.spawn`: the core decided everything (slot, generation,
+    /// priority, CPU); the shell adds the fds and the host's facts.
+    func spawn(_ r: SpawnRequest) {
+        lastBusyAt = kernel.now()
+        do {
+            let pid = try startProcess(r)
+            workers[r.worker] = pid
+            events.append(.spawned(r.worker, pid: pid))
+        } catch {
+            let reason: String
+            if let e = error as? SpawnError, e.errno == EAGAIN {
+                reason = "\(e) — the process limit is reached"
+            } else {
+                reason = "\(error)"
+            }
+            events.append(.spawnFailed(r.worker, reason: reason))
+        }
+    }
+
+    func startProcess(_ r: SpawnRequest) throws -> pid_t {
+        let spec = r.spec
+        let app = sockets[spec.name]
+        let entries = app?.entries ?? []
+        let listenFDs = try app?.bindSlot(r.slot) ?? []
+        let passed = entries.map { WorkerLaunch.PassedSocket(name: $0.spec.name, port: $0.port) }
+        var fds = listenFDs
+        var ready: (read: Int32, write: Int32)?
+        if spec.ready.mode == .fd {
+            let p = try Posix.pipe()
+            ready = p
+            fds.append(p.write)
+        }
+        defer { if let ready { Posix.close(ready.write) } }
+        var opened: [Int32] = []
+        defer { for fd in opened { Posix.close(fd) } }
+        let out = try Posix.pipe()
+        opened += [out.write]
+        let err: (read: Int32, write: Int32)
+        do { err = try Posix.pipe() } catch {
+            Posix.close(out.read)
+            throw error
+        }
+        opened += [err.write]
+
+        let home = spec.user.flatMap { user in getpwnam(user).map { String(cString: $0.pointee.pw_dir) } }
+        let host = WorkerLaunch.Host(environment: ProcessInfo.processInfo.environment, notifySocket: output.notifyPath, home: home)
+        var plan = SpawnPlan(
+            executable: spec.executable,
+            argv: WorkerLaunch.argv(spec, sockets: passed),
+            environment: WorkerLaunch.environment(r, sockets: passed, host: host,
+                                                  readyFD: ready != nil ? Int32(3 + listenFDs.count) : nil),
+            setListenPID: !listenFDs.isEmpty, cwd: spec.cwd, fds: fds,
+            stdin: devNull, stdout: out.write, stderr: err.write)
+        if let user = spec.user, let ids = Users.lookupUser(user) {
+            let gid = spec.group.flatMap { Users.lookupGroup($0) } ?? ids.gid
+            plan.ids = (ids.uid, gid)
+        } else if let group = spec.group, let gid = Users.lookupGroup(group) {
+            plan.ids = (getuid(), gid)
+        }
+        plan.noNewPrivileges = spec.noNewPrivileges
+        plan.nice = r.nice
+        plan.cpu = r.cpu.map(Int32.init)
+        plan.limits = spec.limits.compactMap { l in WorkerLaunch.rlimitResource(l.name).map { ($0, l.soft, l.hard) } }
+        // swarmd raised its own fd limit; workers get the one it was given, unless their app sets one.
+        if let original = originalNoFile, !spec.limits.contains(where: { $0.name == "nofile" }) {
+            plan.limits.append((7, original.soft, original.hard))
+        }
+        let pid: pid_t
+        do {
+            pid = try kernel.spawn(plan)
+        } catch {
+            Posix.close(out.read)
+            Posix.close(err.read)
+            if let ready { Posix.close(ready.read) }
+            throw error
+        }
+        output.watch(fd: out.read, app: spec.name, slot: r.slot, pid: pid, stream: "stdout")
+        output.watch(fd: err.read, app: spec.name, slot: r.slot, pid: pid, stream: "stderr")
+        if let ready {
+            output.watchReadyPipe(ReadyPipe(worker: r.worker, app: spec.name, slot: r.slot, pid: pid, fd: ready.read))
+        }
+        return pid
+    }
+
+    /// Reaps exited children, `reapsPerTurn` at a time: with more waiting, the
+    /// rest are reaped on a later iteration, after the other pending sources
+    /// (control requests, timers, SIGTERM) had their turn.
+    func reapChildren() {
+        for _ in 0..<Manager.reapsPerTurn {
+            guard let r = kernel.reap() else { return }
+            let (pid, status): (Int32, SwarmCore.ExitStatus)
+            switch r {
+            case let .exited(p, code): (pid, status) = (p, .exited(code))
+            case let .signaled(p, s, core): (pid, status) = (p, .signaled(s, coreDumped: core))
+            }
+            output.drain(pid: pid)
+            feed(.exited(pid: pid, status))
+        }
+        reapContinuation?.trigger()
+    }
+}

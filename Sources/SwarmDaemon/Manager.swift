@@ -1,0 +1,501 @@
+import Foundation
+import Glibc
+import Logging
+import SwarmConfig
+import SwarmCore
+import SwarmProtocol
+import SwarmSystem
+
+public let swarmVersion = "0.1.0"
+
+/// swarmd's settings, from its command line and environment.
+public struct DaemonOptions {
+    public var socketPath: String
+    public var stateDir: String
+    public var appsDir: String?
+    public var configFiles: [String]
+    /// "auto" (journal under systemd), "file" or "journal".
+    public var logTarget: String
+    /// The journal socket (tests point it at their own listener).
+    public var journalSocket: String
+    /// Group allowed on the control socket (mode 0660) besides the owner.
+    public var socketGroup: String?
+
+    public init(socketPath: String, stateDir: String, appsDir: String?, configFiles: [String], logTarget: String = "auto",
+                journalSocket: String = "/run/systemd/journal/socket", socketGroup: String? = nil) {
+        self.socketPath = socketPath
+        self.stateDir = stateDir
+        self.appsDir = appsDir
+        self.configFiles = configFiles
+        self.logTarget = logTarget
+        self.journalSocket = journalSocket
+        self.socketGroup = socketGroup
+    }
+
+    /// Defaults: /run/swarm and /var/lib/swarm for root, the XDG places otherwise.
+    public static func defaultSocketPath() -> String {
+        if let env = ProcessInfo.processInfo.environment["SWARM_SOCKET"], !env.isEmpty { return env }
+        if getuid() == 0 { return "/run/swarm/swarmd.sock" }
+        if let xdg = ProcessInfo.processInfo.environment["XDG_RUNTIME_DIR"], !xdg.isEmpty { return "\(xdg)/swarm/swarmd.sock" }
+        return "/tmp/swarm-\(getuid())/swarmd.sock"
+    }
+
+    public static func defaultStateDir() -> String {
+        if let env = ProcessInfo.processInfo.environment["SWARM_STATE_DIR"], !env.isEmpty { return env }
+        if getuid() == 0 { return "/var/lib/swarm" }
+        return (Users.homeDirectory() ?? "/tmp") + "/.local/state/swarm"
+    }
+}
+
+/// Who waits for the answers of one or more core requests.
+final class Requester {
+    enum Kind {
+        /// A control client's request; answered as one reply.
+        case client(ControlClient, id: UInt64)
+        /// SIGHUP: the service manager waits for READY=1 once every app's reload is answered.
+        case signal
+        /// The apps started at start-up: READY=1 once every one is answered.
+        case startup
+    }
+
+    let kind: Kind
+    var remaining: Set<RequestID> = []
+    var messages: [String] = []
+    var errors: [String] = []
+    var details: [String] = []
+
+    init(_ kind: Kind) { self.kind = kind }
+}
+
+/// swarmd's shell. The Manager owns the event loop and the parts that hold
+/// kernel resources; it feeds what happens to the core (`Supervisor`) and
+/// performs the actions the core returns, in the order given. It makes no
+/// decision of its own about workers.
+///
+/// The parts:
+/// - `control`: the control socket's clients (framing, fairness, limits).
+/// - `output`: worker stdout/stderr, readiness pipes, sd_notify; log sinks and budgets.
+/// - `sockets`: every app's listening sockets and their steering.
+/// - `systemd`: READY/STATUS/RELOADING/STOPPING.
+/// - `store`: the remembered apps.
+/// - `workers`: what the shell holds per live worker (for `workerGone`).
+public final class Manager {
+    let options: DaemonOptions
+    let kernel: Kernel
+    let loop: EventLoop
+    var supervisor = Supervisor()
+    var log = Logger(label: "swarmd")
+    let control: ControlServer
+    let output: WorkerOutput
+    let sockets: SocketTable
+    let systemd: SystemdBridge
+    let store: StateStore
+    let configEnvironment: ConfigEnvironment
+    /// This binary's path, read at start: after an upgrade it names the new binary.
+    let executablePath: String
+    var startedAt: Int64
+
+    /// Per live worker: its pid and what the shell opened for it.
+    var workers: [WorkerID: Int32] = [:]
+    var cpuSamples: [Int32: (ticks: Int64, at: Int64)] = [:]
+    var requesters: [RequestID: Requester] = [:]
+    var nextRequest: UInt64 = 1
+    var events: [SwarmCore.Event] = []
+    var eventsHead = 0
+    var feeding = false
+    var stateDirty = false
+    var controlFD: Int32 = -1
+    var controlFromSystemd = false
+    var originalNoFile: (soft: UInt64, hard: UInt64)?
+    var devNull: Int32 = -1
+    /// The CPUs swarmd was started with: `cpu_affinity` is checked against them.
+    let allowedCPUs: [Int]
+    var signalSources: [EventLoop.Source] = []
+    var reapContinuation: EventLoop.Source?
+    var housekeeping: EventLoop.Source?
+    var sweepSource: EventLoop.Source?
+    var lastBusyAt: Int64?
+
+    /// Reaps per dispatch before the loop serves other sources.
+    static let reapsPerTurn = 64
+
+    public init(options: DaemonOptions, kernel: Kernel = LinuxKernel()) throws {
+        self.options = options
+        self.kernel = kernel
+        loop = try EventLoop()
+        startedAt = kernel.now()
+        control = ControlServer(loop: loop, kernel: kernel)
+        output = WorkerOutput(loop: loop, kernel: kernel, logDirectory: options.stateDir + "/logs",
+                              notifyPath: "@swarmd-notify-\(getpid())-\(kernel.now() % 1_000_000)")
+        sockets = SocketTable(kernel: kernel)
+        systemd = SystemdBridge(kernel: kernel)
+        store = StateStore(directory: options.stateDir)
+        executablePath = ProcFS.readLink("/proc/self/exe").map { $0.hasSuffix(" (deleted)") ? String($0.dropLast(10)) : $0 } ?? CommandLine.arguments[0]
+        let cpus = ProcFS.allowedCPUs()
+        allowedCPUs = cpus
+        let isRoot = getuid() == 0
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
+        configEnvironment = ConfigEnvironment(
+            cpuCount: { ProcFS.usableCPUs() }, isRoot: isRoot, currentUID: getuid(),
+            lookupUser: { Users.lookupUser($0) }, lookupGroup: { Users.lookupGroup($0) }, path: path,
+            isExecutable: { p in
+                var st = stat()
+                return access(p, X_OK) == 0 && stat(p, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG
+            },
+            isDirectory: { p in
+                var st = stat()
+                return stat(p, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+            },
+            allowedCPUs: { cpus })
+        supervisor.allowedCPUs = cpus
+        supervisor.canRaisePriority = Spawner.canRaisePriority
+        wireParts()
+    }
+
+    /// The parts report to the Manager; only it talks to the core.
+    func wireParts() {
+        let report: (NoteLevel, String) -> Void = { [weak self] level, text in self?.note(level, text) }
+        control.handler = self
+        control.report = report
+        sockets.report = report
+        output.report = report
+        output.journalSocket = options.journalSocket
+        output.deliver = { [weak self] event in self?.feed(event) }
+        output.policy = { [weak self] app in self?.supervisor.apps[app]?.spec.logs }
+        output.isWorker = { [weak self] pid in self?.supervisor.worker(pid: pid) != nil }
+    }
+
+    // MARK: - Start-up
+
+    /// Loads every app first (a bad file given on the command line aborts
+    /// before anything starts), then binds, then runs the loop.
+    public func run() throws -> Int32 {
+        let useJournal = options.logTarget == "journal" || (options.logTarget == "auto" && Systemd.underSystemd && Systemd.journalAvailable)
+        if useJournal { output.journal = try? JournalWriter(socketPath: options.journalSocket) }
+        DaemonLogHandler.journal = output.journal
+
+        var specs: [AppSpec] = []
+        var errors: [String] = []
+        for file in options.configFiles {
+            do { specs.append(try AppConfig.load(path: file, environment: configEnvironment)) } catch { errors.append(error.description) }
+        }
+        errors += supervisor.startProblems(specs, replace: false)
+        if !errors.isEmpty { throw DaemonError.config(errors) }
+
+        try Posix.mkdirs(options.stateDir, mode: 0o700)
+        chmod(options.stateDir, 0o700)
+        try Posix.mkdirs(options.stateDir + "/logs", mode: 0o750)
+        devNull = try Posix.open("/dev/null", O_RDWR)
+        // Every worker costs swarmd a few fds (pipes, sockets): use the whole hard limit.
+        originalNoFile = Posix.raiseFileLimit()
+        try Spawner.setChildSubreaper()
+        Posix.ignore(SIGPIPE)
+
+        if let handover = try Handover.take() {
+            try resume(from: handover)
+        } else {
+            try startFresh(commandLine: specs)
+        }
+        let code = try loop.run()
+        systemd.stopping()
+        cleanUp()
+        return code
+    }
+
+    /// Registers the sources every start (fresh or hand-over) needs.
+    func setUpLoop(controlSocket adopted: Int32?, notifySocket: Int32?) throws {
+        try setUpSignals()
+        try setUpControlSocket(adopting: adopted)
+        try output.openNotifySocket(adopting: notifySocket)
+        housekeeping = try loop.addPost { [weak self] in self?.afterDispatch() }
+        sweepSource = try loop.addPeriodic(every: 1_000_000_000) { [weak self] in self?.everySecond() }
+        reapContinuation = try loop.addDeferred(priority: EventLoop.Priority.normal) { [weak self] in self?.reapChildren() }
+    }
+
+    func startFresh(commandLine specs: [AppSpec]) throws {
+        sockets.passedBySystemd = Systemd.listenFDs()
+        try setUpLoop(controlSocket: nil, notifySocket: nil)
+        enableTCPMigration()
+
+        // Remembered apps, then the apps directory, then the command line: later wins.
+        var byName: [String: (AppSpec, RememberedApp?)] = [:]
+        var order: [String] = []
+        let (remembered, problem) = store.load()
+        if let problem { log.error("\(problem)") }
+        for entry in remembered {
+            do {
+                let spec = try AppConfig.load(path: entry.config, environment: configEnvironment)
+                if byName[spec.name] == nil { order.append(spec.name) }
+                byName[spec.name] = (spec, entry)
+            } catch {
+                log.error("Failed to load remembered app '\(entry.name)': \(error.description), ignoring")
+            }
+        }
+        if let dir = options.appsDir {
+            let files = ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter { $0.hasSuffix(".conf") }.sorted()
+            for file in files {
+                do {
+                    let spec = try AppConfig.load(path: "\(dir)/\(file)", environment: configEnvironment)
+                    if byName[spec.name] == nil { order.append(spec.name) }
+                    byName[spec.name] = (spec, nil)
+                } catch {
+                    log.error("Failed to load \(dir)/\(file): \(error.description), ignoring")
+                }
+            }
+        }
+        for spec in specs {
+            if byName[spec.name] == nil { order.append(spec.name) }
+            byName[spec.name] = (spec, nil)
+        }
+        log.notice("swarmd \(swarmVersion) pid \(getpid()) control socket \(controlFromSystemd ? "passed by systemd (fd \(controlFD))" : options.socketPath), state \(options.stateDir)")
+        let startup = Requester(.startup)
+        for name in order {
+            let (spec, entry) = byName[name]!
+            let fromCommandLine = specs.contains { $0.name == name }
+            switch sockets.bind(spec) {
+            case let .failure(error):
+                if fromCommandLine { throw DaemonError.config(["\(spec.sourcePath): \(error)"]) }
+                log.error("Failed to start \(name): \(error), ignoring")
+                continue
+            case let .success(bound):
+                sockets.install(bound, for: name)
+            }
+            if entry?.stopped == true && !fromCommandLine {
+                feed(.command(newRequest(nil), .add(spec)))
+            } else {
+                feed(.command(newRequest(startup), .start(spec, replace: false)))
+            }
+            // A remembered scale is applied as a scale, not by editing the spec: the spec keeps
+            // the file's count, so the next save still sees the scale and remembers it.
+            if let n = entry?.workers, n != spec.workers {
+                feed(.command(newRequest(nil), .scale(name, n)))
+            }
+        }
+        stateDirty = true
+        flushState()
+        if startup.remaining.isEmpty { finishStartup() }
+    }
+
+    func finishStartup() {
+        updateSystemdStatus()
+        systemd.ready()
+        // Start-up code (argument parsing, config decoding, runtime metadata scans) is not needed while idle.
+        ProcFS.pageOutCleanMappings()
+        log.info("ready: \(supervisor.appOrder.count) apps")
+    }
+
+    func setUpSignals() throws {
+        Posix.blockSignals(Manager.handledSignals)
+        for sig in Manager.handledSignals {
+            signalSources.append(try loop.addSignal(sig) { [weak self] s in self?.onSignal(s) })
+        }
+    }
+
+    static let handledSignals = [SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR2]
+
+    func onSignal(_ sig: Int32) {
+        switch sig {
+        case SIGCHLD:
+            reapChildren()
+        case SIGTERM, SIGINT, SIGQUIT:
+            if supervisor.shuttingDown {
+                log.warning("second \(Signal(sig)) during shutdown: killing every worker now")
+                for pid in workers.values { try? kernel.signal(pid, SIGKILL, group: true) }
+                return
+            }
+            log.notice("received \(Signal(sig)): stopping every worker")
+            systemd.stopping()
+            feed(.command(newRequest(nil), .shutdown))
+        case SIGHUP:
+            log.notice("received SIGHUP: reloading every app")
+            reloadAll()
+        case SIGUSR2:
+            log.notice("received SIGUSR2: re-executing \(executablePath)")
+            if let why = reexec(reply: nil) { log.error("Failed to re-execute: \(why)") }
+        default:
+            break
+        }
+    }
+
+    /// Lets connections queued on a closing reuseport socket move to its
+    /// siblings instead of being reset (net.ipv4.tcp_migrate_req).
+    func enableTCPMigration() {
+        let path = "/proc/sys/net/ipv4/tcp_migrate_req"
+        guard let current = try? Posix.readFile(path), current.first == UInt8(ascii: "0") else { return }
+        if let fd = try? Posix.open(path, O_WRONLY) {
+            if (try? Posix.writeAll(fd, Array("1\n".utf8))) != nil {
+                log.info("set net.ipv4.tcp_migrate_req=1: connections queued on a removed slot's socket move to the others")
+            }
+            Posix.close(fd)
+        }
+    }
+
+    func cleanUp() {
+        sockets.closeAll()
+        control.stop()
+        if controlFD >= 0 {
+            Posix.close(controlFD)
+            if !controlFromSystemd { unlink(options.socketPath) }
+        }
+        output.closeAll()
+    }
+
+    // MARK: - The core
+
+    func now() -> Instant { Instant(nanoseconds: kernel.now()) }
+
+    /// Feeds an event to the core and performs what it asks, in order,
+    /// including the events those actions produce (spawned, probe results),
+    /// until quiet.
+    func feed(_ event: SwarmCore.Event) {
+        events.append(event)
+        guard !feeding else { return }
+        feeding = true
+        defer { feeding = false }
+        while eventsHead < events.count {
+            let e = events[eventsHead]
+            eventsHead += 1
+            for action in supervisor.handle(e, now: now()) { perform(action) }
+            #if DEBUG
+            checkInvariants(after: e)
+            #endif
+        }
+        events.removeAll(keepingCapacity: true)
+        eventsHead = 0
+    }
+
+    #if DEBUG
+    /// Debug builds check the core's invariants after every event, as its tests do
+    /// (skipped above a size where the check itself would dominate).
+    func checkInvariants(after event: SwarmCore.Event) {
+        guard supervisor.workers.count <= 512 else { return }
+        let problems = supervisor.invariantViolations()
+        if !problems.isEmpty {
+            preconditionFailure("core invariants broken after \(event): \(problems.joined(separator: "; "))")
+        }
+    }
+    #endif
+
+    func perform(_ action: Action) {
+        switch action {
+        case let .spawn(request):
+            spawn(request)
+        case let .signal(pid, sig, group):
+            do { try kernel.signal(pid, sig.number, group: group) } catch {
+                log.warning("Failed to send \(sig) to \(group ? "group " : "")\(pid): \(error), ignoring")
+            }
+        case let .probeListening(id, pid):
+            guard let spec = supervisor.workers[id].flatMap(supervisor.spec(of:)) else { return }
+            let fds = Set((0..<spec.sockets.count).map { Int32(3 + $0) })
+            if kernel.isListening(pid: pid, fds: fds) { events.append(.ready(pid: pid)) }
+        case let .sampleMemory(pid):
+            if let rss = kernel.rss(pid: pid) { events.append(.memory(pid: pid, bytes: rss)) }
+        case let .armTimer(at):
+            do {
+                try loop.setTimer(at: at?.nanoseconds) { [weak self] in self?.feed(.tick) }
+            } catch {
+                log.critical("Failed to arm the timer: \(error)")
+            }
+        case let .reply(id, result):
+            answer(id, result)
+        case let .progress(id, event):
+            progress(id, event)
+        case let .steer(app, slots):
+            sockets.steer(app, to: slots)
+        case let .handOver(app, slot, pid):
+            sockets.handOver(app, slot: slot, from: pid)
+        case let .workerGone(id, pid):
+            workers[id] = nil
+            output.closeReadyPipe(id)
+            if let pid { cpuSamples[pid] = nil }
+        case let .restorePriority(pid):
+            if !kernel.setGroupPriority(pid, to: kernel.ownPriority) {
+                log.debug("Failed to restore the priority of group \(pid), ignoring")
+            }
+        case let .slotReleased(app, slot):
+            sockets[app]?.release(slot: slot)
+        case let .appRemoved(name):
+            sockets.remove(name)
+            output.forget(app: name)
+        case .appsChanged:
+            stateDirty = true
+        case let .note(level, text):
+            note(level, text)
+        case .exit:
+            log.notice("every worker has stopped; exiting")
+            loop.exit(code: 0)
+        }
+    }
+
+    func note(_ level: NoteLevel, _ text: String) {
+        switch level {
+        case .debug: log.debug("\(text)")
+        case .info: log.info("\(text)")
+        case .notice: log.notice("\(text)")
+        case .warning: log.warning("\(text)")
+        case .error: log.error("\(text)")
+        }
+    }
+
+    /// Runs after each dispatch: persistence and systemd status.
+    func afterDispatch() {
+        flushState()
+        updateSystemdStatus()
+    }
+
+    func everySecond() {
+        output.refillBudgets()
+        control.sweep()
+        // Quiet for a while after control traffic or spawning: give back the code pages they touched.
+        let busy = max(lastBusyAt ?? 0, control.lastBusyAt ?? 0)
+        if busy > 0, kernel.now() - busy > 2_000_000_000, busy != pagedOutAt {
+            pagedOutAt = busy
+            ProcFS.pageOutCleanMappings()
+        }
+    }
+
+    var pagedOutAt: Int64 = 0
+
+    func flushState() {
+        guard stateDirty else { return }
+        stateDirty = false
+        guard !supervisor.shuttingDown else { return }
+        let apps: [RememberedApp] = supervisor.appOrder.compactMap { name in
+            guard let app = supervisor.apps[name], app.goal != .deleted else { return nil }
+            return RememberedApp(name: name, config: app.spec.sourcePath,
+                                 workers: app.targetCount != app.spec.workers ? app.targetCount : nil,
+                                 stopped: app.goal == .stopped)
+        }
+        do { try store.save(apps) } catch { log.error("Failed to write \(store.path): \(error), ignoring") }
+    }
+
+    func updateSystemdStatus() {
+        let parts = supervisor.appOrder.compactMap { name -> String? in
+            guard let h = supervisor.health(of: name) else { return nil }
+            if h.state == .stopped { return "\(name) stopped" }
+            return "\(name) \(h.ready)/\(h.wanted) ready" + (h.state == .reloading ? " (reloading)" : "")
+        }
+        systemd.status(parts.isEmpty ? "no apps" : parts.joined(separator: " · "))
+    }
+}
+
+enum DaemonError: Error, CustomStringConvertible {
+    case config([String])
+    case control(String)
+
+    var description: String {
+        switch self {
+        case let .config(errors): return errors.joined(separator: "\n")
+        case let .control(msg): return msg
+        }
+    }
+}
+
+/// Whether an error is a config error (swarmd exits 78, EX_CONFIG).
+public protocol DaemonConfigError: Error {}
+extension DaemonError: DaemonConfigError {}
+
+/// Blocks the signals the event loop handles; call first thing in main.
+public func blockDaemonSignals() {
+    Posix.blockSignals(Manager.handledSignals)
+}

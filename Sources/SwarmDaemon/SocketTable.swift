@@ -1,0 +1,267 @@
+import Glibc
+import SwarmCore
+import SwarmSystem
+
+/// The listening sockets of one app, owned by swarmd for the app's whole
+/// life: workers come and go, the sockets (and their backlogs) stay.
+final class AppSockets {
+    final class Entry {
+        let spec: SocketSpec
+        /// The shared socket, or slot 0's of a reuseport group (kept open so the
+        /// port stays bound even with no slot).
+        var shared: Int32
+        /// Reuseport: one socket per slot above 0.
+        var perSlot: [Int: Int32] = [:]
+        /// Passed in by systemd or a previous swarmd: never closed by us on delete.
+        let adopted: Bool
+        let port: UInt16?
+        /// eBPF round-robin over the slots' sockets (root only); nil: hash steering.
+        var roundRobin: ReuseportSteering?
+        /// The round-robin array as last written: index → slot. Kept compact
+        /// (0..<count) because the program picks among the first `count`.
+        var steeredSlots: [Int] = []
+        /// slot → its index in `steeredSlots`.
+        var steeredIndex: [Int: Int] = [:]
+        /// Hash steering: the live count the program was attached with.
+        var hashedOver: Int?
+        var steeringProblem: String?
+
+        init(spec: SocketSpec, shared: Int32, adopted: Bool) {
+            self.spec = spec
+            self.shared = shared
+            self.adopted = adopted
+            self.port = spec.listen.isTCP ? Sockets.localPort(shared) : nil
+        }
+
+        var reuseport: Bool { !adopted && spec.effectiveBalance == .reuseport }
+
+        /// The socket slot `k` serves on, if bound.
+        func fd(ofSlot k: Int) -> Int32? { k == 0 ? shared : perSlot[k] }
+    }
+
+    private(set) var entries: [Entry] = []
+    static let maxSlots = 4096
+
+    /// Binds every socket of `spec`, reusing `adoptable` fds (systemd's, or
+    /// those of an app being replaced) that match by name and address.
+    init(spec: AppSpec, kernel: Kernel, adoptable: (SocketSpec) -> (fd: Int32, adopted: Bool)?) throws {
+        do {
+            for s in spec.sockets {
+                if let (fd, adopted) = adoptable(s) {
+                    entries.append(Entry(spec: s, shared: fd, adopted: adopted))
+                    continue
+                }
+                let fd: Int32
+                switch s.listen {
+                case let .tcp(host, port):
+                    fd = try Sockets.listenTCP(host: host, port: port, backlog: s.backlog, reusePort: s.effectiveBalance == .reuseport)
+                case let .unix(path):
+                    fd = try Sockets.listenUnix(path: path, backlog: s.backlog, mode: s.mode.map { mode_t($0) } ?? 0o666)
+                }
+                let entry = Entry(spec: s, shared: fd, adopted: false)
+                if entry.reuseport {
+                    do {
+                        let rr = try kernel.makeSteering(maxSlots: AppSockets.maxSlots)
+                        try rr.setSocket(fd, at: 0)
+                        try rr.setLiveCount(1)
+                        try rr.attach(to: fd)
+                        entry.roundRobin = rr
+                        entry.steeredSlots = [0]
+                        entry.steeredIndex = [0: 0]
+                    } catch {
+                        entry.steeringProblem = "\(error)"
+                    }
+                }
+                entries.append(entry)
+            }
+        } catch {
+            close()
+            throw error
+        }
+    }
+
+    /// Sockets handed over by a re-executed swarmd.
+    init(restoring entries: [Entry]) {
+        self.entries = entries
+    }
+
+    /// Binds slot `slot`'s reuseport sockets if it has none yet; returns the
+    /// fds a worker of that slot receives, in [[socket]] order.
+    func bindSlot(_ slot: Int) throws -> [Int32] {
+        try entries.map { e in
+            guard e.reuseport, slot != 0 else { return e.shared }
+            if let fd = e.perSlot[slot] { return fd }
+            guard case let .tcp(host, port) = e.spec.listen else { return e.shared }
+            let fd = try Sockets.listenTCP(host: host, port: port, backlog: e.spec.backlog, reusePort: true)
+            e.perSlot[slot] = fd
+            return fd
+        }
+    }
+
+    /// Scale-down: the slot's socket leaves the reuseport group. Connections
+    /// still queued on it are lost with it, so the core releases a slot only
+    /// once its workers (which drain the queue before exiting) are gone.
+    func release(slot: Int) {
+        for e in entries {
+            if let fd = e.perSlot.removeValue(forKey: slot) { Posix.close(fd) }
+        }
+    }
+
+    /// Takes the shared fd of a matching socket out, for an app replacing this one.
+    func take(matching s: SocketSpec) -> Int32? {
+        guard let i = entries.firstIndex(where: { $0.spec.listen == s.listen && $0.spec.effectiveBalance == s.effectiveBalance }) else { return nil }
+        let e = entries.remove(at: i)
+        for fd in e.perSlot.values { Posix.close(fd) }
+        return e.shared
+    }
+
+    func close() {
+        for e in entries {
+            for fd in e.perSlot.values { Posix.close(fd) }
+            e.perSlot = [:]
+            e.roundRobin = nil
+            if !e.adopted {
+                Posix.close(e.shared)
+                if case let .unix(path) = e.spec.listen { unlink(path) }
+            }
+        }
+        entries = []
+    }
+}
+
+/// Every app's listening sockets, and the steering of new connections over
+/// each reuseport group's per-slot sockets.
+final class SocketTable {
+    let kernel: Kernel
+    private(set) var apps: [String: AppSockets] = [:]
+    /// Sockets systemd passed (socket activation), adopted by name when an app binds.
+    var passedBySystemd: [(name: String, fd: Int32)] = []
+    /// What to log and how; the table itself decides nothing.
+    var report: (NoteLevel, String) -> Void = { _, _ in }
+
+    init(kernel: Kernel) { self.kernel = kernel }
+
+    subscript(app: String) -> AppSockets? { apps[app] }
+
+    /// Binds `spec`'s sockets without installing them (a failure binds nothing);
+    /// with `replacing`, the running app's matching sockets are taken over.
+    func bind(_ spec: AppSpec, replacing: Bool = false) -> Result<AppSockets, Error> {
+        let old = replacing ? apps[spec.name] : nil
+        do {
+            let sockets = try AppSockets(spec: spec, kernel: kernel) { s in
+                if let fd = old?.take(matching: s) { return (fd, false) }
+                if let i = self.passedBySystemd.firstIndex(where: { $0.name == s.name }) {
+                    let fd = self.passedBySystemd.remove(at: i).fd
+                    self.report(.info, "\(spec.name): using socket '\(s.name)' passed by systemd (fd \(fd))")
+                    return (fd, true)
+                }
+                return nil
+            }
+            for e in sockets.entries {
+                if let problem = e.steeringProblem {
+                    report(.notice, "\(spec.name)/\(e.spec.name): no round-robin steering (\(problem)); the kernel hashes connections over the slots")
+                } else if e.roundRobin != nil {
+                    report(.debug, "\(spec.name)/\(e.spec.name): round-robin steering over per-slot sockets")
+                }
+            }
+            return .success(sockets)
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    /// Makes `sockets` the app's, closing what it had.
+    func install(_ sockets: AppSockets, for app: String) {
+        if let old = apps[app], old !== sockets { old.close() }
+        apps[app] = sockets
+    }
+
+    func remove(_ app: String) {
+        apps.removeValue(forKey: app)?.close()
+    }
+
+    func closeAll() {
+        for s in apps.values { s.close() }
+        apps = [:]
+    }
+
+    /// New connections to `app`'s reuseport sockets go to `slots` only.
+    /// Round-robin: one map write per slot that joins or leaves (a leaving
+    /// slot's place is taken by the last entry, so the array stays compact).
+    /// Hash steering cannot choose slots: it spreads over the first n sockets.
+    func steer(_ app: String, to slots: [Int]) {
+        guard let sockets = apps[app] else { return }
+        // A slot steered to before its first worker was spawned gets its socket now.
+        for slot in slots where sockets.entries.contains(where: { $0.reuseport && $0.fd(ofSlot: slot) == nil }) {
+            do { _ = try sockets.bindSlot(slot) } catch {
+                report(.warning, "Failed to bind \(app)[\(slot)]'s socket: \(error), ignoring")
+            }
+        }
+        for entry in sockets.entries where entry.reuseport {
+            if let rr = entry.roundRobin {
+                do {
+                    try update(entry, rr, to: slots)
+                } catch {
+                    entry.steeredSlots = []
+                    entry.steeredIndex = [:]
+                    report(.warning, "Failed to steer \(app)/\(entry.spec.name) over slots \(slots): \(error), ignoring")
+                }
+            } else {
+                // Sockets sit in the group in slot order: the live slots are the first n.
+                let live = max(1, (slots.max() ?? 0) + 1)
+                guard entry.hashedOver != live else { continue }
+                do {
+                    try kernel.attachHashSteering(to: entry.shared, liveSockets: live, ipv6: entry.spec.listen.description.hasPrefix("["))
+                    entry.hashedOver = live
+                } catch {
+                    report(.warning, "Failed to steer \(app)/\(entry.spec.name) over \(live) sockets: \(error), ignoring")
+                }
+            }
+        }
+    }
+
+    private func update(_ entry: AppSockets.Entry, _ rr: ReuseportSteering, to slots: [Int]) throws {
+        let wanted = Set(slots.filter { entry.fd(ofSlot: $0) != nil })
+        let before = entry.steeredSlots.count
+        // Leaving slots first: a socket may sit at one index only.
+        for slot in entry.steeredSlots where !wanted.contains(slot) {
+            guard let i = entry.steeredIndex.removeValue(forKey: slot) else { continue }
+            let last = entry.steeredSlots.count - 1
+            try rr.clearSocket(at: last)
+            if i != last {
+                let moved = entry.steeredSlots[last]
+                try rr.setSocket(entry.fd(ofSlot: moved)!, at: i)
+                entry.steeredSlots[i] = moved
+                entry.steeredIndex[moved] = i
+            }
+            entry.steeredSlots.removeLast()
+        }
+        for slot in slots where wanted.contains(slot) && entry.steeredIndex[slot] == nil {
+            let i = entry.steeredSlots.count
+            try rr.setSocket(entry.fd(ofSlot: slot)!, at: i)
+            entry.steeredSlots.append(slot)
+            entry.steeredIndex[slot] = i
+        }
+        if entry.steeredSlots.count != before { try rr.setLiveCount(entry.steeredSlots.count) }
+    }
+
+    /// A reload is about to stop `pid`, slot `slot`'s old worker: its keep-alive
+    /// clients will reconnect, and round-robin would spread them over every slot,
+    /// piling them onto the other (old) workers. Instead the steering program sends
+    /// the next as-many-as-it-holds connections to the slot's socket, where its
+    /// replacement waits, and resumes round-robin after that.
+    func handOver(_ app: String, slot: Int, from pid: Int32) {
+        guard let sockets = apps[app] else { return }
+        for entry in sockets.entries where entry.reuseport {
+            guard let rr = entry.roundRobin, let port = entry.port, let index = entry.steeredIndex[slot] else { continue }
+            do {
+                let held = try kernel.establishedConnections(pid: pid, localPort: port)
+                guard held > 0 else { continue }
+                try rr.handOver(toIndex: index, quota: held)
+                report(.debug, "\(app)[\(slot)]: the next \(held) connections to \(entry.spec.name) go to the replacement of pid \(pid), which holds \(held)")
+            } catch {
+                report(.warning, "Failed to hand \(app)[\(slot)]'s connections over to its new worker: \(error), ignoring")
+            }
+        }
+    }
+}

@@ -1,0 +1,118 @@
+import CSwarmSpawn
+import CSystemd
+import Glibc
+
+/// What swarmd's shell asks of the kernel about processes, time and the
+/// service manager: the seam between the shell and Linux. `LinuxKernel` is
+/// the real one; the shell's unit tests pass a fake that records calls and
+/// answers from a script, so the shell runs without any process.
+///
+/// I/O on fds the shell owns (pipes, sockets, files) is not here: tests give
+/// the shell real pipes and socketpairs, which need no process.
+public protocol Kernel: AnyObject {
+    /// CLOCK_MONOTONIC in nanoseconds: every deadline.
+    func now() -> Int64
+    /// CLOCK_REALTIME in nanoseconds: log timestamps only.
+    func wallClock() -> Int64
+
+    /// fork + exec as `plan` says; the pid, or a `SpawnError`.
+    func spawn(_ plan: SpawnPlan) throws -> pid_t
+    /// kill(2), to the process group `pid` leads when `group`. A process
+    /// already gone (ESRCH) is not an error.
+    func signal(_ pid: pid_t, _ signal: Int32, group: Bool) throws
+    /// One exited child (waitpid WNOHANG), or nil when none is waiting.
+    func reap() -> Posix.WaitResult?
+    /// Whether a thread of `pid` waits on one of `fds` (listening readiness).
+    func isListening(pid: pid_t, fds: Set<Int32>) -> Bool
+    func usage(pid: pid_t) -> (cpuTicks: Int64, rss: Int64)?
+    func rss(pid: pid_t) -> Int64?
+    /// Sets the niceness of every thread of every process in group `pgid`.
+    @discardableResult
+    func setGroupPriority(_ pgid: pid_t, to nice: Int32) -> Bool
+    /// swarmd's own niceness.
+    var ownPriority: Int32 { get }
+    /// Established TCP connections `pid` holds on local port `port` (reload hand-over).
+    func establishedConnections(pid: pid_t, localPort port: UInt16) throws -> Int
+
+    /// eBPF round-robin over a reuseport group's sockets; throws where the
+    /// process may not load BPF (no CAP_BPF).
+    func makeSteering(maxSlots: Int) throws -> ReuseportSteering
+    /// Classic BPF hash steering over the first `n` sockets of `fd`'s group.
+    func attachHashSteering(to fd: Int32, liveSockets n: Int, ipv6: Bool) throws
+
+    /// sd_notify(0, state); false when there is no service manager to tell.
+    @discardableResult
+    func notify(_ state: String) -> Bool
+}
+
+/// An index-addressed array of sockets a reuseport group's program chooses
+/// from. Writes are per entry, so a change of one slot costs one call.
+public protocol ReuseportSteering: AnyObject {
+    /// Program, state map and socket map, for a re-executed swarmd.
+    var handoverFDs: [Int32] { get }
+    func attach(to fd: Int32) throws
+    func setSocket(_ fd: Int32, at index: Int) throws
+    func clearSocket(at index: Int) throws
+    /// Connections go round-robin over indices 0..<n.
+    func setLiveCount(_ n: Int) throws
+    /// The next `quota` new connections go to `index`, then round-robin resumes.
+    func handOver(toIndex index: Int, quota: Int) throws
+}
+
+extension RoundRobinSteering: ReuseportSteering {
+    public var handoverFDs: [Int32] { [program, stateMap, socketMap] }
+
+    public func setSocket(_ fd: Int32, at index: Int) throws {
+        try Posix.check("bpf(BPF_MAP_UPDATE_ELEM)", subject: "socket index \(index)") {
+            swarm_rr_set_socket(socketMap, UInt32(index), fd)
+        }
+    }
+
+    public func clearSocket(at index: Int) throws {
+        try Posix.check("bpf(BPF_MAP_DELETE_ELEM)", subject: "socket index \(index)") {
+            swarm_rr_clear_socket(socketMap, UInt32(index))
+        }
+    }
+
+    public func setLiveCount(_ n: Int) throws { try setLiveSlots(n) }
+}
+
+/// The real kernel.
+public final class LinuxKernel: Kernel {
+    public init() {}
+
+    public func now() -> Int64 { Posix.monotonicNanoseconds() }
+    public func wallClock() -> Int64 { Posix.realtimeNanoseconds() }
+
+    public func spawn(_ plan: SpawnPlan) throws -> pid_t { try Spawner.spawn(plan) }
+
+    public func signal(_ pid: pid_t, _ signal: Int32, group: Bool) throws {
+        try Posix.kill(group ? -pid : pid, signal)
+    }
+
+    public func reap() -> Posix.WaitResult? { Posix.reapOne() }
+
+    public func isListening(pid: pid_t, fds: Set<Int32>) -> Bool { ProcFS.isListening(pid: pid, fds: fds) }
+    public func usage(pid: pid_t) -> (cpuTicks: Int64, rss: Int64)? { ProcFS.usage(pid: pid) }
+    public func rss(pid: pid_t) -> Int64? { ProcFS.rss(pid: pid) }
+
+    public func setGroupPriority(_ pgid: pid_t, to nice: Int32) -> Bool {
+        // PRIO_PGRP reaches every thread of every process in the group: a
+        // pre-fork server's children too, as long as they stay in its group.
+        setpriority(__priority_which_t(PRIO_PGRP.rawValue), id_t(pgid), nice) == 0
+    }
+
+    public var ownPriority: Int32 { getpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0) }
+
+    public func establishedConnections(pid: pid_t, localPort port: UInt16) throws -> Int {
+        try ProcFS.establishedConnections(pid: pid, localPort: port)
+    }
+
+    public func makeSteering(maxSlots: Int) throws -> ReuseportSteering { try RoundRobinSteering(maxSlots: maxSlots) }
+
+    public func attachHashSteering(to fd: Int32, liveSockets n: Int, ipv6: Bool) throws {
+        if let error = Steering.attach(to: fd, liveSockets: n, ipv6: ipv6) { throw error }
+    }
+
+    public func notify(_ state: String) -> Bool { Systemd.notify(state) }
+}
