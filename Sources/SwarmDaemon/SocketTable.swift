@@ -47,24 +47,31 @@ final class AppSockets {
     init(spec: AppSpec, kernel: Kernel, adoptable: (SocketSpec) -> (fd: Int32, adopted: Bool)?) throws {
         do {
             for s in spec.sockets {
+                let entry: Entry
                 if let (fd, adopted) = adoptable(s) {
-                    entries.append(Entry(spec: s, shared: fd, adopted: adopted))
-                    continue
+                    entry = Entry(spec: s, shared: fd, adopted: adopted)
+                } else {
+                    let fd: Int32
+                    switch s.listen {
+                    case let .tcp(host, port):
+                        if ListenerProbe.isTaken(host: host, port: port) {
+                            throw SocketTableError.addressInUse(socket: s.name, address: s.listen.description,
+                                                                owner: ListenerProbe.owner(port: port) ?? "another process")
+                        }
+                        fd = try Sockets.listenTCP(host: host, port: port, backlog: s.backlog, reusePort: s.effectiveBalance == .reuseport)
+                    case let .unix(path):
+                        fd = try Sockets.listenUnix(path: path, backlog: s.backlog, mode: s.mode.map { mode_t($0) } ?? 0o666)
+                    }
+                    entry = Entry(spec: s, shared: fd, adopted: false)
                 }
-                let fd: Int32
-                switch s.listen {
-                case let .tcp(host, port):
-                    fd = try Sockets.listenTCP(host: host, port: port, backlog: s.backlog, reusePort: s.effectiveBalance == .reuseport)
-                case let .unix(path):
-                    fd = try Sockets.listenUnix(path: path, backlog: s.backlog, mode: s.mode.map { mode_t($0) } ?? 0o666)
-                }
-                let entry = Entry(spec: s, shared: fd, adopted: false)
+                // A socket taken over from a replaced app gets a steering program of its
+                // own: attaching replaces the old one, whose map named closed sockets.
                 if entry.reuseport {
                     do {
                         let rr = try kernel.makeSteering(maxSlots: AppSockets.maxSlots)
-                        try rr.setSocket(fd, at: 0)
+                        try rr.setSocket(entry.shared, at: 0)
                         try rr.setLiveCount(1)
-                        try rr.attach(to: fd)
+                        try rr.attach(to: entry.shared)
                         entry.roundRobin = rr
                         entry.steeredSlots = [0]
                         entry.steeredIndex = [0: 0]
@@ -147,6 +154,16 @@ final class SocketTable {
     /// with `replacing`, the running app's matching sockets are taken over.
     func bind(_ spec: AppSpec, replacing: Bool = false) -> Result<AppSockets, Error> {
         let old = replacing ? apps[spec.name] : nil
+        // Reuseport would let a second socket of ours join the group and take
+        // a share (or all) of another app's traffic: one address, one app.
+        for s in spec.sockets {
+            for (name, other) in apps where name != spec.name {
+                if let clash = other.entries.first(where: { $0.spec.listen.overlaps(s.listen) }) {
+                    return .failure(SocketTableError.addressInUse(socket: s.name, address: s.listen.description,
+                                                                  owner: "app '\(name)' (socket '\(clash.spec.name)', \(clash.spec.listen))"))
+                }
+            }
+        }
         do {
             let sockets = try AppSockets(spec: spec, kernel: kernel) { s in
                 if let fd = old?.take(matching: s) { return (fd, false) }
@@ -262,6 +279,34 @@ final class SocketTable {
             } catch {
                 report(.warning, "Failed to hand \(app)[\(slot)]'s connections over to its new worker: \(error), ignoring")
             }
+        }
+    }
+}
+
+enum SocketTableError: Error, CustomStringConvertible {
+    case addressInUse(socket: String, address: String, owner: String)
+
+    var description: String {
+        switch self {
+        case let .addressInUse(socket, address, owner):
+            return "socket '\(socket)': \(address) is already served by \(owner)"
+        }
+    }
+}
+
+extension ListenAddress {
+    /// Whether two listening addresses would share connections: the same
+    /// port on the same host or a wildcard, or the same Unix path.
+    func overlaps(_ other: ListenAddress) -> Bool {
+        switch (self, other) {
+        case let (.tcp(h1, p1), .tcp(h2, p2)):
+            guard p1 == p2, p1 != 0 else { return false }
+            let wild: Set<String> = ["0.0.0.0", "::"]
+            return h1 == h2 || wild.contains(h1) || wild.contains(h2)
+        case let (.unix(a), .unix(b)):
+            return a == b
+        default:
+            return false
         }
     }
 }
