@@ -1,4 +1,5 @@
 import Glibc
+import SwarmCore
 import SwarmProtocol
 import SwarmSystem
 
@@ -19,7 +20,13 @@ final class LogSink {
     static let tailLines = 2000
     static let tailByteLimit = 512 << 10
     var followers: [ObjectIdentifier: (LogLine) -> Void] = [:]
+    /// Lines that could not be written to the file.
     private(set) var writeErrors = 0
+    /// Lines lost in the current failure episode.
+    private var lostLines = 0
+    private(set) var lastError: String?
+    private var openError: String?
+    var report: (NoteLevel, String) -> Void = { _, _ in }
 
     init(app: String, directory: String, maxSize: Int64, keep: Int, journal: JournalWriter?) {
         self.app = app
@@ -60,23 +67,69 @@ final class LogSink {
         for follower in followers.values { follower(line) }
     }
 
+    /// Appends one line: written whole or not at all. A failed or short
+    /// write (a full disk) is cut back off the file; the lines lost meanwhile
+    /// are counted and, once writing works again, a marker line says how many.
     private func writeFile(_ text: String) {
         if fd < 0 { openFile() }
-        guard fd >= 0 else { return }
-        let bytes = Array(text.utf8)
-        do {
-            try Posix.writeAll(fd, bytes)
-            size += Int64(bytes.count)
-        } catch {
-            writeErrors += 1
+        guard fd >= 0 else { return lose(openError ?? "the log file cannot be opened") }
+        if lostLines > 0 {
+            let marker = "\(rfc3339(Posix.realtimeNanoseconds())) \(app)[-] 0 E swarmd: \(lostLines) log lines lost (\(lastError ?? "write failed"))\n"
+            guard append(Array(marker.utf8)) else { return lose(lastError ?? "write failed") }
+            report(.notice, "\(path): writing again; \(lostLines) lines were lost")
+            lostLines = 0
         }
+        guard append(Array(text.utf8)) else { return lose(lastError ?? "write failed") }
         if size >= maxSize { rotate() }
     }
 
+    /// One write(2) of the whole line; false (and the file as it was) if the
+    /// kernel took less.
+    private func append(_ bytes: [UInt8]) -> Bool {
+        let n = bytes.withUnsafeBytes { buf -> Int in
+            while true {
+                let r = Glibc.write(fd, buf.baseAddress, buf.count)
+                if r < 0 && errno == EINTR { continue }
+                return r
+            }
+        }
+        if n == bytes.count {
+            size += Int64(n)
+            return true
+        }
+        let e = n < 0 ? errno : ENOSPC
+        if n > 0 { _ = ftruncate(fd, off_t(size)) }
+        lastError = "write: \(String(cString: strerror(e))) (\(errnoName(e)))"
+        return false
+    }
+
+    private func lose(_ why: String) {
+        writeErrors += 1
+        if lostLines == 0 {
+            report(.error, "Failed to write \(path): \(why); dropping \(app)'s log lines until it works again")
+        }
+        lostLines += 1
+        lastError = why
+    }
+
+    /// Opens the log without following a symlink and only if it is a regular
+    /// file: a FIFO (no reader) fails at once instead of blocking the loop.
     private func openFile() {
-        fd = (try? Posix.open(path, O_WRONLY | O_CREAT | O_APPEND, mode: 0o640)) ?? -1
+        let f = Glibc.open(path, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0o640)
+        guard f >= 0 else {
+            let e = errno
+            openError = e == ELOOP ? "it is a symbolic link" : "open: \(String(cString: strerror(e))) (\(errnoName(e)))"
+            return
+        }
         var st = stat()
-        if fd >= 0 && fstat(fd, &st) == 0 { size = Int64(st.st_size) }
+        guard fstat(f, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
+            Posix.close(f)
+            openError = "it is not a regular file"
+            return
+        }
+        fd = f
+        openError = nil
+        size = Int64(st.st_size)
     }
 
     /// app.log → app.log.1 → … → app.log.<keep>; the oldest is removed.
@@ -90,7 +143,9 @@ final class LogSink {
             if keep > 1 {
                 for i in stride(from: keep - 1, through: 1, by: -1) { rename("\(path).\(i)", "\(path).\(i + 1)") }
             }
-            rename(path, "\(path).1")
+            if rename(path, "\(path).1") != 0 && errno != ENOENT {
+                report(.warning, "Failed to rotate \(path): \(String(cString: strerror(errno))), ignoring")
+            }
         }
         size = 0
         openFile()

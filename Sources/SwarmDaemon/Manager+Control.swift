@@ -48,7 +48,20 @@ extension Manager: ControlHandler {
             startFiles(request, client)
         case .stop, .restart, .delete:
             guard let selector = selector(request, client) else { return }
+            if request.verb == .delete {
+                switch selector {
+                case let .app(name) where brokenApps[name] != nil:
+                    forgetBroken(name)
+                    return control.send(client, .success(id, "\(name): deleted"))
+                case .all:
+                    for name in brokenOrder { forgetBroken(name) }
+                default: break
+                }
+            }
             if case let .app(name) = selector, supervisor.apps[name] == nil {
+                if let broken = brokenApps[name] {
+                    return control.send(client, .failure(id, "\(name) cannot run: \(broken.reason)"))
+                }
                 return control.send(client, .failure(id, CommandError.unknownApp(name).description))
             }
             if request.verb == .stop, case let .app(name) = selector, supervisor.apps[name]?.goal == .stopped {
@@ -120,6 +133,7 @@ extension Manager: ControlHandler {
         }
         var commands: [Command] = resumes.map { .resume(.app($0)) }
         for (spec, s) in bound {
+            forgetBroken(spec.name)
             sockets.install(s, for: spec.name)
             commands.append(.start(spec, replace: replace))
         }
@@ -146,6 +160,9 @@ extension Manager: ControlHandler {
         switch selector {
         case .all: names = supervisor.appOrder
         case let .app(name):
+            if let broken = brokenApps[name], supervisor.apps[name] == nil {
+                return restartBroken(name, broken.remembered, request, client)
+            }
             guard supervisor.apps[name] != nil else { return control.send(client, .failure(request.id, CommandError.unknownApp(name).description)) }
             names = [name]
         }
@@ -155,6 +172,30 @@ extension Manager: ControlHandler {
             return control.send(client, .failure(request.id, errors.map { "\($0.error) (the running config stays in force)" }.joined(separator: "\n")))
         }
         submit([.reload(requests)], for: request, client)
+    }
+
+    /// `reload NAME` of an app kept in the error state: its config is read
+    /// again, and if it loads and binds now, the app starts.
+    func restartBroken(_ name: String, _ entry: RememberedApp, _ request: Request, _ client: ControlClient) {
+        let spec: AppSpec
+        do { spec = try AppConfig.load(path: entry.config, environment: configEnvironment) } catch {
+            brokenApps[name]?.reason = error.description
+            return control.send(client, .failure(request.id, "\(name) still cannot run: \(error.description)"))
+        }
+        guard spec.name == name else {
+            return control.send(client, .failure(request.id, "\(entry.config): name: the file now names the app '\(spec.name)', not '\(name)'; use swarmctl start for a new app"))
+        }
+        switch sockets.bind(spec) {
+        case let .failure(error):
+            brokenApps[name]?.reason = "\(spec.sourcePath): cannot listen: \(error)"
+            control.send(client, .failure(request.id, "\(name) still cannot run: \(spec.sourcePath): cannot listen: \(error)"))
+        case let .success(bound):
+            forgetBroken(name)
+            sockets.install(bound, for: name)
+            var commands: [Command] = [entry.stopped ? .add(spec) : .start(spec, replace: false)]
+            if let n = entry.workers, n != spec.workers { commands.append(.scale(name, n)) }
+            submit(commands, for: request, client)
+        }
     }
 
     /// SIGHUP: re-read every config and roll every app, telling systemd. Each

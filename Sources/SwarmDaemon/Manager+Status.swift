@@ -7,14 +7,22 @@ extension Manager {
     func statusReport(only name: String?) throws -> StatusReport {
         let nowNS = kernel.now()
         let now = Instant(nanoseconds: nowNS)
-        var names = supervisor.appOrder
+        var names = supervisor.appOrder + brokenOrder.filter { supervisor.apps[$0] == nil }
         if let name, name != "all" {
-            guard supervisor.apps[name] != nil else { throw DaemonError.control(CommandError.unknownApp(name).description) }
+            guard supervisor.apps[name] != nil || brokenApps[name] != nil else { throw DaemonError.control(CommandError.unknownApp(name).description) }
             names = [name]
         }
         var apps: [AppStatus] = []
         for n in names {
-            guard let app = supervisor.apps[n] else { continue }
+            guard let app = supervisor.apps[n] else {
+                if let broken = brokenApps[n] {
+                    var a = AppStatus(name: n, state: "error", config: broken.remembered.config, generation: 0,
+                                      workersWanted: broken.remembered.workers ?? 0, workersReady: 0, lastReload: nil, sockets: [], workers: [])
+                    a.problem = broken.reason
+                    apps.append(a)
+                }
+                continue
+            }
             var workers: [WorkerStatus] = []
             var cpuTotals: [Int: Double] = [:]
             for slot in app.slots {
@@ -70,6 +78,10 @@ extension Manager {
                 lastReload: app.lastReload.map { ReloadStatus(ok: $0.succeeded, message: $0.message, ageS: ((now - $0.at).seconds * 10).rounded() / 10) },
                 sockets: sockets, workers: workers))
             apps[apps.count - 1].logThrottledS = output.throttledSeconds(n)
+            if let sink = output.sinks[n], sink.writeErrors > 0 {
+                apps[apps.count - 1].logWriteErrors = sink.writeErrors
+                apps[apps.count - 1].logLastError = sink.lastError
+            }
         }
         let daemon = DaemonStatus(pid: getpid(), version: swarmVersion, uptimeS: (Double(nowNS - startedAt) / 1e8).rounded() / 10,
                                   rssBytes: kernel.rss(pid: getpid()) ?? 0, socket: options.socketPath, stateDir: options.stateDir)

@@ -95,6 +95,11 @@ public final class Manager {
     let executablePath: String
     var startedAt: Int64
 
+    /// Remembered apps whose config no longer loads, or whose sockets cannot be
+    /// bound: kept (and remembered) with the reason, shown by status as state
+    /// "error", until a `start` or `reload` brings them back or `delete` forgets them.
+    var brokenApps: [String: (remembered: RememberedApp, reason: String)] = [:]
+    var brokenOrder: [String] = []
     /// Per live worker: its pid and what the shell opened for it.
     var workers: [WorkerID: Int32] = [:]
     var cpuSamples: [Int32: (ticks: Int64, at: Int64)] = [:]
@@ -228,7 +233,7 @@ public final class Manager {
                 if byName[spec.name] == nil { order.append(spec.name) }
                 byName[spec.name] = (spec, entry)
             } catch {
-                log.error("Failed to load remembered app '\(entry.name)': \(error.description), ignoring")
+                markBroken(entry, reason: error.description)
             }
         }
         if let dir = options.appsDir {
@@ -255,7 +260,11 @@ public final class Manager {
             switch sockets.bind(spec) {
             case let .failure(error):
                 if fromCommandLine { throw DaemonError.config(["\(spec.sourcePath): \(error)"]) }
-                log.error("Failed to start \(name): \(error), ignoring")
+                if let entry {
+                    markBroken(entry, reason: "\(spec.sourcePath): cannot listen: \(error)")
+                } else {
+                    log.error("Failed to start \(name): \(error), ignoring")
+                }
                 continue
             case let .success(bound):
                 sockets.install(bound, for: name)
@@ -274,6 +283,19 @@ public final class Manager {
         stateDirty = true
         flushState()
         if startup.remaining.isEmpty { finishStartup() }
+    }
+
+    /// A remembered app that cannot run now is kept, not forgotten.
+    func markBroken(_ entry: RememberedApp, reason: String) {
+        log.error("Failed to start remembered app '\(entry.name)': \(reason); keeping it (state error) until it is fixed or deleted")
+        if brokenApps[entry.name] == nil { brokenOrder.append(entry.name) }
+        brokenApps[entry.name] = (entry, reason)
+    }
+
+    func forgetBroken(_ name: String) {
+        guard brokenApps.removeValue(forKey: name) != nil else { return }
+        brokenOrder.removeAll { $0 == name }
+        stateDirty = true
     }
 
     func finishStartup() {
@@ -460,12 +482,13 @@ public final class Manager {
         guard stateDirty else { return }
         stateDirty = false
         guard !supervisor.shuttingDown else { return }
-        let apps: [RememberedApp] = supervisor.appOrder.compactMap { name in
+        var apps: [RememberedApp] = supervisor.appOrder.compactMap { name in
             guard let app = supervisor.apps[name], app.goal != .deleted else { return nil }
             return RememberedApp(name: name, config: app.spec.sourcePath,
                                  workers: app.targetCount != app.spec.workers ? app.targetCount : nil,
                                  stopped: app.goal == .stopped)
         }
+        apps += brokenOrder.compactMap { name in supervisor.apps[name] == nil ? brokenApps[name]?.remembered : nil }
         do { try store.save(apps) } catch { log.error("Failed to write \(store.path): \(error), ignoring") }
     }
 

@@ -274,6 +274,7 @@ final class WorkerOutput {
         var writer: JournalWriter? = nil
         if useJournal { writer = journal ?? (try? JournalWriter(socketPath: journalSocket)) }
         let s = LogSink(app: app, directory: logDirectory, maxSize: policy.maxSize, keep: policy.keep, journal: writer)
+        s.report = report
         sinks[app] = s
         return s
     }

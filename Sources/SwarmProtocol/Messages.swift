@@ -178,7 +178,7 @@ public struct DaemonStatus: Codable, Sendable, Equatable {
 
 public struct AppStatus: Codable, Sendable, Equatable {
     public var name: String
-    /// running | degraded | crash-loop | reloading | stopping | stopped
+    /// running | degraded | crash-loop | reloading | stopping | stopped | deleting | error
     public var state: String
     public var config: String
     public var generation: Int
@@ -189,10 +189,18 @@ public struct AppStatus: Codable, Sendable, Equatable {
     public var workers: [WorkerStatus]
     /// Seconds swarmd paused reading the workers' output to hold `[logs] rate`.
     public var logThrottledS: Double?
+    /// Log lines that could not be written (full disk, a file that is not regular…).
+    public var logWriteErrors: Int?
+    /// The last such failure, in words.
+    public var logLastError: String?
+    /// state "error": why the app cannot run (its remembered config no longer loads).
+    public var problem: String?
 
     enum CodingKeys: String, CodingKey {
-        case name, state, config, generation, workers, sockets
+        case name, state, config, generation, workers, sockets, problem
         case logThrottledS = "log_throttled_s"
+        case logWriteErrors = "log_write_errors"
+        case logLastError = "log_last_error"
         case workersWanted = "workers_wanted"
         case workersReady = "workers_ready"
         case lastReload = "last_reload"
