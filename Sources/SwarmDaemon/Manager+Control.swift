@@ -267,7 +267,15 @@ extension Manager: ControlHandler {
         let requester = Requester(.client(client, id: request.id))
         client.outstanding += 1
         let ids = commands.map { _ in newRequest(requester) }
+        let failuresBefore = saveFailures
+        // Held until every command is in, so a failed save is known before the answer goes out.
+        requester.submitting = true
         for (id, command) in zip(ids, commands) { feed(.command(id, command)) }
+        if saveFailures != failuresBefore, let why = lastSaveError {
+            requester.errors.append("the change is in force, but \(store.path) could not be saved (\(why)): it will be forgotten when swarmd restarts")
+        }
+        requester.submitting = false
+        if requester.remaining.isEmpty { finish(requester) }
     }
 
     /// The core answered one request; once a requester has every answer, it is told.
@@ -282,7 +290,10 @@ extension Manager: ControlHandler {
                 requester.details += failedWorkerLog(app: app, slot: slot, pid: pid)
             }
         }
-        guard requester.remaining.isEmpty else { return }
+        if requester.remaining.isEmpty && !requester.submitting { finish(requester) }
+    }
+
+    func finish(_ requester: Requester) {
         switch requester.kind {
         case let .client(client, clientID):
             client.outstanding -= 1

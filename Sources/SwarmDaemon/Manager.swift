@@ -63,6 +63,8 @@ final class Requester {
     var messages: [String] = []
     var errors: [String] = []
     var details: [String] = []
+    /// Its commands are still being fed to the core: no answer goes out yet.
+    var submitting = false
 
     init(_ kind: Kind) { self.kind = kind }
 }
@@ -109,6 +111,9 @@ public final class Manager {
     var eventsHead = 0
     var feeding = false
     var stateDirty = false
+    /// Why the last save of the remembered apps failed (nil: it worked).
+    var lastSaveError: String?
+    var saveFailures = 0
     var controlFD: Int32 = -1
     var controlFromSystemd = false
     var originalNoFile: (soft: UInt64, hard: UInt64)?
@@ -440,7 +445,9 @@ public final class Manager {
             sockets.remove(name)
             output.forget(app: name)
         case .appsChanged:
+            // Saved at once, so the reply to the command that changed it can say whether it was.
             stateDirty = true
+            flushState()
         case let .note(level, text):
             note(level, text)
         case .exit:
@@ -489,7 +496,15 @@ public final class Manager {
                                  stopped: app.goal == .stopped)
         }
         apps += brokenOrder.compactMap { name in supervisor.apps[name] == nil ? brokenApps[name]?.remembered : nil }
-        do { try store.save(apps) } catch { log.error("Failed to write \(store.path): \(error), ignoring") }
+        do {
+            try store.save(apps)
+            lastSaveError = nil
+        } catch {
+            if lastSaveError == nil { log.error("Failed to write \(store.path): \(error); the change is in force but will be forgotten at the next start") }
+            lastSaveError = "\(error)"
+            saveFailures += 1
+            // Try again after the next change.
+        }
     }
 
     func updateSystemdStatus() {
