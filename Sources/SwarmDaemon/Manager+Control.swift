@@ -305,7 +305,7 @@ extension Manager: ControlHandler {
                 control.send(client, r)
             }
         case .signal:
-            for m in requester.messages { log.notice("\(m)") }
+            // Successes were noted by the core already.
             for e in requester.errors { log.error("\(e)") }
             updateSystemdStatus()
             systemd.reloaded()
