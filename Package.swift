@@ -43,6 +43,7 @@ let package = Package(
         .testTarget(name: "SwarmCoreTests", dependencies: ["SwarmCore"]),
         .testTarget(name: "SwarmConfigTests", dependencies: ["SwarmConfig"]),
         .testTarget(name: "SwarmProtocolTests", dependencies: ["SwarmProtocol"]),
+        .testTarget(name: "SwarmSystemTests", dependencies: ["SwarmSystem"], swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "IntegrationTests", dependencies: ["SwarmProtocol", "SwarmSystem"],
                     swiftSettings: [.swiftLanguageMode(.v5)]),
     ]

@@ -1,4 +1,10 @@
+// FoundationEssentials where it exists: swarmctl then does not load all of
+// Foundation and ICU at every start (issue 18), and JSON is all we need.
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 
 public enum FrameError: Error, Equatable, CustomStringConvertible {
     case tooLarge(limit: Int)

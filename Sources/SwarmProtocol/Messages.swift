@@ -1,4 +1,10 @@
+// FoundationEssentials where it exists: swarmctl then does not load all of
+// Foundation and ICU at every start (issue 18), and JSON is all we need.
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 
 /// The control protocol spoken on swarmd's Unix socket: one JSON object per
 /// line, each way. Requests carry a client-chosen `id`; every response line
@@ -135,8 +141,10 @@ public struct LogLine: Codable, Sendable, Equatable {
         self.text = text
     }
 
-    /// The form log files and `swarmctl logs` use.
-    public var formatted: String { "\(time) \(app)[\(slot)] \(pid) \(stream == "stderr" ? "E" : "O") \(text)" }
+    /// The form log files and `swarmctl logs` use: one line, whatever the
+    /// worker wrote (control characters in the text are escaped, so a CR or
+    /// an escape sequence cannot forge another line or reach a terminal raw).
+    public var formatted: String { "\(time) \(app)[\(slot)] \(pid) \(stream == "stderr" ? "E" : "O") \(TerminalText.escape(text))" }
 }
 
 /// `status --json`. The schema is documented in the README and stable

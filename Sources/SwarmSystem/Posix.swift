@@ -1,48 +1,16 @@
 import CSwarmSpawn
 import Glibc
 
-/// A failed system call: which call, on what, and the errno.
-public struct SystemError: Error, CustomStringConvertible, Equatable {
-    public var call: String
-    public var errno: Int32
-    public var subject: String?
-
-    public init(_ call: String, errno: Int32, subject: String? = nil) {
-        self.call = call
-        self.errno = errno
-        self.subject = subject
-    }
-
-    public var description: String {
-        let on = subject.map { " \($0)" } ?? ""
-        return "\(call)\(on): \(String(cString: strerror(errno))) (\(errnoName(errno)))"
-    }
-}
-
-public func errnoName(_ e: Int32) -> String {
-    let names: [Int32: String] = [
-        EPERM: "EPERM", ENOENT: "ENOENT", ESRCH: "ESRCH", EINTR: "EINTR", EIO: "EIO", EBADF: "EBADF",
-        ECHILD: "ECHILD", EAGAIN: "EAGAIN", ENOMEM: "ENOMEM", EACCES: "EACCES", EEXIST: "EEXIST",
-        ENOTDIR: "ENOTDIR", EISDIR: "EISDIR", EINVAL: "EINVAL", EMFILE: "EMFILE", ENFILE: "ENFILE",
-        ENOEXEC: "ENOEXEC", EPIPE: "EPIPE", EADDRINUSE: "EADDRINUSE", EADDRNOTAVAIL: "EADDRNOTAVAIL",
-        ECONNREFUSED: "ECONNREFUSED", ENAMETOOLONG: "ENAMETOOLONG", ELOOP: "ELOOP", ETXTBSY: "ETXTBSY",
-        E2BIG: "E2BIG", ENOSPC: "ENOSPC", EROFS: "EROFS", ECONNRESET: "ECONNRESET", ENOTSOCK: "ENOTSOCK",
-    ]
-    return names[e] ?? "errno \(e)"
-}
-
 /// Every system call swarm makes, wrapped once: EINTR retried, failures
 /// thrown as `SystemError` naming the call.
 public enum Posix {
+    /// The compatibility form of `syscall`: throws on every failure, EBADF
+    /// included (callers written before the trap existed rely on that).
     @discardableResult
     static func check(_ call: String, subject: String? = nil, _ body: () -> Int32) throws -> Int32 {
-        while true {
-            let r = body()
-            if r >= 0 { return r }
-            let e = Glibc.errno
-            if e == EINTR { continue }
-            throw SystemError(call, errno: e, subject: subject)
-        }
+        let (r, e) = retryingEINTR(call, subject: subject, trapProgrammingErrors: false, body)
+        if r < 0 { throw SystemError(call, errno: e, subject: subject) }
+        return r
     }
 
     public static func close(_ fd: Int32) {
@@ -50,37 +18,30 @@ public enum Posix {
         _ = Glibc.close(fd)
     }
 
+    /// Compatibility: throws every error, EAGAIN included (new code: `readSome`).
     public static func read(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
-        while true {
-            let n = Glibc.read(fd, buffer.baseAddress, buffer.count)
-            if n >= 0 { return n }
-            if Glibc.errno == EINTR { continue }
-            throw SystemError("read", errno: Glibc.errno)
-        }
+        let (n, e) = retryingEINTR("read", subject: "fd \(fd)", trapProgrammingErrors: false) { Glibc.read(fd, buffer.baseAddress, buffer.count) }
+        if n < 0 { throw SystemError("read", errno: e, subject: "fd \(fd)") }
+        return n
     }
 
-    /// Writes what the kernel takes now; returns the count (0 on EAGAIN).
+    /// Compatibility: writes what the kernel takes now; returns the count (0 on EAGAIN) (new code: `writeSome`).
     public static func write(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) throws -> Int {
-        while true {
-            let n = Glibc.write(fd, bytes.baseAddress, bytes.count)
-            if n >= 0 { return n }
-            let e = Glibc.errno
-            if e == EINTR { continue }
-            if e == EAGAIN { return 0 }
-            throw SystemError("write", errno: e)
-        }
+        let (n, e) = retryingEINTR("write", subject: "fd \(fd)", trapProgrammingErrors: false) { Glibc.write(fd, bytes.baseAddress, bytes.count) }
+        if n >= 0 { return n }
+        if e == EAGAIN { return 0 }
+        throw SystemError("write", errno: e, subject: "fd \(fd)")
     }
 
-    /// Writes everything, blocking as needed (for regular files).
+    /// Compatibility: writes everything, blocking as needed (for regular files) (new code: `writeFully`).
     public static func writeAll(_ fd: Int32, _ bytes: [UInt8]) throws {
         var offset = 0
         try bytes.withUnsafeBytes { buf in
             while offset < buf.count {
-                let n = Glibc.write(fd, buf.baseAddress! + offset, buf.count - offset)
-                if n < 0 {
-                    if Glibc.errno == EINTR { continue }
-                    throw SystemError("write", errno: Glibc.errno)
+                let (n, e) = retryingEINTR("write", subject: "fd \(fd)", trapProgrammingErrors: false) {
+                    Glibc.write(fd, buf.baseAddress! + offset, buf.count - offset)
                 }
+                if n < 0 { throw SystemError("write", errno: e, subject: "fd \(fd)") }
                 offset += n
             }
         }
@@ -122,25 +83,15 @@ public enum Posix {
     public static func reapOne() -> WaitResult? {
         var status: Int32 = 0
         while true {
-            let pid = waitpid(-1, &status, WNOHANG)
-            if pid < 0 && Glibc.errno == EINTR { continue }
+            let (pid, _) = retryingEINTR("waitpid", subject: "any child", trapProgrammingErrors: false) { waitpid(-1, &status, WNOHANG) }
             if pid <= 0 { return nil }
-            // Linux encoding: low 7 bits the signal, 0x80 core, high byte the exit code.
-            let sig = status & 0x7f
-            if sig == 0 { return .exited(pid, (status >> 8) & 0xff) }
-            if sig == 0x7f { continue } // stopped/continued: not reported without WUNTRACED
-            return .signaled(pid, sig, core: status & 0x80 != 0)
+            if let r = decode(pid: pid, status: status) { return r }
         }
     }
 
+    /// mkdir -p. A relative path stays relative to the current directory.
     public static func mkdirs(_ path: String, mode: mode_t) throws {
-        var current = ""
-        for part in path.split(separator: "/") {
-            current += "/" + part
-            if mkdir(current, mode) < 0 && Glibc.errno != EEXIST {
-                throw SystemError("mkdir", errno: Glibc.errno, subject: current)
-            }
-        }
+        try FileSystem.makeDirectories(path, mode: mode)
     }
 
     public static func monotonicNanoseconds() -> Int64 {
@@ -166,30 +117,14 @@ public enum Posix {
         signal(sig, SIG_IGN)
     }
 
-    /// Writes a file atomically: temp file, fsync, rename, fsync of the directory.
+    /// Writes a file atomically: temp file, fsync, rename, fsync of the
+    /// directory. Symlinks at the target are replaced, never followed; a full
+    /// disk is `FileError.noSpace`. (`TrustedDirectory.writeFileAtomically`
+    /// also checks who owns the directory.)
     public static func writeFileAtomically(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o600) throws {
-        let dir = path.split(separator: "/").dropLast().joined(separator: "/")
-        let tmp = "\(path).tmp.\(getpid())"
-        let fd = try open(tmp, O_WRONLY | O_CREAT | O_TRUNC, mode: mode)
-        do {
-            try writeAll(fd, bytes)
-            try check("fsync", subject: tmp) { fsync(fd) }
-        } catch {
-            close(fd)
-            unlink(tmp)
-            throw error
-        }
-        close(fd)
-        do {
-            try check("rename", subject: path) { rename(tmp, path) }
-        } catch {
-            unlink(tmp)
-            throw error
-        }
-        if let dfd = try? open("/" + dir, O_RDONLY | O_DIRECTORY) {
-            _ = fsync(dfd)
-            close(dfd)
-        }
+        let (dir, name) = FileSystem.split(path)
+        let d = try TrustedDirectory(unchecked: dir)
+        try d.writeFileAtomically(name, bytes, mode: mode)
     }
 
     public static func readFile(_ path: String, limit: Int = 16 << 20) throws -> [UInt8] {

@@ -158,15 +158,104 @@ extension Sockets {
         return (n, pid)
     }
 
-    /// accept4(NONBLOCK|CLOEXEC); nil when nothing is pending, throws on other errors (EMFILE…).
+    /// Compatibility: accept4(NONBLOCK|CLOEXEC); nil when nothing is pending, throws on other errors (EMFILE…).
+    /// New code: `acceptConnection` (which also traps EBADF).
     public static func accept(_ fd: Int32) throws -> Int32? {
         while true {
-            let c = swarm_accept(fd)
+            let (c, e) = Posix.retryingEINTR("accept4", subject: "fd \(fd)", trapProgrammingErrors: false) { swarm_accept(fd) }
             if c >= 0 { return c }
-            let e = errno
-            if e == EINTR || e == ECONNABORTED { continue }
+            if e == ECONNABORTED { continue }
             if e == EAGAIN || e == EWOULDBLOCK { return nil }
             throw SystemError("accept4", errno: e)
         }
+    }
+}
+
+/// Who is at the other end of a Unix socket (SO_PEERCRED): for a connected
+/// socket, the process that called connect() or listen().
+public struct PeerCredentials: Equatable, Sendable {
+    public var pid: pid_t
+    public var uid: uid_t
+    public var gid: gid_t
+}
+
+extension Sockets {
+    public enum ShutdownHow {
+        case read, write, both
+        var how: Int32 {
+            switch self {
+            case .read: return Int32(SHUT_RD)
+            case .write: return Int32(SHUT_WR)
+            case .both: return Int32(SHUT_RDWR)
+            }
+        }
+    }
+
+    /// shutdown(2). A peer already gone (ENOTCONN) is not an error.
+    public static func shutdown(_ fd: Int32, _ how: ShutdownHow) throws {
+        let (r, e) = Posix.retryingEINTR("shutdown", subject: "fd \(fd)", trapProgrammingErrors: true) { Glibc.shutdown(fd, how.how) }
+        if r < 0 && e != ENOTCONN { throw SystemError("shutdown", errno: e, subject: "fd \(fd)") }
+    }
+
+    /// SO_PEERCRED, throwing (`peerCredentials` is the optional form).
+    public static func peer(of fd: Int32) throws -> PeerCredentials {
+        var pid: pid_t = 0, uid: uid_t = 0, gid: gid_t = 0
+        try Posix.syscall("getsockopt(SO_PEERCRED)", subject: "fd \(fd)") { swarm_peer_cred(fd, &pid, &uid, &gid) }
+        return PeerCredentials(pid: pid, uid: uid, gid: gid)
+    }
+
+    /// accept4(NONBLOCK|CLOEXEC) on a non-blocking listener. A connection the
+    /// client aborted before we took it (ECONNABORTED) is skipped; EMFILE and
+    /// the like are thrown.
+    public static func acceptConnection(_ fd: Int32) throws -> IOResult<Int32> {
+        while true {
+            let (c, e) = Posix.retryingEINTR("accept4", subject: "fd \(fd)", trapProgrammingErrors: true) { swarm_accept(fd) }
+            if c >= 0 { return .done(c) }
+            if e == ECONNABORTED { continue }
+            if e == EAGAIN || e == EWOULDBLOCK { return .wouldBlock }
+            throw SystemError("accept4", errno: e, subject: "fd \(fd)")
+        }
+    }
+
+    /// One datagram and its sender's pid (SCM_CREDENTIALS, 0 if none sent),
+    /// from a non-blocking socket. Passed fds are closed.
+    public static func receiveDatagram(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) throws -> IOResult<(count: Int, pid: pid_t)> {
+        var pid: pid_t = 0
+        let (n, e) = Posix.retryingEINTR("recvmsg", subject: "fd \(fd)", trapProgrammingErrors: true) {
+            swarm_recv_with_cred(fd, buffer.baseAddress, buffer.count, &pid)
+        }
+        if n >= 0 { return .done((n, pid)) }
+        if e == EAGAIN || e == EWOULDBLOCK { return .wouldBlock }
+        throw SystemError("recvmsg", errno: e, subject: "fd \(fd)")
+    }
+
+    /// send(2) with MSG_NOSIGNAL (a closed peer is EPIPE, not SIGPIPE) of
+    /// what the socket takes now.
+    public static func sendSome(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) throws -> IOResult<Int> {
+        try Posix.nonBlockingSyscall("send", subject: "fd \(fd)") { send(fd, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL)) }
+    }
+
+    /// Sends every byte on a (blocking or non-blocking) socket, waiting for
+    /// room, but not past the timeout (ETIMEDOUT then).
+    public static func sendAll(_ fd: Int32, _ bytes: [UInt8], timeoutNanoseconds: Int64) throws {
+        let deadline = Posix.monotonicNanoseconds() + timeoutNanoseconds
+        var offset = 0
+        try bytes.withUnsafeBytes { buf in
+            while offset < buf.count {
+                switch try sendSome(fd, UnsafeRawBufferPointer(rebasing: buf[offset...])) {
+                case let .done(n): offset += n
+                case .wouldBlock:
+                    let left = deadline - Posix.monotonicNanoseconds()
+                    guard left > 0, try Posix.waitFor(fd, events: Int16(POLLOUT), timeoutNanoseconds: left) else {
+                        throw SystemError("send", errno: ETIMEDOUT, subject: "fd \(fd) (\(offset) of \(buf.count) bytes sent)")
+                    }
+                }
+            }
+        }
+    }
+
+    /// recv(2) on a blocking socket, or `.wouldBlock` on a non-blocking one.
+    public static func receiveSome(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) throws -> IOResult<Int> {
+        try Posix.nonBlockingSyscall("recv", subject: "fd \(fd)") { recv(fd, buffer.baseAddress, buffer.count, 0) }
     }
 }

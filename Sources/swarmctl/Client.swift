@@ -1,4 +1,3 @@
-import Foundation
 import Glibc
 import SwarmProtocol
 import SwarmSystem
@@ -10,23 +9,63 @@ struct CtlError: Error, CustomStringConvertible {
     var exitCode: Int32 = 1
 }
 
-/// A connection to swarmd's control socket.
+/// A connection to swarmd's control socket, to a peer swarmctl trusts.
 final class Client {
     let path: String
     let fd: Int32
     var reader = FrameReader(limit: 64 << 20)
     var nextID: UInt64 = 1
 
-    init(path: String) throws {
+    convenience init(_ global: GlobalOptions) throws {
+        try self.init(path: global.socketPath, trusting: try global.trustedUIDs(), builtInPath: global.isBuiltInSocket)
+    }
+
+    /// Connects, then checks who listens there (SO_PEERCRED): root, this
+    /// user, or a uid in `trusting`; anyone else could be another user's
+    /// program posing as swarmd to collect config paths and environments.
+    /// For the built-in path, the socket's directory is checked first: one
+    /// that another user owns or may write in could hold their socket.
+    init(path: String, trusting: [uid_t], builtInPath: Bool) throws {
         self.path = path
+        if builtInPath { try Client.checkSocketDirectory(of: path) }
         do {
             fd = try Sockets.connectUnix(path)
         } catch let e as SystemError {
             throw CtlError(description: Client.unreachable(path, e), exitCode: 3)
         }
+        do {
+            try Client.checkPeer(fd, path: path, trusting: trusting)
+        } catch {
+            Posix.close(fd)
+            throw error
+        }
     }
 
     deinit { Posix.close(fd) }
+
+    static func checkSocketDirectory(of path: String) throws {
+        let dir = FileSystem.split(path).directory
+        do {
+            try TrustedDirectory.verify(path: dir, owners: Array(Set([0, Posix.userID])))
+        } catch let e as SystemError where e.errno == ENOENT {
+            // Nothing there yet: the connect fails as "no socket there".
+        } catch let e as FileError {
+            throw CtlError(description: "refusing the control socket \(path): \(e)")
+        }
+    }
+
+    static func checkPeer(_ fd: Int32, path: String, trusting: [uid_t]) throws {
+        let peer: PeerCredentials
+        do { peer = try Sockets.peer(of: fd) } catch {
+            throw CtlError(description: "cannot tell who listens on \(path): \(error); refusing to talk to it")
+        }
+        let me = Posix.userID
+        guard peer.uid == 0 || peer.uid == me || trusting.contains(peer.uid) else {
+            throw CtlError(description: "refusing to talk to \(path): the process listening there (pid \(peer.pid)) runs as "
+                + "\(Users.describe(peer.uid)), not as root or as you (\(Users.describe(me))), so it may not be swarmd. "
+                + "If you trust it, pass --trust-uid \(peer.uid) (or set \(SwarmDefaults.trustUIDVariable)=\(peer.uid))")
+        }
+    }
 
     static func unreachable(_ path: String, _ e: SystemError) -> String {
         let why: String
@@ -39,19 +78,12 @@ final class Client {
         return "cannot reach swarmd at \(path): \(why). Start it with 'swarmd --socket \(path)' (or 'swarmctl start APP.conf', which starts one), or point --socket / SWARM_SOCKET at a running one."
     }
 
+    func lost(_ error: Error) -> CtlError {
+        CtlError(description: "lost the connection to swarmd at \(path): \(error)")
+    }
+
     func send(_ request: Request) throws {
-        let bytes = Codec.encode(request)
-        var offset = 0
-        try bytes.withUnsafeBytes { buf in
-            while offset < buf.count {
-                let n = Glibc.write(fd, buf.baseAddress! + offset, buf.count - offset)
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    throw CtlError(description: "lost the connection to swarmd at \(path): \(String(cString: strerror(errno)))")
-                }
-                offset += n
-            }
-        }
+        do { try Sockets.sendAll(fd, Codec.encode(request), timeoutNanoseconds: 60_000_000_000) } catch { throw lost(error) }
     }
 
     /// The next response line; nil at EOF.
@@ -59,11 +91,10 @@ final class Client {
         var buf = [UInt8](repeating: 0, count: 65536)
         while true {
             if let frame = try reader.next() { return try Codec.decodeResponse(frame) }
-            let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw CtlError(description: "lost the connection to swarmd at \(path): \(String(cString: strerror(errno)))")
-            }
+            let got: IOResult<Int>
+            do { got = try buf.withUnsafeMutableBytes { try Sockets.receiveSome(fd, into: $0) } } catch { throw lost(error) }
+            // A blocking socket: .wouldBlock only if a timeout were set, which it is not.
+            guard case let .done(n) = got else { continue }
             if n == 0 { return nil }
             reader.append(buf[0..<n])
         }
@@ -91,19 +122,4 @@ final class Client {
         return Request(id: nextID, verb: verb, files: files, name: name, replace: replace, count: count, delta: delta,
                        lines: lines, follow: follow)
     }
-}
-
-func printErr(_ s: String) {
-    _ = (s + "\n").withCString { fputs($0, stderr) }
-}
-
-func printOut(_ s: String) {
-    _ = (s + "\n").withCString { fputs($0, stdout) }
-    fflush(nil)
-}
-
-func toJSON<T: Encodable>(_ value: T) -> String {
-    let e = JSONEncoder()
-    e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-    return String(decoding: try! e.encode(value), as: UTF8.self)
 }

@@ -1,116 +1,137 @@
 import ArgumentParser
-import Foundation
 import Glibc
 import SwarmProtocol
 import SwarmSystem
 
 struct Start: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Validate and start apps from config files, or start a stopped app by name.",
-        discussion: "With no swarmd reachable, one is started in the background (its log in the state dir), unless --no-autostart.")
+        abstract: "Validate and start apps from config files, or start stopped apps by name ('all': every stopped app).",
+        discussion: """
+            A word that is an app name (a-z, 0-9, _ and -) names an app swarmd knows; anything else is a config file \
+            (relative paths are relative to the current directory). To start a config file whose name looks like an app \
+            name, write ./NAME. With no swarmd reachable, one is started in the background (its log in the state dir), \
+            unless --no-autostart.
+            """)
     @OptionGroup var global: GlobalOptions
     @Flag(help: "Replace a running app of the same name.") var replace = false
     @Flag(name: .customLong("no-autostart"), help: "Fail instead of starting swarmd when none answers.") var noAutostart = false
-    @Option(name: .customLong("state-dir"), help: ArgumentHelp("State dir of an autostarted swarmd.", valueName: "dir")) var stateDir: String?
-    @Argument(help: ArgumentHelp("Config files (or names of stopped apps).", valueName: "app.conf")) var files: [String]
+    @Option(name: .customLong("state-dir"), help: ArgumentHelp("State dir of an autostarted swarmd (env SWARM_STATE_DIR).", valueName: "dir"))
+    var stateDir: String?
+    @Argument(help: ArgumentHelp("Config files, names of stopped apps, or 'all'.", valueName: "app.conf|name|all")) var files: [String]
 
     func validate() throws {
-        guard !files.isEmpty else { throw ValidationError("give at least one config file") }
+        guard !files.isEmpty else { throw ValidationError("give at least one config file or app name") }
+    }
+
+    /// One word of the command line, sorted out before anything is sent.
+    enum Word: Equatable {
+        case everyStopped
+        case name(String)
+        /// Absolute: swarmd reads the file with a cwd of its own.
+        case file(String)
+    }
+
+    static func classify(_ words: [String], cwd: String) throws -> [Word] {
+        try words.map { w in
+            if w == AppName.all { return .everyStopped }
+            if AppName.isValid(w) { return .name(w) }
+            return .file(try FileSystem.absolute(w, relativeTo: cwd))
+        }
     }
 
     func run() throws {
-        // The daemon reads the files: send absolute paths.
-        let cwd = FileManager.default.currentDirectoryPath
-        let paths = files.map { f -> String in
-            if f.hasPrefix("/") { return f }
-            if !f.contains("/") && !f.hasSuffix(".conf") && !FileManager.default.fileExists(atPath: f) { return f }
-            return cwd + "/" + f
-        }
         try execute {
-            let client: Client
-            do {
-                client = try Client(path: global.socketPath)
-            } catch let e as CtlError where e.exitCode == 3 && !noAutostart {
-                try autostart()
-                client = try Client(path: global.socketPath)
+            let cwd = try FileSystem.currentDirectory()
+            let words = try Start.classify(files, cwd: cwd)
+            let client = try connect(cwd: cwd)
+            var sent: [String] = []
+            if words.contains(where: { if case .file = $0 { return false } else { return true } }) {
+                // Names are checked here, against what swarmd knows, so an unknown one gets a clear answer
+                // (swarmd would try to read it as a file), and 'all' becomes the stopped apps.
+                guard let report = try client.call(client.request(.status)).status else { throw CtlError(description: "swarmd sent no status") }
+                var unknown: [String] = []
+                for w in words {
+                    switch w {
+                    case .everyStopped:
+                        sent += report.apps.filter { $0.state == "stopped" }.map(\.name).filter { !sent.contains($0) }
+                    case let .name(n):
+                        if report.apps.contains(where: { $0.name == n }) { if !sent.contains(n) { sent.append(n) } } else { unknown.append(n) }
+                    case let .file(path):
+                        sent.append(path)
+                    }
+                }
+                if !unknown.isEmpty {
+                    let hint = unknown.filter { FileSystem.exists(cwd + "/" + $0) }
+                    throw CtlError(description: "no app named \(unknown.map { "'\($0)'" }.joined(separator: ", ")) is known to swarmd"
+                        + (hint.isEmpty ? "" : " (to start the config file \(hint[0]) here, write ./\(hint[0]))"))
+                }
+                if sent.isEmpty {
+                    printOut("no stopped apps to start")
+                    return
+                }
+            } else {
+                sent = words.compactMap { if case let .file(p) = $0 { return p } else { return nil } }
             }
-            let r = try client.call(client.request(.start, files: paths, replace: replace))
+            let r = try client.call(client.request(.start, files: sent, replace: replace))
             if let m = r.message { printOut(m) }
         }
     }
 
-    /// Starts swarmd detached (own process group, stdio to its log) and waits for its socket.
-    func autostart() throws {
-        let me = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
-        let sibling = me.deletingLastPathComponent().appendingPathComponent("swarmd").path
-        var executable = sibling
-        if Glibc.access(sibling, X_OK) != 0 {
-            let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
-            let candidates: [String] = path.split(separator: ":").map { String($0) + "/swarmd" }
-            guard let found = candidates.first(where: { Glibc.access($0, X_OK) == 0 }) else {
-                throw CtlError(description: "swarmd is not running and no swarmd binary was found next to swarmctl or in PATH", exitCode: 3)
-            }
-            executable = found
+    func connect(cwd: String) throws -> Client {
+        do {
+            return try Client(global)
+        } catch let e as CtlError where e.exitCode == 3 && !noAutostart {
+            try autostart(cwd: cwd)
+            return try Client(global)
         }
-        let state = stateDir ?? ProcessInfo.processInfo.environment["SWARM_STATE_DIR"] ?? defaultStateDir()
-        try Posix.mkdirs(state, mode: 0o700)
-        let logPath = state + "/swarmd.log"
-        let logFD = try Posix.open(logPath, O_WRONLY | O_CREAT | O_APPEND, mode: 0o600)
-        defer { Posix.close(logFD) }
+    }
+
+    /// Starts swarmd detached (own process group, stdio to its log) and waits for its socket.
+    func autostart(cwd: String) throws {
+        let executable = try Start.findSwarmd()
+        // swarmd runs in "/": every path it is given must be absolute.
+        let state = try FileSystem.absolute(stateDir ?? SwarmDefaults.stateDirectory, relativeTo: cwd)
+        let socket = try FileSystem.absolute(global.socketPath, relativeTo: cwd)
+        let dir = try TrustedDirectory(path: state, create: 0o700)
+        let log = try dir.openAppendFile("swarmd.log", mode: 0o600)
+        defer { log.close() }
         let devNull = try Posix.open("/dev/null", O_RDWR)
         defer { Posix.close(devNull) }
-        let env = ProcessInfo.processInfo.environment.map { "\($0.key)=\($0.value)" }
-        var plan = SpawnPlan(executable: executable, argv: [executable, "--socket", global.socketPath, "--state-dir", state],
-                             environment: env, setListenPID: false, cwd: "/", fds: [], stdin: devNull, stdout: logFD, stderr: logFD)
+        var plan = SpawnPlan(executable: executable, argv: [executable, "--socket", socket, "--state-dir", state],
+                             environment: Environment.all, setListenPID: false, cwd: "/", fds: [], stdin: devNull,
+                             stdout: log.fd, stderr: log.fd)
         plan.parentDeathSignal = 0
         let pid = try Spawner.spawn(plan)
-        printErr("swarmctl: started swarmd (pid \(pid)), log \(logPath)")
+        printErr("swarmctl: started swarmd (pid \(pid)), log \(log.path)")
         let deadline = Posix.monotonicNanoseconds() + 10_000_000_000
         while Posix.monotonicNanoseconds() < deadline {
             if let fd = try? Sockets.connectUnix(global.socketPath) {
                 Posix.close(fd)
                 return
             }
-            var status: Int32 = 0
-            if waitpid(pid, &status, WNOHANG) == pid {
-                throw CtlError(description: "swarmd exited at once (status \(status >> 8)); see \(logPath)", exitCode: 3)
+            switch try Posix.reap(pid) {
+            case let .exited(_, code)?:
+                throw CtlError(description: "swarmd exited at once (status \(code)); see \(log.path)", exitCode: 3)
+            case let .signaled(_, sig, _)?:
+                throw CtlError(description: "swarmd was killed by signal \(sig) at once; see \(log.path)", exitCode: 3)
+            case nil:
+                break
             }
-            usleep(20_000)
+            Posix.sleep(nanoseconds: 20_000_000)
         }
-        throw CtlError(description: "swarmd did not open \(global.socketPath) within 10s; see \(logPath)", exitCode: 3)
+        throw CtlError(description: "swarmd did not open \(global.socketPath) within 10s; see \(log.path)", exitCode: 3)
     }
 
-    func defaultStateDir() -> String {
-        if getuid() == 0 { return "/var/lib/swarm" }
-        return (Users.homeDirectory() ?? "/tmp") + "/.local/state/swarm"
-    }
-}
-
-struct Reload: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "Re-read an app's config and replace its workers one by one, without dropping a connection.",
-        discussion: "Returns when every worker is replaced, or non-zero with the reason when the new version failed and was rolled back.")
-    @OptionGroup var global: GlobalOptions
-    @Flag(help: "Print progress events as JSON lines.") var json = false
-    @Argument(help: "App name, or 'all'.") var name: String
-
-    func validate() throws { try validateName(name) }
-
-    func run() throws {
-        try execute {
-            let client = try Client(path: global.socketPath)
-            do {
-                var printed = false
-                let r = try client.call(client.request(.reload, name: name)) { event in
-                    guard let e = event.event else { return }
-                    printed = true
-                    if json { printOut(String(decoding: Codec.encode(e).dropLast(), as: UTF8.self)) } else { printOut(e.message) }
-                }
-                if json { printOut(#"{"ok":true}"#) } else if !printed, let m = r.message { printOut(m) }
-            } catch let e as CtlError {
-                if json { printOut(String(decoding: Codec.encode(["ok": "false", "error": e.description]).dropLast(), as: UTF8.self)) }
-                throw e
-            }
+    /// swarmd next to this swarmctl, else the first in PATH.
+    static func findSwarmd() throws -> String {
+        if let me = try? FileSystem.readLink("/proc/self/exe") {
+            let sibling = FileSystem.split(me).directory + "/swarmd"
+            if FileSystem.isExecutableFile(sibling) { return sibling }
         }
+        let path = Environment.nonEmpty("PATH") ?? "/usr/bin:/bin"
+        if let found = path.split(separator: ":").map({ String($0) + "/swarmd" }).first(where: FileSystem.isExecutableFile) {
+            return found
+        }
+        throw CtlError(description: "swarmd is not running and no swarmd binary was found next to swarmctl or in PATH", exitCode: 3)
     }
 }

@@ -1,7 +1,6 @@
 import ArgumentParser
-import Foundation
-import Glibc
 import SwarmProtocol
+import SwarmSystem
 
 struct Status: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Show apps and workers (a table, or --json).")
@@ -13,13 +12,14 @@ struct Status: ParsableCommand {
 
     func run() throws {
         try execute {
-            let client = try Client(path: global.socketPath)
+            let client = try Client(global)
             let r = try client.call(client.request(.status, name: name))
             guard let report = r.status else { throw CtlError(description: "swarmd sent no status") }
             if json {
-                printOut(toJSON(report))
+                printPrettyJSON(report)
             } else {
-                printOut(StatusTable.render(report, color: isatty(1) != 0 && ProcessInfo.processInfo.environment["NO_COLOR"] == nil))
+                // Each field from swarmd is escaped inside render; the colours are ours.
+                Console.write(StatusTable.render(report, color: Console.isTerminal(.output) && Environment.get("NO_COLOR") == nil) + "\n")
             }
         }
     }
@@ -28,7 +28,10 @@ struct Status: ParsableCommand {
 /// The `swarmctl status` table: fits 80 columns.
 enum StatusTable {
     /// One block per app: a summary line, then a worker table (≤ 80 columns).
+    /// Every text that came from swarmd (names, states, STATUS= lines, exit
+    /// reasons, messages) is escaped: it may hold a worker's bytes.
     static func render(_ report: StatusReport, color: Bool) -> String {
+        let e = TerminalText.escape
         func paint(_ text: String, _ state: String) -> String {
             guard color, let code = colorCode(state) else { return text }
             return "\u{1b}[\(code)m\(text)\u{1b}[0m"
@@ -38,16 +41,16 @@ enum StatusTable {
             // PIN (the CPU a worker is pinned to) only for apps with cpu_affinity, to stay within 80 columns.
             let pinned = app.workers.contains { $0.cpuPinned != nil }
             let header = ["SLOT", "PID", "STATE", "GEN", "UPTIME", "RESTARTS", "CPU%", "SHARE", "RSS"] + (pinned ? ["PIN"] : [])
-            let sockets = app.sockets.map { "\($0.name) \($0.listen) (\($0.balance))" }.joined(separator: ", ")
-            var summary = "\(app.name)  \(paint(app.state, app.state))  gen \(app.generation)  \(app.workersReady)/\(app.workersWanted) ready"
+            let sockets = app.sockets.map { "\(e($0.name)) \(e($0.listen)) (\(e($0.balance)))" }.joined(separator: ", ")
+            var summary = "\(e(app.name))  \(paint(e(app.state), app.state))  gen \(app.generation)  \(app.workersReady)/\(app.workersWanted) ready"
             if !sockets.isEmpty { summary += "  \(sockets)" }
             if let t = app.logThrottledS, t > 0 { summary += "  (output throttled \(duration(t)))" }
             lines.append(summary)
             let rows: [[String]] = app.workers.map { w in
                 var row: [String] = [
-                    "\(w.slot)", w.pid.map(String.init) ?? "-", w.state, "\(w.generation)", duration(w.uptimeS), "\(w.restarts)",
-                    w.cpuPercent.map { String(format: "%.1f", $0) } ?? "-",
-                    w.cpuShare.map { String(format: "%.0f%%", $0 * 100) } ?? "-", w.rssBytes.map(bytes) ?? "-",
+                    "\(w.slot)", w.pid.map(String.init) ?? "-", e(w.state), "\(w.generation)", duration(w.uptimeS), "\(w.restarts)",
+                    w.cpuPercent.map { fixed($0, 1) } ?? "-",
+                    w.cpuShare.map { fixed($0 * 100, 0) + "%" } ?? "-", w.rssBytes.map(bytes) ?? "-",
                 ]
                 if pinned { row.append(w.cpuPinned.map(String.init) ?? "-") }
                 return row
@@ -66,11 +69,11 @@ enum StatusTable {
             lines.append(format(header, state: nil))
             for (row, w) in zip(rows, app.workers) { lines.append(format(row, state: w.state)) }
             if let r = app.lastReload {
-                lines.append("  last reload \(r.ok ? "ok" : paint("FAILED", "crash-loop")) \(duration(r.ageS)) ago: \(r.message)")
+                lines.append("  last reload \(r.ok ? "ok" : paint("FAILED", "crash-loop")) \(duration(r.ageS)) ago: \(e(r.message))")
             }
             for w in app.workers {
-                if let text = w.statusText { lines.append("  [\(w.slot)] \(text)") }
-                if w.state == "backoff" || w.state == "crash-loop", let exit = w.lastExit { lines.append("  [\(w.slot)] last exit: \(exit)") }
+                if let text = w.statusText { lines.append("  [\(w.slot)] \(e(text))") }
+                if w.state == "backoff" || w.state == "crash-loop", let exit = w.lastExit { lines.append("  [\(w.slot)] last exit: \(e(exit))") }
             }
             lines.append("")
         }
@@ -89,7 +92,7 @@ enum StatusTable {
     }
 
     static func duration(_ s: Double) -> String {
-        if s < 60 { return String(format: "%.0fs", s) }
+        if s < 60 { return fixed(s, 0) + "s" }
         if s < 3600 { return "\(Int(s) / 60)m\(Int(s) % 60)s" }
         if s < 86400 { return "\(Int(s) / 3600)h\(Int(s) % 3600 / 60)m" }
         return "\(Int(s) / 86400)d\(Int(s) % 86400 / 3600)h"
@@ -97,33 +100,7 @@ enum StatusTable {
 
     static func bytes(_ b: Int64) -> String {
         if b < 1 << 20 { return "\(b >> 10)K" }
-        if b < 1 << 30 { return String(format: "%.1fM", Double(b) / 1048576) }
-        return String(format: "%.1fG", Double(b) / 1073741824)
-    }
-}
-
-struct Logs: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Print an app's recent worker output; -f keeps following it.")
-    @OptionGroup var global: GlobalOptions
-    @Flag(name: .shortAndLong, help: "Keep printing new lines.") var follow = false
-    @Option(name: .short, help: "How many past lines.") var n: Int = 50
-    @Flag(help: "One JSON object per line.") var json = false
-    @Argument(help: "App name, or 'all'.") var name: String
-
-    func validate() throws {
-        try validateName(name)
-        guard n >= 0 else { throw ValidationError("-n must be 0 or more") }
-    }
-
-    func run() throws {
-        try execute {
-            let client = try Client(path: global.socketPath)
-            _ = try client.call(client.request(.logs, name: name, lines: n, follow: follow)) { r in
-                if let m = r.message { printErr("swarmctl: \(m)") }
-                for line in r.log ?? [] {
-                    printOut(json ? String(decoding: Codec.encode(line).dropLast(), as: UTF8.self) : line.formatted)
-                }
-            }
-        }
+        if b < 1 << 30 { return fixed(Double(b) / 1048576, 1) + "M" }
+        return fixed(Double(b) / 1073741824, 1) + "G"
     }
 }

@@ -1,6 +1,4 @@
 import ArgumentParser
-import Foundation
-import Glibc
 import SwarmProtocol
 import SwarmSystem
 
@@ -9,14 +7,20 @@ enum Main {
     /// `swarmctl --socket X status` as well as `swarmctl status --socket X`:
     /// global options written before the subcommand are moved after it.
     static func main() {
-        var args = Array(CommandLine.arguments.dropFirst())
+        SwarmCtl.main(arrange(Array(CommandLine.arguments.dropFirst())))
+    }
+
+    static let globalOptionsWithValue: Set<String> = ["--socket", "--trust-uid"]
+
+    static func arrange(_ input: [String]) -> [String] {
+        var args = input
         var moved: [String] = []
         var i = 0
         while i < args.count, args[i].hasPrefix("-") {
-            if args[i] == "--socket", i + 1 < args.count {
+            if globalOptionsWithValue.contains(args[i]), i + 1 < args.count {
                 moved += [args[i], args[i + 1]]
                 args.removeSubrange(i...(i + 1))
-            } else if args[i].hasPrefix("--socket=") {
+            } else if globalOptionsWithValue.contains(where: { args[i].hasPrefix($0 + "=") }) {
                 moved.append(args.remove(at: i))
             } else {
                 i += 1
@@ -28,7 +32,7 @@ enum Main {
            let n = args[(i + 1)...].firstIndex(where: { $0.count > 1 && $0.hasPrefix("-") && $0.dropFirst().allSatisfy(\.isWholeNumber) }) {
             args += ["--", args.remove(at: n)]
         }
-        SwarmCtl.main(args)
+        return args
     }
 }
 
@@ -36,7 +40,7 @@ struct SwarmCtl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "swarmctl",
         abstract: "Drive swarmd over its control socket.",
-        version: "0.1.0",
+        version: SwarmVersion.current,
         subcommands: [Start.self, Stop.self, Restart.self, Delete.self, Reload.self, Scale.self, Status.self, Logs.self,
                       Ping.self, Version.self, Shutdown.self, DaemonReexec.self])
 }
@@ -45,13 +49,36 @@ struct GlobalOptions: ParsableArguments {
     @Option(help: ArgumentHelp("swarmd's control socket (env SWARM_SOCKET).", valueName: "path"))
     var socket: String?
 
+    @Option(name: .customLong("trust-uid"),
+            help: ArgumentHelp("Also talk to a swarmd running as this uid or user (env SWARM_TRUST_UID, comma-separated); root and your own uid are always trusted.",
+                               valueName: "uid"))
+    var trustUID: [String] = []
+
     var socketPath: String {
         if let socket { return socket }
-        if let env = ProcessInfo.processInfo.environment["SWARM_SOCKET"], !env.isEmpty { return env }
-        if getuid() == 0 { return "/run/swarm/swarmd.sock" }
-        if let xdg = ProcessInfo.processInfo.environment["XDG_RUNTIME_DIR"], !xdg.isEmpty { return "\(xdg)/swarm/swarmd.sock" }
-        return "/tmp/swarm-\(getuid())/swarmd.sock"
+        return SwarmDefaults.socketPath
     }
+
+    /// Neither --socket nor SWARM_SOCKET chose the path: swarmctl vouches for its directory.
+    var isBuiltInSocket: Bool {
+        socket == nil && Environment.nonEmpty(SwarmDefaults.socketVariable) == nil
+    }
+
+    func trustedUIDs() throws -> [UInt32] {
+        let words = trustUID.flatMap { $0.split(separator: ",") }
+            + (Environment.get(SwarmDefaults.trustUIDVariable) ?? "").split(separator: ",")
+        return try words.map { word in
+            let w = word.trimmingSpaces
+            guard let uid = Users.uid(w) else {
+                throw CtlError(description: "--trust-uid / \(SwarmDefaults.trustUIDVariable): no user or uid '\(w)'", exitCode: 64)
+            }
+            return uid
+        }
+    }
+}
+
+extension Substring {
+    var trimmingSpaces: String { String(drop(while: { $0 == " " }).reversed().drop(while: { $0 == " " }).reversed()) }
 }
 
 /// Runs `body`, printing a failure as one line (plus details) and exiting non-zero.
@@ -60,18 +87,23 @@ func execute(_ body: () throws -> Void) throws {
         try body()
     } catch let e as CtlError {
         printErr("swarmctl: \(e.description)")
-        for d in e.details { printErr("  \(d)") }
+        for d in e.details { printErr("  \(TerminalText.escape(d))") }
         throw ExitCode(e.exitCode)
     } catch let e as FrameError {
+        printErr("swarmctl: \(e)")
+        throw ExitCode(1)
+    } catch let e as SystemError {
+        printErr("swarmctl: \(e)")
+        throw ExitCode(1)
+    } catch let e as FileError {
         printErr("swarmctl: \(e)")
         throw ExitCode(1)
     }
 }
 
 func validateName(_ name: String) throws {
-    guard !name.isEmpty, name.count <= 64,
-          name.allSatisfy({ ($0 >= "a" && $0 <= "z") || ($0 >= "0" && $0 <= "9") || $0 == "_" || $0 == "-" }) else {
-        throw ValidationError("'\(name)' is not an app name (a-z, 0-9, _ and -) or 'all'")
+    guard AppName.isSelector(name) else {
+        throw ValidationError("'\(TerminalText.escape(name))' is not an app name (a-z, 0-9, _ and -) or 'all'")
     }
 }
 
@@ -124,7 +156,7 @@ struct Scale: ParsableCommand {
         let digits = sign == nil ? Substring(word) : word.dropFirst()
         // The range is swarmd's to check: it knows the app's current count.
         guard !digits.isEmpty, digits.allSatisfy({ $0.isASCII && $0.isNumber }), let n = Int(digits) else {
-            throw ValidationError("the worker count must be a number N, or +N / -N to add or remove N workers; not '\(word)'")
+            throw ValidationError("the worker count must be a number N, or +N / -N to add or remove N workers; not '\(TerminalText.escape(word))'")
         }
         switch sign {
         case "+": return .by(n)
@@ -135,7 +167,7 @@ struct Scale: ParsableCommand {
 
     func validate() throws {
         try validateName(name)
-        guard name != "all" else { throw ValidationError("scale takes one app name, not 'all'") }
+        guard name != AppName.all else { throw ValidationError("scale takes one app name, not 'all'") }
         _ = try Self.change(count)
     }
 
@@ -150,7 +182,7 @@ struct Scale: ParsableCommand {
 /// One request; its message (or `fallback`) printed; failures as one line.
 func call(_ global: GlobalOptions, _ verb: Verb, name: String? = nil, count: Int? = nil, delta: Int? = nil, fallback: String?) throws {
     try execute {
-        let client = try Client(path: global.socketPath)
+        let client = try Client(global)
         let r = try client.call(client.request(verb, name: name, count: count, delta: delta))
         if let m = r.message ?? fallback { printOut(m) }
     }
@@ -168,7 +200,7 @@ struct Version: ParsableCommand {
     @OptionGroup var global: GlobalOptions
 
     func run() throws {
-        printOut("swarmctl 0.1.0, protocol \(ControlProtocol.version)")
+        printOut("swarmctl \(SwarmVersion.current), protocol \(ControlProtocol.version)")
         try call(global, .version, fallback: nil)
     }
 }
@@ -189,17 +221,17 @@ struct DaemonReexec: ParsableCommand {
 
     func run() throws {
         try execute {
-            let client = try Client(path: global.socketPath)
+            let client = try Client(global)
             let r = try client.call(client.request(.daemonReexec))
             if let m = r.message { printOut(m) }
             // Wait for the new binary to answer on the same socket.
             let deadline = Posix.monotonicNanoseconds() + 10_000_000_000
             while Posix.monotonicNanoseconds() < deadline {
-                if let c = try? Client(path: global.socketPath), let v = try? c.call(c.request(.version)) {
+                if let c = try? Client(global), let v = try? c.call(c.request(.version)) {
                     printOut(v.message ?? "swarmd answers again")
                     return
                 }
-                usleep(20_000)
+                Posix.sleep(nanoseconds: 20_000_000)
             }
             throw CtlError(description: "swarmd did not answer within 10s after re-executing")
         }

@@ -28,8 +28,8 @@ struct ProcessLimitTests {
                 if let code = daemon.poll() { throw HarnessError("swarmd exited with \(code): \(daemon.stderr)") }
                 return (try? s.request(.ping))?.ok == true
             }
-            // Root may drive a daemon of another uid.
-            let r = try await s.ctl("start", conf)
+            // Root may drive a daemon of another uid, when it says it trusts that uid.
+            let r = try await s.ctl("start", "--trust-uid", "nobody", conf)
             #expect(r.code == 1, "the start cannot succeed: \(r)")
             #expect(r.err.contains("EAGAIN"), "the failure names the errno: \(r)")
             let t0 = Date()

@@ -59,42 +59,11 @@ enum swarm_spawn_step {
 /// CLOEXEC pipe before this returns).
 pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step);
 
-/// Daemon-side helpers Swift cannot import directly.
 int swarm_set_child_subreaper(void);
-int swarm_accept(int fd);                      ///< accept4(NONBLOCK|CLOEXEC)
-int swarm_peer_cred(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
-int swarm_enable_passcred(int fd);
-/// recvmsg of one datagram with SCM_CREDENTIALS; returns length, sender pid in *pid (0 if none).
-/// Any passed fds are closed.
-ssize_t swarm_recv_with_cred(int fd, void *buf, size_t len, pid_t *pid);
-/// Attach a classic BPF reuseport program choosing among the first n sockets of the group.
-int swarm_attach_reuseport_steering(int fd, unsigned n, int ipv6);
-int swarm_memfd_create(const char *name);
-int swarm_pipe_cloexec(int fds[2]);
 
-/* Established TCP connections on local port `port` among the socket inodes
-   `inodes` (sorted ascending): one process's connections. -1 and errno on failure. */
-int swarm_count_established(uint16_t port, const uint32_t *inodes, int ninodes);
-
-/* The CPUs this process may run on, ascending; how many were written, -1 on failure. */
-int swarm_allowed_cpus(int *out, int max);
-
-/* The round-robin program's state (its one-element array map). */
-struct swarm_rr_state {
-    uint64_t counter;  /* connections steered round-robin */
-    uint32_t live;     /* sockets in the socket array: indices 0..live-1 */
-    uint32_t target;   /* hand-over: socket-array index ... */
-    int64_t quota;     /* ... and how many connections it still gets first */
-};
-
-/// eBPF round-robin steering of a reuseport group (needs CAP_BPF).
-/// Returns the program fd, or -1 with errno (and the verifier's log in `log`).
-int swarm_rr_create(unsigned max_slots, int *state_map, int *sock_map, char *log, unsigned log_size);
-int swarm_rr_attach(int prog, int sock);
-int swarm_rr_set_socket(int sock_map, unsigned index, int sock);
-int swarm_rr_set_count(int state_map, unsigned count);
-/* The next `quota` new connections go to socket-array index `target`, then round-robin resumes. */
-int swarm_rr_set_handover(int state_map, unsigned target, unsigned quota);
-int swarm_rr_clear_socket(int sock_map, unsigned index);
+/* The other concerns of this target, each in its own file. */
+#include "swarm_misc.h"
+#include "swarm_bpf.h"
+#include "swarm_sock_diag.h"
 
 #endif

@@ -1,0 +1,27 @@
+#ifndef SWARM_BPF_H
+#define SWARM_BPF_H
+
+#include <stdint.h>
+
+/// Attach a classic BPF reuseport program choosing among the first n sockets of the group.
+int swarm_attach_reuseport_steering(int fd, unsigned n, int ipv6);
+
+/* The round-robin program's state (its one-element array map). */
+struct swarm_rr_state {
+    uint64_t counter;  /* connections steered round-robin */
+    uint32_t live;     /* sockets in the socket array: indices 0..live-1 */
+    uint32_t target;   /* hand-over: socket-array index ... */
+    int64_t quota;     /* ... and how many connections it still gets first */
+};
+
+/// eBPF round-robin steering of a reuseport group (needs CAP_BPF).
+/// Returns the program fd, or -1 with errno (and the verifier's log in `log`).
+int swarm_rr_create(unsigned max_slots, int *state_map, int *sock_map, char *log, unsigned log_size);
+int swarm_rr_attach(int prog, int sock);
+int swarm_rr_set_socket(int sock_map, unsigned index, int sock);
+int swarm_rr_set_count(int state_map, unsigned count);
+/* The next `quota` new connections go to socket-array index `target`, then round-robin resumes. */
+int swarm_rr_set_handover(int state_map, unsigned target, unsigned quota);
+int swarm_rr_clear_socket(int sock_map, unsigned index);
+
+#endif

@@ -1,0 +1,21 @@
+#ifndef SWARM_MISC_H
+#define SWARM_MISC_H
+
+#include <sys/types.h>
+
+int swarm_accept(int fd);                      ///< accept4(NONBLOCK|CLOEXEC)
+int swarm_peer_cred(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
+int swarm_enable_passcred(int fd);
+/// recvmsg of one datagram with SCM_CREDENTIALS; returns length, sender pid in *pid (0 if none).
+/// Any passed fds are closed.
+ssize_t swarm_recv_with_cred(int fd, void *buf, size_t len, pid_t *pid);
+/// memfd_create(name, 0): survives exec (the re-exec hand-over relies on it).
+int swarm_memfd_create(const char *name);
+/// memfd_create(name, MFD_CLOEXEC when cloexec != 0).
+int swarm_memfd_create_flags(const char *name, int cloexec);
+int swarm_pipe_cloexec(int fds[2]);
+
+/* The CPUs this process may run on, ascending; how many were written, -1 on failure. */
+int swarm_allowed_cpus(int *out, int max);
+
+#endif
