@@ -329,7 +329,7 @@ final class ControlServer {
     func closeAfterFlush(_ client: ControlClient) {
         guard !client.closed else { return }
         client.closing = true
-        _ = Glibc.shutdown(client.fd, Int32(SHUT_RD))
+        try? Sockets.shutdown(client.fd, .read)
         flush(client)
     }
 

@@ -8,12 +8,13 @@ import SwarmSystem
 /// errors, and the clients following it.
 final class LogSink {
     let app: String
-    let path: String
+    let directory: TrustedDirectory
+    let name: String
+    var path: String { directory.pathOf(name) }
     var maxSize: Int64
     var keep: Int
     let journal: JournalWriter?
-    private var fd: Int32 = -1
-    private var size: Int64 = 0
+    private var file: AppendFile?
     /// Last lines, bounded by count and bytes.
     private(set) var tail: [LogLine] = []
     private var tailBytes = 0
@@ -25,18 +26,17 @@ final class LogSink {
     /// Lines lost in the current failure episode.
     private var lostLines = 0
     private(set) var lastError: String?
-    private var openError: String?
     var report: (NoteLevel, String) -> Void = { _, _ in }
 
-    init(app: String, directory: String, maxSize: Int64, keep: Int, journal: JournalWriter?) {
+    init(app: String, directory: TrustedDirectory, maxSize: Int64, keep: Int, journal: JournalWriter?) {
         self.app = app
-        self.path = "\(directory)/\(app).log"
+        self.directory = directory
+        self.name = "\(app).log"
         self.maxSize = maxSize
         self.keep = keep
         self.journal = journal
     }
 
-    deinit { if fd >= 0 { Posix.close(fd) } }
 
     /// The tail a previous swarmd had (daemon-reexec), before any new line.
     func restoreTail(_ lines: [LogLine]) {
@@ -67,40 +67,24 @@ final class LogSink {
         for follower in followers.values { follower(line) }
     }
 
-    /// Appends one line: written whole or not at all. A failed or short
-    /// write (a full disk) is cut back off the file; the lines lost meanwhile
-    /// are counted and, once writing works again, a marker line says how many.
+    /// Appends one line: written whole or not at all (`AppendFile` cuts a
+    /// short write off again). The lines lost while writing fails are
+    /// counted and, once it works again, a marker line says how many.
     private func writeFile(_ text: String) {
-        if fd < 0 { openFile() }
-        guard fd >= 0 else { return lose(openError ?? "the log file cannot be opened") }
-        if lostLines > 0 {
-            let marker = "\(rfc3339(Posix.realtimeNanoseconds())) \(app)[-] 0 E swarmd: \(lostLines) log lines lost (\(lastError ?? "write failed"))\n"
-            guard append(Array(marker.utf8)) else { return lose(lastError ?? "write failed") }
-            report(.notice, "\(path): writing again; \(lostLines) lines were lost")
-            lostLines = 0
-        }
-        guard append(Array(text.utf8)) else { return lose(lastError ?? "write failed") }
-        if size >= maxSize { rotate() }
-    }
-
-    /// One write(2) of the whole line; false (and the file as it was) if the
-    /// kernel took less.
-    private func append(_ bytes: [UInt8]) -> Bool {
-        let n = bytes.withUnsafeBytes { buf -> Int in
-            while true {
-                let r = Glibc.write(fd, buf.baseAddress, buf.count)
-                if r < 0 && errno == EINTR { continue }
-                return r
+        if file == nil { openFile() }
+        guard let file else { return lose(lastError ?? "the log file cannot be opened") }
+        do {
+            if lostLines > 0 {
+                let marker = "\(rfc3339(Posix.realtimeNanoseconds())) \(app)[-] 0 E swarmd: \(lostLines) log lines lost (\(lastError ?? "write failed"))\n"
+                try file.append(Array(marker.utf8))
+                report(.notice, "\(path): writing again; \(lostLines) lines were lost")
+                lostLines = 0
             }
+            try file.append(Array(text.utf8))
+        } catch {
+            return lose("\(error)")
         }
-        if n == bytes.count {
-            size += Int64(n)
-            return true
-        }
-        let e = n < 0 ? errno : ENOSPC
-        if n > 0 { _ = ftruncate(fd, off_t(size)) }
-        lastError = "write: \(String(cString: strerror(e))) (\(errnoName(e)))"
-        return false
+        if file.size >= maxSize { rotate() }
     }
 
     private func lose(_ why: String) {
@@ -112,48 +96,36 @@ final class LogSink {
         lastError = why
     }
 
-    /// Opens the log without following a symlink and only if it is a regular
-    /// file: a FIFO (no reader) fails at once instead of blocking the loop.
+    /// A symlink, a FIFO or anything but a regular file in its place is refused.
     private func openFile() {
-        let f = Glibc.open(path, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0o640)
-        guard f >= 0 else {
-            let e = errno
-            openError = e == ELOOP ? "it is a symbolic link" : "open: \(String(cString: strerror(e))) (\(errnoName(e)))"
-            return
+        do { file = try directory.openAppendFile(name, mode: 0o640) } catch {
+            lastError = "\(error)"
         }
-        var st = stat()
-        guard fstat(f, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
-            Posix.close(f)
-            openError = "it is not a regular file"
-            return
-        }
-        fd = f
-        openError = nil
-        size = Int64(st.st_size)
     }
 
     /// app.log → app.log.1 → … → app.log.<keep>; the oldest is removed.
     func rotate() {
-        if fd >= 0 { Posix.close(fd) }
-        fd = -1
-        if keep == 0 {
-            unlink(path)
-        } else {
-            unlink("\(path).\(keep)")
-            if keep > 1 {
-                for i in stride(from: keep - 1, through: 1, by: -1) { rename("\(path).\(i)", "\(path).\(i + 1)") }
+        file?.close()
+        file = nil
+        do {
+            if keep == 0 {
+                try directory.remove(name)
+            } else {
+                try directory.remove("\(name).\(keep)")
+                if keep > 1 {
+                    for i in stride(from: keep - 1, through: 1, by: -1) { try directory.renameIfPresent("\(name).\(i)", to: "\(name).\(i + 1)") }
+                }
+                try directory.renameIfPresent(name, to: "\(name).1")
             }
-            if rename(path, "\(path).1") != 0 && errno != ENOENT {
-                report(.warning, "Failed to rotate \(path): \(String(cString: strerror(errno))), ignoring")
-            }
+        } catch {
+            report(.warning, "Failed to rotate \(path): \(error), ignoring")
         }
-        size = 0
         openFile()
     }
 
     func close() {
-        if fd >= 0 { Posix.close(fd) }
-        fd = -1
+        file?.close()
+        file = nil
     }
 }
 

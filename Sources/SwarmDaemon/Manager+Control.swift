@@ -15,14 +15,19 @@ extension Manager: ControlHandler {
             try Posix.setNonBlocking(controlFD)
             log.info("using the control socket passed by systemd (fd \(controlFD))")
         } else {
-            let dir = (options.socketPath as NSString).deletingLastPathComponent
-            try Posix.mkdirs(dir, mode: 0o755)
+            let dir = FileSystem.split(options.socketPath).directory
+            try FileSystem.makeDirectories(dir, mode: 0o755)
+            // Whoever may write in the socket's directory could bind the path first and
+            // receive swarmctl's requests. Root-owned and not writable by others is fine too.
+            do { try TrustedDirectory.verify(path: dir, owners: geteuid() == 0 ? [0] : [geteuid(), 0]) } catch {
+                throw DaemonError.untrusted("control socket directory: \(error)")
+            }
             var mode: mode_t = 0o600
             if options.socketGroup != nil { mode = 0o660 }
             controlFD = try Sockets.listenUnix(path: options.socketPath, backlog: 256, mode: mode)
             if let group = options.socketGroup {
                 guard let gid = Users.lookupGroup(group) else { throw DaemonError.control("--socket-group: no group named '\(group)'") }
-                if chown(options.socketPath, getuid(), gid) < 0 { throw SystemError("chown", errno: errno, subject: options.socketPath) }
+                try FileSystem.changeOwner(options.socketPath, uid: nil, gid: gid)
             }
             try Posix.setNonBlocking(controlFD)
         }

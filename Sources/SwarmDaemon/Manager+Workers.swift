@@ -48,7 +48,7 @@ extension Manager {
         }
         opened += [err.write]
 
-        let home = spec.user.flatMap { user in getpwnam(user).map { String(cString: $0.pointee.pw_dir) } }
+        let home = spec.user.flatMap { Users.record(named: $0)?.home }
         let host = WorkerLaunch.Host(environment: ProcessInfo.processInfo.environment, notifySocket: output.notifyPath, home: home)
         var plan = SpawnPlan(
             executable: spec.executable,

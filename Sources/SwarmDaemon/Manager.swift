@@ -92,6 +92,10 @@ public final class Manager {
     let sockets: SocketTable
     let systemd: SystemdBridge
     let store: StateStore
+    /// The state directory and its `logs/`, checked once and held open: every
+    /// file in them is reached through these fds.
+    let stateDirectory: TrustedDirectory
+    let logsDirectory: TrustedDirectory
     let configEnvironment: ConfigEnvironment
     /// This binary's path, read at start: after an upgrade it names the new binary.
     let executablePath: String
@@ -134,13 +138,21 @@ public final class Manager {
         self.kernel = kernel
         loop = try EventLoop()
         startedAt = kernel.now()
+        // Whoever can write in the state directory decides what swarmd runs (apps.json names
+        // config files) and where its log lines go: it must be swarmd's own, and no one else's to write.
+        do {
+            stateDirectory = try TrustedDirectory(path: options.stateDir, owners: [geteuid()], create: 0o700)
+            logsDirectory = try stateDirectory.subdirectory("logs", owners: [geteuid()], create: 0o750)
+        } catch {
+            throw DaemonError.untrusted("state directory: \(error)")
+        }
         control = ControlServer(loop: loop, kernel: kernel)
-        output = WorkerOutput(loop: loop, kernel: kernel, logDirectory: options.stateDir + "/logs",
+        output = WorkerOutput(loop: loop, kernel: kernel, logDirectory: logsDirectory,
                               notifyPath: "@swarmd-notify-\(getpid())-\(kernel.now() % 1_000_000)")
         sockets = SocketTable(kernel: kernel)
         systemd = SystemdBridge(kernel: kernel)
-        store = StateStore(directory: options.stateDir)
-        executablePath = ProcFS.readLink("/proc/self/exe").map { $0.hasSuffix(" (deleted)") ? String($0.dropLast(10)) : $0 } ?? CommandLine.arguments[0]
+        store = StateStore(directory: stateDirectory)
+        executablePath = (try? FileSystem.readLink("/proc/self/exe")).map { $0.hasSuffix(" (deleted)") ? String($0.dropLast(10)) : $0 } ?? CommandLine.arguments[0]
         let cpus = ProcFS.allowedCPUs()
         allowedCPUs = cpus
         let isRoot = getuid() == 0
@@ -148,14 +160,8 @@ public final class Manager {
         configEnvironment = ConfigEnvironment(
             cpuCount: { ProcFS.usableCPUs() }, isRoot: isRoot, currentUID: getuid(),
             lookupUser: { Users.lookupUser($0) }, lookupGroup: { Users.lookupGroup($0) }, path: path,
-            isExecutable: { p in
-                var st = stat()
-                return access(p, X_OK) == 0 && stat(p, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG
-            },
-            isDirectory: { p in
-                var st = stat()
-                return stat(p, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
-            },
+            isExecutable: { FileSystem.isExecutableFile($0) },
+            isDirectory: { FileSystem.isDirectory($0) },
             allowedCPUs: { cpus })
         supervisor.allowedCPUs = cpus
         supervisor.canRaisePriority = Spawner.canRaisePriority
@@ -192,9 +198,6 @@ public final class Manager {
         errors += supervisor.startProblems(specs, replace: false)
         if !errors.isEmpty { throw DaemonError.config(errors) }
 
-        try Posix.mkdirs(options.stateDir, mode: 0o700)
-        chmod(options.stateDir, 0o700)
-        try Posix.mkdirs(options.stateDir + "/logs", mode: 0o750)
         devNull = try Posix.open("/dev/null", O_RDWR)
         // Every worker costs swarmd a few fds (pipes, sockets): use the whole hard limit.
         originalNoFile = Posix.raiseFileLimit()
@@ -230,7 +233,7 @@ public final class Manager {
         // Remembered apps, then the apps directory, then the command line: later wins.
         var byName: [String: (AppSpec, RememberedApp?)] = [:]
         var order: [String] = []
-        let (remembered, problem) = store.load()
+        let (remembered, problem) = store.load(now: kernel.wallClock())
         if let problem { log.error("\(problem)") }
         for entry in remembered {
             do {
@@ -362,7 +365,7 @@ public final class Manager {
         control.stop()
         if controlFD >= 0 {
             Posix.close(controlFD)
-            if !controlFromSystemd { unlink(options.socketPath) }
+            if !controlFromSystemd { _ = try? FileSystem.removeIfPresent(options.socketPath) }
         }
         output.closeAll()
     }
@@ -520,11 +523,13 @@ public final class Manager {
 enum DaemonError: Error, CustomStringConvertible {
     case config([String])
     case control(String)
+    /// A directory swarmd must trust is another user's, or others may write in it.
+    case untrusted(String)
 
     var description: String {
         switch self {
         case let .config(errors): return errors.joined(separator: "\n")
-        case let .control(msg): return msg
+        case let .control(msg), let .untrusted(msg): return msg
         }
     }
 }

@@ -1,4 +1,3 @@
-import CSwarmSpawn
 import Foundation
 import Glibc
 import SwarmCore
@@ -66,19 +65,11 @@ struct Handover: Codable {
 
     /// The handover left by the previous swarmd, if this is a re-exec.
     static func take() throws -> Handover? {
-        guard let text = getenv(variable) else { return nil }
-        let value = String(cString: text)
-        unsetenv(variable)
+        guard let value = Environment.take(variable) else { return nil }
         guard let fd = Int32(value) else { throw DaemonError.control("\(variable)=\(value) is not an fd") }
         defer { Posix.close(fd) }
-        lseek(fd, 0, SEEK_SET)
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = try chunk.withUnsafeMutableBytes { try Posix.read(fd, into: $0) }
-            if n == 0 { break }
-            bytes += chunk[0..<n]
-        }
+        _ = try Posix.seek(fd, to: 0)
+        let bytes = try Posix.readAll(fd, limit: 256 << 20, subject: "the hand-over memfd")
         let handover = try JSONDecoder().decode(Handover.self, from: Data(bytes))
         guard handover.version <= currentVersion else {
             throw DaemonError.control("the swarmd that re-executed this one wrote hand-over version \(handover.version); this binary reads up to \(currentVersion)")
@@ -112,15 +103,15 @@ extension Manager {
         let handover = Handover(supervisor: snapshot, startedAt: startedAt, notifyPath: output.notifyPath, notifyFD: output.notifyFD,
                                 controlFD: controlFD, controlFromSystemd: controlFromSystemd, sockets: socketStates, outputs: outputs,
                                 readyPipes: ready, systemdFDs: named, sentReady: systemd.sentReady, logTails: tails)
-        let memfd = swarm_memfd_create("swarmd-handover")
-        guard memfd >= 0 else { return "memfd_create: \(String(cString: strerror(errno)))" }
+        let memfd: Int32
+        do { memfd = try Posix.memoryFile(name: "swarmd-handover", closeOnExec: true) } catch { return "\(error)" }
         do {
-            try Posix.writeAll(memfd, Array(try JSONEncoder().encode(handover)))
+            try Posix.writeFully(memfd, Array(try JSONEncoder().encode(handover)), subject: "the hand-over memfd")
         } catch {
             Posix.close(memfd)
             return "writing the handover: \(error)"
         }
-        guard access(executablePath, X_OK) == 0 else {
+        guard FileSystem.isExecutableFile(executablePath) else {
             Posix.close(memfd)
             return "\(executablePath) is not executable"
         }
@@ -128,22 +119,18 @@ extension Manager {
         if let (client, id) = reply {
             // Answer now: the connection does not survive the exec.
             let bytes = Codec.encode(Response.success(id, "swarmd pid \(getpid()) re-executing \(executablePath)"))
-            _ = bytes.withUnsafeBytes { Glibc.write(client.fd, $0.baseAddress, $0.count) }
+            try? Sockets.sendAll(client.fd, bytes, timeoutNanoseconds: 1_000_000_000)
         }
         log.notice("re-executing \(executablePath) as pid \(getpid()) with \(supervisor.workers.count) workers")
         let fds = handover.allFDs + [memfd]
-        for fd in fds { _ = fcntl(fd, F_SETFD, 0) }
+        for fd in fds { try? Posix.setCloseOnExec(fd, false) }
         var env = ProcessInfo.processInfo.environment
         env[Handover.variable] = String(memfd)
-        let envp: [UnsafeMutablePointer<CChar>?] = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        let argv: [UnsafeMutablePointer<CChar>?] = ([executablePath] + CommandLine.arguments.dropFirst()).map { strdup($0) } + [nil]
-        execve(executablePath, argv, envp)
-        let e = errno
-        for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        let error = Posix.exec(executablePath, arguments: [executablePath] + CommandLine.arguments.dropFirst(),
+                               environment: env.map { "\($0.key)=\($0.value)" })
+        for fd in fds { try? Posix.setCloseOnExec(fd, true) }
         Posix.close(memfd)
-        for p in envp { free(p) }
-        for p in argv { free(p) }
-        return "execve(\(executablePath)): \(String(cString: strerror(e)))"
+        return "\(error)"
     }
 
     /// Takes over from the swarmd that re-executed into this one.

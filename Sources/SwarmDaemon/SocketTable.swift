@@ -129,7 +129,7 @@ final class AppSockets {
             e.roundRobin = nil
             if !e.adopted {
                 Posix.close(e.shared)
-                if case let .unix(path) = e.spec.listen { unlink(path) }
+                if case let .unix(path) = e.spec.listen { _ = try? FileSystem.removeIfPresent(path) }
             }
         }
         entries = []

@@ -15,22 +15,30 @@ struct StateFile: Codable {
     var apps: [RememberedApp]
 }
 
+/// `apps.json` in the state directory: read and written only through the
+/// trusted directory's fd (no symlink followed, regular files only, bounded,
+/// replaced atomically).
 struct StateStore {
-    let path: String
+    static let name = "apps.json"
+    static let sizeLimit = 16 << 20
+    let directory: TrustedDirectory
 
-    init(directory: String) { path = directory + "/apps.json" }
+    var path: String { directory.pathOf(StateStore.name) }
 
-    /// The remembered apps; a corrupt file is moved aside and reported, never fatal.
-    func load() -> (apps: [RememberedApp], problem: String?) {
-        guard FileManager.default.fileExists(atPath: path) else { return ([], nil) }
+    /// The remembered apps; an unreadable or corrupt file is moved aside and reported, never fatal.
+    func load(now: Int64) -> (apps: [RememberedApp], problem: String?) {
         do {
-            let bytes = try Posix.readFile(path)
+            guard let bytes = try directory.readFile(StateStore.name, limit: StateStore.sizeLimit) else { return ([], nil) }
             let state = try JSONDecoder().decode(StateFile.self, from: Data(bytes))
             return (state.apps, nil)
         } catch {
-            let aside = "\(path).corrupt-\(Int(Date().timeIntervalSince1970))"
-            rename(path, aside)
-            return ([], "state file \(path) is unreadable (\(error)); moved it to \(aside) and started with no remembered apps")
+            let aside = "\(StateStore.name).corrupt-\(now / 1_000_000_000)"
+            do {
+                try directory.rename(StateStore.name, to: aside)
+                return ([], "state file \(path) is unreadable (\(error)); moved it to \(directory.pathOf(aside)) and started with no remembered apps")
+            } catch let moveError {
+                return ([], "state file \(path) is unreadable (\(error)) and could not be moved aside (\(moveError)); started with no remembered apps")
+            }
         }
     }
 
@@ -38,6 +46,6 @@ struct StateStore {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         let data = try encoder.encode(StateFile(apps: apps))
-        try Posix.writeFileAtomically(path, Array(data) + [10], mode: 0o600)
+        try directory.writeFileAtomically(StateStore.name, Array(data) + [10], mode: 0o600)
     }
 }

@@ -55,7 +55,7 @@ final class ReadyPipe {
 final class WorkerOutput {
     let loop: EventLoop
     let kernel: Kernel
-    let logDirectory: String
+    let logDirectory: TrustedDirectory
     /// swarmd's journal connection, when worker output goes to the journal.
     var journal: JournalWriter?
     var journalSocket = "/run/systemd/journal/socket"
@@ -81,7 +81,7 @@ final class WorkerOutput {
     private(set) var notifyFD: Int32 = -1
     private var notifySource: EventLoop.Source?
 
-    init(loop: EventLoop, kernel: Kernel, logDirectory: String, notifyPath: String) {
+    init(loop: EventLoop, kernel: Kernel, logDirectory: TrustedDirectory, notifyPath: String) {
         self.loop = loop
         self.kernel = kernel
         self.logDirectory = logDirectory
