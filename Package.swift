@@ -43,6 +43,9 @@ let package = Package(
         .testTarget(name: "SwarmCoreTests", dependencies: ["SwarmCore"]),
         .testTarget(name: "SwarmConfigTests", dependencies: ["SwarmConfig"]),
         .testTarget(name: "SwarmProtocolTests", dependencies: ["SwarmProtocol"]),
+        // Real processes in real cgroups, real seccomp notifications (root only).
+        .testTarget(name: "SwarmKernelTests", dependencies: ["SwarmSystem"],
+                    swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "IntegrationTests", dependencies: ["SwarmProtocol", "SwarmSystem"],
                     swiftSettings: [.swiftLanguageMode(.v5)]),
     ]
