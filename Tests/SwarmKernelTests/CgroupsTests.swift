@@ -33,25 +33,54 @@ func subdirectories(_ path: String) -> [String] {
 
 /// A worker whose descendants leave its process group and session: a
 /// setsid + double-forked grandchild (its parent exits), a setpgid child,
-/// and `setsid sh -c 'sleep 1000 &'`. Five processes survive in the cgroup.
+/// and `setsid sh -c 'sleep 1000 &'`. Each survivor writes its pid to a file
+/// in argv[1] (named after its role), so a test knows exactly who must be in
+/// the cgroup: the worker and these four.
 let escapingWorker = """
 import os, sys, time
+d = sys.argv[1]
+def mark(name):
+    with open(d + "/" + name + ".tmp", "w") as f: f.write(str(os.getpid()))
+    os.rename(d + "/" + name + ".tmp", d + "/" + name)
 if os.fork() == 0:
     os.setsid()
+    mark("session")
     if os.fork() == 0:
         if os.fork() == 0:
+            mark("grandchild")
             time.sleep(1000)
         os._exit(0)
     time.sleep(1000)
     os._exit(0)
 if os.fork() == 0:
     os.setpgid(0, 0)
+    mark("group")
     time.sleep(1000)
     os._exit(0)
-os.system("setsid sh -c 'sleep 1000 &'")
-print("started", flush=True)
+os.system("setsid -w sh -c 'sleep 1000 & echo $! > %s/sleep.tmp; mv %s/sleep.tmp %s/sleep'" % (d, d, d))
 time.sleep(1000)
 """
+
+/// Starts the escaping worker in `cg`, in a directory of its own; returns
+/// its 5 processes once each has started and the cgroup holds exactly them.
+func startEscapingWorker(_ cg: WorkerCgroup, _ scratch: Scratch) throws -> (Worker, [Identity]) {
+    let dir = scratch.file("escape-\(counter.next())")
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
+    let w = try Worker([python, "-c", escapingWorker, dir], scratch: scratch, cgroup: cg)
+    var expected: Set<pid_t> = []
+    try waitFor("the worker's 4 escapes started and alone in \(cg.path) (output: \(w.output))") {
+        let pids = ["session", "grandchild", "group", "sleep"].compactMap { name -> pid_t? in
+            guard let text = try? String(contentsOfFile: dir + "/" + name, encoding: .utf8) else { return nil }
+            return pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+        guard pids.count == 4 else { return false }
+        expected = Set(pids + [w.pid])
+        // `sleep` may still be the shell that forked it until it execs: wait for its name.
+        let sleepComm = (try? String(contentsOfFile: "/proc/\(pids[3])/comm", encoding: .utf8)) ?? ""
+        return Set(cg.members()) == expected && sleepComm.hasPrefix("sleep")
+    }
+    return (w, expected.compactMap { Identity(pid: $0) })
+}
 
 @Suite("Cgroups", .serialized)
 struct CgroupsTests {
@@ -75,7 +104,8 @@ struct CgroupsTests {
         let h = try Cgroups.hierarchy().get()
         #expect(["/sys/fs/cgroup", "/sys/fs/cgroup/unified"].contains(h.mount))
         #expect(FileManager.default.fileExists(atPath: h.directory(h.own) + "/cgroup.procs"))
-        let procs = try String(contentsOfFile: h.directory(h.own) + "/cgroup.procs", encoding: .utf8)
+        // Not String(contentsOfFile:): it stops early on a large kernfs file.
+        let procs = String(decoding: try Posix.readFile(h.directory(h.own) + "/cgroup.procs"), as: UTF8.self)
         #expect(procs.split(separator: "\n").contains(Substring("\(getpid())")), "our pid must be in \(h.directory(h.own))/cgroup.procs")
     }
 
@@ -101,16 +131,14 @@ struct CgroupsTests {
     func killScenario(_ root: CgroupRoot, _ scratch: Scratch, useCgroupKill: Bool) throws {
         let cg = try root.createWorker(app: "web", slot: 0, worker: 1)
         #expect(cg.path == root.path + "/web/0.1")
-        let w = try Worker([python, "-c", escapingWorker], scratch: scratch, cgroup: cg)
+        let (w, identities) = try startEscapingWorker(cg, scratch)
         defer { w.stop() }
         #expect(cg.procsFD == -1, "closed once the worker is spawned")
-        try waitFor("5 processes in \(cg.path) (output: \(w.output))") { cg.members().count == 5 }
         #expect(try cg.populated())
         let members = cg.members()
         #expect(members.contains(w.pid))
         let outside = members.filter { processGroup($0) != processGroup(w.pid) }
-        #expect(outside.count >= 3, "the escapes left the worker's process group: \(members.map { ($0, processGroup($0) ?? -1) })")
-        let identities = members.compactMap { Identity(pid: $0) }
+        #expect(outside.count == 4, "the escapes left the worker's process group: \(members.map { ($0, processGroup($0) ?? -1) })")
         #expect(identities.count == 5)
 
         let method = useCgroupKill ? try cg.kill() : try cg.killBySignals()
@@ -166,9 +194,9 @@ struct CgroupsTests {
             var identities: [Identity] = []
             for (app, slot) in [("web", 0), ("web", 1), ("queue", 0)] {
                 let cg = try root.createWorker(app: app, slot: slot, worker: UInt64(10 + slot))
-                workers.append(try Worker([python, "-c", escapingWorker], scratch: scratch, cgroup: cg))
-                try waitFor("5 processes in \(cg.path)") { cg.members().count == 5 }
-                identities += cg.members().compactMap { Identity(pid: $0) }
+                let (w, ids) = try startEscapingWorker(cg, scratch)
+                workers.append(w)
+                identities += ids
                 cg.close()
             }
             #expect(identities.count == 15)
