@@ -353,3 +353,42 @@ struct BindInterceptorTests {
         }
     }
 }
+
+@Suite("BindInterceptor: lifecycle")
+struct BindInterceptorLifecycleTests {
+    @Test(.enabled(if: isRoot, "\(rootOnly)"))
+    func theNotificationFDHangsUpWhenTheWorkerIsGone() throws {
+        let scratch = Scratch("hup")
+        defer { scratch.cleanUp() }
+        let w = try Worker(["/bin/sh", "-c", "exit 0"], scratch: scratch, interceptBind: true)
+        defer { w.stop() }
+        let interceptor = try #require(w.interceptor)
+        var flags = fcntl(interceptor.fd, F_GETFD)
+        #expect(flags & FD_CLOEXEC != 0, "the notification fd is close-on-exec")
+        flags = fcntl(interceptor.fd, F_GETFL)
+        #expect(flags & O_NONBLOCK != 0, "the notification fd is non-blocking")
+        try waitFor("the worker to exit") { w.reap() }
+        var outcome = BindOutcome.idle
+        try waitFor("hang-up on the notification fd") {
+            var p = pollfd(fd: interceptor.fd, events: Int16(POLLIN), revents: 0)
+            _ = poll(&p, 1, 50)
+            outcome = interceptor.handleOne(rules: [])
+            return outcome != .idle
+        }
+        #expect(outcome == .hungUp)
+    }
+
+    @Test(.enabled(if: isRoot, "\(rootOnly)"))
+    func anExecFailureOfAnInterceptedWorkerIsReportedAsForAnyWorker() throws {
+        let scratch = Scratch("exec")
+        defer { scratch.cleanUp() }
+        let before = (ProcFS.listDirectory("/proc/self/fd") ?? []).count
+        #expect(throws: SpawnError.self) {
+            _ = try Worker(["/nonexistent/program"], scratch: scratch, interceptBind: true)
+        }
+        // Threads of the test runner open and close fds too: allow a little slack, not a leak per spawn.
+        for _ in 0..<20 { _ = try? Worker(["/nonexistent/program"], scratch: scratch, interceptBind: true) }
+        let after = (ProcFS.listDirectory("/proc/self/fd") ?? []).count
+        #expect(after - before < 10, "no fd left behind by failed intercepted spawns: \(before) → \(after)")
+    }
+}

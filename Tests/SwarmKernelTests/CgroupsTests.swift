@@ -272,3 +272,32 @@ struct CgroupsTests {
         }
     }
 }
+
+@Suite("Cgroups: spawn")
+struct CgroupSpawnTests {
+    @Test(.enabled(if: isRoot, "\(rootOnly)"))
+    func aCgroupTheChildCannotJoinFailsTheSpawnNamingTheStep() throws {
+        try withTestRoot { root, scratch in
+            let cg = try root.createWorker(app: "gone", slot: 0, worker: 1)
+            let procs = cg.procsFD
+            // Removed before the spawn: the write in the child fails (ENODEV), the spawn reports it.
+            _ = rmdir(cg.path)
+            let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
+            defer { close(devNull) }
+            var plan = SpawnPlan(executable: "/bin/true", argv: ["/bin/true"], environment: [], setListenPID: false, cwd: nil,
+                                 fds: [], stdin: devNull, stdout: devNull, stderr: devNull)
+            plan.cgroupProcsFD = procs
+            do {
+                let pid = try Spawner.spawn(plan)
+                var status: Int32 = 0
+                waitpid(pid, &status, 0)
+                Issue.record("spawn into a removed cgroup succeeded")
+            } catch let e as SpawnError {
+                #expect(e.step.contains("cgroup"), "\(e)")
+                #expect(e.errno != 0)
+            }
+            cg.close()
+            _ = scratch
+        }
+    }
+}
