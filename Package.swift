@@ -44,6 +44,9 @@ let package = Package(
         .testTarget(name: "SwarmConfigTests", dependencies: ["SwarmConfig"]),
         .testTarget(name: "SwarmProtocolTests", dependencies: ["SwarmProtocol"]),
         .testTarget(name: "SwarmSystemTests", dependencies: ["SwarmSystem"], swiftSettings: [.swiftLanguageMode(.v5)]),
+        // Real processes in real cgroups, real seccomp notifications (root only).
+        .testTarget(name: "SwarmKernelTests", dependencies: ["SwarmSystem"],
+                    swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "IntegrationTests", dependencies: ["SwarmProtocol", "SwarmSystem"],
                     swiftSettings: [.swiftLanguageMode(.v5)]),
     ]

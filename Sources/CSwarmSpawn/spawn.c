@@ -65,11 +65,19 @@ static void child(const struct swarm_spawn_request *req, int report_fd, pid_t pa
         if (sig == SIGKILL || sig == SIGSTOP) continue;
         (void)sigaction(sig, &dfl, NULL);
     }
+    /* kernel: before anything the child starts could escape it */
+    if (req->join_cgroup && swarm_child_join_cgroup(req->cgroup_procs_fd) < 0) child_fail(report_fd, SWARM_STEP_CGROUP);
     if (setpgid(0, 0) < 0) child_fail(report_fd, SWARM_STEP_SETPGID);
     if (req->pdeathsig > 0) {
         if (prctl(PR_SET_PDEATHSIG, req->pdeathsig) < 0) child_fail(report_fd, SWARM_STEP_PDEATHSIG);
         /* The daemon may have died before prctl took effect. */
         if (getppid() != parent) _exit(0);
+    }
+
+    /* kernel: while still root (no no_new_privs needed then) and before the fd moves reuse intercept_sock's number */
+    if (req->intercept_bind) {
+        int kstep;
+        if (swarm_child_intercept_bind(req->intercept_sock, &kstep) < 0) child_fail(report_fd, kstep);
     }
 
     /* Move the passed fds above every target number, then into place. */

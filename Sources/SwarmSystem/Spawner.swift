@@ -23,6 +23,13 @@ public struct SpawnPlan {
     public var nice: Int32?
     /// The one CPU the worker may run on (nil: any swarmd may use).
     public var cpu: Int32?
+    // Kernel mechanisms (Cgroups.swift, BindInterceptor.swift).
+    /// `WorkerCgroup.procsFD`: the child joins that cgroup before anything else. -1: stay in swarmd's.
+    public var cgroupProcsFD: Int32 = -1
+    /// Intercept the worker's bind() calls; spawn with `Spawner.spawnWorker` to get the notification fd.
+    public var interceptBind = false
+    /// Set by `spawnWorker`: the child's end of the socketpair the notification fd comes back on.
+    var interceptSocket: Int32 = -1
 
     public init(executable: String, argv: [String], environment: [String], setListenPID: Bool, cwd: String?, fds: [Int32],
                 stdin: Int32, stdout: Int32, stderr: Int32) {
@@ -55,6 +62,7 @@ public enum Spawner {
 
     /// fork + exec through the C target; exec failures come back as errors.
     public static func spawn(_ plan: SpawnPlan) throws -> pid_t {
+        precondition(!plan.interceptBind || plan.interceptSocket >= 0, "SpawnPlan.interceptBind needs Spawner.spawnWorker")
         var cStrings: [UnsafeMutablePointer<CChar>] = []
         defer { cStrings.forEach { free($0) } }
         func dup(_ s: String) -> UnsafeMutablePointer<CChar> {
@@ -107,13 +115,17 @@ public enum Spawner {
                             req.nice = nice
                         }
                         req.cpu = plan.cpu ?? -1
+                        req.join_cgroup = plan.cgroupProcsFD >= 0 ? 1 : 0
+                        req.cgroup_procs_fd = plan.cgroupProcsFD
+                        req.intercept_bind = plan.interceptBind ? 1 : 0
+                        req.intercept_sock = plan.interceptSocket
                         return swarm_spawn(&req, &err, &step)
                     }
                 }
             }
         }
         if pid < 0 {
-            let name = Int(step) < stepNames.count ? stepNames[Int(step)] : "step \(step)"
+            let name = Int(step) < stepNames.count ? stepNames[Int(step)] : kernelStepNames[step] ?? "step \(step)"
             throw SpawnError(step: name, errno: err, executable: plan.executable)
         }
         return pid

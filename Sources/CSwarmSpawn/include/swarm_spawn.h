@@ -3,6 +3,7 @@
 
 #include <sys/types.h>
 #include <stdint.h>
+#include "swarm_kernel.h"
 
 /// One resource limit to set in the child before exec.
 struct swarm_rlimit {
@@ -34,6 +35,11 @@ struct swarm_spawn_request {
     int set_nice;                ///< 1: setpriority(nice) below
     int nice;
     int cpu;                     ///< >= 0: sched_setaffinity to this CPU only
+    /* kernel mechanisms (swarm_kernel.h) */
+    int join_cgroup;             ///< 1: write "0" to cgroup_procs_fd first thing in the child
+    int cgroup_procs_fd;         ///< the worker cgroup's cgroup.procs, opened O_WRONLY by the parent
+    int intercept_bind;          ///< 1: install the bind() filter, send its listener over intercept_sock
+    int intercept_sock;          ///< child end of a socketpair (CLOEXEC)
 };
 
 /// Steps of the child; reported with the errno when one fails.

@@ -1,0 +1,508 @@
+import CSwarmSpawn
+import Glibc
+
+// A cgroup v2 per worker: the one thing a worker's descendants cannot leave
+// by setsid, double fork or setpgid. It gives swarmd "kill everything this
+// worker started" (cgroup.kill), "everything has exited" (cgroup.events,
+// pollable) and the CPU and memory of the whole tree (pre-fork servers).
+//
+// Layout (one instance = one swarmd state dir, so two swarmds never touch
+// each other's workers, and a restarted swarmd finds its own leftovers):
+//
+//   <own>/supervisor                     swarmd itself, when it had to leave <own> (below)
+//   <base>/<instance>/<app>/<slot>.<worker>
+//
+// <base> is chosen in this order:
+//  1. swarmd's own cgroup is not the root ("/") and is writable by it: it
+//     was delegated (systemd `Delegate=yes`, or a container's cgroup), so
+//     <base> = <own>/swarm. Enabling controllers (memory, cpu, pids) for
+//     the workers in <own> needs <own> to hold no processes (cgroup v2's
+//     "no internal processes" rule), so swarmd first moves itself into
+//     <own>/supervisor; that is done only when there are controllers to enable.
+//  2. swarmd is in the root cgroup (no systemd, a hybrid layout like these
+//     machines' /sys/fs/cgroup/unified, or the root of a cgroup namespace):
+//     <base> = <mount>/swarm-<uid>. The root cgroup is exempt from the
+//     no-internal-processes rule, and the uid keeps users apart.
+//  3. Otherwise (own cgroup not writable: a login session of a non-root
+//     user, a read-only cgroupfs): unavailable, with the reason; the daemon
+//     falls back to process groups and says so in status.
+
+/// Why swarmd cannot give workers cgroups: shown in `status`.
+public struct CgroupUnavailable: Error, CustomStringConvertible, Equatable {
+    public var reason: String
+    public init(_ reason: String) { self.reason = reason }
+    public var description: String { "cgroups unavailable: \(reason)" }
+}
+
+/// Where the unified (v2) hierarchy is mounted and where swarmd is in it.
+public struct CgroupHierarchy: Equatable, Sendable {
+    /// The mount point: /sys/fs/cgroup (pure v2) or /sys/fs/cgroup/unified (hybrid).
+    public var mount: String
+    /// swarmd's cgroup, as /proc/self/cgroup names it ("/" or "/system.slice/swarmd.service").
+    public var own: String
+
+    public init(mount: String, own: String) {
+        self.mount = mount
+        self.own = own
+    }
+
+    /// The directory of a cgroup path ("/a/b") in the mount.
+    public func directory(_ cgroup: String) -> String {
+        cgroup == "/" ? mount : mount + cgroup
+    }
+}
+
+public enum Cgroups {
+    /// The controllers swarmd enables for its workers where they are offered.
+    static let wantedControllers = ["cpu", "memory", "pids"]
+
+    /// The cgroup2 mount: /sys/fs/cgroup if it is cgroup2, else /sys/fs/cgroup/unified if that is.
+    public static func findMount() -> String? {
+        for path in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] where swarm_is_cgroup2(path) == 1 {
+            return path
+        }
+        return nil
+    }
+
+    /// The v2 path in /proc/self/cgroup's "0::/path" line.
+    public static func parseOwnCgroup(_ procSelfCgroup: String) -> String? {
+        for line in procSelfCgroup.split(separator: "\n") where line.hasPrefix("0::") {
+            var path = String(line.dropFirst(3))
+            // A cgroup removed under us reads "/x (deleted)"; moving out of it is still possible.
+            if path.hasSuffix(" (deleted)") { path = String(path.dropLast(10)) }
+            return path.hasPrefix("/") ? path : nil
+        }
+        return nil
+    }
+
+    public static func hierarchy() -> Result<CgroupHierarchy, CgroupUnavailable> {
+        guard let mount = findMount() else {
+            return .failure(CgroupUnavailable("no cgroup2 file system at /sys/fs/cgroup or /sys/fs/cgroup/unified"))
+        }
+        guard let text = ProcFS.read("/proc/self/cgroup"), let own = parseOwnCgroup(text) else {
+            return .failure(CgroupUnavailable("/proc/self/cgroup has no \"0::\" (cgroup v2) line"))
+        }
+        return .success(CgroupHierarchy(mount: mount, own: own))
+    }
+
+    /// A name for one swarmd instance from its state directory: stable across
+    /// restarts (so the next swarmd finds the leftovers), distinct between
+    /// state dirs, and a valid cgroup name whatever the path holds.
+    public static func instanceName(stateDirectory: String) -> String {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325  // FNV-1a
+        for byte in stateDirectory.utf8 {
+            hash ^= UInt64(byte)
+            hash = hash &* 0x0000_0100_0000_01b3
+        }
+        let hex = String(hash, radix: 16)
+        return "i" + String(repeating: "0", count: 16 - hex.count) + hex
+    }
+
+    /// A name usable as one path component of a cgroup: not empty, no '/',
+    /// not "." or "..", no control characters, not a "cgroup.*"/controller
+    /// interface-file name, at most 200 bytes.
+    public static func validateName(_ name: String) throws {
+        func bad(_ why: String) -> SystemError { SystemError("cgroup name", errno: EINVAL, subject: "\"\(name)\": \(why)") }
+        if name.isEmpty { throw bad("empty") }
+        if name == "." || name == ".." { throw bad("a relative path") }
+        if name.utf8.count > 200 { throw bad("longer than 200 bytes") }
+        if name.utf8.contains(where: { $0 == UInt8(ascii: "/") || $0 < 0x20 || $0 == 0x7f }) { throw bad("contains '/' or a control character") }
+        // Interface files live beside child cgroups: "memory.max" as a name would collide.
+        if name.contains(".") && !name.hasPrefix("."), let prefix = name.split(separator: ".").first,
+           ["cgroup", "cpu", "cpuset", "memory", "io", "pids", "rdma", "hugetlb", "misc", "irq"].contains(String(prefix)) {
+            throw bad("looks like a cgroup interface file")
+        }
+    }
+
+    /// Finds (or makes) this instance's root for worker cgroups. Idempotent:
+    /// a re-exec'd swarmd calls it again and gets the same root (it looks
+    /// through the "supervisor" leaf it moved itself into).
+    public static func setUp(instance: String, hierarchy given: CgroupHierarchy? = nil) -> Result<CgroupRoot, CgroupUnavailable> {
+        let h: CgroupHierarchy
+        if let given { h = given } else {
+            switch hierarchy() {
+            case .success(let found): h = found
+            case .failure(let why): return .failure(why)
+            }
+        }
+        do { try validateName(instance) } catch { return .failure(CgroupUnavailable("instance name: \(error)")) }
+        var own = h.own
+        // We moved ourselves here earlier (before a re-exec): the delegated cgroup is the parent.
+        if own.hasSuffix("/supervisor") {
+            own = String(own.dropLast("/supervisor".count))
+            if own.isEmpty { own = "/" }
+        }
+        let ownDir = h.directory(own)
+        var notes: [String] = []
+        let base: String
+        if own != "/" {
+            guard access(ownDir, W_OK) == 0, access(ownDir + "/cgroup.procs", W_OK) == 0 else {
+                return .failure(CgroupUnavailable("swarmd's cgroup \(ownDir) is not writable by uid \(geteuid()) (not delegated: run swarmd as a systemd service with Delegate=yes, or as root)"))
+            }
+            base = ownDir + "/swarm"
+            // Controllers for the workers must be enabled in <own> itself, which then may hold no process.
+            let offered = controllers(of: ownDir).filter { wantedControllers.contains($0) }
+            if !offered.isEmpty {
+                let missing = offered.filter { !subtreeControl(of: ownDir).contains($0) }
+                if !missing.isEmpty {
+                    do {
+                        try makeDirectory(ownDir + "/supervisor")
+                        if h.own != own + "/supervisor" {
+                            try writeFile(ownDir + "/supervisor/cgroup.procs", "0")
+                        }
+                        try writeFile(ownDir + "/cgroup.subtree_control", missing.map { "+" + $0 }.joined(separator: " "))
+                    } catch let e as SystemError {
+                        // Membership, cgroup.kill and cpu.stat need no controller: go on without them.
+                        notes.append("controllers \(missing.joined(separator: ",")) not enabled in \(ownDir): \(e)")
+                    } catch {}
+                }
+            }
+        } else {
+            base = h.mount + "/swarm-\(geteuid())"
+        }
+        let rootDir = base + "/" + instance
+        do {
+            try makeDirectory(base)
+            enableControllers(in: base, notes: &notes)
+            try makeDirectory(rootDir)
+            enableControllers(in: rootDir, notes: &notes)
+        } catch let e as SystemError {
+            let why: String
+            switch e.errno {
+            case EROFS: why = "the cgroup file system is read-only"
+            case EACCES, EPERM: why = "no permission (not delegated to uid \(geteuid()))"
+            default: why = "cannot create the worker root"
+            }
+            return .failure(CgroupUnavailable("\(why): \(e)"))
+        } catch {
+            return .failure(CgroupUnavailable("\(error)"))
+        }
+        return .success(CgroupRoot(hierarchy: h, path: rootDir, controllers: subtreeControl(of: rootDir), notes: notes))
+    }
+
+    // MARK: - File helpers (cgroupfs: small files, never blocking)
+
+    static func controllers(of dir: String) -> [String] {
+        (ProcFS.read(dir + "/cgroup.controllers") ?? "").split(whereSeparator: { $0 == " " || $0 == "\n" }).map(String.init)
+    }
+
+    static func subtreeControl(of dir: String) -> [String] {
+        (ProcFS.read(dir + "/cgroup.subtree_control") ?? "").split(whereSeparator: { $0 == " " || $0 == "\n" }).map(String.init)
+    }
+
+    /// Best effort: the workers below get what this cgroup is offered.
+    static func enableControllers(in dir: String, notes: inout [String]) {
+        let missing = controllers(of: dir).filter { wantedControllers.contains($0) && !subtreeControl(of: dir).contains($0) }
+        guard !missing.isEmpty else { return }
+        do {
+            try writeFile(dir + "/cgroup.subtree_control", missing.map { "+" + $0 }.joined(separator: " "))
+        } catch {
+            notes.append("controllers \(missing.joined(separator: ",")) not enabled in \(dir): \(error)")
+        }
+    }
+
+    static func makeDirectory(_ path: String) throws {
+        if mkdir(path, 0o755) < 0 && errno != EEXIST { throw SystemError("mkdir", errno: errno, subject: path) }
+    }
+
+    static func writeFile(_ path: String, _ text: String) throws {
+        let fd = Glibc.open(path, O_WRONLY | O_CLOEXEC)
+        if fd < 0 { throw SystemError("open", errno: errno, subject: path) }
+        defer { Glibc.close(fd) }
+        let bytes = Array(text.utf8)
+        while true {
+            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+            if n == bytes.count { return }
+            if n < 0 && errno == EINTR { continue }
+            throw SystemError("write \"\(text)\"", errno: n < 0 ? errno : EIO, subject: path)
+        }
+    }
+
+    /// Subdirectories (child cgroups) of a cgroup directory.
+    static func children(of dir: String) -> [String] {
+        (ProcFS.listDirectory(dir) ?? []).filter { name in
+            var st = stat()
+            return lstat(dir + "/" + name, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+        }.sorted()
+    }
+
+    /// The processes in a cgroup and every cgroup below it.
+    static func members(of dir: String) -> [pid_t] {
+        var pids = (ProcFS.read(dir + "/cgroup.procs") ?? "").split(separator: "\n").compactMap { pid_t($0) }
+        for child in children(of: dir) { pids += members(of: dir + "/" + child) }
+        return pids
+    }
+
+    /// "populated" from a cgroup.events text.
+    static func parsePopulated(_ events: String) -> Bool? {
+        for line in events.split(separator: "\n") where line.hasPrefix("populated ") {
+            return line.hasSuffix(" 1")
+        }
+        return nil
+    }
+
+    /// Removes a cgroup and the cgroups below it, deepest first. EBUSY while
+    /// any process is left in them; a cgroup already gone is not an error.
+    static func removeTree(_ dir: String) throws {
+        for child in children(of: dir) { try removeTree(dir + "/" + child) }
+        if rmdir(dir) < 0 && errno != ENOENT { throw SystemError("rmdir", errno: errno, subject: dir) }
+    }
+
+    /// Waits (poll on cgroup.events, POLLPRI) until the cgroup is empty. For
+    /// start-up clean-up and tests; the event loop watches `eventsFD` instead.
+    static func waitEmpty(_ dir: String, timeoutNanoseconds: Int64) -> Bool {
+        let fd = Glibc.open(dir + "/cgroup.events", O_RDONLY | O_CLOEXEC)
+        if fd < 0 { return errno == ENOENT }
+        defer { Glibc.close(fd) }
+        let deadline = Posix.monotonicNanoseconds() + timeoutNanoseconds
+        while true {
+            if let populated = readPopulated(fd), !populated { return true }
+            let left = deadline - Posix.monotonicNanoseconds()
+            if left <= 0 { return false }
+            var p = pollfd(fd: fd, events: Int16(POLLPRI), revents: 0)
+            // Also wake every 50 ms: a notification between read and poll is not lost for long.
+            _ = poll(&p, 1, Int32(min(left / 1_000_000 + 1, 50)))
+        }
+    }
+
+    static func readPopulated(_ fd: Int32) -> Bool? {
+        var buf = [UInt8](repeating: 0, count: 256)
+        let n = buf.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) }
+        guard n > 0 else { return nil }
+        return parsePopulated(String(decoding: buf[0..<n], as: UTF8.self))
+    }
+
+    /// Kills every process in the cgroup tree: cgroup.kill (Linux 5.14+), or
+    /// else rounds of "freeze, SIGKILL each member, thaw" until it is empty
+    /// (bounded: a fork bomb cannot keep this loop going forever).
+    @discardableResult
+    static func killTree(_ dir: String, useCgroupKill: Bool = true) throws -> KillMethod {
+        if useCgroupKill && access(dir + "/cgroup.kill", W_OK) == 0 {
+            try writeFile(dir + "/cgroup.kill", "1")
+            return .cgroupKill
+        }
+        let canFreeze = access(dir + "/cgroup.freeze", W_OK) == 0
+        var signalled = 0
+        for _ in 0..<100 {
+            // Frozen, no member can fork while we read the list; SIGKILL reaches frozen tasks.
+            if canFreeze { try? writeFile(dir + "/cgroup.freeze", "1") }
+            let pids = members(of: dir)
+            for pid in pids where Glibc.kill(pid, SIGKILL) == 0 { signalled += 1 }
+            if canFreeze { try? writeFile(dir + "/cgroup.freeze", "0") }
+            if pids.isEmpty { return .signals(signalled) }
+            var ts = timespec(tv_sec: 0, tv_nsec: 2_000_000)
+            nanosleep(&ts, nil)
+        }
+        if members(of: dir).isEmpty { return .signals(signalled) }
+        throw SystemError("kill (every member of the cgroup, 100 rounds)", errno: EAGAIN, subject: dir)
+    }
+
+    public enum KillMethod: Equatable {
+        /// One write to cgroup.kill: the kernel killed the whole tree.
+        case cgroupKill
+        /// The fallback: this many SIGKILLs sent, member by member.
+        case signals(Int)
+    }
+}
+
+/// This swarmd instance's root: `<base>/<instance>`.
+public final class CgroupRoot {
+    public let hierarchy: CgroupHierarchy
+    /// The directory, e.g. /sys/fs/cgroup/unified/swarm-0/i0123456789abcdef.
+    public let path: String
+    /// Controllers enabled for the workers (empty on these machines: v1 holds them).
+    public let controllers: [String]
+    /// What did not work but did not make cgroups unavailable (for the log).
+    public let notes: [String]
+
+    init(hierarchy: CgroupHierarchy, path: String, controllers: [String], notes: [String]) {
+        self.hierarchy = hierarchy
+        self.path = path
+        self.controllers = controllers
+        self.notes = notes
+    }
+
+    /// Makes `<root>/<app>/<slot>.<worker>` and opens its files. A leftover
+    /// of the same name (ids restart with swarmd) is killed and replaced, so
+    /// the new worker's counters start at zero.
+    public func createWorker(app: String, slot: Int, worker: UInt64) throws -> WorkerCgroup {
+        try Cgroups.validateName(app)
+        guard slot >= 0 else { throw SystemError("cgroup name", errno: EINVAL, subject: "slot \(slot)") }
+        let appDir = path + "/" + app
+        try Cgroups.makeDirectory(appDir)
+        var notes: [String] = []
+        Cgroups.enableControllers(in: appDir, notes: &notes)
+        let dir = appDir + "/\(slot).\(worker)"
+        if mkdir(dir, 0o755) < 0 {
+            guard errno == EEXIST else { throw SystemError("mkdir", errno: errno, subject: dir) }
+            try Cgroups.killTree(dir)
+            _ = Cgroups.waitEmpty(dir, timeoutNanoseconds: 2_000_000_000)
+            try Cgroups.removeTree(dir)
+            try Cgroups.makeDirectory(dir)
+        }
+        return try WorkerCgroup(path: dir)
+    }
+
+    /// The cgroup of a worker that already runs (after a re-exec).
+    public func openWorker(app: String, slot: Int, worker: UInt64) throws -> WorkerCgroup {
+        try Cgroups.validateName(app)
+        return try WorkerCgroup(path: path + "/\(app)/\(slot).\(worker)", openProcs: false)
+    }
+
+    /// The worker cgroups that exist now, as "app/slot.worker".
+    public func workerCgroups() -> [String] {
+        Cgroups.children(of: path).flatMap { app in Cgroups.children(of: path + "/" + app).map { app + "/" + $0 } }
+    }
+
+    public struct Leftovers: Equatable {
+        /// The cgroups found ("app/slot.worker").
+        public var cgroups: [String] = []
+        /// Processes that were still in them and were killed.
+        public var killed: [pid_t] = []
+        /// Cgroups that could not be emptied or removed in time, with why.
+        public var failed: [String: String] = [:]
+    }
+
+    /// After a swarmd that died without cleaning up (kill -9, a crash): kill
+    /// what is left in every worker cgroup and remove them. Call it before
+    /// starting any worker on a fresh start, never after a re-exec hand-over
+    /// (it would kill the workers handed over).
+    public func cleanUpLeftovers(timeoutNanoseconds: Int64 = 5_000_000_000) -> Leftovers {
+        var report = Leftovers()
+        let deadline = Posix.monotonicNanoseconds() + timeoutNanoseconds
+        let found = workerCgroups()
+        report.cgroups = found
+        for name in found {
+            let dir = path + "/" + name
+            report.killed += Cgroups.members(of: dir)
+            do { try Cgroups.killTree(dir) } catch { report.failed[name] = "\(error)"; continue }
+        }
+        for name in found where report.failed[name] == nil {
+            let dir = path + "/" + name
+            let left = max(0, deadline - Posix.monotonicNanoseconds())
+            guard Cgroups.waitEmpty(dir, timeoutNanoseconds: left) else {
+                report.failed[name] = "still populated after the kill: \(Cgroups.members(of: dir).count) process(es)"
+                continue
+            }
+            do { try Cgroups.removeTree(dir) } catch { report.failed[name] = "\(error)" }
+        }
+        for app in Cgroups.children(of: path) { _ = rmdir(path + "/" + app) }  // ENOTEMPTY: something failed above
+        return report
+    }
+
+    /// Removes an app's directory once its last worker cgroup is gone (ENOTEMPTY/EBUSY otherwise: ignored).
+    public func removeAppIfEmpty(_ app: String) {
+        guard (try? Cgroups.validateName(app)) != nil else { return }
+        _ = rmdir(path + "/" + app)
+    }
+
+    /// At a clean exit: the root itself, if nothing is left in it. Returns whether it is gone.
+    @discardableResult
+    public func removeIfEmpty() -> Bool {
+        for app in Cgroups.children(of: path) { _ = rmdir(path + "/" + app) }
+        return rmdir(path) == 0 || errno == ENOENT
+    }
+}
+
+/// CPU and memory of a worker's whole tree.
+public struct CgroupUsage: Equatable {
+    /// cpu.stat usage_usec: every process that ever ran in the cgroup, including exited ones.
+    public var cpuMicroseconds: UInt64
+    public var memoryBytes: Int64
+    public enum MemorySource: Equatable {
+        /// memory.current (the memory controller is enabled): page cache and kernel memory included.
+        case memoryCurrent
+        /// No memory controller: the sum of the members' resident sets (shared pages counted in each).
+        case residentSum
+    }
+    public var memorySource: MemorySource
+    /// Processes in the tree now.
+    public var processes: Int
+}
+
+/// One worker's cgroup. Not thread-safe: owned by the event loop.
+public final class WorkerCgroup {
+    public let path: String
+    /// Open O_WRONLY on cgroup.procs, for `SpawnPlan.cgroupProcsFD`. Close it
+    /// (`closeProcsFD`) once the worker is spawned: everything it starts is
+    /// in the cgroup by inheritance. -1 once closed.
+    public private(set) var procsFD: Int32 = -1
+    /// cgroup.events, read-only: it polls EPOLLPRI (and EPOLLERR) when
+    /// "populated" changes. Put it in the event loop; `populated()` reads the value.
+    public private(set) var eventsFD: Int32 = -1
+
+    init(path: String, openProcs: Bool = true) throws {
+        self.path = path
+        if openProcs {
+            procsFD = Glibc.open(path + "/cgroup.procs", O_WRONLY | O_CLOEXEC)
+            if procsFD < 0 { throw SystemError("open", errno: errno, subject: path + "/cgroup.procs") }
+        }
+        eventsFD = Glibc.open(path + "/cgroup.events", O_RDONLY | O_CLOEXEC)
+        if eventsFD < 0 {
+            let e = errno
+            if procsFD >= 0 { Glibc.close(procsFD) }
+            throw SystemError("open", errno: e, subject: path + "/cgroup.events")
+        }
+    }
+
+    deinit { close() }
+
+    public func closeProcsFD() {
+        if procsFD >= 0 { Glibc.close(procsFD) }
+        procsFD = -1
+    }
+
+    /// Closes both fds (remove the eventsFD source from the loop first).
+    public func close() {
+        closeProcsFD()
+        if eventsFD >= 0 { Glibc.close(eventsFD) }
+        eventsFD = -1
+    }
+
+    /// Whether any process is left in the tree (cgroup.events "populated").
+    /// Zombies do not count: a killed member that is not yet reaped leaves it empty.
+    public func populated() throws -> Bool {
+        if eventsFD >= 0, let p = Cgroups.readPopulated(eventsFD) { return p }
+        guard let text = ProcFS.read(path + "/cgroup.events"), let p = Cgroups.parsePopulated(text) else {
+            throw SystemError("read", errno: errno == 0 ? EIO : errno, subject: path + "/cgroup.events")
+        }
+        return p
+    }
+
+    /// Every process in the tree now.
+    public func members() -> [pid_t] { Cgroups.members(of: path) }
+
+    /// Kills every process in the tree (see `Cgroups.killTree`). Returns at
+    /// once: wait for `eventsFD` (populated 0) before `remove()`.
+    @discardableResult
+    public func kill() throws -> Cgroups.KillMethod { try Cgroups.killTree(path) }
+
+    /// The fallback of `kill()`, callable on its own (kernels before 5.14 have no cgroup.kill).
+    @discardableResult
+    public func killBySignals() throws -> Cgroups.KillMethod { try Cgroups.killTree(path, useCgroupKill: false) }
+
+    /// Blocks until empty or the timeout: for clean-up paths and tests, not the event loop.
+    public func waitUntilEmpty(timeoutNanoseconds: Int64) -> Bool { Cgroups.waitEmpty(path, timeoutNanoseconds: timeoutNanoseconds) }
+
+    public func usage() -> CgroupUsage {
+        var cpu: UInt64 = 0
+        for line in (ProcFS.read(path + "/cpu.stat") ?? "").split(separator: "\n") where line.hasPrefix("usage_usec ") {
+            cpu = UInt64(line.dropFirst("usage_usec ".count)) ?? 0
+        }
+        let pids = members()
+        if let text = ProcFS.read(path + "/memory.current"),
+           let first = text.split(whereSeparator: { $0 == " " || $0 == "\n" }).first, let bytes = Int64(first) {
+            return CgroupUsage(cpuMicroseconds: cpu, memoryBytes: bytes, memorySource: .memoryCurrent, processes: pids.count)
+        }
+        let rss = pids.reduce(Int64(0)) { $0 + (ProcFS.rss(pid: $1) ?? 0) }
+        return CgroupUsage(cpuMicroseconds: cpu, memoryBytes: rss, memorySource: .residentSum, processes: pids.count)
+    }
+
+    /// rmdir of the tree (children first), then of the app directory if it
+    /// became empty. Fails with EBUSY while populated; closes the fds.
+    public func remove() throws {
+        close()
+        try Cgroups.removeTree(path)
+        if let slash = path.lastIndex(of: "/") { _ = rmdir(String(path[..<slash])) }
+    }
+}

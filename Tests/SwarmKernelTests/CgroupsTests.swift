@@ -1,0 +1,303 @@
+import Foundation
+import Glibc
+import SwarmSystem
+import Testing
+
+/// A root of its own per test (instance "test-PID-N"): removed with
+/// everything in it when the test ends, passed or failed.
+func withTestRoot(_ body: (CgroupRoot, Scratch) throws -> Void) throws {
+    let instance = "test-\(getpid())-\(counter.next())"
+    let root: CgroupRoot
+    switch Cgroups.setUp(instance: instance) {
+    case .success(let r): root = r
+    case .failure(let why): throw KernelTestError("Cgroups.setUp(instance: \(instance)) failed: \(why)")
+    }
+    let scratch = Scratch("cg")
+    defer {
+        let left = root.cleanUpLeftovers(timeoutNanoseconds: 5_000_000_000)
+        root.removeIfEmpty()
+        scratch.cleanUp()
+        if !left.failed.isEmpty { Issue.record("clean-up of \(root.path) left \(left.failed)") }
+        // The shared base (swarm-UID) goes too when no other test process uses it.
+        if let slash = root.path.lastIndex(of: "/") { _ = rmdir(String(root.path[..<slash])) }
+    }
+    try body(root, scratch)
+}
+
+func subdirectories(_ path: String) -> [String] {
+    ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).filter {
+        var isDir: ObjCBool = false
+        return FileManager.default.fileExists(atPath: path + "/" + $0, isDirectory: &isDir) && isDir.boolValue
+    }
+}
+
+/// A worker whose descendants leave its process group and session: a
+/// setsid + double-forked grandchild (its parent exits), a setpgid child,
+/// and `setsid sh -c 'sleep 1000 &'`. Each survivor writes its pid to a file
+/// in argv[1] (named after its role), so a test knows exactly who must be in
+/// the cgroup: the worker and these four.
+let escapingWorker = """
+import os, sys, time
+d = sys.argv[1]
+def mark(name):
+    with open(d + "/" + name + ".tmp", "w") as f: f.write(str(os.getpid()))
+    os.rename(d + "/" + name + ".tmp", d + "/" + name)
+if os.fork() == 0:
+    os.setsid()
+    mark("session")
+    if os.fork() == 0:
+        if os.fork() == 0:
+            mark("grandchild")
+            time.sleep(1000)
+        os._exit(0)
+    time.sleep(1000)
+    os._exit(0)
+if os.fork() == 0:
+    os.setpgid(0, 0)
+    mark("group")
+    time.sleep(1000)
+    os._exit(0)
+os.system("setsid -w sh -c 'sleep 1000 & echo $! > %s/sleep.tmp; mv %s/sleep.tmp %s/sleep'" % (d, d, d))
+time.sleep(1000)
+"""
+
+/// Starts the escaping worker in `cg`, in a directory of its own; returns
+/// its 5 processes once each has started and the cgroup holds exactly them.
+func startEscapingWorker(_ cg: WorkerCgroup, _ scratch: Scratch) throws -> (Worker, [Identity]) {
+    let dir = scratch.file("escape-\(counter.next())")
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
+    let w = try Worker([python, "-c", escapingWorker, dir], scratch: scratch, cgroup: cg)
+    var expected: Set<pid_t> = []
+    try waitFor("the worker's 4 escapes started and alone in \(cg.path) (output: \(w.output))") {
+        let pids = ["session", "grandchild", "group", "sleep"].compactMap { name -> pid_t? in
+            guard let text = try? String(contentsOfFile: dir + "/" + name, encoding: .utf8) else { return nil }
+            return pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+        guard pids.count == 4 else { return false }
+        expected = Set(pids + [w.pid])
+        // `sleep` may still be the shell that forked it until it execs: wait for its name.
+        let sleepComm = (try? String(contentsOfFile: "/proc/\(pids[3])/comm", encoding: .utf8)) ?? ""
+        return Set(cg.members()) == expected && sleepComm.hasPrefix("sleep")
+    }
+    return (w, expected.compactMap { Identity(pid: $0) })
+}
+
+@Suite("Cgroups", .serialized)
+struct CgroupsTests {
+    @Test func parsesOwnCgroupAndValidatesNames() throws {
+        #expect(Cgroups.parseOwnCgroup("12:pids:/x\n0::/system.slice/swarmd.service\n") == "/system.slice/swarmd.service")
+        #expect(Cgroups.parseOwnCgroup("0::/\n") == "/")
+        #expect(Cgroups.parseOwnCgroup("0::/gone (deleted)\n") == "/gone")
+        #expect(Cgroups.parseOwnCgroup("1:name=systemd:/\n") == nil)
+        for bad in ["", ".", "..", "a/b", "../x", "cgroup.procs", "memory.max", "line\nbreak"] {
+            #expect(throws: SystemError.self, "\(bad.debugDescription) must be refused") { try Cgroups.validateName(bad) }
+        }
+        for good in ["web", "api-2", "my.app", ".hidden-app", "0.17"] { try Cgroups.validateName(good) }
+        let a = Cgroups.instanceName(stateDirectory: "/var/lib/swarm")
+        #expect(a == Cgroups.instanceName(stateDirectory: "/var/lib/swarm"))
+        #expect(a != Cgroups.instanceName(stateDirectory: "/var/lib/swarm2"))
+        try Cgroups.validateName(a)
+    }
+
+    @Test(.enabled(if: isRoot, "\(rootOnly)"))
+    func findsTheUnifiedHierarchyAndItsOwnCgroup() throws {
+        let h = try Cgroups.hierarchy().get()
+        #expect(["/sys/fs/cgroup", "/sys/fs/cgroup/unified"].contains(h.mount))
+        #expect(FileManager.default.fileExists(atPath: h.directory(h.own) + "/cgroup.procs"))
+        // Not String(contentsOfFile:): it stops early on a large kernfs file.
+        let procs = String(decoding: try Posix.readFile(h.directory(h.own) + "/cgroup.procs"), as: UTF8.self)
+        #expect(procs.split(separator: "\n").contains(Substring("\(getpid())")), "our pid must be in \(h.directory(h.own))/cgroup.procs")
+    }
+
+    @Test(.enabled(if: isRoot, "\(rootOnly)"))
+    func anOwnCgroupThatIsNotWritableIsUnavailableWithTheReason() throws {
+        let h = try Cgroups.hierarchy().get()
+        let result = Cgroups.setUp(instance: "test-\(getpid())-x", hierarchy: CgroupHierarchy(mount: h.mount, own: "/no-such-cgroup-\(getpid())"))
+        guard case .failure(let why) = result else { Issue.record("expected unavailable, got \(result)"); return }
+        #expect(why.description.contains("not writable"), "\(why)")
+        #expect(why.description.contains("Delegate=yes"), "\(why)")
+    }
+
+    @Test(.enabled(if: isRoot, "\(rootOnly)"))
+    func killsEveryEscapedProcessAndReportsEmpty() throws {
+        try withTestRoot { root, scratch in try killScenario(root, scratch, useCgroupKill: true) }
+    }
+
+    @Test(.enabled(if: isRoot, "\(rootOnly)"))
+    func theSignalFallbackKillsEveryEscapedProcessToo() throws {
+        try withTestRoot { root, scratch in try killScenario(root, scratch, useCgroupKill: false) }
+    }
+
+    func killScenario(_ root: CgroupRoot, _ scratch: Scratch, useCgroupKill: Bool) throws {
+        let cg = try root.createWorker(app: "web", slot: 0, worker: 1)
+        #expect(cg.path == root.path + "/web/0.1")
+        let (w, identities) = try startEscapingWorker(cg, scratch)
+        defer { w.stop() }
+        #expect(cg.procsFD == -1, "closed once the worker is spawned")
+        #expect(try cg.populated())
+        let members = cg.members()
+        #expect(members.contains(w.pid))
+        let outside = members.filter { processGroup($0) != processGroup(w.pid) }
+        #expect(outside.count == 4, "the escapes left the worker's process group: \(members.map { ($0, processGroup($0) ?? -1) })")
+        #expect(identities.count == 5)
+
+        let method = useCgroupKill ? try cg.kill() : try cg.killBySignals()
+        if useCgroupKill {
+            #expect(method == .cgroupKill)
+        } else if case .signals(let n) = method {
+            #expect(n >= 5, "every member signalled: \(n)")
+        } else {
+            Issue.record("fallback used \(method)")
+        }
+        #expect(cg.waitUntilEmpty(timeoutNanoseconds: 5_000_000_000), "cgroup.events still populated: \(cg.members())")
+        #expect(try cg.populated() == false)
+        try waitFor("every process of the cgroup dead: \(identities.filter { !$0.isDead })", seconds: 5) {
+            w.reap()
+            return identities.allSatisfy { $0.isDead }
+        }
+        try cg.remove()
+        #expect(!FileManager.default.fileExists(atPath: cg.path))
+        #expect(!FileManager.default.fileExists(atPath: root.path + "/web"), "the app directory goes with its last worker")
+    }
+
+    @Test(.enabled(if: isRoot, "\(rootOnly)"))
+    func theEventsFDSignalsEmptyThroughPoll() throws {
+        try withTestRoot { root, scratch in
+            let cg = try root.createWorker(app: "poll", slot: 3, worker: 9)
+            let w = try Worker(["/bin/sh", "-c", "setsid sleep 1000 & exec sleep 1000"], scratch: scratch, cgroup: cg)
+            defer { w.stop() }
+            try waitFor("2 processes in \(cg.path)") { cg.members().count == 2 }
+            try cg.kill()
+            // What the event loop does: EPOLLPRI on eventsFD, then read the value.
+            let deadline = monotonic() + 5
+            var sawPriority = false
+            while monotonic() < deadline {
+                var p = pollfd(fd: cg.eventsFD, events: Int16(POLLPRI), revents: 0)
+                if poll(&p, 1, 100) > 0, p.revents & Int16(POLLPRI) != 0 {
+                    sawPriority = true
+                    if try !cg.populated() { break }
+                }
+            }
+            #expect(sawPriority, "no POLLPRI on cgroup.events within 5 s")
+            #expect(try cg.populated() == false)
+            w.reap()
+            try cg.remove()
+        }
+    }
+
+    @Test(.enabled(if: isRoot, "\(rootOnly)"))
+    func aNewSwarmdKillsAndRemovesTheLeftoversOfAKilledOne() throws {
+        try withTestRoot { root, scratch in
+            // Workers of a swarmd that then died: nothing killed them, their escapes live on.
+            var workers: [Worker] = []
+            defer { workers.forEach { $0.stop() } }
+            var identities: [Identity] = []
+            for (app, slot) in [("web", 0), ("web", 1), ("queue", 0)] {
+                let cg = try root.createWorker(app: app, slot: slot, worker: UInt64(10 + slot))
+                let (w, ids) = try startEscapingWorker(cg, scratch)
+                workers.append(w)
+                identities += ids
+                cg.close()
+            }
+            #expect(identities.count == 15)
+
+            // The next swarmd on the same state dir: same instance, same root.
+            let instance = String(root.path.split(separator: "/").last!)
+            let again = try Cgroups.setUp(instance: instance).get()
+            #expect(again.path == root.path)
+            #expect(Set(again.workerCgroups()) == ["web/0.10", "web/1.11", "queue/0.10"])
+            let report = again.cleanUpLeftovers(timeoutNanoseconds: 5_000_000_000)
+            #expect(report.failed.isEmpty, "\(report.failed)")
+            #expect(Set(report.cgroups) == ["web/0.10", "web/1.11", "queue/0.10"])
+            #expect(Set(report.killed) == Set(identities.map(\.pid)))
+            #expect(again.workerCgroups().isEmpty)
+            #expect(subdirectories(root.path).isEmpty, "app directories removed too")
+            try waitFor("every leftover process dead: \(identities.filter { !$0.isDead })", seconds: 5) {
+                workers.forEach { $0.reap() }
+                return identities.allSatisfy { $0.isDead }
+            }
+        }
+    }
+
+    @Test(.enabled(if: isRoot, "\(rootOnly)"))
+    func aLeftoverWithTheSameNameIsReplacedNotReused() throws {
+        try withTestRoot { root, scratch in
+            let first = try root.createWorker(app: "web", slot: 0, worker: 1)
+            let w = try Worker(["/bin/sh", "-c", "setsid sleep 1000 & exec sleep 1000"], scratch: scratch, cgroup: first)
+            defer { w.stop() }
+            try waitFor("2 processes in \(first.path)") { first.members().count == 2 }
+            let identities = first.members().compactMap { Identity(pid: $0) }
+            let second = try root.createWorker(app: "web", slot: 0, worker: 1)
+            #expect(second.members().isEmpty)
+            try waitFor("the old occupants dead") { w.reap(); return identities.allSatisfy { $0.isDead } }
+            try second.remove()
+        }
+    }
+
+    @Test(.enabled(if: isRoot, "\(rootOnly)"))
+    func cpuAndMemoryCoverTheWholeTree() throws {
+        // A pre-fork server in miniature: a master and 3 workers, each worker
+        // burning 0.3 s of CPU and holding 40 MB; the master does neither.
+        let script = """
+        import os, sys, time
+        for i in range(3):
+            if os.fork() == 0:
+                block = bytearray(40 * 1024 * 1024)
+                for j in range(0, len(block), 4096): block[j] = 1
+                while time.process_time() < 0.3: pass
+                open(sys.argv[1] + "/ready-%d" % i, "w").close()
+                time.sleep(1000)
+        time.sleep(1000)
+        """
+        try withTestRoot { root, scratch in
+            let cg = try root.createWorker(app: "prefork", slot: 0, worker: 1)
+            let w = try Worker([python, "-c", script, scratch.path], scratch: scratch, cgroup: cg)
+            defer { w.stop() }
+            try waitFor("3 workers ready (output: \(w.output))", seconds: 30) {
+                (0..<3).allSatisfy { FileManager.default.fileExists(atPath: scratch.file("ready-\($0)")) }
+            }
+            let usage = cg.usage()
+            #expect(usage.processes == 4)
+            #expect(usage.cpuMicroseconds >= 900_000, "3 × 0.3 s of CPU at least: \(usage)")
+            #expect(usage.memoryBytes >= 3 * 40 * 1024 * 1024, "3 × 40 MB at least: \(usage)")
+            if !root.controllers.contains("memory") { #expect(usage.memorySource == .residentSum) }
+            // The master alone, what /proc of the main pid shows, is a small part of it.
+            let master = try #require(ProcFS.usage(pid: w.pid))
+            #expect(master.rss * 3 < usage.memoryBytes, "master \(master.rss) B vs tree \(usage.memoryBytes) B")
+            #expect(master.cpuTicks * 1_000_000 / ProcFS.clockTicks < 300_000, "the master itself burnt little CPU")
+            try cg.kill()
+            #expect(cg.waitUntilEmpty(timeoutNanoseconds: 5_000_000_000))
+            w.reap()
+            try cg.remove()
+        }
+    }
+}
+
+@Suite("Cgroups: spawn")
+struct CgroupSpawnTests {
+    @Test(.enabled(if: isRoot, "\(rootOnly)"))
+    func aCgroupTheChildCannotJoinFailsTheSpawnNamingTheStep() throws {
+        try withTestRoot { root, scratch in
+            let cg = try root.createWorker(app: "gone", slot: 0, worker: 1)
+            let procs = cg.procsFD
+            // Removed before the spawn: the write in the child fails (ENODEV), the spawn reports it.
+            _ = rmdir(cg.path)
+            let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
+            defer { close(devNull) }
+            var plan = SpawnPlan(executable: "/bin/true", argv: ["/bin/true"], environment: [], setListenPID: false, cwd: nil,
+                                 fds: [], stdin: devNull, stdout: devNull, stderr: devNull)
+            plan.cgroupProcsFD = procs
+            do {
+                let pid = try Spawner.spawn(plan)
+                var status: Int32 = 0
+                waitpid(pid, &status, 0)
+                Issue.record("spawn into a removed cgroup succeeded")
+            } catch let e as SpawnError {
+                #expect(e.step.contains("cgroup"), "\(e)")
+                #expect(e.errno != 0)
+            }
+            cg.close()
+            _ = scratch
+        }
+    }
+}
