@@ -41,7 +41,10 @@ extension Manager {
                     var rss: Int64?
                     var cpuSeconds: Double?
                     if let pid = w.pid {
-                        let usage = kernel.usage(pid: pid)
+                        // The whole tree where there is a cgroup (a pre-fork server's children too).
+                        let usage = cgroups.usage(ofPid: pid).map { u in
+                            (cpuTicks: Int64(u.cpuMicroseconds) * Int64(ProcFS.clockTicks) / 1_000_000, rss: u.memoryBytes)
+                        } ?? kernel.usage(pid: pid)
                         rss = usage?.rss
                         if let ticks = usage?.cpuTicks {
                             cpuSeconds = Double(ticks) / Double(ProcFS.clockTicks)
@@ -83,8 +86,9 @@ extension Manager {
                 apps[apps.count - 1].logLastError = sink.lastError
             }
         }
-        let daemon = DaemonStatus(pid: getpid(), version: swarmVersion, uptimeS: (Double(nowNS - startedAt) / 1e8).rounded() / 10,
+        var daemon = DaemonStatus(pid: getpid(), version: swarmVersion, uptimeS: (Double(nowNS - startedAt) / 1e8).rounded() / 10,
                                   rssBytes: kernel.rss(pid: getpid()) ?? 0, socket: options.socketPath, stateDir: options.stateDir)
+        daemon.cgroups = cgroups.summary
         return StatusReport(daemon: daemon, apps: apps)
     }
 }

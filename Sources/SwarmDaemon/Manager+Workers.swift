@@ -71,6 +71,8 @@ extension Manager {
         if let original = originalNoFile, !spec.limits.contains(where: { $0.name == "nofile" }) {
             plan.limits.append((7, original.soft, original.hard))
         }
+        let cgroup = cgroups.create(for: r)
+        plan.cgroupProcsFD = cgroup?.procsFD ?? -1
         let pid: pid_t
         do {
             pid = try kernel.spawn(plan)
@@ -78,8 +80,10 @@ extension Manager {
             Posix.close(out.read)
             Posix.close(err.read)
             if let ready { Posix.close(ready.read) }
+            if let cgroup { cgroups.abandon(cgroup) }
             throw error
         }
+        if let cgroup { cgroups.spawned(r.worker, pid: pid, in: cgroup) }
         output.watch(fd: out.read, app: spec.name, slot: r.slot, pid: pid, stream: "stdout")
         output.watch(fd: err.read, app: spec.name, slot: r.slot, pid: pid, stream: "stderr")
         if let ready {

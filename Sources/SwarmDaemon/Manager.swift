@@ -78,6 +78,7 @@ final class Requester {
 /// - `control`: the control socket's clients (framing, fairness, limits).
 /// - `output`: worker stdout/stderr, readiness pipes, sd_notify; log sinks and budgets.
 /// - `sockets`: every app's listening sockets and their steering.
+/// - `cgroups`: a cgroup per worker, so nothing a worker starts outlives it.
 /// - `systemd`: READY/STATUS/RELOADING/STOPPING.
 /// - `store`: the remembered apps.
 /// - `workers`: what the shell holds per live worker (for `workerGone`).
@@ -90,6 +91,7 @@ public final class Manager {
     let control: ControlServer
     let output: WorkerOutput
     let sockets: SocketTable
+    let cgroups: WorkerCgroups
     let systemd: SystemdBridge
     let store: StateStore
     /// The state directory and its `logs/`, checked once and held open: every
@@ -150,6 +152,7 @@ public final class Manager {
         output = WorkerOutput(loop: loop, kernel: kernel, logDirectory: logsDirectory,
                               notifyPath: "@swarmd-notify-\(getpid())-\(kernel.now() % 1_000_000)")
         sockets = SocketTable(kernel: kernel)
+        cgroups = WorkerCgroups(loop: loop)
         systemd = SystemdBridge(kernel: kernel)
         store = StateStore(directory: stateDirectory)
         executablePath = (try? FileSystem.readLink("/proc/self/exe")).map { $0.hasSuffix(" (deleted)") ? String($0.dropLast(10)) : $0 } ?? CommandLine.arguments[0]
@@ -174,6 +177,7 @@ public final class Manager {
         control.handler = self
         control.report = report
         sockets.report = report
+        cgroups.report = report
         output.report = report
         output.journalSocket = options.journalSocket
         output.deliver = { [weak self] event in self?.feed(event) }
@@ -229,6 +233,7 @@ public final class Manager {
         sockets.passedBySystemd = Systemd.listenFDs()
         try setUpLoop(controlSocket: nil, notifySocket: nil)
         enableTCPMigration()
+        cgroups.setUp(stateDirectory: (try? FileSystem.absolute(options.stateDir)) ?? options.stateDir, fresh: true)
 
         // Remembered apps, then the apps directory, then the command line: later wins.
         var byName: [String: (AppSpec, RememberedApp?)] = [:]
@@ -368,6 +373,7 @@ public final class Manager {
             if !controlFromSystemd { _ = try? FileSystem.removeIfPresent(options.socketPath) }
         }
         output.closeAll()
+        cgroups.removeAll()
     }
 
     // MARK: - The core
@@ -414,6 +420,8 @@ public final class Manager {
             do { try kernel.signal(pid, sig.number, group: group) } catch {
                 log.warning("Failed to send \(sig) to \(group ? "group " : "")\(pid): \(error), ignoring")
             }
+            // The worker's group is all of its tree: what left the process group is still in its cgroup.
+            if group && sig == .kill { cgroups.killTree(ofPid: pid) }
         case let .probeListening(id, pid):
             guard let spec = supervisor.workers[id].flatMap(supervisor.spec(of:)) else { return }
             let fds = Set((0..<spec.sockets.count).map { Int32(3 + $0) })
@@ -436,6 +444,7 @@ public final class Manager {
             sockets.handOver(app, slot: slot, from: pid)
         case let .workerGone(id, pid):
             workers[id] = nil
+            cgroups.gone(id, pid: pid)
             output.closeReadyPipe(id)
             if let pid { cpuSamples[pid] = nil }
         case let .restorePriority(pid):

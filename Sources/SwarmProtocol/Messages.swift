@@ -166,9 +166,12 @@ public struct DaemonStatus: Codable, Sendable, Equatable {
     public var rssBytes: Int64
     public var socket: String
     public var stateDir: String
+    /// Where the workers' cgroups are, or "unavailable: why" (then only
+    /// process groups hold a worker's children together).
+    public var cgroups: String?
 
     enum CodingKeys: String, CodingKey {
-        case pid, version, socket
+        case pid, version, socket, cgroups
         case uptimeS = "uptime_s"
         case rssBytes = "rss_bytes"
         case stateDir = "state_dir"

@@ -225,4 +225,6 @@ public enum IOEvents {
     public static let writable = UInt32(EPOLLOUT.rawValue)
     public static let hangup = UInt32(EPOLLHUP.rawValue)
     public static let error = UInt32(EPOLLERR.rawValue)
+    /// Urgent data; for cgroup.events, "populated" changed.
+    public static let priority = UInt32(EPOLLPRI.rawValue)
 }

@@ -1,0 +1,122 @@
+import SwarmCore
+import SwarmSystem
+
+/// A cgroup per worker, so that nothing a worker starts outlives it: a child
+/// that calls setsid, double-forks or changes its process group is still in
+/// the worker's cgroup, and a SIGKILL of the worker's group becomes a kill
+/// of the whole tree (cgroup.kill). The cgroup also gives the CPU and memory
+/// of pre-fork servers (a master and its children). Where no cgroup can be
+/// made, workers run as before (a process group each) and status says why.
+final class WorkerCgroups {
+    let loop: EventLoop
+    var report: (NoteLevel, String) -> Void = { _, _ in }
+    private(set) var root: CgroupRoot?
+    private(set) var unavailable: String?
+    private var byWorker: [WorkerID: WorkerCgroup] = [:]
+    private var workerByPid: [Int32: WorkerID] = [:]
+    /// Cgroups of gone workers with processes still in them, removed once empty.
+    private var draining: [ObjectIdentifier: (cgroup: WorkerCgroup, source: EventLoop.Source)] = [:]
+
+    init(loop: EventLoop) { self.loop = loop }
+
+    /// Finds this swarmd's root; on a fresh start, first kills and removes
+    /// what a swarmd that died without cleaning up left in it.
+    func setUp(stateDirectory: String, fresh: Bool) {
+        switch Cgroups.setUp(instance: Cgroups.instanceName(stateDirectory: stateDirectory)) {
+        case let .failure(why):
+            unavailable = why.reason
+            report(.warning, "\(why); a worker's children are held together by its process group only (a child that leaves it survives the worker)")
+        case let .success(root):
+            self.root = root
+            for note in root.notes { report(.info, "cgroups: \(note)") }
+            guard fresh else { return }
+            let left = root.cleanUpLeftovers()
+            if !left.cgroups.isEmpty {
+                report(.notice, "cgroups: a previous swarmd left \(left.cgroups.count) worker cgroup(s) behind; killed \(left.killed.count) process(es) still in them")
+            }
+            for (name, why) in left.failed { report(.error, "cgroups: Failed to clean up \(root.path)/\(name): \(why), ignoring") }
+        }
+    }
+
+    /// What status shows.
+    var summary: String { root?.path ?? "unavailable: \(unavailable ?? "not set up")" }
+
+    /// A new cgroup for a worker about to be spawned (nil: none, the reason reported).
+    func create(for r: SpawnRequest) -> WorkerCgroup? {
+        guard let root else { return nil }
+        do { return try root.createWorker(app: r.app, slot: r.slot, worker: r.worker.raw) } catch {
+            report(.warning, "Failed to make a cgroup for \(r.app)[\(r.slot)]: \(error); it runs in a process group only")
+            return nil
+        }
+    }
+
+    /// The worker runs in `cgroup` now.
+    func spawned(_ id: WorkerID, pid: Int32, in cgroup: WorkerCgroup) {
+        cgroup.closeProcsFD()
+        byWorker[id] = cgroup
+        workerByPid[pid] = id
+    }
+
+    /// The spawn failed: nothing runs in the new cgroup.
+    func abandon(_ cgroup: WorkerCgroup) {
+        try? cgroup.remove()
+    }
+
+    /// A re-executed swarmd finds the cgroups of the workers handed over.
+    func adopt(_ id: WorkerID, app: String, slot: Int, pid: Int32) {
+        guard let root, let cg = try? root.openWorker(app: app, slot: slot, worker: id.raw) else { return }
+        byWorker[id] = cg
+        workerByPid[pid] = id
+    }
+
+    /// SIGKILL to a worker's process group reaches its whole tree.
+    func killTree(ofPid pid: Int32) {
+        guard let id = workerByPid[pid], let cg = byWorker[id] else { return }
+        do { try cg.kill() } catch {
+            report(.warning, "Failed to kill \(cg.path): \(error), ignoring")
+        }
+    }
+
+    func usage(ofPid pid: Int32) -> CgroupUsage? {
+        workerByPid[pid].flatMap { byWorker[$0] }?.usage()
+    }
+
+    /// The worker is gone: whatever is left in its cgroup is killed, and the
+    /// cgroup removed once empty (cgroup.events says so).
+    func gone(_ id: WorkerID, pid: Int32?) {
+        if let pid { workerByPid[pid] = nil }
+        guard let cg = byWorker.removeValue(forKey: id) else { return }
+        if (try? cg.populated()) == false {
+            remove(cg)
+            return
+        }
+        try? cg.kill()
+        let key = ObjectIdentifier(cg)
+        do {
+            let source = try loop.addReader(cg.eventsFD, events: IOEvents.priority) { [weak self] _ in self?.check(key) }
+            draining[key] = (cg, source)
+        } catch {
+            report(.warning, "Failed to watch \(cg.path): \(error); removing it later")
+        }
+    }
+
+    private func check(_ key: ObjectIdentifier) {
+        guard let (cg, source) = draining[key], (try? cg.populated()) == false else { return }
+        source.cancel()
+        draining[key] = nil
+        remove(cg)
+    }
+
+    private func remove(_ cg: WorkerCgroup) {
+        do { try cg.remove() } catch {
+            report(.debug, "Failed to remove \(cg.path): \(error), ignoring")
+        }
+    }
+
+    /// At exit: every worker is gone; the root goes if nothing is left in it.
+    func removeAll() {
+        for (_, d) in draining { d.source.cancel() }
+        draining = [:]
+        root?.removeIfEmpty()
+    }
+}
