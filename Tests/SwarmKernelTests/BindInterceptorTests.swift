@@ -58,6 +58,23 @@ func withInterceptedWorker(_ argv: (Supervisor, Scratch) throws -> [String], hos
     try body(w, sup, pump, scratch)
 }
 
+/// The backlog of the listener on 127.0.0.1:port, as `ss` shows it (Send-Q of a LISTEN socket).
+func listenBacklog(port: UInt16) throws -> Int {
+    let ss = Process()
+    ss.executableURL = URL(fileURLWithPath: findExecutable("ss") ?? "/usr/bin/ss")
+    ss.arguments = ["-ltnH", "sport = :\(port)"]
+    let out = Pipe()
+    ss.standardOutput = out
+    try ss.run()
+    ss.waitUntilExit()
+    let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    let fields = text.split(whereSeparator: { $0 == " " || $0 == "\n" })
+    guard fields.count >= 3, fields[0] == "LISTEN", let backlog = Int(fields[2]) else {
+        throw KernelTestError("ss -ltnH 'sport = :\(port)' printed \(text.debugDescription)")
+    }
+    return backlog
+}
+
 @Suite("BindInterceptor")
 struct BindInterceptorTests {
     // MARK: Pure: decoding and matching
@@ -130,6 +147,9 @@ struct BindInterceptorTests {
             #expect(try httpGet(port: sup.port, path: "/hello.txt").hasSuffix("\r\n\r\ntoken-\(sup.port)"))
             // The child holds swarmd's very socket at the fd it bound.
             #expect(fds(of: w.pid, withInode: sup.inode) == [fd])
+            // Its listen(5) was answered without shrinking swarm's backlog of 64.
+            #expect(pump.all.contains(.keptListening(pid: w.pid, fd: fd, rule: 0)), "\(pump.all)")
+            #expect(try listenBacklog(port: sup.port) == 64)
         }
     }
 
@@ -172,6 +192,7 @@ struct BindInterceptorTests {
             #expect(answer.hasSuffix("own socket"))
             #expect(fds(of: w.pid, withInode: sup.inode).isEmpty, "the child kept its own socket")
             #expect(pump.substitutions.isEmpty)
+            #expect(pump.all.contains(.continued(pid: w.pid, reason: .notSwarmSocket)), "its own listen() ran: \(pump.all)")
         }
     }
 
