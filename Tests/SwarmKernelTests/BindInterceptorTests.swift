@@ -413,3 +413,49 @@ struct BindInterceptorLifecycleTests {
         #expect(after - before < 10, "no fd left behind by failed intercepted spawns: \(before) → \(after)")
     }
 }
+
+@Suite("BindInterceptor: threads and cost")
+struct BindInterceptorCostTests {
+    @Test(.enabled(if: isRoot, "\(rootOnly)"))
+    func aBindFromAThreadIsInterceptedAndItsCostIsMeasured() throws {
+        // 100 × (socket, bind, listen, close) from a second thread, timed in the
+        // worker, then a server from that thread: the notification names the
+        // thread, the fd table is its process's.
+        let script = pythonServer(tag: "thread") + """
+
+        import socket, threading, time
+        port = int(sys.argv[1])
+        def run():
+            times = []
+            for i in range(100):
+                t0 = time.perf_counter()
+                s = socket.socket()
+                s.bind(("127.0.0.1", port))
+                s.listen(16)
+                times.append(time.perf_counter() - t0)
+                s.close()
+            times.sort()
+            print("median_us %d" % (times[50] * 1e6), flush=True)
+            print("tid %d" % threading.get_native_id(), flush=True)
+            serve(port)
+        t = threading.Thread(target=run)
+        t.start()
+        t.join()
+        """
+        try withInterceptedWorker({ sup, _ in [python, "-c", script, "\(sup.port)"] }) { w, sup, pump, _ in
+            try waitFor("the thread's 100 binds timed (output: \(w.output), outcomes: \(pump.all.count))", seconds: 30) {
+                w.output.contains("tid ")
+            }
+            let lines = w.output.split(separator: "\n")
+            let median = try #require(lines.first { $0.hasPrefix("median_us ") }.flatMap { Int($0.dropFirst(10)) })
+            let tid = try #require(lines.first { $0.hasPrefix("tid ") }.flatMap { pid_t($0.dropFirst(4)) })
+            #expect(tid != w.pid)
+            _ = try pump.waitForOutcome("101 substitutions", seconds: 15) { _ in pump.substitutions.count >= 101 }
+            #expect(pump.substitutions.allSatisfy { isSubstitution($0, pid: tid) }, "every bind came from the thread")
+            #expect(try httpGet(port: sup.port).hasSuffix("thread \(w.pid)"))
+            print("figure: intercepted socket+bind+listen from a Python thread, median of 100: \(median) µs")
+            // Generous: a loaded 2-core machine; the point is "no blocking, no timeouts".
+            #expect(median < 20_000, "median \(median) µs per intercepted bind+listen")
+        }
+    }
+}
