@@ -32,15 +32,18 @@
 #define SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (1UL << 5)
 #endif
 
-/* USER_NOTIF for bind() of the native ABI, ALLOW for everything else. Other
-   ABIs (x32, i386 on x86_64) are not intercepted: their bind continues as
-   it would without swarm. */
+/* USER_NOTIF for bind() and listen() of the native ABI, ALLOW for everything
+   else. listen() too, because a program's listen() on the socket it got
+   would set swarm's backlog to the program's (Python's http.server: 5).
+   Other ABIs (x32, i386 on x86_64) are not intercepted: their calls
+   continue as they would without swarm. */
 static int install_filter(unsigned *flags) {
     struct sock_filter code[] = {
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SWARM_AUDIT_ARCH, 0, 3),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SWARM_AUDIT_ARCH, 0, 4),
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_bind, 0, 1),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_bind, 1, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_listen, 0, 1),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
     };

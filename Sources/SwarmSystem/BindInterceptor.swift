@@ -13,8 +13,10 @@ import Glibc
 // memory, and if it names a rule's port on an address the rule covers, puts
 // the rule's socket at the caller's fd number (SECCOMP_IOCTL_NOTIF_ADDFD with
 // SETFD, which closes the caller's own socket) and answers "0". The caller's
-// listen() on an already-listening socket then succeeds. Any other bind
-// continues in the kernel untouched.
+// listen() on that socket is stopped too and answered "0" without running
+// it: run, it would set swarm's backlog to the program's own (Python's
+// http.server asks for 5). Any other bind or listen continues in the kernel
+// untouched.
 //
 // Trust: the caller can change its sockaddr after swarmd read it (another
 // thread); that only changes whether it gets swarm's socket, which it could
@@ -132,7 +134,7 @@ public struct BindRule: Sendable {
     }
 }
 
-/// One bind() waiting for swarmd's answer.
+/// One bind() (or listen(): then `address` is the backlog) waiting for swarmd's answer.
 public struct BindCall: Equatable, Sendable {
     public var id: UInt64
     /// The calling thread (any thread of any process under the filter).
@@ -160,8 +162,10 @@ public enum BindContinueReason: Error, Equatable, Sendable {
     case notTCP(domain: Int32, type: Int32)
     /// The caller's fd could not be looked at (EBADF: not an fd; EPERM: ptrace rules).
     case cannotInspect(errno: Int32)
-    /// Not a bind() (the filter only stops bind; a different ABI's number).
+    /// Neither bind() nor listen() (the filter stops only those).
     case notBind(UInt32)
+    /// A listen() on a socket that is not one of the rules' (the program's own socket).
+    case notSwarmSocket
 }
 
 /// What one notification came to.
@@ -172,7 +176,9 @@ public enum BindOutcome: Equatable, Sendable {
     case hungUp
     /// The caller got the rule's socket at its fd; `nonBlocking` is the flag copied onto that socket.
     case substituted(pid: pid_t, fd: Int32, address: BindAddress, rule: Int, nonBlocking: Bool)
-    /// The kernel ran the bind itself.
+    /// A listen() on the rule's socket (which listens already): answered 0, swarm's backlog kept.
+    case keptListening(pid: pid_t, fd: Int32, rule: Int)
+    /// The kernel ran the call itself.
     case continued(pid: pid_t, reason: BindContinueReason)
     /// The caller died (or its bind was interrupted) before the answer (ENOENT): nothing to do.
     case targetGone(pid: pid_t, during: String)
@@ -256,6 +262,7 @@ public final class BindInterceptor {
     /// Answers one received bind() (see the file comment). Every path ends in
     /// exactly one answer, or in the caller being gone.
     public func respond(to call: BindCall, rules: [BindRule]) -> BindOutcome {
+        if call.syscall == UInt32(SWARM_NR_LISTEN) { return respondToListen(call, rules: rules) }
         guard call.syscall == UInt32(SWARM_NR_BIND) else { return answerContinue(call, .notBind(call.syscall)) }
         let storage = UInt64(MemoryLayout<sockaddr_storage>.size)
         guard call.addressLength >= 2, call.addressLength <= storage else { return answerContinue(call, .badLength(call.addressLength)) }
@@ -301,6 +308,32 @@ public final class BindInterceptor {
             return .failed(SystemError("SECCOMP_IOCTL_NOTIF_SEND", errno: e, subject: "pid \(call.pid)"))
         }
         return .substituted(pid: call.pid, fd: call.fd, address: address, rule: ruleIndex, nonBlocking: inspected.nonBlocking)
+    }
+
+    /// listen(): on one of the rules' sockets, "0" without running it; else the kernel's.
+    private func respondToListen(_ call: BindCall, rules: [BindRule]) -> BindOutcome {
+        let tgid = Self.threadGroup(of: call.pid) ?? call.pid
+        let pidfd = swarm_pidfd_open(tgid)
+        if pidfd < 0 { return answerContinue(call, .cannotInspect(errno: errno)) }
+        defer { Posix.close(pidfd) }
+        let dup = swarm_pidfd_getfd(pidfd, call.fd)
+        if dup < 0 { return answerContinue(call, .cannotInspect(errno: errno)) }
+        defer { Posix.close(dup) }
+        func identity(_ fd: Int32) -> (UInt64, UInt64)? {
+            var st = stat()
+            return fstat(fd, &st) == 0 ? (UInt64(st.st_dev), UInt64(st.st_ino)) : nil
+        }
+        guard let theirs = identity(dup),
+              let ruleIndex = rules.firstIndex(where: { identity($0.listenFD).map { $0 == theirs } ?? false }) else {
+            return answerContinue(call, .notSwarmSocket)
+        }
+        if swarm_notif_id_valid(fd, call.id) < 0 { return .targetGone(pid: call.pid, during: "SECCOMP_IOCTL_NOTIF_ID_VALID") }
+        if swarm_notif_send(fd, call.id, 0, 0, 0) < 0 {
+            let e = errno
+            if e == ENOENT { return .targetGone(pid: call.pid, during: "SECCOMP_IOCTL_NOTIF_SEND") }
+            return .failed(SystemError("SECCOMP_IOCTL_NOTIF_SEND", errno: e, subject: "pid \(call.pid)"))
+        }
+        return .keptListening(pid: call.pid, fd: call.fd, rule: ruleIndex)
     }
 
     private func answerContinue(_ call: BindCall, _ reason: BindContinueReason) -> BindOutcome {

@@ -26,6 +26,13 @@ import Glibc
 //  3. Otherwise (own cgroup not writable: a login session of a non-root
 //     user, a read-only cgroupfs): unavailable, with the reason; the daemon
 //     falls back to process groups and says so in status.
+//
+// Joining: swarmd opens the worker's cgroup.procs (O_WRONLY|O_CLOEXEC) before
+// the spawn and the child writes "0" to it first thing (SpawnPlan.cgroupProcsFD).
+// One write(2) is async-signal-safe and fits the existing clone(CLONE_VM |
+// CLONE_VFORK) spawn; clone3's CLONE_INTO_CGROUP would be atomic but needs a
+// second spawn path (clone3 has no CLONE_VFORK-on-own-stack wrapper in glibc),
+// and nothing runs in the child before the write that could fork anyway.
 
 /// Why swarmd cannot give workers cgroups: shown in `status`.
 public struct CgroupUnavailable: Error, CustomStringConvertible, Equatable {

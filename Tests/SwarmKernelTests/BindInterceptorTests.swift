@@ -58,6 +58,23 @@ func withInterceptedWorker(_ argv: (Supervisor, Scratch) throws -> [String], hos
     try body(w, sup, pump, scratch)
 }
 
+/// The backlog of the listener on 127.0.0.1:port, as `ss` shows it (Send-Q of a LISTEN socket).
+func listenBacklog(port: UInt16) throws -> Int {
+    let ss = Process()
+    ss.executableURL = URL(fileURLWithPath: findExecutable("ss") ?? "/usr/bin/ss")
+    ss.arguments = ["-ltnH", "sport = :\(port)"]
+    let out = Pipe()
+    ss.standardOutput = out
+    try ss.run()
+    ss.waitUntilExit()
+    let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    let fields = text.split(whereSeparator: { $0 == " " || $0 == "\n" })
+    guard fields.count >= 3, fields[0] == "LISTEN", let backlog = Int(fields[2]) else {
+        throw KernelTestError("ss -ltnH 'sport = :\(port)' printed \(text.debugDescription)")
+    }
+    return backlog
+}
+
 @Suite("BindInterceptor")
 struct BindInterceptorTests {
     // MARK: Pure: decoding and matching
@@ -130,6 +147,9 @@ struct BindInterceptorTests {
             #expect(try httpGet(port: sup.port, path: "/hello.txt").hasSuffix("\r\n\r\ntoken-\(sup.port)"))
             // The child holds swarmd's very socket at the fd it bound.
             #expect(fds(of: w.pid, withInode: sup.inode) == [fd])
+            // Its listen(5) was answered without shrinking swarm's backlog of 64.
+            #expect(pump.all.contains(.keptListening(pid: w.pid, fd: fd, rule: 0)), "\(pump.all)")
+            #expect(try listenBacklog(port: sup.port) == 64)
         }
     }
 
@@ -172,6 +192,7 @@ struct BindInterceptorTests {
             #expect(answer.hasSuffix("own socket"))
             #expect(fds(of: w.pid, withInode: sup.inode).isEmpty, "the child kept its own socket")
             #expect(pump.substitutions.isEmpty)
+            #expect(pump.all.contains(.continued(pid: w.pid, reason: .notSwarmSocket)), "its own listen() ran: \(pump.all)")
         }
     }
 
@@ -390,5 +411,51 @@ struct BindInterceptorLifecycleTests {
         for _ in 0..<20 { _ = try? Worker(["/nonexistent/program"], scratch: scratch, interceptBind: true) }
         let after = (ProcFS.listDirectory("/proc/self/fd") ?? []).count
         #expect(after - before < 10, "no fd left behind by failed intercepted spawns: \(before) → \(after)")
+    }
+}
+
+@Suite("BindInterceptor: threads and cost")
+struct BindInterceptorCostTests {
+    @Test(.enabled(if: isRoot, "\(rootOnly)"))
+    func aBindFromAThreadIsInterceptedAndItsCostIsMeasured() throws {
+        // 100 × (socket, bind, listen, close) from a second thread, timed in the
+        // worker, then a server from that thread: the notification names the
+        // thread, the fd table is its process's.
+        let script = pythonServer(tag: "thread") + """
+
+        import socket, threading, time
+        port = int(sys.argv[1])
+        def run():
+            times = []
+            for i in range(100):
+                t0 = time.perf_counter()
+                s = socket.socket()
+                s.bind(("127.0.0.1", port))
+                s.listen(16)
+                times.append(time.perf_counter() - t0)
+                s.close()
+            times.sort()
+            print("median_us %d" % (times[50] * 1e6), flush=True)
+            print("tid %d" % threading.get_native_id(), flush=True)
+            serve(port)
+        t = threading.Thread(target=run)
+        t.start()
+        t.join()
+        """
+        try withInterceptedWorker({ sup, _ in [python, "-c", script, "\(sup.port)"] }) { w, sup, pump, _ in
+            try waitFor("the thread's 100 binds timed (output: \(w.output), outcomes: \(pump.all.count))", seconds: 30) {
+                w.output.contains("tid ")
+            }
+            let lines = w.output.split(separator: "\n")
+            let median = try #require(lines.first { $0.hasPrefix("median_us ") }.flatMap { Int($0.dropFirst(10)) })
+            let tid = try #require(lines.first { $0.hasPrefix("tid ") }.flatMap { pid_t($0.dropFirst(4)) })
+            #expect(tid != w.pid)
+            _ = try pump.waitForOutcome("101 substitutions", seconds: 15) { _ in pump.substitutions.count >= 101 }
+            #expect(pump.substitutions.allSatisfy { isSubstitution($0, pid: tid) }, "every bind came from the thread")
+            #expect(try httpGet(port: sup.port).hasSuffix("thread \(w.pid)"))
+            print("figure: intercepted socket+bind+listen from a Python thread, median of 100: \(median) µs")
+            // Generous: a loaded 2-core machine; the point is "no blocking, no timeouts".
+            #expect(median < 20_000, "median \(median) µs per intercepted bind+listen")
+        }
     }
 }

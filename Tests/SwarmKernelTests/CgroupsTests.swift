@@ -119,6 +119,36 @@ struct CgroupsTests {
     }
 
     @Test(.enabled(if: isRoot, "\(rootOnly)"))
+    func aDelegatedCgroupHoldsTheWorkersBelowItAndSurvivesTheSupervisorLeaf() throws {
+        // A cgroup standing in for systemd's Delegate=yes service cgroup (no
+        // controllers are offered here, so swarmd does not need to leave it).
+        let h = try Cgroups.hierarchy().get()
+        let delegated = "/swarm-delegated-test-\(getpid())-\(counter.next())"
+        #expect(mkdir(h.directory(delegated), 0o755) == 0)
+        defer {
+            for dir in [delegated + "/swarm/i-deleg/web/0.1", delegated + "/swarm/i-deleg/web", delegated + "/swarm/i-deleg",
+                        delegated + "/swarm", delegated + "/supervisor", delegated] { _ = rmdir(h.directory(dir)) }
+            #expect(access(h.directory(delegated), F_OK) != 0, "test cgroup \(delegated) removed")
+        }
+        let root = try Cgroups.setUp(instance: "i-deleg", hierarchy: CgroupHierarchy(mount: h.mount, own: delegated)).get()
+        #expect(root.path == h.directory(delegated) + "/swarm/i-deleg")
+        // After a re-exec swarmd may sit in the leaf it moved itself into: same root.
+        let again = try Cgroups.setUp(instance: "i-deleg", hierarchy: CgroupHierarchy(mount: h.mount, own: delegated + "/supervisor")).get()
+        #expect(again.path == root.path)
+        let scratch = Scratch("deleg")
+        defer { scratch.cleanUp() }
+        let cg = try root.createWorker(app: "web", slot: 0, worker: 1)
+        let w = try Worker(["/bin/sleep", "1000"], scratch: scratch, cgroup: cg)
+        defer { w.stop() }
+        let own = try String(contentsOfFile: "/proc/\(w.pid)/cgroup", encoding: .utf8)
+        #expect(own.contains("0::\(delegated)/swarm/i-deleg/web/0.1\n"), "\(own)")
+        try cg.kill()
+        #expect(cg.waitUntilEmpty(timeoutNanoseconds: 5_000_000_000))
+        w.reap()
+        try cg.remove()
+    }
+
+    @Test(.enabled(if: isRoot, "\(rootOnly)"))
     func killsEveryEscapedProcessAndReportsEmpty() throws {
         try withTestRoot { root, scratch in try killScenario(root, scratch, useCgroupKill: true) }
     }

@@ -10,8 +10,8 @@
 #include <sys/syscall.h>
 #include <sys/types.h>
 
-/* The native ABI's bind() number, for Swift (which does not import SYS_bind). */
-enum { SWARM_NR_BIND = __NR_bind };
+/* The native ABI's numbers, for Swift (which does not import SYS_bind). */
+enum { SWARM_NR_BIND = __NR_bind, SWARM_NR_LISTEN = __NR_listen };
 
 /* Spawn steps of these mechanisms, reported like enum swarm_spawn_step
    (numbered far from it so the two lists can grow independently). */
@@ -36,8 +36,8 @@ int swarm_is_cgroup2(const char *path);
 #define SWARM_INTERCEPT_NO_NEW_PRIVS  1u  /* PR_SET_NO_NEW_PRIVS was set to install the filter */
 #define SWARM_INTERCEPT_WAIT_KILLABLE 2u  /* SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV is in effect */
 
-/* Child: install the filter (USER_NOTIF for bind on the native arch, ALLOW
-   for the rest) and send the listener fd over send_fd (a socketpair end)
+/* Child: install the filter (USER_NOTIF for bind and listen on the native
+   arch, ALLOW for the rest) and send the listener fd over send_fd (a socketpair end)
    with SCM_RIGHTS; the listener is closed in the child. 0, or -1 with errno
    and *step (SWARM_STEP_SECCOMP or SWARM_STEP_SECCOMP_SEND). */
 int swarm_child_intercept_bind(int send_fd, int *step);
