@@ -121,8 +121,10 @@ struct AttackControlTests {
             // Hung up by swarmd: POLLRDHUP shows while our unread replies are still in the buffer.
             let closedAfter = try await waitUntil(timeout: 20, "swarmd to close the connection of a client that reads nothing (not within 20 s)",
                                                   every: 0.1) { () -> Double? in
-                var pfd = pollfd(fd: c.fd, events: Int16(POLLRDHUP), revents: 0)
-                guard poll(&pfd, 1, 0) > 0, pfd.revents & Int16(POLLRDHUP | POLLHUP) != 0 else { return nil }
+                // POLLRDHUP (0x2000) is not exported to Swift by Glibc.
+                let rdhup: Int16 = 0x2000
+                var pfd = pollfd(fd: c.fd, events: rdhup, revents: 0)
+                guard poll(&pfd, 1, 0) > 0, pfd.revents & (rdhup | Int16(POLLHUP)) != 0 else { return nil }
                 return elapsed(since: sentAt)
             }
             #expect(closedAfter >= 8 && closedAfter <= 16, "closed after \(closedAfter)s; the contract is 10 s without read progress")

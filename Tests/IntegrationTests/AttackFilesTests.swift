@@ -29,7 +29,7 @@ func waitAnswering(_ d: Child, _ socket: String, timeout: Double) async throws {
 @Suite("Attack 3-6: state-dir trust, squatted sockets, FIFOs, full disks, relative paths")
 struct AttackFilesTests {
     enum ForeignState: String, CaseIterable, Sendable {
-        case stateOwnedByNobody, stateWritableByOthers, logsOwnedByNobody
+        case stateOwnedByNobody, stateWritableByOthers, logsOwnedByNobody, socketDirOwnedByNobody
     }
 
     @Test("3: root swarmd refuses a state or log dir another user owns or may write; it runs nothing and follows no symlink",
@@ -44,20 +44,25 @@ struct AttackFilesTests {
                            uid: 65534, gid: 65534)
             let stateOwner: UInt32 = kind == .stateOwnedByNobody ? 65534 : 0
             try makeDir(s.stateDir, uid: stateOwner, gid: stateOwner, mode: kind == .stateWritableByOthers ? 0o777 : 0o700)
-            let logsOwner: UInt32 = kind == .stateWritableByOthers ? 0 : 65534
+            let logsOwner: UInt32 = kind == .stateOwnedByNobody || kind == .logsOwnedByNobody ? 65534 : 0
+            let socketDir = s.dir + "/sockdir"
+            try makeDir(socketDir, uid: kind == .socketDirOwnedByNobody ? 65534 : 0, gid: kind == .socketDirOwnedByNobody ? 65534 : 0, mode: 0o755)
             try makeDir(s.stateDir + "/logs", uid: logsOwner, gid: logsOwner, mode: 0o755)
             try writeOwned(s.stateDir + "/apps.json", #"{"version":1,"apps":[{"name":"evil","config":"\#(evil)","stopped":false}]}"# + "\n",
                            uid: stateOwner, gid: stateOwner, mode: 0o600)
             guard symlink(victim, s.stateDir + "/logs/evil.log") == 0 else { throw HarnessError("symlink: \(errnoText())") }
-            let d = try s.launchDaemon(["--socket", s.socket, "--state-dir", s.stateDir, "--log-target", "file"])
-            let code = try await d.wait(timeout: 10, "swarmd to refuse the \(kind) state dir and exit (it is still running)")
-            let offending = kind == .logsOwnedByNobody ? s.stateDir + "/logs" : s.stateDir
+            let d = try s.launchDaemon(["--socket", socketDir + "/s.sock", "--state-dir", s.stateDir, "--log-target", "file"])
+            let code = try await d.wait(timeout: 10, "swarmd to refuse the \(kind) dir and exit (it is still running)")
+            let offending = kind == .logsOwnedByNobody ? s.stateDir + "/logs" : kind == .socketDirOwnedByNobody ? socketDir : s.stateDir
             #expect(code != 0, "swarmd exited 0")
             #expect(d.stderr.contains(offending), "the message should name \(offending): \(d.stderr.suffix(1500))")
             if kind == .stateWritableByOthers {
                 #expect(d.stderr.contains("writable"), "the message should say the dir is writable by others: \(d.stderr.suffix(1500))")
             } else {
                 #expect(d.stderr.contains("uid 65534") || d.stderr.contains("nobody"), "the message should name the owner: \(d.stderr.suffix(1500))")
+            }
+            if kind == .socketDirOwnedByNobody {
+                #expect(access(socketDir + "/s.sock", F_OK) != 0, "swarmd bound its control socket in a dir nobody owns")
             }
             #expect(access(marker, F_OK) != 0, "swarmd ran nobody's command (as uid \(readText(marker).trimmingCharacters(in: .whitespacesAndNewlines)))")
             #expect(readText(victim) == "original\n", "swarmd wrote through the symlink in logs/: \(readText(victim).prefix(300))")
@@ -77,12 +82,12 @@ struct AttackFilesTests {
             let d = try await s.startDaemon([conf])
             try await s.waitReady("web", workers: 1)
             try await waitUntil(timeout: 5, "the worker's output to reach swarmd's log tail") {
-                (try? s.request(.status))?.ok == true && (try await s.ctl("logs", "web")).out.contains("tick")
+                try await s.ctl("logs", "web").out.contains("tick")
             }
             #expect(readText(victim) == "original\n", "swarmd appended the worker's output through the symlink: \(readText(victim).prefix(300))")
-            try await waitUntil(timeout: 3, "swarmd to report that logs/web.log is a symlink (log: \(d.stderr.suffix(1000)))") {
-                d.stderr.contains(s.stateDir + "/logs/web.log")
-            }
+            let path = s.stateDir + "/logs/web.log"
+            let reported: Void? = try? await waitUntil(timeout: 3, "swarmd to report that logs/web.log is a symlink") { d.stderr.contains(path) }
+            #expect(reported != nil, "swarmd should report that \(path) is a symlink: \(d.stderr.suffix(1000))")
         }
     }
 

@@ -127,12 +127,13 @@ final class PingFlood: @unchecked Sendable {
     private var done: Bool { lock.withLock { stopped } || Date().timeIntervalSince(started) > maxSeconds }
 
     func start() {
-        var batch: [UInt8] = []
+        var pings: [UInt8] = []
         var id = 1
-        while batch.count < 65536 - 64 {
-            batch += Array("{\"v\":1,\"id\":\(id),\"verb\":\"ping\"}\n".utf8)
+        while pings.count < 65536 - 64 {
+            pings += Array("{\"v\":1,\"id\":\(id),\"verb\":\"ping\"}\n".utf8)
             id += 1
         }
+        let batch = pings
         let fd = self.fd
         let writer = Thread { [self] in
             defer { lock.withLock { _writerDone = true } }
