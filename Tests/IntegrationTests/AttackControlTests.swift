@@ -149,11 +149,34 @@ struct AttackControlTests {
                 batch += Array("{\"v\":1,\"id\":\(id),\"verb\":\"status\"}\n".utf8)
                 id += 1
             }
-            // Each status answer is several KiB: a few batches queue well over 8 MiB; never read.
-            for _ in 0..<6 {
-                do { try c.send(batch) } catch { break }
-            }
-            try await waitUntil(timeout: 25, "swarmd to cut off the client that reads nothing") { d.stderr.contains("does not read its replies") }
+            // Each status answer is several KiB: batches of them queue well over 8 MiB, never read.
+            // Sent from a thread until swarmd cuts the connection (send fails) or 25 s pass.
+            let fd = c.fd
+            let frames = batch
+            let sender = LockedValue<String?>(nil)
+            let senderDone = LockedValue(false)
+            let t0 = Date()
+            Thread {
+                defer { senderDone.set(true) }
+                while Date().timeIntervalSince(t0) < 25 {
+                    var off = 0
+                    while off < frames.count {
+                        let n = frames[off...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                        if n < 0 {
+                            if errno == EINTR || errno == EAGAIN {
+                                if Date().timeIntervalSince(t0) > 25 { return }
+                                continue
+                            }
+                            sender.set("send failed after \(String(format: "%.1f", Date().timeIntervalSince(t0)))s: \(errnoText())")
+                            return
+                        }
+                        off += n
+                    }
+                }
+            }.start()
+            let cut: Void? = try? await waitUntil(timeout: 30, "swarmd to cut off the client that reads nothing") { d.stderr.contains("does not read its replies") }
+            try await waitUntil(timeout: 10, "the sending thread to end") { senderDone.get() }
+            #expect(cut != nil, "swarmd never cut off the client that read none of its status answers (sender: \(sender.get() ?? "still sending at 25 s"))")
             try await Task.sleep(nanoseconds: 1_000_000_000)
             let n = occurrences(of: "does not read its replies", in: d.stderr)
             #expect(n == 1, "logged \(n) times for one client")
@@ -182,8 +205,14 @@ struct AttackControlTests {
             var answers: [String] = []
             for i in 0..<4 {
                 let c = try ControlConnection(path: s.socket, timeout: 5)
-                let r = try c.call(Request(id: UInt64(i + 1), verb: .status))
-                answers.append(r.ok == true ? "ok" : (r.error ?? "failed"))
+                do {
+                    let r = try c.call(Request(id: UInt64(i + 1), verb: .status))
+                    answers.append(r.ok == true ? "ok" : (r.error ?? "failed"))
+                } catch {
+                    // Refused: swarmd wrote its reason and closed before our request went out.
+                    let refusal = (try? c.receive())?.flatMap { $0.error } ?? "no reply"
+                    answers.append("\(refusal) (\(error))")
+                }
             }
             #expect(answers.allSatisfy { $0 == "ok" }, "root's status with nobody holding the connections: \(answers); holder: \(holder.stdout)")
             let r = try await s.ctl("status")

@@ -8,10 +8,11 @@ import Testing
 // per restart, terminal escapes and forged log lines.
 
 /// An app running etc/apps/python/escape.py in `mode`, every process it starts marked with `marker`.
+/// Ready by `notify`: escape.py sends READY=1 once everything it starts is up.
 func escapeApp(_ name: String, mode: String, marker: String, workers: Int = 1, port: UInt16? = nil, extra: String = "") -> String {
     Conf.python(name, script: "escape.py", workers: workers, port: port,
                 env: ["ESCAPE_MODE": mode, "SWARM_IT_MARK": marker, "ESCAPE_SLEEP_S": "120"],
-                extra: "[ready]\nmode = \"delay\"\ndelay = \"300ms\"\n[stop]\ntimeout = \"3s\"\n" + extra)
+                extra: "[ready]\nmode = \"notify\"\n[stop]\ntimeout = \"3s\"\n" + extra)
 }
 
 @Suite("Attack 7-9: process-group escapes, memory per restart, terminal escapes")

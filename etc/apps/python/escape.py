@@ -10,8 +10,8 @@ ESCAPE_MODE (default "setpgid"):
 Every process it leaves sleeps ESCAPE_SLEEP_S (default 600) seconds, keeps the
 worker's environment (so a test finds them by a marker variable) and closes its
 stdio. The worker itself then sleeps until it is stopped (SIGTERM: exit 0 at once,
-leaving the others behind, as a careless master would). "started N" is printed
-once every process is up.
+leaving the others behind, as a careless master would). Once every process is up
+it prints "started N" and sends READY=1 to $NOTIFY_SOCKET (if set).
 """
 import os
 import signal
@@ -56,6 +56,19 @@ def serve_forever():
     os._exit(0)
 
 
+def notify_ready():
+    """READY=1 over $NOTIFY_SOCKET (if set): sent once every process is up."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.connect(addr)
+    s.sendall(b"READY=1")
+    s.close()
+
+
 def main():
     mode = os.environ.get("ESCAPE_MODE", "setpgid")
     sys.stdout.flush()
@@ -89,6 +102,7 @@ def main():
         print(f"escape.py: unknown ESCAPE_MODE {mode!r}", file=sys.stderr, flush=True)
         sys.exit(2)
     print(f"started {started}", flush=True)
+    notify_ready()
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     while True:
         time.sleep(3600)
