@@ -9,7 +9,8 @@ import Testing
 // describes (see the report in the commit that added them) and states the
 // behaviour the fix must have.
 
-/// `[ready]`/`[restart]` tables for workers that are ready at once and restarted without delay.
+/// `[ready]`/`[restart]` tables for workers that are ready at once and restarted without delay, indefinitely
+/// (a run of 50 ms resets the backoff; a crash-loop window of 10 ms never fills).
 let instantRestart = """
     [ready]
     mode = "delay"
@@ -17,6 +18,8 @@ let instantRestart = """
     [restart]
     initial_delay = "0s"
     reset_after = "50ms"
+    crash_loop_restarts = 1000
+    crash_loop_window = "10ms"
 
     """
 
