@@ -36,7 +36,8 @@ struct AttackControlTests {
             defer { flood.stop() }
             let zombies = ZombieWatch(parent: d.pid)
             defer { zombies.stop() }
-            try await waitUntil(timeout: 5, "the flood to get 1 MiB of replies (error: \(flood.error ?? "none"))") { flood.replyBytes > 1 << 20 }
+            // Proof the flood is on: a fair swarmd still answers it, if more slowly on a loaded machine.
+            try await waitUntil(timeout: 10, "the flood to get 256 KiB of replies (error: \(flood.error ?? "none"))") { flood.replyBytes > 256 << 10 }
 
             // A crashed worker is reaped and replaced while the flood goes on.
             let victim = pids[0]
