@@ -23,7 +23,7 @@ let instantRestart = """
 
     """
 
-@Suite("Attack 1-2: control floods, slow readers, reserved connections, reap-loop churn")
+@Suite("Attack 1-2: control floods, slow readers, reserved connections, reap-loop churn", attackTestsSwitch)
 struct AttackControlTests {
     @Test("1: a client pipelining 64 KiB batches of ping starves neither reaping, restarts, status nor SIGTERM")
     func pingFloodStarvesNothing() async throws {

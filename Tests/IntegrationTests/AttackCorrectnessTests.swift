@@ -29,7 +29,7 @@ func isRoundRobin(_ order: [Int32], over n: Int) -> Bool {
 
 let quickReady = "[ready]\nmode = \"delay\"\ndelay = \"100ms\"\n"
 
-@Suite("Attack 10: correctness bugs found by users")
+@Suite("Attack 10: correctness bugs found by users", attackTestsSwitch)
 struct AttackCorrectnessTests {
     @Test("10: a second app with a running app's listen address is refused, naming the app that owns it")
     func sameListenAddressRefusedInOneDaemon() async throws {

@@ -15,7 +15,7 @@ func escapeApp(_ name: String, mode: String, marker: String, workers: Int = 1, p
                 extra: "[ready]\nmode = \"notify\"\n[stop]\ntimeout = \"3s\"\n" + extra)
 }
 
-@Suite("Attack 7-9: process-group escapes, memory per restart, terminal escapes")
+@Suite("Attack 7-9: process-group escapes, memory per restart, terminal escapes", attackTestsSwitch)
 struct AttackEscapeTests {
     @Test("7: nothing a worker started survives delete of its app or SIGTERM of swarmd, whatever its children do",
           arguments: ["setpgid", "doublefork"], ["delete", "sigterm"])

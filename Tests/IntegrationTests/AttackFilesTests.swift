@@ -26,7 +26,7 @@ func waitAnswering(_ d: Child, _ socket: String, timeout: Double) async throws {
     }
 }
 
-@Suite("Attack 3-6: state-dir trust, squatted sockets, FIFOs, full disks, relative paths")
+@Suite("Attack 3-6: state-dir trust, squatted sockets, FIFOs, full disks, relative paths", attackTestsSwitch)
 struct AttackFilesTests {
     enum ForeignState: String, CaseIterable, Sendable {
         case stateOwnedByNobody, stateWritableByOthers, logsOwnedByNobody, socketDirOwnedByNobody

@@ -2,10 +2,16 @@ import Foundation
 import Glibc
 import SwarmProtocol
 import SwarmSystem
+import Testing
 
 // Helpers for the issue-13 attack tests (Attack*Tests.swift): raw status JSON
 // (fields the typed report does not know yet), processes found by a marker in
 // their environment, other uids through setpriv, a pipelining ping flood.
+
+/// The issue-13 tests fail until its fixes land: SWARM_IT_SKIP_ATTACK=1 skips them (e.g. to keep a
+/// branch's suite green while the fixes are in progress).
+let attackTestsSwitch = ConditionTrait.disabled(if: ProcessInfo.processInfo.environment["SWARM_IT_SKIP_ATTACK"] == "1",
+                                                "SWARM_IT_SKIP_ATTACK=1: the issue-13 attack tests are skipped")
 
 /// A marker no other test or process carries: put in a worker's env, found again in /proc/PID/environ.
 func uniqueMarker(_ base: String) -> String {
