@@ -364,6 +364,19 @@ final class Swarm: @unchecked Sendable {
         return d
     }
 
+    /// Starts swarmd with exactly `args` (no --socket/--state-dir added), optionally through `wrapper`
+    /// (e.g. setpriv), without waiting for it to answer: for a swarmd that must refuse to start, or
+    /// that may hang. It becomes this test's daemon (stopped or killed at the end like any other).
+    @discardableResult
+    func launchDaemon(_ args: [String], wrapper: [String] = [], env: [String] = childEnvironment(), cwd: String? = nil) throws -> Child {
+        if let d = daemon, d.running { throw HarnessError("this test's swarmd (pid \(d.pid)) is still running") }
+        let executable = wrapper.first ?? Paths.swarmd
+        let argv = wrapper.isEmpty ? args : Array(wrapper.dropFirst()) + [Paths.swarmd] + args
+        let d = try Child.spawn(executable, argv, env: env, dir: dir, label: label("swarmd"), cwd: cwd)
+        daemon = d
+        return d
+    }
+
     /// SIGTERM, then the exit code (within `timeout`).
     func stopDaemon(timeout: Double = 20) async throws -> Int32 {
         guard let d = daemon else { throw HarnessError("no swarmd to stop") }
