@@ -30,7 +30,7 @@ let package = Package(
                                                   .product(name: "Logging", package: "swift-log")],
                 swiftSettings: [.swiftLanguageMode(.v5)]),
         .executableTarget(name: "swarmd", dependencies: [
-            "SwarmDaemon", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "SwarmDaemon", "SwarmSystem", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: [.swiftLanguageMode(.v5)]),
         .executableTarget(name: "swarmctl", dependencies: [
             "SwarmProtocol", "SwarmSystem", .product(name: "ArgumentParser", package: "swift-argument-parser"),

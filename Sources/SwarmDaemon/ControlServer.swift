@@ -355,7 +355,7 @@ final class ControlServer {
         }
         for client in Array(clients.values) {
             if let since = client.stalledSince, now - since > ControlServer.stallTimeout {
-                report(.warning, "control client pid \(client.pid) (uid \(client.uid)) took none of its replies for \(ControlServer.stallTimeout / 1_000_000_000)s (\(client.queuedBytes >> 10) KiB unread); closing it")
+                report(.warning, "control client pid \(client.pid) (uid \(client.uid)) does not read its replies: none taken for \(ControlServer.stallTimeout / 1_000_000_000)s, \(client.queuedBytes >> 10) KiB unread; closing it")
                 drop(client)
             } else if let since = client.partialSince, now - since > ControlServer.requestTimeout {
                 send(client, Response.failure(0, "request not completed within \(ControlServer.requestTimeout / 1_000_000_000)s; closing"))

@@ -9,9 +9,11 @@ extension Manager: ControlHandler {
     func setUpControlSocket(adopting adopted: Int32? = nil) throws {
         if let adopted {
             controlFD = adopted
+            if let path = Sockets.unixPath(of: adopted) { controlSocketPath = path }
         } else if let i = sockets.passedBySystemd.firstIndex(where: { $0.name == "control" }) {
             controlFD = sockets.passedBySystemd.remove(at: i).fd
             controlFromSystemd = true
+            if let path = Sockets.unixPath(of: controlFD) { controlSocketPath = path }
             try Posix.setNonBlocking(controlFD)
             log.info("using the control socket passed by systemd (fd \(controlFD))")
         } else {

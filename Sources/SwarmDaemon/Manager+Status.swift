@@ -83,11 +83,11 @@ extension Manager {
             apps[apps.count - 1].logThrottledS = output.throttledSeconds(n)
             if let sink = output.sinks[n], sink.writeErrors > 0 {
                 apps[apps.count - 1].logWriteErrors = sink.writeErrors
-                apps[apps.count - 1].logLastError = sink.lastError
+                apps[apps.count - 1].logWriteError = sink.lastError
             }
         }
         var daemon = DaemonStatus(pid: getpid(), version: swarmVersion, uptimeS: (Double(nowNS - startedAt) / 1e8).rounded() / 10,
-                                  rssBytes: kernel.rss(pid: getpid()) ?? 0, socket: options.socketPath, stateDir: options.stateDir)
+                                  rssBytes: kernel.rss(pid: getpid()) ?? 0, socket: controlSocketPath, stateDir: options.stateDir)
         daemon.cgroups = cgroups.summary
         return StatusReport(daemon: daemon, apps: apps)
     }

@@ -6,7 +6,8 @@ import SwarmCore
 import SwarmProtocol
 import SwarmSystem
 
-public let swarmVersion = "0.1.0"
+/// One version for both programs.
+public let swarmVersion = SwarmVersion.current
 
 /// swarmd's settings, from its command line and environment.
 public struct DaemonOptions {
@@ -30,20 +31,6 @@ public struct DaemonOptions {
         self.logTarget = logTarget
         self.journalSocket = journalSocket
         self.socketGroup = socketGroup
-    }
-
-    /// Defaults: /run/swarm and /var/lib/swarm for root, the XDG places otherwise.
-    public static func defaultSocketPath() -> String {
-        if let env = ProcessInfo.processInfo.environment["SWARM_SOCKET"], !env.isEmpty { return env }
-        if getuid() == 0 { return "/run/swarm/swarmd.sock" }
-        if let xdg = ProcessInfo.processInfo.environment["XDG_RUNTIME_DIR"], !xdg.isEmpty { return "\(xdg)/swarm/swarmd.sock" }
-        return "/tmp/swarm-\(getuid())/swarmd.sock"
-    }
-
-    public static func defaultStateDir() -> String {
-        if let env = ProcessInfo.processInfo.environment["SWARM_STATE_DIR"], !env.isEmpty { return env }
-        if getuid() == 0 { return "/var/lib/swarm" }
-        return (Users.homeDirectory() ?? "/tmp") + "/.local/state/swarm"
     }
 }
 
@@ -121,6 +108,8 @@ public final class Manager {
     var lastSaveError: String?
     var saveFailures = 0
     var controlFD: Int32 = -1
+    /// The control socket in use: `--socket`, or the one systemd passed.
+    var controlSocketPath: String
     var controlFromSystemd = false
     var originalNoFile: (soft: UInt64, hard: UInt64)?
     var devNull: Int32 = -1
@@ -135,8 +124,14 @@ public final class Manager {
     /// Reaps per dispatch before the loop serves other sources.
     static let reapsPerTurn = 64
 
-    public init(options: DaemonOptions, kernel: Kernel = LinuxKernel()) throws {
+    public init(options given: DaemonOptions, kernel: Kernel = LinuxKernel()) throws {
+        // Relative paths are the caller's: fixed once, before anything uses them.
+        var options = given
+        options.stateDir = (try? FileSystem.absolute(given.stateDir)) ?? given.stateDir
+        options.socketPath = (try? FileSystem.absolute(given.socketPath)) ?? given.socketPath
+        options.appsDir = given.appsDir.map { (try? FileSystem.absolute($0)) ?? $0 }
         self.options = options
+        controlSocketPath = options.socketPath
         self.kernel = kernel
         loop = try EventLoop()
         startedAt = kernel.now()
@@ -233,7 +228,7 @@ public final class Manager {
         sockets.passedBySystemd = Systemd.listenFDs()
         try setUpLoop(controlSocket: nil, notifySocket: nil)
         enableTCPMigration()
-        cgroups.setUp(stateDirectory: (try? FileSystem.absolute(options.stateDir)) ?? options.stateDir, fresh: true)
+        cgroups.setUp(stateDirectory: options.stateDir, fresh: true)
 
         // Remembered apps, then the apps directory, then the command line: later wins.
         var byName: [String: (AppSpec, RememberedApp?)] = [:]
@@ -265,7 +260,7 @@ public final class Manager {
             if byName[spec.name] == nil { order.append(spec.name) }
             byName[spec.name] = (spec, nil)
         }
-        log.notice("swarmd \(swarmVersion) pid \(getpid()) control socket \(controlFromSystemd ? "passed by systemd (fd \(controlFD))" : options.socketPath), state \(options.stateDir)")
+        log.notice("swarmd \(swarmVersion) pid \(getpid()) control socket \(controlSocketPath)\(controlFromSystemd ? " (passed by systemd, fd \(controlFD))" : ""), state \(options.stateDir)")
         let startup = Requester(.startup)
         for name in order {
             let (spec, entry) = byName[name]!

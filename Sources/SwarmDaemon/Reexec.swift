@@ -144,7 +144,7 @@ extension Manager {
         controlFromSystemd = h.controlFromSystemd
         sockets.passedBySystemd = h.systemdFDs.map { ($0.key, $0.value) }
         try setUpLoop(controlSocket: h.controlFD, notifySocket: h.notifyFD)
-        cgroups.setUp(stateDirectory: (try? FileSystem.absolute(options.stateDir)) ?? options.stateDir, fresh: false)
+        cgroups.setUp(stateDirectory: options.stateDir, fresh: false)
         for (id, w) in supervisor.workers { if let pid = w.pid { cgroups.adopt(id, app: w.app, slot: w.slot, pid: pid) } }
         for (name, states) in h.sockets {
             guard let app = supervisor.apps[name] else { continue }

@@ -203,15 +203,16 @@ public struct AppStatus: Codable, Sendable, Equatable {
     /// Log lines that could not be written (full disk, a file that is not regular…).
     public var logWriteErrors: Int?
     /// The last such failure, in words.
-    public var logLastError: String?
+    public var logWriteError: String?
     /// state "error": why the app cannot run (its remembered config no longer loads).
     public var problem: String?
 
     enum CodingKeys: String, CodingKey {
-        case name, state, config, generation, workers, sockets, problem
+        case name, state, config, generation, workers, sockets
+        case problem = "error"
         case logThrottledS = "log_throttled_s"
         case logWriteErrors = "log_write_errors"
-        case logLastError = "log_last_error"
+        case logWriteError = "log_write_error"
         case workersWanted = "workers_wanted"
         case workersReady = "workers_ready"
         case lastReload = "last_reload"

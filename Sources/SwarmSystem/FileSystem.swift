@@ -86,7 +86,7 @@ public enum FileError: Error, Equatable, CustomStringConvertible {
             return "refusing to trust \(path): it is owned by \(Users.describe(owner)), not by \(want) (mode \(octal(mode))); "
                 + "another user could plant files there. Fix its owner (chown) or use another directory"
         case let .writableByOthers(path, owner, mode):
-            return "refusing to trust \(path): mode \(octal(mode)) lets its group or other users write in it (owner \(Users.describe(owner))); "
+            return "refusing to trust \(path): mode \(octal(mode)) makes it writable by its group or other users (owner \(Users.describe(owner))); "
                 + "run 'chmod go-w \(path)' or use another directory"
         case let .notADirectory(path, found):
             return "refusing \(path): expected a directory, found a \(found.rawValue)\(found == .symlink ? " (symlinks are not followed: give the real path)" : "")"

@@ -67,3 +67,18 @@ public enum ListenerProbe {
 extension String {
     fileprivate var trimmingSuffixNewline: String { hasSuffix("\n") ? String(dropLast()) : self }
 }
+
+extension Sockets {
+    /// The path a Unix socket is bound to (getsockname), if it has one.
+    public static func unixPath(of fd: Int32) -> String? {
+        var addr = sockaddr_un()
+        var len = socklen_t(MemoryLayout<sockaddr_un>.size)
+        let r = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        guard r == 0, addr.sun_family == sa_family_t(AF_UNIX) else { return nil }
+        let path = withUnsafeBytes(of: addr.sun_path) { raw -> String in
+            let bytes = raw.prefix(max(0, Int(len) - 2))
+            return String(decoding: bytes.prefix { $0 != 0 }, as: UTF8.self)
+        }
+        return path.isEmpty ? nil : path
+    }
+}

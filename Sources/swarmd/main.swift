@@ -2,6 +2,7 @@ import ArgumentParser
 import Glibc
 import Logging
 import SwarmDaemon
+import SwarmSystem
 
 struct Swarmd: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -44,8 +45,8 @@ struct Swarmd: ParsableCommand {
         LoggingSystem.bootstrap { DaemonLogHandler(label: $0) }
         if verbose { DaemonLogHandler.minimumLevel = .debug }
         let options = DaemonOptions(
-            socketPath: socket ?? DaemonOptions.defaultSocketPath(),
-            stateDir: stateDir ?? DaemonOptions.defaultStateDir(),
+            socketPath: socket ?? SwarmDefaults.socketPath,
+            stateDir: stateDir ?? SwarmDefaults.stateDirectory,
             appsDir: appsDir, configFiles: configs, logTarget: logTarget,
             journalSocket: journalSocket, socketGroup: socketGroup)
         do {
