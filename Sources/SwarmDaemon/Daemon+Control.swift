@@ -313,7 +313,7 @@ extension Daemon {
             }
         }
         guard errors.isEmpty else { return send(conn, .failure(request.id, errors.joined(separator: "\n"))) }
-        submit([.reload(specs)], for: request, conn)
+        submit([.reload(specs.map { ReloadRequest(app: $0.name, spec: $0) })], for: request, conn)
     }
 
     func logs(_ request: Request, _ conn: Connection) {

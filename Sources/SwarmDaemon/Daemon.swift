@@ -359,7 +359,7 @@ public final class Daemon {
         }
         let id = newRequest(nil)
         reloadingForSIGHUP.insert(id)
-        feed(.command(id, .reload(usable)))
+        feed(.command(id, .reload(usable.map { ReloadRequest(app: $0.name, spec: $0) })))
     }
 
     /// Lets connections queued on a closing reuseport socket move to its
@@ -414,8 +414,12 @@ public final class Daemon {
 
     func perform(_ action: Action) {
         switch action {
-        case let .spawn(id, spec, slot, generation):
-            spawn(id, spec: spec, slot: slot, generation: generation)
+        case let .spawn(r):
+            spawn(r.worker, spec: r.spec, slot: r.slot, generation: r.generation)
+        case .steer, .restorePriority:
+            break  // still done by updateReuseportSteering / restorePriorities until the shell is rewritten
+        case let .workerGone(id, _):
+            workerIO.removeValue(forKey: id)?.closeReady()
         case let .signal(pid, sig, group):
             do { try Posix.kill(group ? -pid : pid, sig.number) } catch {
                 if (error as? SystemError)?.errno != ESRCH { log.warning("Failed to send \(sig) to \(group ? "group " : "")\(pid): \(error), ignoring") }
