@@ -339,7 +339,10 @@ extension Supervisor {
 
     mutating func removeAppIfDone(_ name: String) {
         guard let app = apps[name], app.goal == .deleted, (stats[name]?.workers ?? 0) == 0 else { return }
-        for slot in app.slots { deadlines.remove(.slot(SlotKey(app: name, index: slot.index))) }
+        for slot in app.slots {
+            visit()
+            deadlines.remove(.slot(SlotKey(app: name, index: slot.index)))
+        }
         apps[name] = nil
         stats[name] = nil
         steerDirty.remove(name)
