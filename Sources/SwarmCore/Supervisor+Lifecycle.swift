@@ -309,6 +309,7 @@ extension Supervisor {
         let name = w.app
         let k = w.slot
         let wasCurrent = slot.current == id
+        let wasIncoming = slot.incoming == id
         note(.error, "\(label(w)) sent no WATCHDOG=1 for \(spec.ready.watchdog?.humanReadable ?? "?"); killing it")
         modifySlot(name, k) {
             if $0.current == id { $0.current = nil }
@@ -324,6 +325,9 @@ extension Supervisor {
         if wasCurrent {
             modifySlot(name, k) { $0.lastExit = .signaled(Signal.kill.number, coreDumped: false) }
             slotLost(name, k, worker: w, cause: "watchdog timeout", restartable: true, now: now)
+        } else if wasIncoming {
+            // A reload's new worker waiting out min_ready went silent: the new generation is not fit.
+            rollBack(name, reason: "new worker in slot \(k) (pid \(pid)) watchdog timeout", slot: k, pid: pid, now: now)
         }
     }
 

@@ -98,3 +98,45 @@ struct SurgeZeroTests {
         #expect(h.spawns.count == 2)
     }
 }
+
+@Suite("Worker states and their deadlines")
+struct WorkerStateTests {
+    @Test func eachStateWaitsForItsOwnDeadlines() {
+        let h = FakeShell()
+        h.deferSpawns = true
+        h.start(makeSpec(workers: 1) {
+            $0.ready.watchdog = .seconds(3)
+            $0.memoryLimit = 1 << 30
+        })
+        let id = h.slot("web", 0)!.current!
+        #expect(h.sup.workers[id]?.state == .spawning)
+        #expect(h.sup.deadline(of: h.sup.workers[id]!) == nil, "a spawning worker waits for the shell, not for a time")
+        h.completeSpawns()
+        let memoryAt = at(.milliseconds(500))
+        #expect(h.sup.workers[id]?.state == .starting(readyBy: at(.seconds(30)), probeAt: nil, delayReadyAt: nil, memoryAt: memoryAt))
+        #expect(h.sup.nextDeadline() == memoryAt)
+        h.ready(h.pid("web", 0))
+        #expect(h.sup.workers[id]?.state == .ready(watchdogBy: at(.seconds(3)), healthyAt: at(.seconds(30)), swapAt: nil, memoryAt: memoryAt))
+        h.advance(by: .seconds(1))
+        h.send(.watchdogPing(pid: h.pid("web", 0)!))
+        if case let .ready(watchdogBy, _, _, _)? = h.sup.workers[id]?.state { #expect(watchdogBy == at(.seconds(4))) }
+        h.command(.stop(.app("web")))
+        #expect(h.sup.workers[id]?.state == .stopping(killAt: at(.seconds(11))))
+        #expect(h.sup.nextDeadline() == at(.seconds(11)), "only the kill deadline is left")
+    }
+
+    @Test func anIncomingWorkerThatGoesSilentDuringMinReadyRollsTheReloadBack() {
+        let (h, old) = runningApp(workers: 1)
+        let r = h.command(.reloadSpecs([v2(workers: 1) {
+            $0.reload.minReady = .seconds(10)
+            $0.ready.watchdog = .seconds(2)
+        }]))
+        let new = h.incomingPid("web", 0)
+        h.ready(new)
+        h.advance(by: .seconds(2))
+        #expect(h.signals(to: new).first?.signal == .abrt)
+        #expect(h.failure(r).map { if case .reloadFailed = $0 { return true } else { return false } } == true)
+        #expect(!h.signalled(old[0]), "the old worker keeps serving")
+        #expect(h.app()?.reload == nil)
+    }
+}
