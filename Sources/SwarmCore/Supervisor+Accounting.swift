@@ -110,32 +110,36 @@ extension Supervisor {
     }
 
     private mutating func apply(_ name: String, index k: Int, old: SlotCounts, new: SlotCounts) {
-        var st = stats[name] ?? AppStats()
+        // In place: a copy of the counters out of the dictionary would copy their arrays on every change.
+        if Supervisor.apply(&stats[name, default: AppStats()], index: k, old: old, new: new) { steerDirty.insert(name) }
+    }
+
+    /// Returns whether the steering set may have changed.
+    private static func apply(_ st: inout AppStats, index k: Int, old: SlotCounts, new: SlotCounts) -> Bool {
+        var steering = false
         st.add(old, index: k, sign: -1)
         st.add(new, index: k, sign: 1)
         let wasLive = old.present && !old.removing, isLive = new.present && !new.removing
         if wasLive != isLive {
             if isLive { st.live.insert(k) } else { st.live.remove(k) }
-            steerDirty.insert(name)
+            steering = true
         }
         let wasSteered = wasLive && old.currentReady, isSteered = isLive && new.currentReady
         if wasSteered != isSteered {
             if isSteered { st.liveReady.insert(k) } else { st.liveReady.remove(k) }
-            steerDirty.insert(name)
+            steering = true
         }
         if new.present && !new.currentReady {
             st.notReady.set(k, new.lastStartFailure)
         } else {
             st.notReady.remove(k)
         }
-        stats[name] = st
+        return steering
     }
 
     mutating func countWorker(_ w: Worker, sign: Int) {
-        var st = stats[w.app] ?? AppStats()
-        st.workers += sign
-        st.workersByGeneration[w.generation, default: 0] += sign
-        stats[w.app] = st
+        stats[w.app, default: AppStats()].workers += sign
+        stats[w.app, default: AppStats()].workersByGeneration[w.generation, default: 0] += sign
         touchedApps.insert(w.app)
     }
 

@@ -56,12 +56,14 @@ extension Supervisor {
         case let .scale(name, count):
             scale(name, to: count, request: request, now: now)
         case let .scaleBy(name, delta):
-            guard let app = apps[name], app.goal != .deleted else { return reply(request, .failure(.unknownApp(name))) }
-            let (count, overflow) = app.targetCount.addingReportingOverflow(delta)
+            guard let goal = apps[name]?.goal, goal != .deleted, let current = apps[name]?.targetCount else {
+                return reply(request, .failure(.unknownApp(name)))
+            }
+            let (count, overflow) = current.addingReportingOverflow(delta)
             guard !overflow, (0...AppSpec.maxWorkers).contains(count) else {
                 let change = delta < 0 ? "remove \(delta.magnitude)" : "add \(delta)"
                 return reply(request, .failure(.invalid(
-                    "\(name) has \(workerCount(app.targetCount)): cannot \(change) (the count must stay between 0 and \(AppSpec.maxWorkers))")))
+                    "\(name) has \(workerCount(current)): cannot \(change) (the count must stay between 0 and \(AppSpec.maxWorkers))")))
             }
             scale(name, to: count, request: request, now: now)
         case .shutdown:
@@ -163,15 +165,18 @@ extension Supervisor {
     }
 
     mutating func scale(_ name: String, to count: Int, request: RequestID, now: Instant) {
-        guard let app = apps[name], app.goal != .deleted else { return reply(request, .failure(.unknownApp(name))) }
+        // Values, not the App: a copy alive across the changes below would copy every slot.
+        guard let goal = apps[name]?.goal, goal != .deleted, let oldCount = apps[name]?.targetCount,
+              let generation = apps[name]?.generation, let slots = apps[name]?.slots.count else {
+            return reply(request, .failure(.unknownApp(name)))
+        }
         guard (0...AppSpec.maxWorkers).contains(count) else {
             return reply(request, .failure(.invalid("the worker count must be between 0 and \(AppSpec.maxWorkers), not \(count)")))
         }
-        if app.reload != nil { return reply(request, .failure(.reloadInProgress(name))) }
+        if apps[name]?.reload != nil { return reply(request, .failure(.reloadInProgress(name))) }
         let since = failureSeq
         modifyApp(name) { $0.targetCount = count }
-        let running = app.goal == .running
-        let slots = app.slots.count
+        let running = goal == .running
         // Only the slots whose fate changes: those coming back and those going away.
         for k in min(count, slots)..<slots {
             visit()
@@ -191,11 +196,11 @@ extension Supervisor {
             k -= 1
         }
         for k in slots..<max(count, slots) {
-            appendSlot(name, generation: app.generation)
-            if running { startWorker(name, slot: k, generation: app.generation, incoming: false, now: now) }
+            appendSlot(name, generation: generation)
+            if running { startWorker(name, slot: k, generation: generation, incoming: false, now: now) }
         }
         removeReleasedSlots(name)
-        note(.notice, "\(name): scaled from \(app.targetCount) to \(workerCount(count))")
+        note(.notice, "\(name): scaled from \(oldCount) to \(workerCount(count))")
         if running {
             addWaiter(Waiter(request: request, verb: "scaled to \(workerCount(count))", apps: [name], kind: .settled(since: since)))
         } else {

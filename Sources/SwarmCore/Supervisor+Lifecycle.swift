@@ -176,17 +176,19 @@ extension Supervisor {
     /// The slot's current worker failed (exit, readiness timeout, watchdog, memory).
     mutating func slotLost(_ name: String, _ k: Int, worker w: Worker, cause: String, restartable: Bool, now: Instant) {
         modifySlot(name, k) { $0.lastFailure = cause }
-        guard let app = apps[name], let slot = slot(name, k) else { return }
-        if let r = app.reload, w.generation == r.to {
+        // Values, not the App: a copy of it alive across the mutations below would copy every slot.
+        guard let goal = apps[name]?.goal, let slot = slot(name, k) else { return }
+        if let r = apps[name]?.reload, w.generation == r.to {
             rollBack(name, reason: "new worker in slot \(k)\(w.pid.map { " (pid \($0))" } ?? "") \(cause)", slot: k, pid: w.pid, now: now)
             return
         }
-        guard app.goal == .running, !shuttingDown, !slot.removing else { return }
+        guard goal == .running, !shuttingDown, !slot.removing else { return }
+        let ownSpec = apps[name]?.specs[w.generation]
         guard restartable else {
-            note(.warning, "\(label(w)) \(cause); not restarted (restart policy \(app.specs[w.generation]?.restart.mode.rawValue ?? "?"))")
+            note(.warning, "\(label(w)) \(cause); not restarted (restart policy \(ownSpec?.restart.mode.rawValue ?? "?"))")
             return
         }
-        let policy = app.specs[w.generation]?.restart ?? app.spec.restart
+        let policy = ownSpec?.restart ?? apps[name]?.spec.restart ?? RestartPolicy()
         let wasLooping = slot.backoff.inCrashLoop
         let (delay, looping) = modifySlot(name, k) { slot -> (Duration, Bool) in
             let delay = slot.backoff.failure(at: now, uptime: now - w.startedAt, policy: policy)
@@ -197,7 +199,7 @@ extension Supervisor {
         note(.warning, "\(label(w)) \(cause); restarting in \(delay.humanReadable)")
         // No delay: start the replacement in this very batch rather than on the next timer,
         // unless the app's workers cannot overlap and the old one is still going.
-        if delay <= .zero, let fresh = self.slot(name, k), fresh.current == nil, !(exclusive(app) && !fresh.retiring.isEmpty) {
+        if delay <= .zero, let fresh = self.slot(name, k), fresh.current == nil, !(isExclusive(name) && !fresh.retiring.isEmpty) {
             startWorker(name, slot: k, generation: fresh.generation, incoming: false, now: now)
         }
         if looping && !wasLooping {

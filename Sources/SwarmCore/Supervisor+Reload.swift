@@ -40,25 +40,25 @@ extension Supervisor {
         var names: [String] = []
         for spec in requests.map(\.spec) {
             let name = spec.name
-            guard let app = apps[name] else { continue }
+            guard let (goal, generation, slotCount, running) = reloadFacts(name) else { continue }
             let to = nextGeneration(name)
             // A changed `workers` in the file wins; otherwise a `scale` done since stays.
-            let target = spec.workers != app.spec.workers ? spec.workers : app.targetCount
+            let target = spec.workers != running.workers ? spec.workers : (apps[name]?.targetCount ?? spec.workers)
             modifyApp(name) { $0.specs[to] = spec }
-            if app.goal != .running {
+            if goal != .running {
                 // Nothing runs: the new config simply takes effect for the next start.
                 modifyApp(name) {
                     $0.generation = to
                     $0.targetCount = target
                 }
-                for k in app.slots.indices {
+                for k in 0..<slotCount {
                     modifySlot(name, k) {
                         $0.generation = to
                         $0.removing = k >= target
                         if k >= target { $0.restartAt = nil }
                     }
                 }
-                for _ in app.slots.count..<max(target, app.slots.count) { appendSlot(name, generation: to) }
+                for _ in slotCount..<max(target, slotCount) { appendSlot(name, generation: to) }
                 removeReleasedSlots(name)
                 gcSpecs(name)
                 modifyApp(name) { $0.lastReload = ReloadOutcome(succeeded: true, message: "config updated while stopped", at: now) }
@@ -66,13 +66,13 @@ extension Supervisor {
             }
             let surge = max(0, spec.reload.surge)
             modifyApp(name) {
-                $0.reload = RollingReload(from: app.generation, to: to, requester: request,
-                                          targetCount: target, oldCount: app.slots.count, surge: surge)
+                $0.reload = RollingReload(from: generation, to: to, requester: request,
+                                          targetCount: target, oldCount: slotCount, surge: surge)
             }
             names.append(name)
             let how = surge == 0 ? "surge 0: each old worker stops before its replacement starts" : "surge \(surge)"
             progress(request, ReloadEvent(app: name, kind: .begin, generation: to,
-                                          message: "\(name): reloading \(app.slots.count) → \(target) workers, generation \(app.generation) → \(to), \(how)"))
+                                          message: "\(name): reloading \(slotCount) → \(target) workers, generation \(generation) → \(to), \(how)"))
             note(.notice, "\(name): rolling reload to generation \(to) started")
         }
         if names.isEmpty {
@@ -82,6 +82,12 @@ extension Supervisor {
         }
         addWaiter(Waiter(request: request, verb: "reloaded", apps: names, kind: .reload))
         for name in names { advanceReload(name, now: now) }
+    }
+
+    /// What a reload needs to know of the app, as values (no App copy alive while it changes).
+    func reloadFacts(_ name: String) -> (AppGoal, Int, Int, AppSpec)? {
+        guard let app = apps[name] else { return nil }
+        return (app.goal, app.generation, app.slots.count, app.spec)
     }
 
     /// Starts as many new-generation workers as the surge allows, swaps ready
@@ -114,9 +120,9 @@ extension Supervisor {
             }
             modifyApp(name) { $0.reload = r }
         }
-        guard r.nextSlot >= r.targetCount, let st = stats[name] else { return }
+        guard r.nextSlot >= r.targetCount else { return }
         // Every slot below the target runs a ready worker of the new generation.
-        guard (st.readyByGeneration[r.to] ?? 0) >= r.targetCount else { return }
+        guard (stats[name]?.readyByGeneration[r.to] ?? 0) >= r.targetCount else { return }
         if !r.culling {
             r.culling = true
             modifyApp(name) { $0.reload = r }
@@ -130,8 +136,8 @@ extension Supervisor {
             for k in r.targetCount..<max(count, r.targetCount) { retireSlot(name, k, reason: .reload, now: now) }
             removeReleasedSlots(name)
         }
-        guard let left = stats[name], left.workers == (left.workersByGeneration[r.to] ?? 0),
-              apps[name]?.slots.count == r.targetCount else { return }
+        let workersLeft = stats[name]?.workers ?? 0
+        guard workersLeft == (stats[name]?.workersByGeneration[r.to] ?? 0), apps[name]?.slots.count == r.targetCount else { return }
         modifyApp(name) {
             $0.reload = nil
             $0.generation = r.to

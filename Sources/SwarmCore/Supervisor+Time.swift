@@ -25,6 +25,8 @@ extension Supervisor {
     /// An app whose workers hold something they cannot share (`[reload] surge = 0`
     /// in any generation still around): a slot's next worker starts only once the
     /// previous one is gone.
+    func isExclusive(_ name: String) -> Bool { apps[name].map(exclusive) ?? false }
+
     func exclusive(_ app: App) -> Bool {
         if let r = app.reload, r.surge == 0 { return true }
         return app.specs.values.contains { $0.reload.surge == 0 }
@@ -111,8 +113,14 @@ extension Supervisor {
 
     /// An empty slot whose restart is due starts its worker.
     mutating func startDueSlot(_ name: String, _ k: Int, now: Instant) {
-        guard let app = apps[name], let slot = app.slots[safe: k], let t = deadline(ofSlot: slot, in: app), t <= now else { return }
-        startWorker(name, slot: k, generation: slot.generation, incoming: false, now: now)
+        guard let generation = dueGeneration(name, k, now: now) else { return }
+        startWorker(name, slot: k, generation: generation, incoming: false, now: now)
+    }
+
+    /// The generation slot `k` starts now, if its start is due (the App copy ends here, before any mutation).
+    func dueGeneration(_ name: String, _ k: Int, now: Instant) -> Int? {
+        guard let app = apps[name], let slot = app.slots[safe: k], let t = deadline(ofSlot: slot, in: app), t <= now else { return nil }
+        return slot.generation
     }
 
     // MARK: - The spawn queue
@@ -139,8 +147,8 @@ extension Supervisor {
     }
 
     mutating func emitSpawn(_ id: WorkerID) {
-        guard let w = workers[id], let app = apps[w.app], let spec = app.specs[w.generation] else { return }
-        let background = spec.reload.backgroundStart && canRaisePriority && app.reload?.to == w.generation
+        guard let w = workers[id], let spec = apps[w.app]?.specs[w.generation] else { return }
+        let background = spec.reload.backgroundStart && canRaisePriority && apps[w.app]?.reload?.to == w.generation
         let nice: Int32? = background ? 19 : nil
         modifyWorker(id) {
             $0.state = .spawning

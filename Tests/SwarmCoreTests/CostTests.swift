@@ -108,6 +108,7 @@ struct CostTests {
 
     @Test func aChurnOfInstantlyExitingWorkersNeverExceedsTheBatch() {
         let h = FakeShell()
+        h.checkEveryEvent = false
         h.start(makeSpec(workers: 200, ready: .delay) {
             $0.ready.delay = .zero
             $0.restart.initialDelay = .zero
@@ -117,9 +118,36 @@ struct CostTests {
             // All exit at once, as `sleep 0.1` workers do.
             for k in 0..<200 { h.exit(h.pid("web", k), .exited(0)) }
             h.advance(by: .seconds(5))
+            #expect(h.sup.invariantViolations() == [])
+            h.checkGone()
         }
         #expect(h.largestSpawnBatch <= 32, "at most one batch per event, got \(h.largestSpawnBatch)")
         #expect((0..<200).allSatisfy { h.pid("web", $0) != nil }, "every slot runs again")
         #expect(h.spawns.count == 200 * 7)
+    }
+
+    /// Every worker of a large app killed at once, then replaced: each exit and
+    /// each restart tick costs the same few visits whatever the size. Prints the
+    /// wall time per event (a debug build; for comparison between sizes only).
+    @Test(arguments: [512, 4096])
+    func aKillStormCostsTheSamePerWorker(n: Int) {
+        let h = fleet(n)
+        var worstExit = 0
+        let clock = ContinuousClock()
+        let t0 = clock.now
+        for k in 0..<n {
+            h.exit(h.pid("web", k), .signaled(9, coreDumped: false))
+            worstExit = max(worstExit, peak(h))
+        }
+        let exits = clock.now - t0
+        let t1 = clock.now
+        h.advance(by: .milliseconds(100))
+        let restarts = clock.now - t1
+        #expect(h.spawns.count == 2 * n)
+        #expect(h.largestSpawnBatch <= 32)
+        #expect(worstExit <= 8, "an exit visited \(worstExit)")
+        #expect(h.sup.invariantViolations() == [])
+        let perExit = exits / n, perRestart = restarts / n
+        print("kill storm of \(n): \(perExit) per exit (worst \(worstExit) visits), \(perRestart) per restart")
     }
 }
