@@ -187,7 +187,13 @@ public enum NoteLevel: String, Sendable {
     case debug, info, notice, warning, error
 }
 
-/// What the core asks the shell to do.
+/// What the core asks the shell to do, in the order the shell must perform
+/// them. Within one `handle`: spawns, probes, replies, progress, hand-overs
+/// and notes as they arise; then every `.steer` the event made necessary;
+/// then stop and kill signals (so a slot leaving the steering set gets no new
+/// connection before its worker is signalled); then `.workerGone`; `.exit`;
+/// `.armTimer` last. (A reaped worker's group kill goes out at once: it is no
+/// stop signal.)
 public enum Action: Equatable, Sendable {
     /// Fork and exec one worker as the request says; answer with `.spawned` or `.spawnFailed`.
     /// At most `Supervisor.spawnBatch` of these per `handle`.
