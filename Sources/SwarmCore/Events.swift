@@ -53,7 +53,9 @@ public enum Command: Sendable {
     case restart(AppSelector)
     /// Stop and forget.
     case delete(AppSelector)
-    /// Rolling replacement with the freshly read specs, one per app.
+    /// Rolling replacement with the freshly read specs, one per app. The core
+    /// validates the whole command (names, sockets, duplicates, unknown apps,
+    /// reloads in progress) and rejects all of it on any problem.
     case reload([ReloadRequest])
     /// Change the number of workers.
     case scale(String, Int)
@@ -61,6 +63,52 @@ public enum Command: Sendable {
     case scaleBy(String, Int)
     /// Stop everything; the supervisor emits `.exit` when nothing is left.
     case shutdown
+}
+
+/// One app of a `reload`: the running app whose config file was re-read, and
+/// what that file says now.
+public struct ReloadRequest: Hashable, Sendable {
+    public var app: String
+    public var spec: AppSpec
+    public init(app: String, spec: AppSpec) {
+        self.app = app
+        self.spec = spec
+    }
+}
+
+/// Everything the shell needs to start one worker; the core has decided all of it.
+public struct SpawnRequest: Equatable, Sendable {
+    public var worker: WorkerID
+    public var app: String
+    public var slot: Int
+    public var generation: Int
+    public var spec: AppSpec
+    /// Start at this nice value (19: a reload's background start); nil: swarmd's own.
+    public var nice: Int32?
+    /// Pin to this CPU (`cpu_affinity`); nil: no pinning.
+    public var cpu: Int?
+
+    public init(worker: WorkerID, app: String, slot: Int, generation: Int, spec: AppSpec, nice: Int32? = nil, cpu: Int? = nil) {
+        self.worker = worker
+        self.app = app
+        self.slot = slot
+        self.generation = generation
+        self.spec = spec
+        self.nice = nice
+        self.cpu = cpu
+    }
+}
+
+/// An app's health as `status` and systemd's STATUS= show it.
+public struct AppHealth: Hashable, Sendable {
+    public enum State: String, Hashable, Sendable {
+        case running, degraded, crashLoop = "crash-loop", reloading, stopping, stopped, deleting
+    }
+    public var state: State
+    /// Slots whose current worker is ready.
+    public var ready: Int
+    /// The worker count asked for.
+    public var wanted: Int
 }
 
 /// Everything that can happen to the supervisor.
@@ -139,50 +187,24 @@ public enum NoteLevel: String, Sendable {
     case debug, info, notice, warning, error
 }
 
-/// A running app's config, read again: what a reload rolls out.
-public struct ReloadRequest: Sendable {
-    /// The running app whose file was read.
-    public var app: String
-    /// What the file says now.
-    public var spec: AppSpec
-    public init(app: String, spec: AppSpec) {
-        self.app = app
-        self.spec = spec
-    }
-}
-
-/// Everything the shell needs to start one worker, worked out by the core.
-public struct SpawnRequest: Equatable, Sendable {
-    public var worker: WorkerID
-    public var app: String
-    public var slot: Int
-    public var generation: Int
-    public var spec: AppSpec
-    /// Start at this nice value (19: a reload's background start); nil: swarmd's own.
-    public var nice: Int32?
-    /// Pin to this CPU (`cpu_affinity`); nil: no pinning.
-    public var cpu: Int?
-
-    public init(worker: WorkerID, app: String, slot: Int, generation: Int, spec: AppSpec, nice: Int32? = nil, cpu: Int? = nil) {
-        self.worker = worker
-        self.app = app
-        self.slot = slot
-        self.generation = generation
-        self.spec = spec
-        self.nice = nice
-        self.cpu = cpu
-    }
-}
-
-/// What the core asks the shell to do.
+/// What the core asks the shell to do, in the order the shell must perform
+/// them. Within one `handle`: spawns, probes, replies, progress, hand-overs
+/// and notes as they arise; then every `.steer` the event made necessary;
+/// then stop and kill signals (so a slot leaving the steering set gets no new
+/// connection before its worker is signalled); then `.workerGone`; `.exit`;
+/// `.armTimer` last. (A reaped worker's group kill goes out at once: it is no
+/// stop signal.)
 public enum Action: Equatable, Sendable {
     /// Fork and exec one worker as the request says; answer with `.spawned` or `.spawnFailed`.
+    /// At most `Supervisor.spawnBatch` of these per `handle`.
     case spawn(SpawnRequest)
-    /// New connections to the app's reuseport sockets go to these slots only.
+    /// New connections to the app's reuseport sockets go to these slots only. Comes
+    /// before any stop signal of the same batch that retires a worker of the app.
     case steer(app: String, slots: [Int])
-    /// The worker is gone for good: release what the shell holds for it.
+    /// The worker is gone for good (reaped, its spawn failed, or it was dropped before
+    /// the shell answered its spawn): free its records now. Once per spawned worker.
     case workerGone(WorkerID, pid: Int32?)
-    /// A worker started niced became ready: give its process group swarmd's own priority.
+    /// A worker spawned with a `nice` became ready: give its process group swarmd's own priority.
     case restorePriority(pid: Int32)
     /// kill(pid) or, with `group`, kill(-pid): workers lead their own process group.
     case signal(pid: Int32, Signal, group: Bool)

@@ -1,10 +1,10 @@
 /// A command whose reply waits for workers: it is answered once the
-/// condition holds, checked after every event.
+/// condition holds, checked after each event that touched one of its apps.
 struct Waiter: Sendable {
     enum Kind: Sendable {
         /// Every slot runs a ready worker, or has failed to start since the
-        /// request (per-slot start-failure counts at request time).
-        case settled([String: [Int: Int]])
+        /// request (a start failure numbered above `since`).
+        case settled(since: UInt64)
         /// No worker of the apps is left.
         case gone
         /// Every app's rolling reload has ended.
@@ -20,10 +20,21 @@ struct Waiter: Sendable {
 }
 
 extension Supervisor {
+    mutating func addWaiter(_ w: Waiter) {
+        waiters.append(w)
+        newWaiters = true
+    }
+
+    /// Answers the waiters this event may have settled: those of the apps it
+    /// touched (each evaluated from counters), all of them after a shutdown or a new waiter.
     mutating func settleWaiters() {
+        guard !waiters.isEmpty else { return }
+        guard newWaiters || !touchedApps.isEmpty else { return }
         var remaining: [Waiter] = []
+        remaining.reserveCapacity(waiters.count)
         for waiter in waiters {
-            if let result = evaluate(waiter) {
+            let relevant = newWaiters || waiter.interrupted != nil || waiter.apps.contains { touchedApps.contains($0) }
+            if relevant, let result = evaluate(waiter) {
                 reply(waiter.request, result)
             } else {
                 remaining.append(waiter)
@@ -35,13 +46,13 @@ extension Supervisor {
     func evaluate(_ waiter: Waiter) -> Result<String, CommandError>? {
         switch waiter.kind {
         case .reload:
-            guard waiter.apps.allSatisfy({ waiter.reloadResults[$0] != nil }) else { return nil }
             var failures: [CommandError] = []
             var lines: [String] = []
             for name in waiter.apps {
-                switch waiter.reloadResults[name]! {
-                case let .success(msg): lines.append(msg)
-                case let .failure(err): failures.append(err)
+                switch waiter.reloadResults[name] {
+                case nil: return nil
+                case let .success(msg)?: lines.append(msg)
+                case let .failure(err)?: failures.append(err)
                 }
             }
             if failures.count == 1 { return .failure(failures[0]) }
@@ -53,17 +64,14 @@ extension Supervisor {
         case .gone:
             var lines: [String] = []
             for name in waiter.apps {
-                guard let app = apps[name] else {
-                    lines.append("\(name): \(waiter.verb)")
-                    continue
+                if let app = apps[name] {
+                    if (stats[name]?.workers ?? 0) > 0 || app.goal == .deleted { return nil }
                 }
-                if app.slots.contains(where: { !$0.liveWorkers.isEmpty }) { return nil }
-                if app.goal == .deleted { return nil }
                 lines.append("\(name): \(waiter.verb)")
             }
             return .success(lines.isEmpty ? "no apps" : lines.joined(separator: "\n"))
 
-        case let .settled(baselines):
+        case let .settled(since):
             if let why = waiter.interrupted { return .failure(.interrupted(why)) }
             var lines: [String] = []
             for name in waiter.apps {
@@ -73,40 +81,19 @@ extension Supervisor {
                 guard app.goal == .running else {
                     return .failure(.interrupted("\(name) was stopped before its workers were ready"))
                 }
-                if app.slots.contains(where: \.removing) { return nil }
-                let base = baselines[name] ?? [:]
-                var failed: [Slot] = []
-                for slot in app.slots {
-                    let ready = slot.current.flatMap { workers[$0] }.map { $0.phase == .ready } ?? false
-                    if ready { continue }
-                    if slot.startFailures > base[slot.index, default: 0] {
-                        failed.append(slot)
-                        continue
-                    }
-                    return nil
-                }
-                if !failed.isEmpty {
-                    let detail = failed.first.flatMap { $0.lastFailure ?? $0.lastExit?.description } ?? "not ready"
-                    return .failure(.startFailed(app: name, failed: failed.count, of: app.slots.count, detail: detail))
+                guard let st = stats[name], st.removing == 0 else { return nil }
+                // A slot not ready that has not failed since the request: wait for it.
+                if let least = st.notReady.min, least.priority <= since { return nil }
+                let failed = st.notReady.count
+                if failed > 0 {
+                    // Once, for the reply: the lowest failed slot says why.
+                    let first = app.slots.first { slot in !(slot.current.flatMap { workers[$0] }?.isReady ?? false) }
+                    let detail = first.flatMap { $0.lastFailure ?? $0.lastExit?.description } ?? "not ready"
+                    return .failure(.startFailed(app: name, failed: failed, of: app.slots.count, detail: detail))
                 }
                 lines.append("\(name): \(waiter.verb), \(app.slots.count)/\(app.slots.count) workers ready")
             }
             return .success(lines.isEmpty ? "no apps" : lines.joined(separator: "\n"))
         }
-    }
-}
-
-/// How an app is doing.
-public struct AppHealth: Equatable, Sendable {
-    public enum State: String, Sendable {
-        case running, degraded, crashLoop = "crash-loop", reloading, stopping, stopped, deleting
-    }
-    public var state: State
-    public var ready: Int
-    public var wanted: Int
-    public init(state: State, ready: Int, wanted: Int) {
-        self.state = state
-        self.ready = ready
-        self.wanted = wanted
     }
 }

@@ -13,6 +13,13 @@ func makeSpec(_ name: String = "web", workers: Int = 2, ready: ReadyMode = .noti
     return s
 }
 
+extension Command {
+    /// A reload of each spec's own app, as the shell asks after re-reading the files.
+    static func reloadSpecs(_ specs: [AppSpec]) -> Command {
+        .reload(specs.map { ReloadRequest(app: $0.name, spec: $0) })
+    }
+}
+
 /// A signal the core asked the shell to send.
 struct SentSignal: Equatable {
     var pid: Int32
@@ -59,6 +66,20 @@ final class FakeShell {
 
     /// While set, an app must keep at least this many ready workers (checked after every event).
     var readyFloor: [String: Int] = [:]
+    /// Off for the scale tests: the full check walks every worker after every event.
+    var checkEveryEvent = true
+    /// `.steer` actions, with how many signals had been sent before each.
+    private(set) var steers: [(app: String, slots: [Int], signalsBefore: Int)] = []
+    /// `.workerGone` per worker, to check it comes exactly once, and only for spawned workers.
+    private(set) var gone: [WorkerID: Int] = [:]
+    private(set) var spawned: Set<WorkerID> = []
+    private(set) var restoredPriorities: [Int32] = []
+    /// Slots and workers the core visited in each `handle` of the last `send`.
+    private(set) var visitsPerHandle: [Int] = []
+    /// The most `.spawn` actions one `handle` returned.
+    private(set) var largestSpawnBatch = 0
+    /// Spawn requests as the core made them.
+    private(set) var spawnRequests: [SpawnRequest] = []
 
     init(probeInterval: Duration? = nil) {
         if let probeInterval { sup.probeInterval = probeInterval }
@@ -72,6 +93,7 @@ final class FakeShell {
     func send(_ event: Event, sourceLocation: SourceLocation = #_sourceLocation) -> [Action] {
         var queue: [Event] = [event]
         var batch: [Action] = []
+        visitsPerHandle = []
         var rounds = 0
         while true {
             let next: Event
@@ -88,11 +110,14 @@ final class FakeShell {
                              sourceLocation: sourceLocation)
                 break
             }
+            let visitsBefore = sup.visits
             let out = sup.handle(next, now: now)
+            visitsPerHandle.append(sup.visits - visitsBefore)
             batch += out
             actions += out
+            largestSpawnBatch = max(largestSpawnBatch, out.filter { if case .spawn = $0 { return true } else { return false } }.count)
             perform(out, queue: &queue)
-            checkInvariants(sourceLocation)
+            if checkEveryEvent { checkInvariants(sourceLocation) }
         }
         lastActions = batch
         return batch
@@ -128,11 +153,14 @@ final class FakeShell {
         for action in out {
             switch action {
             case let .spawn(r):
-                let (id, spec, slot, generation) = (r.worker, r.spec, r.slot, r.generation)
-                spawns.append((id, spec.name, slot, generation, now))
+                let id = r.worker
+                spawns.append((id, r.app, r.slot, r.generation, now))
+                spawnRequests.append(r)
+                if spawned.contains(id) { Issue.record("\(id) spawned twice") }
+                spawned.insert(id)
                 if failingSpawns > 0 {
                     failingSpawns -= 1
-                    queue.append(.spawnFailed(id, reason: "Failed to execute \(spec.executable): No such file or directory"))
+                    queue.append(.spawnFailed(id, reason: "Failed to execute \(r.spec.executable): No such file or directory"))
                 } else if deferSpawns {
                     pendingSpawns.append(id)
                 } else {
@@ -140,6 +168,15 @@ final class FakeShell {
                     nextPid += 1
                     queue.append(.spawned(id, pid: pid))
                 }
+            case let .steer(app, slots):
+                steers.append((app, slots, signals.count))
+                if slots.isEmpty { Issue.record("\(app): steered to no slot") }
+            case let .workerGone(id, _):
+                gone[id, default: 0] += 1
+                if gone[id] != 1 { Issue.record("\(id): workerGone \(gone[id] ?? 0) times") }
+                if !spawned.contains(id) { Issue.record("\(id): workerGone for a worker never spawned") }
+            case let .restorePriority(pid):
+                restoredPriorities.append(pid)
             case let .signal(pid, sig, group):
                 signals.append(SentSignal(pid: pid, signal: sig, group: group, at: now))
             case let .probeListening(id, pid):
@@ -164,8 +201,6 @@ final class FakeShell {
                 appsChanged += 1
             case let .note(level, text):
                 notes.append((level, text))
-            case .steer, .workerGone, .restorePriority:
-                break
             case .exit:
                 exits += 1
             }
@@ -278,66 +313,21 @@ final class FakeShell {
 
     func checkInvariants(_ loc: SourceLocation) {
         #expect(armed == sup.nextDeadline(), "armed timer \(String(describing: armed)) != next deadline \(String(describing: sup.nextDeadline()))", sourceLocation: loc)
-        #expect(Set(sup.appOrder) == Set(sup.apps.keys) && sup.appOrder.count == sup.apps.count, "appOrder \(sup.appOrder) vs apps", sourceLocation: loc)
-
-        var references: [WorkerID: Int] = [:]
-        for (name, app) in sup.apps {
-            #expect(app.name == name, sourceLocation: loc)
-            #expect(app.specs[app.generation] != nil, "\(name): no spec for its generation \(app.generation)", sourceLocation: loc)
-            for (i, slot) in app.slots.enumerated() {
-                let where_ = "\(name)[\(i)]"
-                #expect(slot.index == i, "\(where_) has index \(slot.index)", sourceLocation: loc)
-                #expect(app.specs[slot.generation] != nil, "\(where_): no spec for slot generation \(slot.generation)", sourceLocation: loc)
-                if slot.current != nil { #expect(slot.current != slot.incoming, "\(where_): same worker current and incoming", sourceLocation: loc) }
-                #expect(Set(slot.retiring).count == slot.retiring.count, "\(where_): duplicate retiring", sourceLocation: loc)
-                if app.reload == nil { #expect(slot.incoming == nil, "\(where_): incoming worker with no reload", sourceLocation: loc) }
-                for id in slot.liveWorkers {
-                    references[id, default: 0] += 1
-                    guard let w = sup.workers[id] else {
-                        Issue.record("\(where_) references \(id), which is not a worker", sourceLocation: loc)
-                        continue
-                    }
-                    #expect(w.app == name && w.slot == i, "\(id) is \(w.app)[\(w.slot)] but referenced by \(where_)", sourceLocation: loc)
-                    #expect(app.specs[w.generation] != nil, "\(id): spec of generation \(w.generation) dropped while it lives", sourceLocation: loc)
-                }
-                if let c = slot.current, let w = sup.workers[c] {
-                    #expect(!w.isRetiring, "\(where_): current \(c) is \(w.phase)", sourceLocation: loc)
-                    #expect(w.generation == slot.generation, "\(where_): current runs generation \(w.generation), slot says \(slot.generation)", sourceLocation: loc)
-                }
-                if let inc = slot.incoming, let w = sup.workers[inc] {
-                    // A ready incoming worker waits out [reload] min_ready, and no longer than that.
-                    let waiting = w.phase == .ready && w.readyAt.map { now < $0 + (sup.spec(of: w)?.reload.minReady ?? .zero) } == true
-                    #expect(w.phase == .spawning || w.phase == .starting || waiting, "\(where_): incoming \(inc) is \(w.phase)", sourceLocation: loc)
-                    #expect(app.reload.map { w.generation == $0.to } ?? false, "\(where_): incoming of generation \(w.generation)", sourceLocation: loc)
-                }
-                for id in slot.retiring {
-                    if let w = sup.workers[id] { #expect(w.isRetiring, "\(where_): retiring \(id) is \(w.phase)", sourceLocation: loc) }
-                }
-            }
-            if let r = app.reload {
-                let flying = app.slots.filter { slot in
-                    if slot.incoming != nil { return true }
-                    if let c = slot.current, let w = sup.workers[c] { return w.generation == r.to && w.phase != .ready }
-                    return false
-                }.count
-                #expect(flying <= r.surge, "\(name): \(flying) new workers starting at once, surge \(r.surge)", sourceLocation: loc)
-                #expect(app.generation == r.from, sourceLocation: loc)
-            }
-        }
-        for (id, w) in sup.workers {
-            #expect(references[id] == 1, "\(id) (\(w.app)[\(w.slot)] \(w.phase)) is referenced by \(references[id] ?? 0) slot fields", sourceLocation: loc)
-            if let pid = w.pid { #expect(sup.byPid[pid] == id, "pid \(pid) of \(id) not indexed", sourceLocation: loc) }
-        }
-        for (pid, id) in sup.byPid {
-            #expect(sup.workers[id]?.pid == pid, "pid index \(pid) → \(id) is stale", sourceLocation: loc)
-        }
+        for problem in sup.invariantViolations() { Issue.record(Comment(rawValue: problem), sourceLocation: loc) }
         #expect(exits <= 1, "exit emitted \(exits) times", sourceLocation: loc)
         if exits > 0 { #expect(sup.workers.isEmpty, "exit emitted with workers left", sourceLocation: loc) }
+        // A worker the core no longer knows was announced gone, once; a known one was not.
+        for id in sup.workers.keys { #expect(gone[id] == nil, "\(id) announced gone but still a worker", sourceLocation: loc) }
+        checkGone(sourceLocation: loc)
         for (name, floor) in readyFloor {
             #expect(readyCount(name) >= floor, "\(name): \(readyCount(name)) ready workers, fewer than \(floor)", sourceLocation: loc)
         }
     }
-}
 
-/// Interim: reload requests for specs of running apps of the same name.
-func reloads(_ specs: [AppSpec]) -> [ReloadRequest] { specs.map { ReloadRequest(app: $0.name, spec: $0) } }
+    /// Every spawned worker the core has forgotten got exactly one `.workerGone`.
+    func checkGone(sourceLocation: SourceLocation = #_sourceLocation) {
+        for id in spawned where sup.workers[id] == nil {
+            #expect(gone[id] == 1, "\(id) forgotten with \(gone[id] ?? 0) workerGone", sourceLocation: sourceLocation)
+        }
+    }
+}

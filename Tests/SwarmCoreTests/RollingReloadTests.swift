@@ -22,7 +22,7 @@ func runningApp(workers: Int = 3, sourceLocation: SourceLocation = #_sourceLocat
 struct RollingReloadTests {
     @Test func surgeOneReplacesOneSlotAtATime() {
         let (h, old) = runningApp(workers: 3)
-        let r = h.command(.reload(reloads([v2()])))
+        let r = h.command(.reloadSpecs([v2()]))
         #expect(h.app()?.reload != nil)
         for k in 0..<3 {
             #expect(h.incoming("web", k)?.generation == 2, "slot \(k) gets its new worker")
@@ -54,7 +54,7 @@ struct RollingReloadTests {
 
     @Test func eachSwapHandsTheOldWorkersClientsToItsReplacementBeforeStoppingIt() {
         let (h, old) = runningApp(workers: 3)
-        h.command(.reload(reloads([v2()])))
+        h.command(.reloadSpecs([v2()]))
         for k in 0..<3 {
             let signalsBefore = h.signals.count
             h.ready(h.incomingPid("web", k)!)
@@ -72,11 +72,11 @@ struct RollingReloadTests {
         h.readyFloor["web"] = 1
         h.command(.scale("web", 1))
         h.exitRetiring()
-        let r = h.command(.reload(reloads([v2(workers: 1)])))
+        let r = h.command(.reloadSpecs([v2(workers: 1)]))
         h.exit(h.incomingPid("web", 0))
         #expect(h.failure(r) != nil)
         #expect(h.handOvers.isEmpty, "scale-down and a rolled-back reload keep round-robin")
-        let off = h.command(.reload(reloads([v2(workers: 1) { $0.reload.handOver = false }])))
+        let off = h.command(.reloadSpecs([v2(workers: 1) { $0.reload.handOver = false }]))
         h.readyAll()
         h.exitRetiring()
         #expect(h.succeeded(off))
@@ -85,7 +85,7 @@ struct RollingReloadTests {
 
     @Test func minReadyKeepsTheOldWorkerServingUntilTheNewOneHasBeenReadyThatLong() {
         let (h, old) = runningApp(workers: 2)
-        let r = h.command(.reload(reloads([v2(workers: 2) { $0.reload.minReady = .seconds(1) }])))
+        let r = h.command(.reloadSpecs([v2(workers: 2) { $0.reload.minReady = .seconds(1) }]))
         let new0 = h.incomingPid("web", 0)!
         h.ready(new0)
         #expect(!h.signalled(old[0]), "the old worker serves on beside the new one")
@@ -106,7 +106,7 @@ struct RollingReloadTests {
 
     @Test func aNewWorkerLostWithinMinReadyRollsBackAndTheOldOneWasNeverStopped() {
         let (h, old) = runningApp(workers: 2)
-        let r = h.command(.reload(reloads([v2(workers: 2) { $0.reload.minReady = .seconds(5) }])))
+        let r = h.command(.reloadSpecs([v2(workers: 2) { $0.reload.minReady = .seconds(5) }]))
         let new0 = h.incomingPid("web", 0)!
         h.ready(new0)
         h.advance(by: .seconds(2))
@@ -119,7 +119,7 @@ struct RollingReloadTests {
 
     @Test func surgeTwoStartsTwoAtATime() {
         let (h, old) = runningApp(workers: 3)
-        let r = h.command(.reload(reloads([v2(surge: 2)])))
+        let r = h.command(.reloadSpecs([v2(surge: 2)]))
         #expect(h.incoming("web", 0) != nil && h.incoming("web", 1) != nil)
         #expect(h.incoming("web", 2) == nil)
         h.ready(h.incomingPid("web", 1))
@@ -135,7 +135,7 @@ struct RollingReloadTests {
 
     @Test func reloadGrowsTheWorkerCount() {
         let (h, _) = runningApp(workers: 2)
-        let r = h.command(.reload(reloads([v2(workers: 4)])))
+        let r = h.command(.reloadSpecs([v2(workers: 4)]))
         h.readyAll()  // slot 0
         h.readyAll()  // slot 1
         #expect(h.app()?.slots.count == 3, "added slots come after the replaced ones, one at a time")
@@ -151,7 +151,7 @@ struct RollingReloadTests {
     @Test func reloadShrinksTheWorkerCount() {
         let (h, old) = runningApp(workers: 3)
         h.readyFloor["web"] = 1
-        let r = h.command(.reload(reloads([v2(workers: 1)])))
+        let r = h.command(.reloadSpecs([v2(workers: 1)]))
         #expect(h.readyCount() == 3)
         h.ready(h.incomingPid("web", 0))
         #expect(h.signalled(old[0]) && h.signalled(old[1]) && h.signalled(old[2]))
@@ -170,7 +170,7 @@ struct RollingReloadTests {
         h.readyAll()
         #expect(h.succeeded(s))
         h.readyFloor["web"] = 3
-        let r = h.command(.reload(reloads([v2(workers: 2)])))
+        let r = h.command(.reloadSpecs([v2(workers: 2)]))
         for _ in 0..<3 { h.readyAll() }
         h.exitRetiring()
         #expect(h.succeeded(r))
@@ -180,7 +180,7 @@ struct RollingReloadTests {
     @Test func newWorkerCrashingBeforeReadyRollsBack() {
         let (h, old) = runningApp(workers: 3)
         h.readyFloor = [:]
-        let r = h.command(.reload(reloads([v2()])))
+        let r = h.command(.reloadSpecs([v2()]))
         let first = h.incomingPid("web", 0)!
         h.ready(first)  // old[0] retired
         let bad = h.incomingPid("web", 1)!
@@ -213,7 +213,7 @@ struct RollingReloadTests {
     @Test func newWorkerSpawnFailureRollsBack() {
         let (h, old) = runningApp(workers: 2)
         h.failingSpawns = 1
-        let r = h.command(.reload(reloads([v2(workers: 2)])))
+        let r = h.command(.reloadSpecs([v2(workers: 2)]))
         guard case let .reloadFailed(_, reason, slot, _)? = h.failure(r) else {
             Issue.record("expected reloadFailed, got \(String(describing: h.reply(r)))")
             return
@@ -226,7 +226,7 @@ struct RollingReloadTests {
 
     @Test func newWorkerReadinessTimeoutRollsBack() {
         let (h, old) = runningApp(workers: 3)
-        let r = h.command(.reload(reloads([v2 { $0.ready.timeout = .seconds(5) }])))
+        let r = h.command(.reloadSpecs([v2 { $0.ready.timeout = .seconds(5) }]))
         let slow = h.incomingPid("web", 0)!
         h.advance(by: .seconds(5))
         #expect(h.signals(to: slow).map(\.signal) == [.term, .cont])
@@ -248,7 +248,7 @@ struct RollingReloadTests {
     @Test func newWorkerCrashingAfterReadyRollsBackAndRespawnsTheOldGeneration() {
         let (h, old) = runningApp(workers: 3)
         h.readyFloor = [:]
-        let r = h.command(.reload(reloads([v2()])))
+        let r = h.command(.reloadSpecs([v2()]))
         let new0 = h.incomingPid("web", 0)!
         h.ready(new0)
         let new1 = h.incomingPid("web", 1)!
@@ -269,7 +269,7 @@ struct RollingReloadTests {
     @Test func newWorkerInAnAddedSlotCrashingRollsBackTheCount() {
         let (h, _) = runningApp(workers: 2)
         h.readyFloor = [:]
-        let r = h.command(.reload(reloads([v2(workers: 3)])))
+        let r = h.command(.reloadSpecs([v2(workers: 3)]))
         h.readyAll()
         h.readyAll()
         #expect(h.current("web", 2)?.generation == 2)
@@ -287,7 +287,7 @@ struct RollingReloadTests {
     @Test func oldWorkerCrashingMidReloadIsRestartedWithTheOldGeneration() {
         let (h, old) = runningApp(workers: 3)
         h.readyFloor = [:]
-        let r = h.command(.reload(reloads([v2()])))
+        let r = h.command(.reloadSpecs([v2()]))
         h.ready(h.incomingPid("web", 0))
         h.exit(old[2], .exited(1))
         #expect(h.app()?.reload != nil, "an old worker's crash is no reason to roll back")
@@ -306,7 +306,7 @@ struct RollingReloadTests {
     @Test func oldWorkerCrashingInASlotWithAnIncomingWorker() {
         let (h, old) = runningApp(workers: 2)
         h.readyFloor = [:]
-        let r = h.command(.reload(reloads([v2(workers: 2)])))
+        let r = h.command(.reloadSpecs([v2(workers: 2)]))
         let new0 = h.incomingPid("web", 0)!
         h.exit(old[0], .exited(1))
         #expect(h.incomingPid("web", 0) == new0)
@@ -321,8 +321,8 @@ struct RollingReloadTests {
 
     @Test func reloadDuringAReloadIsRejected() {
         let (h, _) = runningApp(workers: 2)
-        let r = h.command(.reload(reloads([v2(workers: 2)])))
-        let again = h.command(.reload(reloads([v2(workers: 5)])))
+        let r = h.command(.reloadSpecs([v2(workers: 2)]))
+        let again = h.command(.reloadSpecs([v2(workers: 5)]))
         #expect(h.failure(again) == .reloadInProgress("web"))
         #expect(h.failure(h.command(.scale("web", 4))) == .reloadInProgress("web"))
         #expect(h.failure(h.command(.restart(.app("web")))) == .reloadInProgress("web"))
@@ -336,7 +336,7 @@ struct RollingReloadTests {
 
     @Test func reloadOfAnUnknownAppIsRejected() {
         let (h, _) = runningApp(workers: 1)
-        let r = h.command(.reload(reloads([v2(workers: 1), makeSpec("nope")])))
+        let r = h.command(.reloadSpecs([v2(workers: 1), makeSpec("nope")]))
         #expect(h.failure(r) == .unknownApp("nope"))
         #expect(h.app()?.reload == nil, "nothing started")
         #expect(h.spawns.count == 1)
@@ -346,7 +346,7 @@ struct RollingReloadTests {
     func interruptingAReloadFailsItAndLeavesACleanState(verb: String) {
         let (h, _) = runningApp(workers: 3)
         h.readyFloor = [:]
-        let r = h.command(.reload(reloads([v2()])))
+        let r = h.command(.reloadSpecs([v2()]))
         h.ready(h.incomingPid("web", 0))
         let interrupt: RequestID
         switch verb {
@@ -387,7 +387,7 @@ struct RollingReloadTests {
     @Test func stoppingAReloadThatGrewTheAppRestoresTheOldCount() {
         let (h, _) = runningApp(workers: 2)
         h.readyFloor = [:]
-        h.command(.reload(reloads([v2(workers: 4)])))
+        h.command(.reloadSpecs([v2(workers: 4)]))
         for _ in 0..<3 { h.readyAll() }
         #expect(h.app()?.slots.count == 4)
         h.command(.stop(.app("web")))
@@ -402,7 +402,7 @@ struct RollingReloadTests {
     @Test func stoppingAReloadThatShrankTheAppRestoresTheOldCount() {
         let (h, _) = runningApp(workers: 3)
         h.readyFloor = [:]
-        h.command(.reload(reloads([v2(workers: 1)])))
+        h.command(.reloadSpecs([v2(workers: 1)]))
         h.readyAll()
         #expect(h.slot("web", 2)?.removing == true, "culling")
         h.command(.stop(.app("web")))
@@ -418,7 +418,7 @@ struct RollingReloadTests {
         h.startReady(makeSpec(workers: 2))
         h.command(.stop(.app("web")))
         h.exitRetiring()
-        let r = h.command(.reload(reloads([v2(workers: 2)])))
+        let r = h.command(.reloadSpecs([v2(workers: 2)]))
         #expect(h.reply(r) == .success("web: config updated (app is stopped)"))
         #expect(h.app()?.generation == 2)
         #expect(h.app()?.lastReload?.succeeded == true)
@@ -436,7 +436,7 @@ struct RollingReloadTests {
             h.startReady(makeSpec(workers: 2))
             h.command(.stop(.app("web")))
             h.exitRetiring()
-            h.command(.reload(reloads([v2(workers: count)])))
+            h.command(.reloadSpecs([v2(workers: count)]))
             #expect(h.app()?.targetCount == count)
             let resume = h.command(.resume(.app("web")))
             h.readyAll()
@@ -449,8 +449,8 @@ struct RollingReloadTests {
         let h = FakeShell()
         h.startReady(makeSpec("web", workers: 1))
         h.startReady(makeSpec("api", workers: 1))
-        let r = h.command(.reload(reloads([makeSpec("web", workers: 1) { $0.env["V"] = "2" },
-                                   makeSpec("api", workers: 1) { $0.env["V"] = "2" }])))
+        let r = h.command(.reloadSpecs([makeSpec("web", workers: 1) { $0.env["V"] = "2" },
+                                   makeSpec("api", workers: 1) { $0.env["V"] = "2" }]))
         h.readyAll("web")
         h.exitRetiring("web")
         #expect(h.reply(r) == nil)
@@ -462,12 +462,12 @@ struct RollingReloadTests {
     @Test func aReloadAfterARollbackNeverReusesALiveGeneration() {
         let (h, _) = runningApp(workers: 2)
         h.readyFloor = [:]
-        h.command(.reload(reloads([v2(workers: 2)])))
+        h.command(.reloadSpecs([v2(workers: 2)]))
         let new0 = h.incomingPid("web", 0)!
         h.ready(new0)
         h.exit(h.incomingPid("web", 1), .exited(1))  // rollback; new0 is still stopping
         #expect(h.sup.worker(pid: new0)?.generation == 2)
-        let r = h.command(.reload(reloads([v2(workers: 2) { $0.env["VERSION"] = "3" }])))
+        let r = h.command(.reloadSpecs([v2(workers: 2) { $0.env["VERSION"] = "3" }]))
         let to = h.app()?.reload?.to
         #expect(to != 2, "generation 2 still has a live worker running another config")
         #expect(h.sup.worker(pid: new0).flatMap { h.app()?.specs[$0.generation]?.env["VERSION"] } == "2")

@@ -409,7 +409,7 @@ struct StopTests {
         let refused = h.start(makeSpec("other", workers: 1))
         #expect(h.failure(refused) == .shuttingDown)
         #expect(h.failure(h.command(.scale("web", 5))) == .shuttingDown)
-        #expect(h.failure(h.command(.reload(reloads([makeSpec("web")])))) == .shuttingDown)
+        #expect(h.failure(h.command(.reloadSpecs([makeSpec("web")]))) == .shuttingDown)
         let second = h.command(.shutdown)
         let pids = h.workers(of: "web").compactMap(\.pid) + h.workers(of: "api").compactMap(\.pid)
         h.exit(pids[0], .exited(1))

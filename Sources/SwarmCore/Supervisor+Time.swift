@@ -1,0 +1,170 @@
+/// Time: the one place that says which instant each state waits for, and
+/// the tick that handles exactly the deadlines that are due.
+extension Supervisor {
+    /// The earliest instant worker `w` waits for in its state, or nil.
+    public func deadline(of w: Worker) -> Instant? {
+        switch w.state {
+        case .queued, .spawning, .killing:
+            return nil
+        case let .starting(readyBy, probeAt, delayReadyAt, memoryAt):
+            return earliest(readyBy, probeAt, delayReadyAt, memoryAt)
+        case let .ready(watchdogBy, healthyAt, swapAt, memoryAt):
+            return earliest(watchdogBy, healthyAt, swapAt, memoryAt)
+        case let .stopping(killAt):
+            return killAt
+        }
+    }
+
+    /// When an empty slot starts its next worker, or nil.
+    func deadline(ofSlot slot: Slot, in app: App) -> Instant? {
+        guard !shuttingDown, app.goal == .running, slot.current == nil, !slot.removing, let t = slot.restartAt else { return nil }
+        if exclusive(app) && !slot.retiring.isEmpty { return nil }  // surge 0: the old worker goes first
+        return t
+    }
+
+    /// An app whose workers hold something they cannot share (`[reload] surge = 0`
+    /// in any generation still around): a slot's next worker starts only once the
+    /// previous one is gone.
+    func isExclusive(_ name: String) -> Bool { apps[name].map(exclusive) ?? false }
+
+    func exclusive(_ app: App) -> Bool {
+        if let r = app.reload, r.surge == 0 { return true }
+        return app.specs.values.contains { $0.reload.surge == 0 }
+    }
+
+    /// The instant the shell's timer must fire at: the earliest deadline, or
+    /// `now` while spawns wait in the queue.
+    public func nextDeadline() -> Instant? {
+        let t = deadlines.min?.priority.time
+        guard queued > 0 else { return t }
+        return t.map { min($0, lastNow) } ?? lastNow
+    }
+
+    mutating func tick(now: Instant) {
+        flushSpawnQueue(now: now)
+        var dueWorkers: [WorkerID] = []
+        var dueSlots: [SlotKey] = []
+        while let top = deadlines.min, top.priority.time <= now {
+            _ = deadlines.popMin()
+            switch top.key {
+            case let .worker(id): dueWorkers.append(id)
+            case let .slot(key): dueSlots.append(key)
+            }
+        }
+        // Workers first, lowest id first, as the core always did; slots in the order they were due.
+        dueWorkers.sort()
+        for id in dueWorkers {
+            dirtyWorkers.insert(id)
+            guard let w = workers[id] else { continue }
+            visit()
+            tickWorker(w, now: now)
+        }
+        for key in dueSlots {
+            dirtySlots.insert(key)
+            visit()
+            startDueSlot(key.app, key.index, now: now)
+        }
+    }
+
+    /// The due deadlines of one worker, by state. Each handler moves the
+    /// deadline it handled (or leaves the state), so a tick never repeats.
+    mutating func tickWorker(_ w: Worker, now: Instant) {
+        let id = w.id
+        switch w.state {
+        case .queued, .spawning, .killing:
+            break
+        case let .starting(readyBy, probeAt, delayReadyAt, memoryAt):
+            if let t = delayReadyAt, t <= now { return markReady(id, now: now) }
+            if readyBy <= now { return readinessTimedOut(id, now: now) }
+            var probe = probeAt, memory = memoryAt
+            if let t = probeAt, t <= now, let pid = w.pid {
+                probe = now + probeInterval
+                out.append(.probeListening(id, pid: pid))
+            }
+            if let t = memoryAt, t <= now, let pid = w.pid {
+                memory = now + memoryInterval
+                out.append(.sampleMemory(pid: pid))
+            }
+            modifyWorker(id) { $0.state = .starting(readyBy: readyBy, probeAt: probe, delayReadyAt: delayReadyAt, memoryAt: memory) }
+        case let .ready(watchdogBy, healthyAt, swapAt, memoryAt):
+            if let t = watchdogBy, t <= now { return watchdogExpired(id, now: now) }
+            var healthy = healthyAt, swap = swapAt, memory = memoryAt
+            if let t = swapAt, t <= now { swap = nil }
+            if let t = healthyAt, t <= now { healthy = nil }
+            if let t = memoryAt, t <= now, let pid = w.pid {
+                memory = now + memoryInterval
+                out.append(.sampleMemory(pid: pid))
+            }
+            modifyWorker(id) { $0.state = .ready(watchdogBy: watchdogBy, healthyAt: healthy, swapAt: swap, memoryAt: memory) }
+            if healthy == nil, healthyAt != nil, slot(w.app, w.slot)?.current == id {
+                modifySlot(w.app, w.slot) { $0.backoff.healthy() }
+            }
+            if swap == nil, swapAt != nil {
+                swapIn(id, now: now)
+                advanceReload(w.app, now: now)
+            }
+        case let .stopping(killAt):
+            guard killAt <= now, let pid = w.pid else { return }
+            modifyWorker(id) { $0.state = .killing }
+            note(.warning, "\(label(w)) still running \(((spec(of: w)?.stop.timeout) ?? .zero).humanReadable) after its stop signal; sending SIGKILL")
+            signal(pid, .kill, group: true)
+        }
+    }
+
+    /// An empty slot whose restart is due starts its worker.
+    mutating func startDueSlot(_ name: String, _ k: Int, now: Instant) {
+        guard let generation = dueGeneration(name, k, now: now) else { return }
+        startWorker(name, slot: k, generation: generation, incoming: false, now: now)
+    }
+
+    /// The generation slot `k` starts now, if its start is due (the App copy ends here, before any mutation).
+    func dueGeneration(_ name: String, _ k: Int, now: Instant) -> Int? {
+        guard let app = apps[name], let slot = app.slots[safe: k], let t = deadline(ofSlot: slot, in: app), t <= now else { return nil }
+        return slot.generation
+    }
+
+    // MARK: - The spawn queue
+
+    /// Asks the shell for the worker's process now if this event still has
+    /// room in its batch and nobody is queued ahead; otherwise queues it.
+    mutating func requestSpawn(_ id: WorkerID, now: Instant) {
+        if queued == 0 && spawnsThisEvent < spawnBatch {
+            emitSpawn(id)
+        } else {
+            modifyWorker(id) { $0.state = .queued }
+            queued += 1
+            spawnQueue.append(id)
+        }
+    }
+
+    mutating func flushSpawnQueue(now: Instant) {
+        while queued > 0 && spawnsThisEvent < spawnBatch, let id = spawnQueue.popFirst() {
+            guard let w = workers[id], case .queued = w.state else { continue }  // dropped while queued
+            visit()
+            queued -= 1
+            emitSpawn(id)
+        }
+    }
+
+    mutating func emitSpawn(_ id: WorkerID) {
+        guard let w = workers[id], let spec = apps[w.app]?.specs[w.generation] else { return }
+        let background = spec.reload.backgroundStart && canRaisePriority && apps[w.app]?.reload?.to == w.generation
+        let nice: Int32? = background ? 19 : nil
+        modifyWorker(id) {
+            $0.state = .spawning
+            $0.niced = nice != nil
+        }
+        spawnsThisEvent += 1
+        out.append(.spawn(SpawnRequest(worker: id, app: w.app, slot: w.slot, generation: w.generation, spec: spec, nice: nice,
+                                       cpu: spec.cpuAffinity?.cpu(forSlot: w.slot, allowed: allowedCPUs))))
+    }
+}
+
+func earliest(_ times: Instant?...) -> Instant? {
+    var best: Instant?
+    for case let t? in times {
+        if let b = best, b <= t { continue }
+        best = t
+    }
+    return best
+}
