@@ -63,21 +63,50 @@ public enum AppConfig {
     /// Largest config file read: anything bigger is a mistake.
     public static let maxFileSize = 1 << 20
     public static let maxWorkers = AppSpec.maxWorkers
+    /// `env_file` lists at most this many files, each at most `maxFileSize` bytes.
+    public static let maxEnvFiles = 16
     /// sched_setaffinity masks swarmd builds hold CPUs 0…1023.
     public static let maxCPU = 1024
+
+    /// Why `name` cannot name an app, or nil if it can: 1 to 64 of a-z, 0-9, _
+    /// and -, and not "all".
+    public static func nameProblem(_ name: String) -> String? {
+        guard !name.isEmpty, name.unicodeScalars.count <= 64,
+              name.unicodeScalars.allSatisfy({ ($0 >= "a" && $0 <= "z") || ($0 >= "0" && $0 <= "9") || $0 == "_" || $0 == "-" }) else {
+            return "'\(printable(name))' is not a valid name: use 1 to 64 of a-z, 0-9, _ and -"
+        }
+        if name == "all" { return "'all' is reserved (it means every app in swarmctl)" }
+        return nil
+    }
+
+    /// `text` with control characters escaped, so that an error quoting user
+    /// input cannot move the cursor or forge a line on a terminal.
+    static func printable(_ text: String, limit: Int = 80) -> String {
+        var out = ""
+        for (i, c) in text.unicodeScalars.enumerated() {
+            if i == limit { out += "…"; break }
+            switch c {
+            case "\n": out += "\\n"
+            case "\t": out += "\\t"
+            case "\r": out += "\\r"
+            case _ where c.value < 0x20 || (0x7F...0x9F).contains(c.value):
+                out += "\\u{\(String(c.value, radix: 16))}"
+            default: out.unicodeScalars.append(c)
+            }
+        }
+        return out
+    }
 
     /// Reads and validates one app config file.
     public static func load(path: String, environment: ConfigEnvironment) throws(ConfigError) -> AppSpec {
         let absolute = absolutePath(path)
-        guard let data = FileManager.default.contents(atPath: absolute) else {
-            let why = FileManager.default.fileExists(atPath: absolute) ? "cannot read the file" : "no such file"
-            throw ConfigError(file: absolute, line: 0, key: nil, message: why)
+        let data: [UInt8]
+        switch ConfigFile.read(path: absolute, limit: maxFileSize) {
+        case let .success(bytes): data = bytes
+        case let .failure(why): throw ConfigError(file: absolute, line: 0, key: nil, message: why.message)
         }
-        guard data.count <= maxFileSize else {
-            throw ConfigError(file: absolute, line: 0, key: nil, message: "file is larger than \(maxFileSize) bytes")
-        }
-        guard let text = String(data: data, encoding: .utf8) else {
-            throw ConfigError(file: absolute, line: 0, key: nil, message: "not UTF-8 text")
+        guard let text = String(validating: data, as: UTF8.self) else {
+            throw ConfigError(file: absolute, line: invalidUTF8Line(data), key: nil, message: "not UTF-8 text")
         }
         return try parse(text: text, path: absolute, environment: environment)
     }
@@ -109,6 +138,18 @@ public enum AppConfig {
         } catch {
             throw ConfigError(file: path, line: 0, key: nil, message: "TOML syntax error: \(error)")
         }
+    }
+
+    /// The line of the first byte sequence that is not UTF-8 (0 if there is none).
+    static func invalidUTF8Line(_ bytes: [UInt8]) -> Int {
+        var line = 1
+        var start = 0
+        for (i, b) in bytes.enumerated() where b == UInt8(ascii: "\n") {
+            if String(validating: bytes[start..<i], as: UTF8.self) == nil { return line }
+            line += 1
+            start = i + 1
+        }
+        return String(validating: bytes[start...], as: UTF8.self) == nil ? line : 0
     }
 
     static func absolutePath(_ path: String) -> String {
@@ -230,14 +271,10 @@ struct Reader {
     }
 
     mutating func app(_ root: TOMLTable) throws(ConfigError) -> AppSpec {
-        try checkKeys(root, allowed: ["name", "command", "workers", "cwd", "env", "inherit_env", "user", "group",
+        try checkKeys(root, allowed: ["name", "command", "workers", "cwd", "env", "env_file", "inherit_env", "user", "group",
                                       "no_new_privs", "cpu_affinity", "socket", "restart", "stop", "ready", "reload", "logs", "limits"], at: "")
         guard let name = try string(root, "name", at: "") else { throw fail("name", "missing: every app needs a name") }
-        guard !name.isEmpty, name.count <= 64,
-              name.allSatisfy({ ($0 >= "a" && $0 <= "z") || ($0 >= "0" && $0 <= "9") || $0 == "_" || $0 == "-" }) else {
-            throw fail("name", "'\(name)' is not a valid name: use 1 to 64 of a-z, 0-9, _ and -")
-        }
-        if name == "all" { throw fail("name", "'all' is reserved (it means every app in swarmctl)") }
+        if let problem = AppConfig.nameProblem(name) { throw fail("name", problem) }
 
         guard let commandValue = root["command"] else {
             throw fail("command", "missing: the program to run, as an array like [\"node\", \"server.js\"]")
@@ -258,7 +295,11 @@ struct Reader {
         let cwd = AppConfig.normalize(cwdText.hasPrefix("/") ? cwdText : configDir + "/" + cwdText)
         guard environment.isDirectory(cwd) else { throw fail("cwd", "'\(cwd)' is not a directory") }
 
+        let envFiles = try self.envFiles(root, configDir: configDir)
         var env: [String: String] = [:]
+        for file in envFiles {
+            for entry in try readEnvFile(file) { env[entry.key] = entry.value }
+        }
         if let envTable = try table(root, "env", at: "") {
             for key in envTable.keys {
                 guard isValidEnvName(key) else { throw fail("env.\(key)", "'\(key)' is not a valid environment variable name") }
@@ -274,8 +315,9 @@ struct Reader {
         var workers: Int
         if let v = root["workers"] {
             if let i = v.int {
-                guard (1...AppConfig.maxWorkers).contains(i) else {
-                    throw fail("workers", "\(i) is out of range (1…\(AppConfig.maxWorkers), or \"auto\")")
+                // 0 is an app that is known and runs no worker, as after `swarmctl scale NAME 0`.
+                guard (0...AppConfig.maxWorkers).contains(i) else {
+                    throw fail("workers", "\(i) is out of range (0…\(AppConfig.maxWorkers), or \"auto\")")
                 }
                 workers = i
             } else if v.string == "auto" {
@@ -290,6 +332,7 @@ struct Reader {
         let sockets = try self.sockets(root, configDir: configDir)
 
         var spec = AppSpec(name: name, command: command, workers: workers, cwd: cwd, env: env, sockets: sockets, sourcePath: path)
+        spec.envFiles = envFiles
         spec.executable = try resolveExecutable(program, cwd: cwd, env: env)
         try checkPlaceholders(command, sockets: sockets)
         spec.inheritEnvironment = try bool(root, "inherit_env", at: "") ?? true
@@ -300,10 +343,13 @@ struct Reader {
         else if sockets.isEmpty { spec.ready.mode = .delay }
         if let t = try table(root, "reload", at: "") {
             try checkKeys(t, allowed: ["surge", "background_start", "hand_over", "min_ready"], at: "reload")
-            spec.reload.surge = try int(t, "surge", at: "reload", range: 1...AppConfig.maxWorkers) ?? 1
+            spec.reload.surge = try int(t, "surge", at: "reload", range: 0...AppConfig.maxWorkers) ?? 1
             spec.reload.backgroundStart = try bool(t, "background_start", at: "reload") ?? true
             spec.reload.handOver = try bool(t, "hand_over", at: "reload") ?? true
             spec.reload.minReady = try duration(t, "min_ready", at: "reload", max: .seconds(3600)) ?? .zero
+            if spec.reload.surge == 0 && spec.reload.minReady > .zero {
+                throw fail("reload.min_ready", "needs surge ≥ 1: with surge = 0 a slot's old worker is stopped before its replacement starts, so no worker serves beside it")
+            }
         }
         spec.cpuAffinity = try cpuAffinity(root)
         if let t = try table(root, "logs", at: "") { spec.logs = try logs(t) }
@@ -323,6 +369,57 @@ struct Reader {
             if !environment.isRoot { throw fail("group", "swarmd is not root: it cannot switch workers to group '\(group)'") }
         }
         return spec
+    }
+
+    /// `env_file = ".env"` or a list of them, relative to the config's folder.
+    func envFiles(_ root: TOMLTable, configDir: String) throws(ConfigError) -> [String] {
+        guard let v = root["env_file"] else { return [] }
+        let expected = "expected a file name like \".env\" or a list of them"
+        let names: [String]
+        if let s = v.string {
+            names = [s]
+        } else if let items = v.array {
+            var list: [String] = []
+            for (i, item) in items.enumerated() {
+                guard let s = item.string else { throw fail("env_file", "element \(i) is \(item.type): \(expected)") }
+                list.append(s)
+            }
+            names = list
+        } else {
+            throw fail("env_file", "\(expected), found \(v.type)")
+        }
+        guard names.count <= AppConfig.maxEnvFiles else { throw fail("env_file", "more than \(AppConfig.maxEnvFiles) files") }
+        var paths: [String] = []
+        for name in names {
+            guard !name.isEmpty else { throw fail("env_file", "a file name is empty") }
+            if name.contains("\0") { throw fail("env_file", "a file name contains a NUL byte") }
+            let full = AppConfig.normalize(name.hasPrefix("/") ? name : configDir + "/" + name)
+            if paths.contains(full) { throw fail("env_file", "'\(full)' is listed twice") }
+            paths.append(full)
+        }
+        return paths
+    }
+
+    /// One env file's variables. Errors about the file as a whole point at the
+    /// config's `env_file` line; errors inside it at the env file's own line.
+    func readEnvFile(_ file: String) throws(ConfigError) -> [DotEnv.Entry] {
+        let bytes: [UInt8]
+        switch ConfigFile.read(path: file, limit: AppConfig.maxFileSize) {
+        case let .success(b): bytes = b
+        case let .failure(why): throw fail("env_file", "'\(file)': \(why.message)")
+        }
+        let from = "(env_file of \(path):\(locator.line(of: "env_file") ?? 0))"
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw ConfigError(file: file, line: AppConfig.invalidUTF8Line(bytes), key: nil, message: "not UTF-8 text \(from)")
+        }
+        if let nul = bytes.firstIndex(of: 0) {
+            let line = bytes[..<nul].reduce(1) { $1 == UInt8(ascii: "\n") ? $0 + 1 : $0 }
+            throw ConfigError(file: file, line: line, key: nil, message: "contains a NUL byte \(from)")
+        }
+        switch DotEnv.parse(text) {
+        case let .success(entries): return entries
+        case let .failure(problem): throw ConfigError(file: file, line: problem.line, key: nil, message: "\(problem.message) \(from)")
+        }
     }
 
     func resolveExecutable(_ program: String, cwd: String, env: [String: String]) throws(ConfigError) -> String {
@@ -369,7 +466,7 @@ struct Reader {
         for (i, item) in array.enumerated() {
             let prefix = "socket[\(i)]"
             guard let t = item.table else { throw fail(prefix, "expected a table, found \(item.type)") }
-            try checkKeys(t, allowed: ["name", "listen", "backlog", "balance", "mode"], at: prefix)
+            try checkKeys(t, allowed: ["name", "listen", "backlog", "balance", "mode", "intercept"], at: prefix)
             let name = try string(t, "name", at: prefix) ?? (i == 0 ? "http" : "")
             guard !name.isEmpty, name.count <= 64, name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" || $0 == "." }), name.allSatisfy(\.isASCII) else {
                 throw fail("\(prefix).name", "'\(name)' is not a valid socket name: use 1 to 64 of A-Z, a-z, 0-9, _, - and .")
@@ -402,7 +499,11 @@ struct Reader {
                 }
                 mode = parsed
             }
-            result.append(SocketSpec(name: name, listen: listen, backlog: Int32(backlog), balance: balance, mode: mode))
+            let intercept = try bool(t, "intercept", at: prefix)
+            if intercept == true && !listen.isTCP {
+                throw fail("\(prefix).intercept", "only TCP sockets can be intercepted: a worker's bind() to a unix path is left alone")
+            }
+            result.append(SocketSpec(name: name, listen: listen, backlog: Int32(backlog), balance: balance, mode: mode, intercept: intercept))
         }
         return result
     }
