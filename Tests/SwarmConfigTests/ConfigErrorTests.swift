@@ -81,7 +81,7 @@ let badConfigs: [BadConfig] = [
               message: "'/usr/bin/node' does not exist or is not executable", environment: fakeEnvironment(executables: [])),
     BadConfig(label: "cwd is not a directory", text: app + "cwd = \"/nope\"\n", line: 3, key: "cwd", message: "'/nope' is not a directory"),
     BadConfig(label: "unknown signal", text: app + "[stop]\nsignal = \"SIGFOO\"\n", line: 4, key: "stop.signal", message: "'SIGFOO' is not a signal"),
-    BadConfig(label: "signal number out of range", text: app + "[stop]\nsignal = 65\n", line: 4, key: "stop.signal", message: "expected a signal name"),
+    BadConfig(label: "signal number out of range", text: app + "[stop]\nsignal = 65\n", line: 4, key: "stop.signal", message: "65 is not a signal number (1…64)"),
     BadConfig(label: "listening without sockets", text: app + "[ready]\nmode = \"listening\"\n", line: 4, key: "ready.mode", message: "needs a [[socket]]"),
     BadConfig(label: "unknown ready mode", text: app + "[ready]\nmode = \"magic\"\n", line: 4, key: "ready.mode", message: "not one of: notify, fd"),
     BadConfig(label: "watchdog without notify", text: app + "[ready]\nmode = \"fd\"\nwatchdog = \"1s\"\n", line: 5, key: "ready.watchdog",
@@ -153,5 +153,78 @@ let badConfigs: [BadConfig] = [
         #expect(error.line == bad.line, "\(error)")
         #expect(error.key == bad.key, "\(error)")
         #expect(error.message.contains(bad.message), "\(error)")
+    }
+}
+
+@Suite struct EveryErrorOfAFileTests {
+    @Test func everyProblemIsReportedInLineOrder() throws {
+        let text = """
+            name = "Web"
+            command = ["node"]
+            workers = -1
+            [[socket]]
+            listen = "localhost:80"
+            [restart]
+            policy = "sometimes"
+            initial_delay = "soon"
+            [stop]
+            signal = "SIGFOO"
+            [logs]
+            keep = 1000
+            colour = true
+            """
+        let error = try #require(parseError(text))
+        #expect(error.all.map(\.line) == [1, 3, 5, 7, 8, 10, 12, 13], "\(error)")
+        #expect(error.all.map(\.key) == ["name", "workers", "socket[0].listen", "restart.policy", "restart.initial_delay", "stop.signal",
+                                         "logs.keep", "logs.colour"], "\(error)")
+        // The first is the error itself, as before there were several.
+        #expect(error.line == 1 && error.key == "name" && error.message.contains("'Web' is not a valid name"))
+        let lines = error.description.split(separator: "\n")
+        #expect(lines.count == 8)
+        #expect(lines.allSatisfy { $0.hasPrefix(configPath + ":") }, "\(error)")
+    }
+
+    @Test func aCheckThatNeedsAFailedValueIsSkipped() throws {
+        // The bad socket must not also make {fd:http} an unknown socket, nor the
+        // listening mode an app without sockets.
+        let sockets = try #require(parseError(app.replacingOccurrences(of: "[\"node\"]", with: "[\"node\", \"{fd:http}\"]")
+                                              + "[[socket]]\nlisten = \"nowhere\"\n[ready]\nmode = \"listening\"\n"))
+        #expect(sockets.all.map(\.key) == ["socket[0].listen"], "\(sockets)")
+        // A bad env entry may be the PATH that finds the command.
+        let env = try #require(parseError("name = \"w\"\ncommand = [\"tool\"]\n[env]\nPATH = [\"/opt\"]\n",
+                                          environment: fakeEnvironment(executables: ["/opt/tool"])))
+        #expect(env.all.map(\.key) == ["env.PATH"], "\(env)")
+        // A bad initial_delay is not compared with max_delay.
+        let delays = try #require(parseError(app + "[restart]\ninitial_delay = \"x\"\nmax_delay = \"10ms\"\n"))
+        #expect(delays.all.map(\.key) == ["restart.initial_delay"], "\(delays)")
+        let watchdog = try #require(parseError(app + "[ready]\nmode = \"notifyy\"\nwatchdog = \"1s\"\n"))
+        #expect(watchdog.all.map(\.key) == ["ready.mode"], "\(watchdog)")
+    }
+
+    @Test func manyErrorsAreCapped() throws {
+        let keys = (0..<60).map { "unknown_\($0) = 1" }.joined(separator: "\n")
+        let error = try #require(parseError(app + keys + "\n"))
+        #expect(error.all.count == ConfigError.maxReported)
+        #expect(error.all.last?.message == "11 more errors not shown", "\(error.all.last!)")
+        #expect(error.all.dropLast().allSatisfy { $0.message.hasPrefix("unknown key") })
+    }
+
+    @Test func controlCharactersInQuotedInputAreEscaped() throws {
+        let error = try #require(parseError(app + "workers = \"\\u001b[2J\\r\\nforged\"\n"))
+        #expect(!error.description.unicodeScalars.contains { $0.value < 0x20 && $0 != "\n" }, "\(error)")
+        #expect(error.description.split(separator: "\n").count == 1)
+        #expect(error.message.contains("'\\u{1b}[2J\\r\\nforged'"), "\(error)")
+    }
+
+    @Test func smallerFixes() throws {
+        // "0" as a string is a size; rate 0 means no limit either way.
+        #expect(try AppConfig.parse(text: app + "[logs]\nrate = \"0\"\n", path: configPath, environment: fakeEnvironment()).logs.rate == 0)
+        #expect(try AppConfig.parse(text: app + "[logs]\nrate = 0\n", path: configPath, environment: fakeEnvironment()).logs.rate == 0)
+        #expect(parseError(app + "[logs]\nmax_size = \"0\"\n")?.message == "must be positive")
+        // TOML's octal integers are file modes too.
+        let spec = try AppConfig.parse(text: app + "[[socket]]\nlisten = \"unix:/run/a.sock\"\nmode = 0o640\n", path: configPath,
+                                       environment: fakeEnvironment())
+        #expect(spec.sockets.first?.mode == 0o640)
+        #expect(parseError(app + "[[socket]]\nlisten = \"unix:/run/a.sock\"\nmode = 0o1777\n")?.message.contains("not an octal file mode") == true)
     }
 }

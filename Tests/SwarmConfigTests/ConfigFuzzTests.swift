@@ -68,9 +68,14 @@ struct ConfigTextGenerator {
             } catch {
                 errors += 1
                 if error.message.hasPrefix("TOML syntax error") { syntaxErrors += 1 }
-                #expect(error.file == configPath)
-                #expect(error.line >= 0 && error.line <= lineCount,
-                        "seed \(String(Self.seed, radix: 16)), case \(index): line \(error.line) of \(lineCount): \(error)")
+                for e in error.all {
+                    #expect(e.file == configPath)
+                    #expect(e.line >= 0 && e.line <= lineCount,
+                            "seed \(String(Self.seed, radix: 16)), case \(index): line \(e.line) of \(lineCount): \(e)")
+                }
+                #expect(error.all.count <= ConfigError.maxReported)
+                #expect(zip(error.all, error.all.dropFirst()).allSatisfy { $0.line <= $1.line }, "not in line order: \(error)")
+                #expect(!error.description.unicodeScalars.contains { ($0.value < 0x20 && $0 != "\n") || $0.value == 0x7F }, "a raw control character: \(error)")
             }
         }
         let elapsed = ContinuousClock.now - started
