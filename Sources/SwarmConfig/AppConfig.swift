@@ -269,6 +269,12 @@ struct Reader {
             throw fail(join(prefix, key), "expected a duration string like \"250ms\", \"10s\" or \"2m\", found \(v.type)")
         }
         guard let d = parseDuration(text) else {
+            // Digits and a unit, but more nanoseconds than fit: a duration, only too long.
+            if let unit = ["ms", "us", "ns", "s", "m", "h"].first(where: { text.trimmedSpaces.hasSuffix($0) }),
+               case let number = text.trimmedSpaces.dropLast(unit.count), !number.isEmpty,
+               number.allSatisfy({ $0.isASCII && $0.isNumber }) {
+                throw fail(join(prefix, key), "'\(text)' is longer than \(max.humanReadable)")
+            }
             throw fail(join(prefix, key), "'\(text)' is not a duration; use a number with ms, s, m or h, like \"250ms\" or \"10s\"")
         }
         guard d <= max else { throw fail(join(prefix, key), "'\(text)' is longer than \(max.humanReadable)") }
@@ -342,6 +348,7 @@ struct Reader {
         let configDir = (path as NSString).deletingLastPathComponent
         let cwd = check { () throws(ConfigError) -> String? in
             let cwdText = try string(root, "cwd", at: "") ?? "."
+            if cwdText.isEmpty { throw fail("cwd", "is empty: use \".\" for the config file's folder") }
             let cwd = AppConfig.normalize(cwdText.hasPrefix("/") ? cwdText : configDir + "/" + cwdText)
             guard environment.isDirectory(cwd) else { throw fail("cwd", "'\(cwd)' is not a directory") }
             return cwd
@@ -439,7 +446,7 @@ struct Reader {
         if let s = v.string { value = s }
         else if let i = v.int { value = String(i) }
         else if let b = v.bool { value = b ? "true" : "false" }
-        else { throw fail("env.\(key)", "expected a string, found \(v.type)") }
+        else { throw fail("env.\(key)", "expected a string, found \(v.type) (integers and booleans are written as text too)") }
         if value.contains("\0") { throw fail("env.\(key)", "contains a NUL byte") }
         return value
     }
@@ -799,6 +806,9 @@ func parseListen(_ text: String, relativeTo dir: String) -> Result<ListenAddress
     if text.hasPrefix("unix:") {
         let p = String(text.dropFirst(5))
         guard !p.isEmpty else { return .failure(ListenError(message: "'\(text)': the unix socket path is empty")) }
+        if p.hasPrefix("@") {
+            return .failure(ListenError(message: "'\(text)': abstract unix sockets are not supported; give a path like \"unix:/run/web.sock\""))
+        }
         // Normalized so that two spellings of one path are seen as the same socket.
         let full = AppConfig.normalize(p.hasPrefix("/") ? p : dir + "/" + p)
         guard full.utf8.count < 108 else {
@@ -825,7 +835,7 @@ func parseListen(_ text: String, relativeTo dir: String) -> Result<ListenAddress
             return .failure(ListenError(message: "'\(host)' is not a numeric IPv4 address (host names are not resolved; use 0.0.0.0 for every interface)"))
         }
     }
-    guard let port = UInt16(portText), port > 0 else {
+    guard portText.allSatisfy({ $0.isASCII && $0.isNumber }), let port = UInt16(portText), port > 0 else {
         return .failure(ListenError(message: "'\(portText)' is not a port (1…65535)"))
     }
     return .success(.tcp(host: host, port: port))

@@ -143,6 +143,16 @@ let badConfigs: [BadConfig] = [
     BadConfig(label: "header [ [", text: app + "[ [a]]\n", line: 3, key: nil, message: "must be contiguous"),
     BadConfig(label: "nested arrays are not headers", text: app + "x = [\n  [[1]],\n  [{a = 1}],\n]\n", line: 3, key: "x", message: "unknown key"),
     BadConfig(label: "NUL byte", text: app + "env.A = \"a\0b\"\n", line: 0, key: nil, message: "NUL byte"),
+    // Inputs that used to get a misleading answer, or none.
+    BadConfig(label: "duration too long to count", text: app + "[stop]\ntimeout = \"99999999999h\"\n", line: 4, key: "stop.timeout",
+              message: "'99999999999h' is longer than 1h"),
+    BadConfig(label: "abstract unix socket", text: app + "[[socket]]\nlisten = \"unix:@web\"\n", line: 4, key: "socket[0].listen",
+              message: "abstract unix sockets are not supported"),
+    BadConfig(label: "port with a sign", text: app + "[[socket]]\nlisten = \"127.0.0.1:+80\"\n", line: 4, key: "socket[0].listen",
+              message: "'+80' is not a port"),
+    BadConfig(label: "empty cwd", text: app + "cwd = \"\"\n", line: 3, key: "cwd", message: "is empty: use \".\""),
+    BadConfig(label: "env value is a float", text: app + "env.A = 1.5\n", line: 3, key: "env.A", message: "found floating-point number"),
+    BadConfig(label: "unknown dotted key", text: app + "\na.b = 1\n", line: 4, key: "a", message: "unknown key"),
 ]
 
 @Suite struct ConfigErrorTests {

@@ -158,3 +158,45 @@ import Testing
         #expect(error.key == "env_file" && error.message.contains("more than 16 files"), "\(error)")
     }
 }
+
+@Suite struct EnvFileFuzzTests {
+    /// Mutated env files: every one loads or fails with an error on a line of
+    /// that file (or of the config), and none crashes or hangs.
+    @Test("env_file parser answers 2,000 mutated files (seed 0x5EEDC0DE0003, or SWARM_FUZZ_SEED)")
+    func envFileParserAnswersEveryText() throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let seed = ProcessInfo.processInfo.environment["SWARM_FUZZ_SEED"].flatMap { UInt64($0, radix: 16) } ?? 0x5EED_C0DE_0003
+        var rng = SplitMix64(seed: seed)
+        let base = ["# c", "export A=1", "B = two words # c", "C='single\nline'", "D=\"dq \\\" \\n\"", "E=", "F=\"multi\nline\"", "", "G=a#b"]
+        let pieces = ["'", "\"", "\\", "#", "=", " ", "\t", "\r", "\n", "export ", "é", "1", "-", "$", "\u{FEFF}", "''", "\"\"", "x"]
+        try dir.write("w.conf", "name = \"w\"\ncommand = [\"/bin/sh\"]\nenv_file = \".env\"\n")
+        let environment = fakeEnvironment(executables: ["/bin/sh"], directories: [dir.path])
+        var loaded = 0, failed = 0
+        for index in 0..<2000 {
+            var chars = Array(base.joined(separator: "\n"))
+            for _ in 0..<Int.random(in: 1..<6, using: &rng) {
+                let at = Int.random(in: 0...chars.count, using: &rng)
+                if Bool.random(using: &rng) || chars.isEmpty {
+                    chars.insert(contentsOf: pieces[Int.random(in: 0..<pieces.count, using: &rng)], at: at)
+                } else {
+                    chars.remove(at: min(at, chars.count - 1))
+                }
+            }
+            let text = String(chars)
+            try dir.write(".env", text)
+            let lines = text.unicodeScalars.reduce(1) { $1 == "\n" ? $0 + 1 : $0 }
+            do {
+                let spec = try AppConfig.load(path: dir.path + "/w.conf", environment: environment)
+                #expect(spec.env.keys.allSatisfy { !$0.isEmpty && !$0.contains("=") })
+                loaded += 1
+            } catch {
+                failed += 1
+                let inEnv = error.file == dir.path + "/.env" && error.line >= 1 && error.line <= lines
+                #expect(inEnv, "seed \(String(seed, radix: 16)), case \(index): \(error)")
+            }
+        }
+        print("env_file fuzz: seed \(String(seed, radix: 16)): \(loaded) loaded, \(failed) errors")
+        #expect(loaded > 100 && failed > 100)
+    }
+}
