@@ -95,6 +95,10 @@ public enum AppConfig {
     /// Largest config file read: anything bigger is a mistake.
     public static let maxFileSize = 1 << 20
     public static let maxWorkers = AppSpec.maxWorkers
+    /// Linux's MAX_ARG_STRLEN: execve fails with E2BIG on a longer argument or
+    /// KEY=value string (NUL included), so a config holding one is refused here
+    /// instead of every spawn failing later.
+    public static let maxArgumentBytes = 131_072
     /// `env_file` lists at most this many files, each at most `maxFileSize` bytes.
     public static let maxEnvFiles = 16
     /// sched_setaffinity masks swarmd builds hold CPUs 0…1023.
@@ -109,6 +113,13 @@ public enum AppConfig {
         }
         if name == "all" { return "'all' is reserved (it means every app in swarmctl)" }
         return nil
+    }
+
+    /// Why KEY=value cannot reach a worker through execve, or nil.
+    static func envSizeProblem(_ key: String, _ value: String) -> String? {
+        let bytes = key.utf8.count + 1 + value.utf8.count
+        guard bytes >= maxArgumentBytes else { return nil }
+        return "\(key)=… is \(bytes) bytes; Linux passes at most \(maxArgumentBytes - 1) per variable"
     }
 
     /// `text` with control characters escaped, so that an error quoting user
@@ -433,6 +444,9 @@ struct Reader {
         for (i, item) in commandArray.enumerated() {
             guard let s = item.string else { throw fail("command", "element \(i) is \(item.type), expected a string") }
             if s.contains("\0") { throw fail("command", "element \(i) contains a NUL byte") }
+            if s.utf8.count >= AppConfig.maxArgumentBytes {
+                throw fail("command", "element \(i) is \(s.utf8.count) bytes; Linux passes at most \(AppConfig.maxArgumentBytes - 1) per argument")
+            }
             command.append(s)
         }
         guard let program = command.first, !program.isEmpty else { throw fail("command", "must not be empty") }
@@ -448,6 +462,7 @@ struct Reader {
         else if let b = v.bool { value = b ? "true" : "false" }
         else { throw fail("env.\(key)", "expected a string, found \(v.type) (integers and booleans are written as text too)") }
         if value.contains("\0") { throw fail("env.\(key)", "contains a NUL byte") }
+        if let problem = AppConfig.envSizeProblem(key, value) { throw fail("env.\(key)", problem) }
         return value
     }
 
@@ -510,7 +525,13 @@ struct Reader {
             throw ConfigError(file: file, line: line, key: nil, message: "contains a NUL byte \(from)")
         }
         switch DotEnv.parse(text) {
-        case let .success(entries): return entries
+        case let .success(entries):
+            for entry in entries {
+                if let problem = AppConfig.envSizeProblem(entry.key, entry.value) {
+                    throw ConfigError(file: file, line: entry.line, key: nil, message: "\(problem) \(from)")
+                }
+            }
+            return entries
         case let .failure(problem): throw ConfigError(file: file, line: problem.line, key: nil, message: "\(problem.message) \(from)")
         }
     }

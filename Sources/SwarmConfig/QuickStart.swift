@@ -50,6 +50,9 @@ public enum QuickStart {
         if let i = command.firstIndex(where: { $0.contains("\0") }) {
             throw QuickStartError(option: "command", message: "argument \(i) contains a NUL byte")
         }
+        if let i = command.firstIndex(where: { $0.utf8.count >= AppConfig.maxArgumentBytes }) {
+            throw QuickStartError(option: "command", message: "argument \(i) is \(command[i].utf8.count) bytes; Linux passes at most \(AppConfig.maxArgumentBytes - 1) per argument")
+        }
         if case let .count(n) = instances, !(0...AppSpec.maxWorkers).contains(n) {
             throw QuickStartError(option: "-i", message: "\(n) is out of range (0…\(AppSpec.maxWorkers), or \"max\")")
         }
@@ -70,6 +73,7 @@ public enum QuickStart {
                 throw QuickStartError(option: "--env", message: "'\(AppConfig.printable(key, limit: 40))' is not a valid environment variable name (use A-Z, a-z, 0-9 and _, not starting with a digit)")
             }
             if value.contains("\0") { throw QuickStartError(option: "--env", message: "the value of \(key) contains a NUL byte") }
+            if let problem = AppConfig.envSizeProblem(key, value) { throw QuickStartError(option: "--env", message: problem) }
             if let i = pairs.firstIndex(where: { $0.0 == key }) { pairs[i].1 = value } else { pairs.append((key, value)) }
         }
 

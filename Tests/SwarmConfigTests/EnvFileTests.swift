@@ -150,6 +150,23 @@ import Testing
         }
     }
 
+    @Test func aVariableTooLongForExecveIsRefusedAtItsLine() throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let long = String(repeating: "v", count: AppConfig.maxArgumentBytes)
+        try dir.write(".env", "A=1\nBIG=\(long)\n")
+        let error = try #require(loadError(dir, "env_file = \".env\"\n"))
+        #expect(error.file == dir.path + "/.env" && error.line == 2, "\(error)")
+        #expect(error.message.hasPrefix("BIG=… is 131076 bytes; Linux passes at most 131071 per variable"), "\(error)")
+        // Just under the limit is fine: "K=" + value + NUL = 131072.
+        try dir.write(".env", "K=\(String(repeating: "v", count: AppConfig.maxArgumentBytes - 3))\n")
+        #expect(try load(dir, "env_file = \".env\"\n").env["K"]?.utf8.count == AppConfig.maxArgumentBytes - 3)
+        let config = try #require(loadError(dir, "[env]\nBIG = \"\(long)\"\n"))
+        #expect(config.key == "env.BIG" && config.line == 4, "\(config)")
+        let argv = try #require(parseError("name = \"w\"\ncommand = [\"node\", \"\(long)\"]\n"))
+        #expect(argv.key == "command" && argv.message.contains("element 1 is 131072 bytes"), "\(argv)")
+    }
+
     @Test func tooManyFiles() throws {
         let dir = try TempDir()
         defer { dir.remove() }
