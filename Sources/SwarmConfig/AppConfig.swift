@@ -32,8 +32,10 @@ public struct ConfigError: Error, Equatable, CustomStringConvertible {
         guard var first = sorted.first else { return nil }
         var rest = Array(sorted.dropFirst().prefix(ConfigError.maxReported - 1))
         if sorted.count > ConfigError.maxReported {
-            rest[rest.count - 1] = ConfigError(file: first.file, line: 0, key: nil,
-                                               message: "\(sorted.count - ConfigError.maxReported + 1) more errors not shown")
+            // In the place of the first one left out, so the list stays in line order.
+            let next = sorted[ConfigError.maxReported - 1]
+            rest[rest.count - 1] = ConfigError(file: next.file, line: next.line, key: nil,
+                                               message: "\(sorted.count - ConfigError.maxReported + 1) more errors from this line on, not shown")
         }
         first.also = rest
         self = first
@@ -630,6 +632,8 @@ struct Reader {
                 mode = UInt32(n)
             } else if let m = v.string, let parsed = UInt32(m, radix: 8), parsed <= 0o777 {
                 mode = parsed
+            } else if let n = v.int {
+                throw fail("\(prefix).mode", "0o\(String(n, radix: 8)) is not a file mode (0o0…0o777)")
             } else {
                 throw fail("\(prefix).mode", "\(v.string.map { "'\($0)'" } ?? "\(v.type)") is not an octal file mode like \"0660\" or 0o660")
             }

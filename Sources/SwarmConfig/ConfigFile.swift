@@ -1,9 +1,8 @@
 import Glibc
 
 /// Why a config (or env) file could not be read, phrased to follow its path.
-public struct FileReadError: Error, Equatable, CustomStringConvertible {
-    public var message: String
-    public var description: String { message }
+struct FileReadError: Error, Equatable {
+    var message: String
 }
 
 /// Reads the small text files a config is made of without trusting what is

@@ -215,7 +215,9 @@ let badConfigs: [BadConfig] = [
         let keys = (0..<60).map { "unknown_\($0) = 1" }.joined(separator: "\n")
         let error = try #require(parseError(app + keys + "\n"))
         #expect(error.all.count == ConfigError.maxReported)
-        #expect(error.all.last?.message == "11 more errors not shown", "\(error.all.last!)")
+        #expect(error.all.last?.message == "11 more errors from this line on, not shown", "\(error.all.last!)")
+        #expect(error.all.last?.line == 3 + 49, "\(error.all.last!)")
+        #expect(zip(error.all, error.all.dropFirst()).allSatisfy { $0.line <= $1.line })
         #expect(error.all.dropLast().allSatisfy { $0.message.hasPrefix("unknown key") })
     }
 
@@ -235,6 +237,7 @@ let badConfigs: [BadConfig] = [
         let spec = try AppConfig.parse(text: app + "[[socket]]\nlisten = \"unix:/run/a.sock\"\nmode = 0o640\n", path: configPath,
                                        environment: fakeEnvironment())
         #expect(spec.sockets.first?.mode == 0o640)
-        #expect(parseError(app + "[[socket]]\nlisten = \"unix:/run/a.sock\"\nmode = 0o1777\n")?.message.contains("not an octal file mode") == true)
+        #expect(parseError(app + "[[socket]]\nlisten = \"unix:/run/a.sock\"\nmode = 0o1777\n")?.message == "0o1777 is not a file mode (0o0…0o777)")
+        #expect(parseError(app + "[[socket]]\nlisten = \"unix:/run/a.sock\"\nmode = \"rw-rw----\"\n")?.message.contains("'rw-rw----' is not an octal file mode") == true)
     }
 }
