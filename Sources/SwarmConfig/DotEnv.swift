@@ -98,7 +98,9 @@ enum DotEnv {
                 skipBlanks()
                 if at(i) == "#" { skipComment() }
                 guard atLineEnd() else {
-                    return .failure(Problem(line: line, message: "unexpected text after the closing quote of '\(key)' (quote the whole value; a comment needs a '#')"))
+                    // A quote left open swallows the lines below it up to the next quote: say where it opened.
+                    let opened = line == keyLine ? "" : ", a value that opened on line \(keyLine)"
+                    return .failure(Problem(line: line, message: "unexpected text after the closing quote of '\(key)'\(opened) (quote the whole value; a comment needs a '#')"))
                 }
             } else {
                 var end = i

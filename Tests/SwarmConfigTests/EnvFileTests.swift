@@ -99,7 +99,8 @@ import Testing
         ("A=1\nB=\"open\nC=2\n", 2, "the double-quoted value of 'B' has no closing \""),
         ("A='open\n", 1, "the single-quoted value of 'A' has no closing '"),
         ("A=\"x\" y\n", 1, "unexpected text after the closing quote of 'A'"),
-        ("A=\"multi\nline\" y\n", 2, "unexpected text after the closing quote of 'A'"),
+        ("A=\"multi\nline\" y\n", 2, "unexpected text after the closing quote of 'A', a value that opened on line 1"),
+        ("A=\"forgot to close\nB=1\nC=\"x\"\n", 3, "of 'A', a value that opened on line 1"),
         ("export\n", 1, "this line has no '='"),
     ])
     func badLinesNameTheEnvFileAndTheConfigLine(text: String, line: Int, message: String) throws {
