@@ -9,18 +9,52 @@ public struct ConfigError: Error, Equatable, CustomStringConvertible {
     public var line: Int
     public var key: String?
     public var message: String
+    /// The file's further errors, in line order: a load reports every problem
+    /// it found, this one (the first) and these.
+    public var also: [ConfigError] = []
 
+    /// At most this many errors of one file are kept; a last one says how many more there were.
+    public static let maxReported = 50
+
+    /// Control characters in `key` and `message` (they quote the user's text)
+    /// are escaped, so an error cannot move a terminal's cursor or forge a line.
     public init(file: String, line: Int, key: String?, message: String) {
         self.file = file
         self.line = line
-        self.key = key
-        self.message = message
+        self.key = key.map { AppConfig.printable($0, limit: 200) }
+        self.message = AppConfig.printable(message, limit: 2000)
     }
 
+    /// The first of `errors` by line (file-wide errors, line 0, first), carrying
+    /// the rest; nil when there are none.
+    init?(collecting errors: [ConfigError]) {
+        let sorted = errors.enumerated().sorted { ($0.element.line, $0.offset) < ($1.element.line, $1.offset) }.map(\.element)
+        guard var first = sorted.first else { return nil }
+        var rest = Array(sorted.dropFirst().prefix(ConfigError.maxReported - 1))
+        if sorted.count > ConfigError.maxReported {
+            // In the place of the first one left out, so the list stays in line order.
+            let next = sorted[ConfigError.maxReported - 1]
+            rest[rest.count - 1] = ConfigError(file: next.file, line: next.line, key: nil,
+                                               message: "\(sorted.count - ConfigError.maxReported + 1) more errors from this line on, not shown")
+        }
+        first.also = rest
+        self = first
+    }
+
+    /// This error and the further ones, each on its own.
+    public var all: [ConfigError] {
+        var head = self
+        head.also = []
+        return [head] + also
+    }
+
+    /// One line per error.
     public var description: String {
-        let place = line > 0 ? "\(file):\(line)" : file
-        if let key { return "\(place): \(key): \(message)" }
-        return "\(place): \(message)"
+        all.map { e in
+            let place = e.line > 0 ? "\(AppConfig.printable(e.file, limit: 4096)):\(e.line)" : AppConfig.printable(e.file, limit: 4096)
+            if let key = e.key { return "\(place): \(key): \(e.message)" }
+            return "\(place): \(e.message)"
+        }.joined(separator: "\n")
     }
 }
 
@@ -63,21 +97,61 @@ public enum AppConfig {
     /// Largest config file read: anything bigger is a mistake.
     public static let maxFileSize = 1 << 20
     public static let maxWorkers = AppSpec.maxWorkers
+    /// Linux's MAX_ARG_STRLEN: execve fails with E2BIG on a longer argument or
+    /// KEY=value string (NUL included), so a config holding one is refused here
+    /// instead of every spawn failing later.
+    public static let maxArgumentBytes = 131_072
+    /// `env_file` lists at most this many files, each at most `maxFileSize` bytes.
+    public static let maxEnvFiles = 16
     /// sched_setaffinity masks swarmd builds hold CPUs 0…1023.
     public static let maxCPU = 1024
+
+    /// Why `name` cannot name an app, or nil if it can: 1 to 64 of a-z, 0-9, _
+    /// and -, and not "all".
+    public static func nameProblem(_ name: String) -> String? {
+        guard !name.isEmpty, name.unicodeScalars.count <= 64,
+              name.unicodeScalars.allSatisfy({ ($0 >= "a" && $0 <= "z") || ($0 >= "0" && $0 <= "9") || $0 == "_" || $0 == "-" }) else {
+            return "'\(printable(name))' is not a valid name: use 1 to 64 of a-z, 0-9, _ and -"
+        }
+        if name == "all" { return "'all' is reserved (it means every app in swarmctl)" }
+        return nil
+    }
+
+    /// Why KEY=value cannot reach a worker through execve, or nil.
+    static func envSizeProblem(_ key: String, _ value: String) -> String? {
+        let bytes = key.utf8.count + 1 + value.utf8.count
+        guard bytes >= maxArgumentBytes else { return nil }
+        return "\(key)=… is \(bytes) bytes; Linux passes at most \(maxArgumentBytes - 1) per variable"
+    }
+
+    /// `text` with control characters escaped, so that an error quoting user
+    /// input cannot move the cursor or forge a line on a terminal.
+    static func printable(_ text: String, limit: Int = 80) -> String {
+        var out = ""
+        for (i, c) in text.unicodeScalars.enumerated() {
+            if i == limit { out += "…"; break }
+            switch c {
+            case "\n": out += "\\n"
+            case "\t": out += "\\t"
+            case "\r": out += "\\r"
+            case _ where c.value < 0x20 || (0x7F...0x9F).contains(c.value):
+                out += "\\u{\(String(c.value, radix: 16))}"
+            default: out.unicodeScalars.append(c)
+            }
+        }
+        return out
+    }
 
     /// Reads and validates one app config file.
     public static func load(path: String, environment: ConfigEnvironment) throws(ConfigError) -> AppSpec {
         let absolute = absolutePath(path)
-        guard let data = FileManager.default.contents(atPath: absolute) else {
-            let why = FileManager.default.fileExists(atPath: absolute) ? "cannot read the file" : "no such file"
-            throw ConfigError(file: absolute, line: 0, key: nil, message: why)
+        let data: [UInt8]
+        switch ConfigFile.read(path: absolute, limit: maxFileSize) {
+        case let .success(bytes): data = bytes
+        case let .failure(why): throw ConfigError(file: absolute, line: 0, key: nil, message: why.message)
         }
-        guard data.count <= maxFileSize else {
-            throw ConfigError(file: absolute, line: 0, key: nil, message: "file is larger than \(maxFileSize) bytes")
-        }
-        guard let text = String(data: data, encoding: .utf8) else {
-            throw ConfigError(file: absolute, line: 0, key: nil, message: "not UTF-8 text")
+        guard let text = String(validating: data, as: UTF8.self) else {
+            throw ConfigError(file: absolute, line: invalidUTF8Line(data), key: nil, message: "not UTF-8 text")
         }
         return try parse(text: text, path: absolute, environment: environment)
     }
@@ -111,6 +185,18 @@ public enum AppConfig {
         }
     }
 
+    /// The line of the first byte sequence that is not UTF-8 (0 if there is none).
+    static func invalidUTF8Line(_ bytes: [UInt8]) -> Int {
+        var line = 1
+        var start = 0
+        for (i, b) in bytes.enumerated() where b == UInt8(ascii: "\n") {
+            if String(validating: bytes[start..<i], as: UTF8.self) == nil { return line }
+            line += 1
+            start = i + 1
+        }
+        return String(validating: bytes[start...], as: UTF8.self) == nil ? line : 0
+    }
+
     static func absolutePath(_ path: String) -> String {
         if path.hasPrefix("/") { return normalize(path) }
         return normalize(FileManager.default.currentDirectoryPath + "/" + path)
@@ -127,23 +213,45 @@ public enum AppConfig {
     }
 }
 
-/// Walks the parsed table, converting each key and reporting the first
-/// problem with its line.
+/// Where a Reader's errors gather: every check of a file runs, and the
+/// load fails at the end with all of them.
+final class ErrorSink {
+    var errors: [ConfigError] = []
+}
+
+/// Walks the parsed table, converting each key and reporting every problem
+/// with its line.
 struct Reader {
     let path: String
     let locator: KeyLocator
     let environment: ConfigEnvironment
+    let sink = ErrorSink()
+
+    init(path: String, locator: KeyLocator, environment: ConfigEnvironment) {
+        self.path = path
+        self.locator = locator
+        self.environment = environment
+    }
 
     func fail(_ key: String, _ message: String) -> ConfigError {
         ConfigError(file: path, line: locator.line(of: key) ?? 0, key: key, message: message)
     }
 
-    func checkKeys(_ table: TOMLTable, allowed: [String], at prefix: String) throws(ConfigError) {
+    /// One check that does not depend on the others: its error is recorded
+    /// and nil stands in for its value.
+    func check<T>(_ body: () throws(ConfigError) -> T?) -> T? {
+        do { return try body() } catch {
+            sink.errors.append(error)
+            return nil
+        }
+    }
+
+    func checkKeys(_ table: TOMLTable, allowed: [String], at prefix: String) {
         for key in table.keys where !allowed.contains(key) {
             let full = prefix.isEmpty ? key : "\(prefix).\(key)"
             let hint = allowed.min(by: { editDistance($0, key) < editDistance($1, key) })
                 .flatMap { editDistance($0, key) <= 2 ? " (did you mean '\($0)'?)" : nil } ?? ""
-            throw fail(full, "unknown key\(hint); allowed here: \(allowed.joined(separator: ", "))")
+            sink.errors.append(fail(full, "unknown key\(hint); allowed here: \(allowed.joined(separator: ", "))"))
         }
     }
 
@@ -174,21 +282,29 @@ struct Reader {
             throw fail(join(prefix, key), "expected a duration string like \"250ms\", \"10s\" or \"2m\", found \(v.type)")
         }
         guard let d = parseDuration(text) else {
+            // Digits and a unit, but more nanoseconds than fit: a duration, only too long.
+            if let unit = ["ms", "us", "ns", "s", "m", "h"].first(where: { text.trimmedSpaces.hasSuffix($0) }),
+               case let number = text.trimmedSpaces.dropLast(unit.count), !number.isEmpty,
+               number.allSatisfy({ $0.isASCII && $0.isNumber }) {
+                throw fail(join(prefix, key), "'\(text)' is longer than \(max.humanReadable)")
+            }
             throw fail(join(prefix, key), "'\(text)' is not a duration; use a number with ms, s, m or h, like \"250ms\" or \"10s\"")
         }
         guard d <= max else { throw fail(join(prefix, key), "'\(text)' is longer than \(max.humanReadable)") }
         return d
     }
 
-    func size(_ t: TOMLTable, _ key: String, at prefix: String) throws(ConfigError) -> Int64? {
+    func size(_ t: TOMLTable, _ key: String, at prefix: String, zeroAllowed: Bool = false) throws(ConfigError) -> Int64? {
         guard let v = t[key] else { return nil }
+        let n: Int64
         if let i = v.int {
-            guard i > 0 else { throw fail(join(prefix, key), "must be positive") }
-            return Int64(i)
-        }
-        guard let s = v.string, let n = parseSize(s), n > 0 else {
+            n = Int64(i)
+        } else if let s = v.string, let parsed = parseSize(s) {
+            n = parsed
+        } else {
             throw fail(join(prefix, key), "expected a size like \"10MiB\", \"512KiB\" or a byte count")
         }
+        if n < 0 || (n == 0 && !zeroAllowed) { throw fail(join(prefix, key), "must be positive") }
         return n
     }
 
@@ -230,15 +346,96 @@ struct Reader {
     }
 
     mutating func app(_ root: TOMLTable) throws(ConfigError) -> AppSpec {
-        try checkKeys(root, allowed: ["name", "command", "workers", "cwd", "env", "inherit_env", "user", "group",
-                                      "no_new_privs", "cpu_affinity", "socket", "restart", "stop", "ready", "reload", "logs", "limits"], at: "")
-        guard let name = try string(root, "name", at: "") else { throw fail("name", "missing: every app needs a name") }
-        guard !name.isEmpty, name.count <= 64,
-              name.allSatisfy({ ($0 >= "a" && $0 <= "z") || ($0 >= "0" && $0 <= "9") || $0 == "_" || $0 == "-" }) else {
-            throw fail("name", "'\(name)' is not a valid name: use 1 to 64 of a-z, 0-9, _ and -")
+        checkKeys(root, allowed: ["name", "command", "workers", "cwd", "env", "env_file", "inherit_env", "user", "group",
+                                  "no_new_privs", "cpu_affinity", "socket", "restart", "stop", "ready", "reload", "logs", "limits"], at: "")
+        // Each check below stands alone: its error is recorded and the next one still runs,
+        // so one load reports every problem of the file. Checks that need an earlier
+        // value (the executable needs command, cwd and env) are skipped when it failed.
+        let name = check { () throws(ConfigError) -> String? in
+            guard let name = try string(root, "name", at: "") else { throw fail("name", "missing: every app needs a name") }
+            if let problem = AppConfig.nameProblem(name) { throw fail("name", problem) }
+            return name
         }
-        if name == "all" { throw fail("name", "'all' is reserved (it means every app in swarmctl)") }
+        let command = check { () throws(ConfigError) -> [String]? in try self.command(root) }
 
+        let configDir = (path as NSString).deletingLastPathComponent
+        let cwd = check { () throws(ConfigError) -> String? in
+            let cwdText = try string(root, "cwd", at: "") ?? "."
+            if cwdText.isEmpty { throw fail("cwd", "is empty: use \".\" for the config file's folder") }
+            let cwd = AppConfig.normalize(cwdText.hasPrefix("/") ? cwdText : configDir + "/" + cwdText)
+            guard environment.isDirectory(cwd) else { throw fail("cwd", "'\(cwd)' is not a directory") }
+            return cwd
+        }
+
+        let envFiles = check { () throws(ConfigError) -> [String]? in try self.envFiles(root, configDir: configDir) }
+        var envComplete = envFiles != nil
+        var env: [String: String] = [:]
+        for file in envFiles ?? [] {
+            guard let entries = check({ () throws(ConfigError) -> [DotEnv.Entry]? in try readEnvFile(file) }) else {
+                envComplete = false
+                continue
+            }
+            for entry in entries { env[entry.key] = entry.value }
+        }
+        if let envTable = check({ () throws(ConfigError) -> TOMLTable? in try table(root, "env", at: "") }) {
+            for key in envTable.keys {
+                if let value = check({ () throws(ConfigError) -> String? in try envValue(envTable, key) }) {
+                    env[key] = value
+                } else {
+                    envComplete = false
+                }
+            }
+        } else if root["env"] != nil {
+            envComplete = false
+        }
+
+        let workers = check { () throws(ConfigError) -> Int? in try self.workers(root) } ?? 1
+        let (sockets, socketsComplete) = self.sockets(root, configDir: configDir)
+
+        var spec = AppSpec(name: name ?? "", command: command ?? [], workers: workers, cwd: cwd ?? "/", env: env, sockets: sockets, sourcePath: path)
+        spec.envFiles = envFiles ?? []
+        if let command, let cwd, envComplete {
+            spec.executable = check { () throws(ConfigError) -> String? in try resolveExecutable(command[0], cwd: cwd, env: env) } ?? ""
+        }
+        if let command, socketsComplete {
+            _ = check { () throws(ConfigError) -> Bool? in try checkPlaceholders(command, sockets: sockets); return true }
+        }
+        spec.inheritEnvironment = check { () throws(ConfigError) -> Bool? in try bool(root, "inherit_env", at: "") } ?? true
+
+        // An app whose sockets failed to parse may well have some: do not add a second error about [ready].
+        let hasSockets = !sockets.isEmpty || !socketsComplete
+        if let t = check({ () throws(ConfigError) -> TOMLTable? in try table(root, "restart", at: "") }) { spec.restart = restart(t) }
+        if let t = check({ () throws(ConfigError) -> TOMLTable? in try table(root, "stop", at: "") }) { spec.stop = stop(t) }
+        if let t = check({ () throws(ConfigError) -> TOMLTable? in try table(root, "ready", at: "") }) {
+            spec.ready = ready(t, hasSockets: hasSockets)
+        } else if !hasSockets {
+            spec.ready.mode = .delay
+        }
+        if let t = check({ () throws(ConfigError) -> TOMLTable? in try table(root, "reload", at: "") }) { spec.reload = reload(t) }
+        spec.cpuAffinity = check { () throws(ConfigError) -> CPUAffinity? in try cpuAffinity(root) }
+        if let t = check({ () throws(ConfigError) -> TOMLTable? in try table(root, "logs", at: "") }) { spec.logs = logs(t) }
+        if let t = check({ () throws(ConfigError) -> TOMLTable? in try table(root, "limits", at: "") }) { (spec.limits, spec.memoryLimit) = limits(t) }
+
+        spec.user = check { () throws(ConfigError) -> String? in
+            guard let user = try string(root, "user", at: "") else { return nil }
+            guard let found = environment.lookupUser(user) else { throw fail("user", "no user named '\(user)'") }
+            if !environment.isRoot && found.uid != environment.currentUID {
+                throw fail("user", "swarmd runs as uid \(environment.currentUID), not root: it cannot run workers as '\(user)'")
+            }
+            return user
+        }
+        spec.group = check { () throws(ConfigError) -> String? in
+            guard let group = try string(root, "group", at: "") else { return nil }
+            guard environment.lookupGroup(group) != nil else { throw fail("group", "no group named '\(group)'") }
+            if !environment.isRoot { throw fail("group", "swarmd is not root: it cannot switch workers to group '\(group)'") }
+            return group
+        }
+        spec.noNewPrivileges = check { () throws(ConfigError) -> Bool? in try bool(root, "no_new_privs", at: "") } ?? false
+        if let error = ConfigError(collecting: sink.errors) { throw error }
+        return spec
+    }
+
+    func command(_ root: TOMLTable) throws(ConfigError) -> [String] {
         guard let commandValue = root["command"] else {
             throw fail("command", "missing: the program to run, as an array like [\"node\", \"server.js\"]")
         }
@@ -249,80 +446,96 @@ struct Reader {
         for (i, item) in commandArray.enumerated() {
             guard let s = item.string else { throw fail("command", "element \(i) is \(item.type), expected a string") }
             if s.contains("\0") { throw fail("command", "element \(i) contains a NUL byte") }
+            if s.utf8.count >= AppConfig.maxArgumentBytes {
+                throw fail("command", "element \(i) is \(s.utf8.count) bytes; Linux passes at most \(AppConfig.maxArgumentBytes - 1) per argument")
+            }
             command.append(s)
         }
         guard let program = command.first, !program.isEmpty else { throw fail("command", "must not be empty") }
+        return command
+    }
 
-        let configDir = (path as NSString).deletingLastPathComponent
-        let cwdText = try string(root, "cwd", at: "") ?? "."
-        let cwd = AppConfig.normalize(cwdText.hasPrefix("/") ? cwdText : configDir + "/" + cwdText)
-        guard environment.isDirectory(cwd) else { throw fail("cwd", "'\(cwd)' is not a directory") }
+    func envValue(_ envTable: TOMLTable, _ key: String) throws(ConfigError) -> String {
+        guard isValidEnvName(key) else { throw fail("env.\(key)", "'\(key)' is not a valid environment variable name") }
+        let v = envTable[key]!
+        let value: String
+        if let s = v.string { value = s }
+        else if let i = v.int { value = String(i) }
+        else if let b = v.bool { value = b ? "true" : "false" }
+        else { throw fail("env.\(key)", "expected a string, found \(v.type) (integers and booleans are written as text too)") }
+        if value.contains("\0") { throw fail("env.\(key)", "contains a NUL byte") }
+        if let problem = AppConfig.envSizeProblem(key, value) { throw fail("env.\(key)", problem) }
+        return value
+    }
 
-        var env: [String: String] = [:]
-        if let envTable = try table(root, "env", at: "") {
-            for key in envTable.keys {
-                guard isValidEnvName(key) else { throw fail("env.\(key)", "'\(key)' is not a valid environment variable name") }
-                let v = envTable[key]!
-                if let s = v.string { env[key] = s }
-                else if let i = v.int { env[key] = String(i) }
-                else if let b = v.bool { env[key] = b ? "true" : "false" }
-                else { throw fail("env.\(key)", "expected a string, found \(v.type)") }
-                if env[key]!.contains("\0") { throw fail("env.\(key)", "contains a NUL byte") }
+    func workers(_ root: TOMLTable) throws(ConfigError) -> Int {
+        guard let v = root["workers"] else { return 1 }
+        if let i = v.int {
+            // 0 is an app that is known and runs no worker, as after `swarmctl scale NAME 0`.
+            guard (0...AppConfig.maxWorkers).contains(i) else {
+                throw fail("workers", "\(i) is out of range (0…\(AppConfig.maxWorkers), or \"auto\")")
             }
+            return i
         }
+        if v.string == "auto" { return max(1, environment.cpuCount()) }
+        throw fail("workers", "expected a number of workers or \"auto\", found \(v.type == .string ? "'\(v.string!)'" : "\(v.type)")")
+    }
 
-        var workers: Int
-        if let v = root["workers"] {
-            if let i = v.int {
-                guard (1...AppConfig.maxWorkers).contains(i) else {
-                    throw fail("workers", "\(i) is out of range (1…\(AppConfig.maxWorkers), or \"auto\")")
-                }
-                workers = i
-            } else if v.string == "auto" {
-                workers = max(1, environment.cpuCount())
-            } else {
-                throw fail("workers", "expected a number of workers or \"auto\", found \(v.type == .string ? "'\(v.string!)'" : "\(v.type)")")
+    /// `env_file = ".env"` or a list of them, relative to the config's folder.
+    func envFiles(_ root: TOMLTable, configDir: String) throws(ConfigError) -> [String] {
+        guard let v = root["env_file"] else { return [] }
+        let expected = "expected a file name like \".env\" or a list of them"
+        let names: [String]
+        if let s = v.string {
+            names = [s]
+        } else if let items = v.array {
+            var list: [String] = []
+            for (i, item) in items.enumerated() {
+                guard let s = item.string else { throw fail("env_file", "element \(i) is \(item.type): \(expected)") }
+                list.append(s)
             }
+            names = list
         } else {
-            workers = 1
+            throw fail("env_file", "\(expected), found \(v.type)")
         }
-
-        let sockets = try self.sockets(root, configDir: configDir)
-
-        var spec = AppSpec(name: name, command: command, workers: workers, cwd: cwd, env: env, sockets: sockets, sourcePath: path)
-        spec.executable = try resolveExecutable(program, cwd: cwd, env: env)
-        try checkPlaceholders(command, sockets: sockets)
-        spec.inheritEnvironment = try bool(root, "inherit_env", at: "") ?? true
-
-        if let t = try table(root, "restart", at: "") { spec.restart = try restart(t) }
-        if let t = try table(root, "stop", at: "") { spec.stop = try stop(t) }
-        if let t = try table(root, "ready", at: "") { spec.ready = try ready(t, hasSockets: !sockets.isEmpty) }
-        else if sockets.isEmpty { spec.ready.mode = .delay }
-        if let t = try table(root, "reload", at: "") {
-            try checkKeys(t, allowed: ["surge", "background_start", "hand_over", "min_ready"], at: "reload")
-            spec.reload.surge = try int(t, "surge", at: "reload", range: 1...AppConfig.maxWorkers) ?? 1
-            spec.reload.backgroundStart = try bool(t, "background_start", at: "reload") ?? true
-            spec.reload.handOver = try bool(t, "hand_over", at: "reload") ?? true
-            spec.reload.minReady = try duration(t, "min_ready", at: "reload", max: .seconds(3600)) ?? .zero
+        guard names.count <= AppConfig.maxEnvFiles else { throw fail("env_file", "more than \(AppConfig.maxEnvFiles) files") }
+        var paths: [String] = []
+        for name in names {
+            guard !name.isEmpty else { throw fail("env_file", "a file name is empty") }
+            if name.contains("\0") { throw fail("env_file", "a file name contains a NUL byte") }
+            let full = AppConfig.normalize(name.hasPrefix("/") ? name : configDir + "/" + name)
+            if paths.contains(full) { throw fail("env_file", "'\(full)' is listed twice") }
+            paths.append(full)
         }
-        spec.cpuAffinity = try cpuAffinity(root)
-        if let t = try table(root, "logs", at: "") { spec.logs = try logs(t) }
-        if let t = try table(root, "limits", at: "") { (spec.limits, spec.memoryLimit) = try limits(t) }
+        return paths
+    }
 
-        spec.user = try string(root, "user", at: "")
-        spec.group = try string(root, "group", at: "")
-        spec.noNewPrivileges = try bool(root, "no_new_privs", at: "") ?? false
-        if let user = spec.user {
-            guard let found = environment.lookupUser(user) else { throw fail("user", "no user named '\(user)'") }
-            if !environment.isRoot && found.uid != environment.currentUID {
-                throw fail("user", "swarmd runs as uid \(environment.currentUID), not root: it cannot run workers as '\(user)'")
+    /// One env file's variables. Errors about the file as a whole point at the
+    /// config's `env_file` line; errors inside it at the env file's own line.
+    func readEnvFile(_ file: String) throws(ConfigError) -> [DotEnv.Entry] {
+        let bytes: [UInt8]
+        switch ConfigFile.read(path: file, limit: AppConfig.maxFileSize) {
+        case let .success(b): bytes = b
+        case let .failure(why): throw fail("env_file", "'\(file)': \(why.message)")
+        }
+        let from = "(env_file of \(path):\(locator.line(of: "env_file") ?? 0))"
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw ConfigError(file: file, line: AppConfig.invalidUTF8Line(bytes), key: nil, message: "not UTF-8 text \(from)")
+        }
+        if let nul = bytes.firstIndex(of: 0) {
+            let line = bytes[..<nul].reduce(1) { $1 == UInt8(ascii: "\n") ? $0 + 1 : $0 }
+            throw ConfigError(file: file, line: line, key: nil, message: "contains a NUL byte \(from)")
+        }
+        switch DotEnv.parse(text) {
+        case let .success(entries):
+            for entry in entries {
+                if let problem = AppConfig.envSizeProblem(entry.key, entry.value) {
+                    throw ConfigError(file: file, line: entry.line, key: nil, message: "\(problem) \(from)")
+                }
             }
+            return entries
+        case let .failure(problem): throw ConfigError(file: file, line: problem.line, key: nil, message: "\(problem.message) \(from)")
         }
-        if let group = spec.group {
-            guard environment.lookupGroup(group) != nil else { throw fail("group", "no group named '\(group)'") }
-            if !environment.isRoot { throw fail("group", "swarmd is not root: it cannot switch workers to group '\(group)'") }
-        }
-        return spec
     }
 
     func resolveExecutable(_ program: String, cwd: String, env: [String: String]) throws(ConfigError) -> String {
@@ -362,154 +575,218 @@ struct Reader {
         }
     }
 
-    func sockets(_ root: TOMLTable, configDir: String) throws(ConfigError) -> [SocketSpec] {
-        guard let v = root["socket"] else { return [] }
-        guard let array = v.array else { throw fail("socket", "expected [[socket]] tables, found \(v.type)") }
-        var result: [SocketSpec] = []
-        for (i, item) in array.enumerated() {
-            let prefix = "socket[\(i)]"
-            guard let t = item.table else { throw fail(prefix, "expected a table, found \(item.type)") }
-            try checkKeys(t, allowed: ["name", "listen", "backlog", "balance", "mode"], at: prefix)
-            let name = try string(t, "name", at: prefix) ?? (i == 0 ? "http" : "")
-            guard !name.isEmpty, name.count <= 64, name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" || $0 == "." }), name.allSatisfy(\.isASCII) else {
-                throw fail("\(prefix).name", "'\(name)' is not a valid socket name: use 1 to 64 of A-Z, a-z, 0-9, _, - and .")
-            }
-            if result.contains(where: { $0.name == name }) { throw fail("\(prefix).name", "a socket named '\(name)' is already defined") }
-            guard let listenText = try string(t, "listen", at: prefix) else {
-                throw fail(prefix, "missing 'listen': an address like \"127.0.0.1:8080\", \"[::]:8080\" or \"unix:/run/web.sock\"")
-            }
-            let listen: ListenAddress
-            switch parseListen(listenText, relativeTo: configDir) {
-            case let .success(a): listen = a
-            case let .failure(why): throw fail("\(prefix).listen", why.message)
-            }
-            if let other = result.first(where: { $0.listen == listen }) {
-                throw fail("\(prefix).listen", "\(listen) is already used by socket '\(other.name)'")
-            }
-            let backlog = try int(t, "backlog", at: prefix, range: 1...65535) ?? 1024
-            var balance = Balance.reuseport
-            if let b = try string(t, "balance", at: prefix) {
-                guard let parsed = Balance(rawValue: b) else {
-                    throw fail("\(prefix).balance", "'\(b)' is not one of: reuseport, shared")
-                }
-                balance = parsed
-            }
-            var mode: UInt32?
-            if let m = try string(t, "mode", at: prefix) {
-                guard case .unix = listen else { throw fail("\(prefix).mode", "only unix sockets have a file mode") }
-                guard let parsed = UInt32(m, radix: 8), parsed <= 0o777 else {
-                    throw fail("\(prefix).mode", "'\(m)' is not an octal file mode like \"0660\"")
-                }
-                mode = parsed
-            }
-            result.append(SocketSpec(name: name, listen: listen, backlog: Int32(backlog), balance: balance, mode: mode))
+    /// The sockets that parsed, and whether every one did (a later check that
+    /// looks a socket up by name is skipped otherwise).
+    func sockets(_ root: TOMLTable, configDir: String) -> ([SocketSpec], Bool) {
+        guard let v = root["socket"] else { return ([], true) }
+        guard let array = v.array else {
+            sink.errors.append(fail("socket", "expected [[socket]] tables, found \(v.type)"))
+            return ([], false)
         }
-        return result
+        var result: [SocketSpec] = []
+        var complete = true
+        for (i, item) in array.enumerated() {
+            if let socket = check({ () throws(ConfigError) -> SocketSpec? in try self.socket(item, index: i, configDir: configDir, before: result) }) {
+                result.append(socket)
+            } else {
+                complete = false
+            }
+        }
+        return (result, complete)
     }
 
-    func restart(_ t: TOMLTable) throws(ConfigError) -> RestartPolicy {
-        let p = "restart"
-        try checkKeys(t, allowed: ["policy", "initial_delay", "max_delay", "reset_after", "crash_loop_restarts", "crash_loop_window"], at: p)
-        var r = RestartPolicy()
-        if let s = try string(t, "policy", at: p) {
-            guard let mode = RestartMode(rawValue: s) else { throw fail("\(p).policy", "'\(s)' is not one of: always, on-failure, never") }
-            r.mode = mode
+    func socket(_ item: TOMLValueConvertible, index i: Int, configDir: String, before result: [SocketSpec]) throws(ConfigError) -> SocketSpec {
+        let prefix = "socket[\(i)]"
+        guard let t = item.table else { throw fail(prefix, "expected a table, found \(item.type)") }
+        checkKeys(t, allowed: ["name", "listen", "backlog", "balance", "mode", "intercept"], at: prefix)
+        let name = try string(t, "name", at: prefix) ?? (i == 0 ? "http" : "")
+        guard !name.isEmpty, name.unicodeScalars.count <= 64,
+              name.unicodeScalars.allSatisfy({ $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || "_-.".unicodeScalars.contains($0)) }) else {
+            throw fail("\(prefix).name", "'\(name)' is not a valid socket name: use 1 to 64 of A-Z, a-z, 0-9, _, - and .")
         }
-        r.initialDelay = try duration(t, "initial_delay", at: p) ?? r.initialDelay
-        r.maxDelay = try duration(t, "max_delay", at: p) ?? r.maxDelay
-        r.resetAfter = try duration(t, "reset_after", at: p) ?? r.resetAfter
-        r.crashLoopRestarts = try int(t, "crash_loop_restarts", at: p, range: 1...1000) ?? r.crashLoopRestarts
-        r.crashLoopWindow = try duration(t, "crash_loop_window", at: p) ?? r.crashLoopWindow
-        if r.maxDelay < r.initialDelay { throw fail("\(p).max_delay", "must not be shorter than initial_delay (\(r.initialDelay.humanReadable))") }
+        if result.contains(where: { $0.name == name }) { throw fail("\(prefix).name", "a socket named '\(name)' is already defined") }
+        guard let listenText = try string(t, "listen", at: prefix) else {
+            throw fail(prefix, "missing 'listen': an address like \"127.0.0.1:8080\", \"[::]:8080\" or \"unix:/run/web.sock\"")
+        }
+        let listen: ListenAddress
+        switch parseListen(listenText, relativeTo: configDir) {
+        case let .success(a): listen = a
+        case let .failure(why): throw fail("\(prefix).listen", why.message)
+        }
+        if let other = result.first(where: { $0.listen == listen }) {
+            throw fail("\(prefix).listen", "\(listen) is already used by socket '\(other.name)'")
+        }
+        let backlog = try int(t, "backlog", at: prefix, range: 1...65535) ?? 1024
+        var balance = Balance.reuseport
+        if let b = try string(t, "balance", at: prefix) {
+            guard let parsed = Balance(rawValue: b) else {
+                throw fail("\(prefix).balance", "'\(b)' is not one of: reuseport, shared")
+            }
+            balance = parsed
+        }
+        var mode: UInt32?
+        if let v = t["mode"] {
+            guard case .unix = listen else { throw fail("\(prefix).mode", "only unix sockets have a file mode") }
+            // TOML's own 0o660 is as clear as "0660".
+            if let n = v.int, (0...0o777).contains(n) {
+                mode = UInt32(n)
+            } else if let m = v.string, let parsed = UInt32(m, radix: 8), parsed <= 0o777 {
+                mode = parsed
+            } else if let n = v.int {
+                throw fail("\(prefix).mode", "0o\(String(n, radix: 8)) is not a file mode (0o0…0o777)")
+            } else {
+                throw fail("\(prefix).mode", "\(v.string.map { "'\($0)'" } ?? "\(v.type)") is not an octal file mode like \"0660\" or 0o660")
+            }
+        }
+        let intercept = try bool(t, "intercept", at: prefix)
+        if intercept == true && !listen.isTCP {
+            throw fail("\(prefix).intercept", "only TCP sockets can be intercepted: a worker's bind() to a unix path is left alone")
+        }
+        return SocketSpec(name: name, listen: listen, backlog: Int32(backlog), balance: balance, mode: mode, intercept: intercept)
+    }
+
+    func restart(_ t: TOMLTable) -> RestartPolicy {
+        let p = "restart"
+        checkKeys(t, allowed: ["policy", "initial_delay", "max_delay", "reset_after", "crash_loop_restarts", "crash_loop_window"], at: p)
+        var r = RestartPolicy()
+        r.mode = check { () throws(ConfigError) -> RestartMode? in
+            guard let s = try string(t, "policy", at: p) else { return nil }
+            guard let mode = RestartMode(rawValue: s) else { throw fail("\(p).policy", "'\(s)' is not one of: always, on-failure, never") }
+            return mode
+        } ?? r.mode
+        let initialDelay = check { () throws(ConfigError) -> Duration? in try duration(t, "initial_delay", at: p) }
+        let maxDelay = check { () throws(ConfigError) -> Duration? in try duration(t, "max_delay", at: p) }
+        r.initialDelay = initialDelay ?? r.initialDelay
+        r.maxDelay = maxDelay ?? r.maxDelay
+        r.resetAfter = check { () throws(ConfigError) -> Duration? in try duration(t, "reset_after", at: p) } ?? r.resetAfter
+        r.crashLoopRestarts = check { () throws(ConfigError) -> Int? in try int(t, "crash_loop_restarts", at: p, range: 1...1000) } ?? r.crashLoopRestarts
+        r.crashLoopWindow = check { () throws(ConfigError) -> Duration? in try duration(t, "crash_loop_window", at: p) } ?? r.crashLoopWindow
+        // Compared only when neither failed: a default standing in for a bad value would give a second, false error.
+        if (initialDelay != nil || t["initial_delay"] == nil) && (maxDelay != nil || t["max_delay"] == nil) && r.maxDelay < r.initialDelay {
+            sink.errors.append(fail("\(p).max_delay", "must not be shorter than initial_delay (\(r.initialDelay.humanReadable))"))
+        }
         return r
     }
 
-    func stop(_ t: TOMLTable) throws(ConfigError) -> StopPolicy {
+    func stop(_ t: TOMLTable) -> StopPolicy {
         let p = "stop"
-        try checkKeys(t, allowed: ["signal", "timeout"], at: p)
+        checkKeys(t, allowed: ["signal", "timeout"], at: p)
         var s = StopPolicy()
-        if let v = t["signal"] {
+        s.signal = check { () throws(ConfigError) -> Signal? in
+            guard let v = t["signal"] else { return nil }
             if let name = v.string {
                 guard let sig = Signal(name: name) else {
-                    throw fail("\(p).signal", "'\(name)' is not a signal swarm knows (\(Signal.names.map(\.0).joined(separator: ", ")))")
+                    throw fail("\(p).signal", "'\(name)' is not a signal swarm knows (\(Signal.names.map(\.0).joined(separator: ", ")), or a number 1…64)")
                 }
-                s.signal = sig
-            } else if let n = v.int, (1...64).contains(n) {
-                s.signal = Signal(Int32(n))
-            } else {
-                throw fail("\(p).signal", "expected a signal name like \"SIGTERM\"")
+                return sig
             }
-        }
-        s.timeout = try duration(t, "timeout", at: p, max: .seconds(3600)) ?? s.timeout
+            if let n = v.int {
+                guard (1...64).contains(n) else { throw fail("\(p).signal", "\(n) is not a signal number (1…64)") }
+                return Signal(Int32(n))
+            }
+            throw fail("\(p).signal", "expected a signal name like \"SIGTERM\" or a number, found \(v.type)")
+        } ?? s.signal
+        s.timeout = check { () throws(ConfigError) -> Duration? in try duration(t, "timeout", at: p, max: .seconds(3600)) } ?? s.timeout
         return s
     }
 
-    func ready(_ t: TOMLTable, hasSockets: Bool) throws(ConfigError) -> ReadyPolicy {
+    func ready(_ t: TOMLTable, hasSockets: Bool) -> ReadyPolicy {
         let p = "ready"
-        try checkKeys(t, allowed: ["mode", "timeout", "delay", "watchdog"], at: p)
+        checkKeys(t, allowed: ["mode", "timeout", "delay", "watchdog"], at: p)
         var r = ReadyPolicy()
         if !hasSockets { r.mode = .delay }
-        if let m = try string(t, "mode", at: p) {
+        let mode = check { () throws(ConfigError) -> ReadyMode? in
+            guard let m = try string(t, "mode", at: p) else { return nil }
             guard let mode = ReadyMode(rawValue: m) else {
                 throw fail("\(p).mode", "'\(m)' is not one of: notify, fd, listening, delay")
             }
             if mode == .listening && !hasSockets {
                 throw fail("\(p).mode", "\"listening\" needs a [[socket]] to watch; this app has none (use notify, fd or delay)")
             }
-            r.mode = mode
+            return mode
         }
-        r.timeout = try duration(t, "timeout", at: p, max: .seconds(3600)) ?? r.timeout
-        r.delay = try duration(t, "delay", at: p, max: .seconds(3600)) ?? r.delay
-        r.watchdog = try duration(t, "watchdog", at: p, max: .seconds(3600))
-        if let wd = r.watchdog {
-            guard r.mode == .notify else { throw fail("\(p).watchdog", "needs mode = \"notify\": WATCHDOG=1 pings come over the notify socket") }
+        r.mode = mode ?? r.mode
+        r.timeout = check { () throws(ConfigError) -> Duration? in
+            guard let d = try duration(t, "timeout", at: p, max: .seconds(3600)) else { return nil }
+            if d <= .zero { throw fail("\(p).timeout", "must be positive") }
+            return d
+        } ?? r.timeout
+        r.delay = check { () throws(ConfigError) -> Duration? in try duration(t, "delay", at: p, max: .seconds(3600)) } ?? r.delay
+        r.watchdog = check { () throws(ConfigError) -> Duration? in
+            guard let wd = try duration(t, "watchdog", at: p, max: .seconds(3600)) else { return nil }
+            // A bad mode is reported already; the watchdog is judged against the mode written only if it parsed.
+            if mode != nil || t["mode"] == nil {
+                guard r.mode == .notify else { throw fail("\(p).watchdog", "needs mode = \"notify\": WATCHDOG=1 pings come over the notify socket") }
+            }
             guard wd >= .milliseconds(10) else { throw fail("\(p).watchdog", "must be at least 10ms") }
+            return wd
         }
-        if r.timeout <= .zero { throw fail("\(p).timeout", "must be positive") }
         return r
     }
 
-    func logs(_ t: TOMLTable) throws(ConfigError) -> LogPolicy {
+    func reload(_ t: TOMLTable) -> ReloadPolicy {
+        let p = "reload"
+        checkKeys(t, allowed: ["surge", "background_start", "hand_over", "min_ready"], at: p)
+        var r = ReloadPolicy()
+        let surge = check { () throws(ConfigError) -> Int? in try int(t, "surge", at: p, range: 0...AppConfig.maxWorkers) }
+        r.surge = surge ?? r.surge
+        r.backgroundStart = check { () throws(ConfigError) -> Bool? in try bool(t, "background_start", at: p) } ?? r.backgroundStart
+        r.handOver = check { () throws(ConfigError) -> Bool? in try bool(t, "hand_over", at: p) } ?? r.handOver
+        r.minReady = check { () throws(ConfigError) -> Duration? in
+            guard let d = try duration(t, "min_ready", at: p, max: .seconds(3600)) else { return nil }
+            if surge == 0 && d > .zero {
+                throw fail("\(p).min_ready", "needs surge ≥ 1: with surge = 0 a slot's old worker is stopped before its replacement starts, so no worker serves beside it")
+            }
+            return d
+        } ?? r.minReady
+        return r
+    }
+
+    func logs(_ t: TOMLTable) -> LogPolicy {
         let p = "logs"
-        try checkKeys(t, allowed: ["max_size", "keep", "target", "rate"], at: p)
+        checkKeys(t, allowed: ["max_size", "keep", "target", "rate"], at: p)
         var l = LogPolicy()
-        l.maxSize = try size(t, "max_size", at: p) ?? l.maxSize
-        if l.maxSize < 4096 { throw fail("\(p).max_size", "must be at least 4KiB") }
-        l.keep = try int(t, "keep", at: p, range: 0...100) ?? l.keep
-        if t["rate"]?.int == 0 {
-            l.rate = 0
-        } else if let rate = try size(t, "rate", at: p) {
-            guard rate >= 4096 else { throw fail("\(p).rate", "must be at least 4KiB (per second), or 0 for no limit") }
-            l.rate = rate
-        }
-        if let target = try string(t, "target", at: p) {
+        l.maxSize = check { () throws(ConfigError) -> Int64? in
+            guard let n = try size(t, "max_size", at: p) else { return nil }
+            if n < 4096 { throw fail("\(p).max_size", "must be at least 4KiB") }
+            return n
+        } ?? l.maxSize
+        l.keep = check { () throws(ConfigError) -> Int? in try int(t, "keep", at: p, range: 0...100) } ?? l.keep
+        l.rate = check { () throws(ConfigError) -> Int64? in
+            guard let rate = try size(t, "rate", at: p, zeroAllowed: true) else { return nil }
+            guard rate == 0 || rate >= 4096 else { throw fail("\(p).rate", "must be at least 4KiB (per second), or 0 for no limit") }
+            return rate
+        } ?? l.rate
+        l.target = check { () throws(ConfigError) -> String? in
+            guard let target = try string(t, "target", at: p) else { return nil }
             guard ["auto", "file", "journal"].contains(target) else {
                 throw fail("\(p).target", "'\(target)' is not one of: auto, file, journal")
             }
-            l.target = target
-        }
+            return target
+        } ?? l.target
         return l
     }
 
     static let rlimitNames = ["nofile", "nproc", "core", "stack", "memlock", "fsize", "as", "cpu", "data", "nice", "rtprio", "sigpending", "msgqueue", "locks", "rss", "rttime"]
 
-    func limits(_ t: TOMLTable) throws(ConfigError) -> ([ResourceLimit], Int64?) {
+    func limits(_ t: TOMLTable) -> ([ResourceLimit], Int64?) {
         let p = "limits"
-        try checkKeys(t, allowed: Reader.rlimitNames + ["memory"], at: p)
+        checkKeys(t, allowed: Reader.rlimitNames + ["memory"], at: p)
         var result: [ResourceLimit] = []
         var memory: Int64?
         for key in t.keys.sorted() {
             if key == "memory" {
-                memory = try size(t, key, at: p)
+                memory = check { () throws(ConfigError) -> Int64? in try size(t, key, at: p) }
                 continue
             }
+            guard Reader.rlimitNames.contains(key) else { continue }
             let v = t[key]!
             if let i = v.int, i >= 0 {
                 result.append(ResourceLimit(name: key, soft: UInt64(i), hard: UInt64(i)))
             } else if v.string == "unlimited" {
                 result.append(ResourceLimit(name: key, soft: .max, hard: .max))
             } else {
-                throw fail("\(p).\(key)", "expected a non-negative integer or \"unlimited\"")
+                sink.errors.append(fail("\(p).\(key)", "expected a non-negative integer or \"unlimited\""))
             }
         }
         return (result, memory)
@@ -554,6 +831,9 @@ func parseListen(_ text: String, relativeTo dir: String) -> Result<ListenAddress
     if text.hasPrefix("unix:") {
         let p = String(text.dropFirst(5))
         guard !p.isEmpty else { return .failure(ListenError(message: "'\(text)': the unix socket path is empty")) }
+        if p.hasPrefix("@") {
+            return .failure(ListenError(message: "'\(text)': abstract unix sockets are not supported; give a path like \"unix:/run/web.sock\""))
+        }
         // Normalized so that two spellings of one path are seen as the same socket.
         let full = AppConfig.normalize(p.hasPrefix("/") ? p : dir + "/" + p)
         guard full.utf8.count < 108 else {
@@ -580,7 +860,7 @@ func parseListen(_ text: String, relativeTo dir: String) -> Result<ListenAddress
             return .failure(ListenError(message: "'\(host)' is not a numeric IPv4 address (host names are not resolved; use 0.0.0.0 for every interface)"))
         }
     }
-    guard let port = UInt16(portText), port > 0 else {
+    guard portText.allSatisfy({ $0.isASCII && $0.isNumber }), let port = UInt16(portText), port > 0 else {
         return .failure(ListenError(message: "'\(portText)' is not a port (1…65535)"))
     }
     return .success(.tcp(host: host, port: port))

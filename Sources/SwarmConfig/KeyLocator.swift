@@ -46,6 +46,10 @@ struct KeyLocator {
             let key = KeyLocator.parseKey(String(trimmed[..<eq]))
             let path = table + key
             record(path, lineNumber)
+            // `a.b = 1` defines table `a` here too, unless a line above did.
+            for end in stride(from: path.count - 1, to: table.count, by: -1) {
+                record(Array(path[..<end]), lineNumber, onlyIfAbsent: true)
+            }
             let value = String(trimmed[trimmed.index(after: eq)...]).trimmedSpaces
             if value.hasPrefix("{") {
                 // Inline table: its keys live on this line.

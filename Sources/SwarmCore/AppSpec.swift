@@ -64,13 +64,37 @@ public struct SocketSpec: Codable, Hashable, Sendable {
     public var balance: Balance
     /// Permission bits of a unix socket's file.
     public var mode: UInt32?
+    /// Bind interception: a worker's own `bind()` to this socket's port (on its
+    /// address, a wildcard or loopback, either family) is answered with slot k's
+    /// listening socket instead, so servers that bind their port themselves
+    /// (`listen(process.env.PORT)`) run unmodified. TCP only; default true for TCP
+    /// (config `intercept`, an error when set to true on a unix socket), always
+    /// false for unix sockets.
+    public var intercept: Bool
 
-    public init(name: String, listen: ListenAddress, backlog: Int32 = 1024, balance: Balance = .reuseport, mode: UInt32? = nil) {
+    /// `intercept` nil: on for TCP, off for unix sockets.
+    public init(name: String, listen: ListenAddress, backlog: Int32 = 1024, balance: Balance = .reuseport, mode: UInt32? = nil,
+                intercept: Bool? = nil) {
         self.name = name
         self.listen = listen
         self.backlog = backlog
         self.balance = balance
         self.mode = mode
+        self.intercept = intercept ?? listen.isTCP
+    }
+
+    enum CodingKeys: String, CodingKey { case name, listen, backlog, balance, mode, intercept }
+
+    /// A spec encoded before `intercept` existed (the state a re-exec hands over
+    /// from an older swarmd) decodes with the default.
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        name = try c.decode(String.self, forKey: .name)
+        listen = try c.decode(ListenAddress.self, forKey: .listen)
+        backlog = try c.decode(Int32.self, forKey: .backlog)
+        balance = try c.decode(Balance.self, forKey: .balance)
+        mode = try c.decodeIfPresent(UInt32.self, forKey: .mode)
+        intercept = try c.decodeIfPresent(Bool.self, forKey: .intercept) ?? listen.isTCP
     }
 
     /// Reuseport only makes sense for TCP; unix sockets stay shared.
@@ -123,7 +147,14 @@ public struct ReadyPolicy: Codable, Hashable, Sendable {
 }
 
 public struct ReloadPolicy: Codable, Hashable, Sendable {
-    /// New workers started ahead of the old ones they replace.
+    /// New workers started ahead of the old ones they replace (at most this many
+    /// slots in flight at once). 0: in one slot at a time, stop the old worker
+    /// first and start its replacement only after the old one has exited — for
+    /// apps that hold an exclusive resource (a lock file, a database file, a port
+    /// outside swarm's sockets). Not zero-downtime for that slot: the slot serves
+    /// nothing from the old worker's exit until the new one is ready (its socket
+    /// stays bound, so connections wait in its backlog rather than being refused).
+    /// 0…`AppSpec.maxWorkers`; `minReady` must be 0 with it.
     public var surge: Int = 1
     /// Start new-generation workers at the lowest CPU priority until they
     /// are ready, so the workers still serving keep the CPU (needs root).
@@ -178,7 +209,9 @@ public enum CPUAffinity: Codable, Hashable, Sendable {
 /// One app as its config describes it: everything the core and the shell
 /// need to run its workers.
 public struct AppSpec: Codable, Hashable, Sendable {
-    /// The most workers one app may have (config `workers`, `scale`).
+    /// The most workers one app may have (config `workers`, `scale`, quick start
+    /// `-i`, `[reload] surge`). The fewest is 0 everywhere: an app with no worker
+    /// is known, keeps its sockets and config, and can be scaled up.
     public static let maxWorkers = 4096
 
     public var name: String
@@ -189,7 +222,12 @@ public struct AppSpec: Codable, Hashable, Sendable {
     public var workers: Int
     /// Absolute.
     public var cwd: String
+    /// What the workers get on top of the inherited environment: the `env_file`s'
+    /// variables (later files win), then the config's `env` (wins over them).
     public var env: [String: String]
+    /// Absolute paths of the config's `env_file`s, in order; read at each load
+    /// (so a reload re-reads them) and already merged into `env`.
+    public var envFiles: [String] = []
     /// Pass swarmd's own environment (minus what belongs to swarmd) to workers.
     public var inheritEnvironment = true
     public var sockets: [SocketSpec]
@@ -219,5 +257,37 @@ public struct AppSpec: Codable, Hashable, Sendable {
         self.env = env
         self.sockets = sockets
         self.sourcePath = sourcePath
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case name, command, executable, workers, cwd, env, envFiles, inheritEnvironment, sockets, restart, stop, ready, reload,
+             logs, limits, memoryLimit, user, group, noNewPrivileges, cpuAffinity, sourcePath
+    }
+
+    /// A spec encoded before `envFiles` existed (the state a re-exec hands over
+    /// from an older swarmd) decodes with none.
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        name = try c.decode(String.self, forKey: .name)
+        command = try c.decode([String].self, forKey: .command)
+        executable = try c.decode(String.self, forKey: .executable)
+        workers = try c.decode(Int.self, forKey: .workers)
+        cwd = try c.decode(String.self, forKey: .cwd)
+        env = try c.decode([String: String].self, forKey: .env)
+        envFiles = try c.decodeIfPresent([String].self, forKey: .envFiles) ?? []
+        inheritEnvironment = try c.decode(Bool.self, forKey: .inheritEnvironment)
+        sockets = try c.decode([SocketSpec].self, forKey: .sockets)
+        restart = try c.decode(RestartPolicy.self, forKey: .restart)
+        stop = try c.decode(StopPolicy.self, forKey: .stop)
+        ready = try c.decode(ReadyPolicy.self, forKey: .ready)
+        reload = try c.decode(ReloadPolicy.self, forKey: .reload)
+        logs = try c.decode(LogPolicy.self, forKey: .logs)
+        limits = try c.decode([ResourceLimit].self, forKey: .limits)
+        memoryLimit = try c.decodeIfPresent(Int64.self, forKey: .memoryLimit)
+        user = try c.decodeIfPresent(String.self, forKey: .user)
+        group = try c.decodeIfPresent(String.self, forKey: .group)
+        noNewPrivileges = try c.decode(Bool.self, forKey: .noNewPrivileges)
+        cpuAffinity = try c.decodeIfPresent(CPUAffinity.self, forKey: .cpuAffinity)
+        sourcePath = try c.decode(String.self, forKey: .sourcePath)
     }
 }

@@ -1,3 +1,4 @@
+import Foundation
 import SwarmConfig
 import SwarmCore
 import Testing
@@ -363,3 +364,54 @@ let fullConfig = """
 }
 
 import Foundation
+
+@Suite struct ZeroAndInterceptTests {
+    @Test func zeroWorkersAndZeroSurgeAreAccepted() throws {
+        let spec = try AppConfig.parse(text: "name = \"w\"\ncommand = [\"node\"]\nworkers = 0\n[reload]\nsurge = 0\nhand_over = false\n",
+                                       path: configPath, environment: fakeEnvironment())
+        #expect(spec.workers == 0)
+        #expect(spec.reload.surge == 0)
+        #expect(spec.reload.minReady == .zero)
+        #expect(AppConfig.maxWorkers == AppSpec.maxWorkers)
+        let full = try AppConfig.parse(text: "name = \"w\"\ncommand = [\"node\"]\nworkers = 4096\n[reload]\nsurge = 4096\n",
+                                       path: configPath, environment: fakeEnvironment())
+        #expect(full.workers == AppSpec.maxWorkers && full.reload.surge == AppSpec.maxWorkers)
+    }
+
+    @Test func interceptDefaultsToTCPOnly() throws {
+        let spec = try AppConfig.parse(text: """
+            name = "w"
+            command = ["node"]
+            [[socket]]
+            listen = "127.0.0.1:80"
+            [[socket]]
+            name = "off"
+            listen = "[::]:81"
+            intercept = false
+            [[socket]]
+            name = "ctl"
+            listen = "unix:/run/ctl.sock"
+            [[socket]]
+            name = "ctl2"
+            listen = "unix:/run/ctl2.sock"
+            intercept = false
+            """, path: configPath, environment: fakeEnvironment())
+        #expect(spec.sockets.map(\.intercept) == [true, false, false, false])
+    }
+
+    @Test func specsEncodedBeforeTheNewFieldsStillDecode() throws {
+        var spec = AppSpec(name: "w", command: ["node"], workers: 2,
+                           sockets: [SocketSpec(name: "http", listen: .tcp(host: "::", port: 80)),
+                                     SocketSpec(name: "ctl", listen: .unix(path: "/run/c.sock"))])
+        spec.envFiles = ["/srv/.env"]
+        let data = try JSONEncoder().encode(spec)
+        #expect(try JSONDecoder().decode(AppSpec.self, from: data) == spec)
+        // What an older swarmd hands over in a re-exec: no "intercept", no "envFiles".
+        var object = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        object["envFiles"] = nil
+        object["sockets"] = (object["sockets"] as? [[String: Any]])?.map { var s = $0; s["intercept"] = nil; return s }
+        let old = try JSONDecoder().decode(AppSpec.self, from: JSONSerialization.data(withJSONObject: object))
+        #expect(old.envFiles == [])
+        #expect(old.sockets.map(\.intercept) == [true, false])
+    }
+}

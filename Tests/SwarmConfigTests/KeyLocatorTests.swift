@@ -13,8 +13,10 @@ import Testing
         #expect(locator.line(of: "restart.policy") == 2)
         #expect(locator.line(of: "restart.max_delay") == 3)
         #expect(locator.line(of: "env.NODE_ENV") == 4)
-        // An unknown key falls back to its closest table, and to nil at the top.
-        #expect(locator.line(of: "env.OTHER") == nil)
+        // An unknown key falls back to its closest table (a dotted key defines it
+        // too: `env` on line 4, `restart` on line 2), and to nil at the top.
+        #expect(locator.line(of: "env.OTHER") == 4)
+        #expect(locator.line(of: "restart") == 2)
         #expect(locator.line(of: "nothing") == nil)
     }
 
