@@ -43,6 +43,8 @@ let package = Package(
         .testTarget(name: "SwarmCoreTests", dependencies: ["SwarmCore"]),
         .testTarget(name: "SwarmConfigTests", dependencies: ["SwarmConfig"]),
         .testTarget(name: "SwarmProtocolTests", dependencies: ["SwarmProtocol"]),
+        .testTarget(name: "SwarmDaemonTests", dependencies: ["SwarmDaemon", "SwarmCore", "SwarmProtocol", "SwarmSystem"],
+                    swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "IntegrationTests", dependencies: ["SwarmProtocol", "SwarmSystem"],
                     swiftSettings: [.swiftLanguageMode(.v5)]),
     ]

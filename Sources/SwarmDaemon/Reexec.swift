@@ -79,11 +79,17 @@ struct Handover: Codable {
             if n == 0 { break }
             bytes += chunk[0..<n]
         }
+        let handover = try decode(bytes)
+        for fd in handover.allFDs { try? Posix.setCloseOnExec(fd) }
+        return handover
+    }
+
+    /// Reads a hand-over, refusing a layout newer than this binary knows.
+    static func decode(_ bytes: [UInt8]) throws -> Handover {
         let handover = try JSONDecoder().decode(Handover.self, from: Data(bytes))
         guard handover.version <= currentVersion else {
             throw DaemonError.control("the swarmd that re-executed this one wrote hand-over version \(handover.version); this binary reads up to \(currentVersion)")
         }
-        for fd in handover.allFDs { try? Posix.setCloseOnExec(fd) }
         return handover
     }
 }
