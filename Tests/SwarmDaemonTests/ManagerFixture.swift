@@ -41,7 +41,8 @@ final class ManagerFixture {
     private var caller: Peer?
     private var nextID: UInt64 = 100
 
-    init() throws {
+    /// Without `control`, the control socket is left to the test (a hand-over brings its own).
+    init(control: Bool = true) throws {
         dir = try TempDir()
         let state = dir.path + "/state"
         try Posix.mkdirs(state + "/logs", mode: 0o750)
@@ -49,7 +50,7 @@ final class ManagerFixture {
                               kernel: kernel)
         let box = logs
         manager.log = Logger(label: "swarmd-test") { _ in CapturingLogHandler(box: box) }
-        try manager.setUpControlSocket()
+        if control { try manager.setUpControlSocket() }
     }
 
     deinit { manager.cleanUp() }
