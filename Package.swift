@@ -47,6 +47,9 @@ let package = Package(
         // Real processes in real cgroups, real seccomp notifications (root only).
         .testTarget(name: "SwarmKernelTests", dependencies: ["SwarmSystem"],
                     swiftSettings: [.swiftLanguageMode(.v5)]),
+        // The shell against a fake kernel: no process is started.
+        .testTarget(name: "SwarmDaemonTests", dependencies: ["SwarmDaemon", "SwarmCore", "SwarmProtocol", "SwarmSystem"],
+                    swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "IntegrationTests", dependencies: ["SwarmProtocol", "SwarmSystem"],
                     swiftSettings: [.swiftLanguageMode(.v5)]),
     ]

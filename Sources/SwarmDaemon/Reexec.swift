@@ -70,11 +70,17 @@ struct Handover: Codable {
         defer { Posix.close(fd) }
         _ = try Posix.seek(fd, to: 0)
         let bytes = try Posix.readAll(fd, limit: 256 << 20, subject: "the hand-over memfd")
+        let handover = try decode(bytes)
+        for fd in handover.allFDs { try? Posix.setCloseOnExec(fd) }
+        return handover
+    }
+
+    /// Reads a hand-over, refusing a layout newer than this binary knows.
+    static func decode(_ bytes: [UInt8]) throws -> Handover {
         let handover = try JSONDecoder().decode(Handover.self, from: Data(bytes))
         guard handover.version <= currentVersion else {
             throw DaemonError.control("the swarmd that re-executed this one wrote hand-over version \(handover.version); this binary reads up to \(currentVersion)")
         }
-        for fd in handover.allFDs { try? Posix.setCloseOnExec(fd) }
         return handover
     }
 }

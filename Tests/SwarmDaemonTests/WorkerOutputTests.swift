@@ -1,0 +1,247 @@
+import Foundation
+import Glibc
+@testable import SwarmDaemon
+import SwarmCore
+import SwarmProtocol
+import SwarmSystem
+import Testing
+
+/// Core events as text, for comparing (Event is not Equatable).
+func describe(_ e: SwarmCore.Event) -> String {
+    switch e {
+    case let .ready(pid): return "ready \(pid)"
+    case let .watchdogPing(pid): return "watchdog \(pid)"
+    case let .stopping(pid): return "stopping \(pid)"
+    case let .status(pid, text): return "status \(pid) \(text)"
+    case let .exited(pid, status): return "exited \(pid) \(status)"
+    default: return "\(e)"
+    }
+}
+
+final class OutputFixture {
+    let dir: TempDir
+    let kernel = FakeKernel()
+    let loop: EventLoop
+    let output: WorkerOutput
+    let reports = Reports()
+    var policy = LogPolicy()
+    private(set) var delivered: [String] = []
+    private var opened: [Int32] = []
+
+    nonisolated(unsafe) static var counter = 0
+
+    init() throws {
+        dir = try TempDir()
+        try Posix.mkdirs(dir.path + "/logs", mode: 0o750)
+        loop = try EventLoop()
+        OutputFixture.counter += 1
+        output = WorkerOutput(loop: loop, kernel: kernel, logDirectory: try TrustedDirectory(path: dir.path + "/logs"),
+                              notifyPath: "@swarmd-tests-\(getpid())-\(OutputFixture.counter)-\(UInt32.random(in: 0...UInt32.max))")
+        policy.target = "file"
+        output.policy = { [unowned self] _ in self.policy }
+        output.deliver = { [unowned self] e in self.delivered.append(describe(e)) }
+        output.report = reports.sink
+    }
+
+    deinit {
+        for fd in opened { Posix.close(fd) }
+        output.closeAll()
+    }
+
+    /// A pipe whose read end the output watches as `pid`'s `stream`; the write end is the test's.
+    func workerPipe(app: String = "web", slot: Int = 0, pid: Int32, stream: String = "stdout") throws -> Int32 {
+        let p = try pipePair()
+        output.watch(fd: p.read, app: app, slot: slot, pid: pid, stream: stream)
+        opened.append(p.write)
+        return p.write
+    }
+
+    func closeWriter(_ fd: Int32) {
+        opened.removeAll { $0 == fd }
+        Posix.close(fd)
+    }
+
+    func tail(_ app: String = "web") -> [LogLine] { output.sinks[app]?.tail ?? [] }
+
+    func run(until what: String, _ done: () -> Bool) throws { try runLoop(loop, until: what, done) }
+}
+
+@Suite("WorkerOutput")
+struct WorkerOutputTests {
+    @Test func linesReachTheSinkWithAppSlotPidAndStream() throws {
+        let f = try OutputFixture()
+        let w = try f.workerPipe(slot: 2, pid: 4242, stream: "stderr")
+        try writeAll(w, "hello\n<3>bad thing\npartial")
+        try f.run(until: "two lines in the tail") { f.tail().count == 2 }
+        let time = rfc3339(f.kernel.wallClock())
+        #expect(f.tail()[0] == LogLine(time: time, app: "web", slot: 2, pid: 4242, stream: "stderr", text: "hello"))
+        #expect(f.tail()[1].text == "bad thing", "the sd-daemon priority prefix is taken off")
+        f.closeWriter(w)
+        try f.run(until: "the partial last line at end of file") { f.tail().count == 3 }
+        #expect(f.tail()[2].text == "partial")
+        let file = try String(contentsOfFile: f.dir.path + "/logs/web.log", encoding: .utf8)
+        #expect(file == f.tail().map { $0.formatted + "\n" }.joined())
+    }
+
+    @Test func theRateBudgetPausesReadingUntilTheNextSecond() throws {
+        let f = try OutputFixture()
+        f.policy.rate = 1000
+        let w = try f.workerPipe(pid: 10)
+        let line = String(repeating: "a", count: 99) + "\n"
+        try writeAll(w, String(repeating: line, count: 30))
+        try f.run(until: "30 lines read") { f.tail().count == 30 }
+        #expect(f.output.budgets["web"]?.pausedAt != nil, "3,000 bytes against a 1,000 B/s budget")
+        #expect(f.reports.count(containing: "[logs] rate") == 1)
+
+        try writeAll(w, String(repeating: line, count: 5))
+        let late = try f.workerPipe(pid: 11)
+        try writeAll(late, "from a worker started while paused\n")
+        try spin(f.loop)
+        #expect(f.tail().count == 30, "read \(f.tail().count - 30) lines while the budget was spent")
+
+        f.kernel.advance(seconds: 1)
+        f.output.refillBudgets()
+        try f.run(until: "reading resumes after the refill") { f.tail().count == 36 }
+        #expect(f.output.throttledSeconds("web") == 1.0)
+        #expect(f.output.budgets["web"]?.pausedAt == nil, "535 bytes are within the new second's budget")
+
+        try writeAll(w, String(repeating: line, count: 30))
+        try f.run(until: "30 more lines") { f.tail().count == 66 }
+        #expect(f.output.budgets["web"]?.pausedAt != nil)
+        #expect(f.reports.count(containing: "[logs] rate") == 1, "the notice is not repeated at every pause")
+    }
+
+    @Test func throttledSecondsCountsTheOpenPause() throws {
+        let f = try OutputFixture()
+        f.policy.rate = 100
+        let w = try f.workerPipe(pid: 10)
+        #expect(f.output.throttledSeconds("web") == nil)
+        try writeAll(w, String(repeating: "b", count: 200) + "\n")
+        try f.run(until: "the line is read") { f.tail().count == 1 }
+        f.kernel.advance(seconds: 0.5)
+        #expect(f.output.throttledSeconds("web") == 0.5)
+        f.kernel.advance(seconds: 0.5)
+        f.output.refillBudgets()
+        f.kernel.advance(seconds: 5)
+        #expect(f.output.throttledSeconds("web") == 1.0, "the pause ended at the refill")
+        f.output.refillBudgets()
+        #expect(f.output.budgets["web"]?.bytes == 0)
+    }
+
+    @Test func drainReadsOnlyThatWorkersPipes() throws {
+        let f = try OutputFixture()
+        let a = try f.workerPipe(pid: 1)
+        let aErr = try f.workerPipe(pid: 1, stream: "stderr")
+        let b = try f.workerPipe(slot: 1, pid: 2)
+        try writeAll(a, "a1\na2\n")
+        try writeAll(aErr, "a3\n")
+        try writeAll(b, "b1\n")
+        f.output.drain(pid: 1)
+        #expect(Set(f.tail().map(\.text)) == ["a1", "a2", "a3"])
+        #expect(f.tail().allSatisfy { $0.pid == 1 })
+        try f.run(until: "b's line through the loop") { f.tail().count == 4 }
+        #expect(f.tail().last?.pid == 2)
+    }
+
+    @Test func aClosedPipeIsForgotten() throws {
+        let f = try OutputFixture()
+        let out = try f.workerPipe(pid: 5)
+        let err = try f.workerPipe(pid: 5, stream: "stderr")
+        #expect(f.output.pipeCount == 2)
+        try writeAll(out, "last words\n")
+        f.closeWriter(out)
+        f.closeWriter(err)
+        try f.run(until: "both pipes closed") { f.output.pipeCount == 0 }
+        #expect(f.tail().map(\.text) == ["last words"])
+        #expect(f.output.pipesForHandover.isEmpty, "a closed pipe would be handed to a re-executed swarmd")
+    }
+
+    @Test func notifyDatagramsBecomeCoreEvents() {
+        let events = WorkerOutput.notifyEvents("READY=1\nSTATUS=serving 5 clients\nWATCHDOG=1\nSTOPPING=1\nERRNO=3\nREADY=0", pid: 7)
+        #expect(events.map(describe) == ["ready 7", "status 7 serving 5 clients", "watchdog 7", "stopping 7"])
+        #expect(WorkerOutput.notifyEvents("", pid: 7).isEmpty)
+    }
+
+    @Test func theNotifySocketDeliversOnlyWorkersDatagrams() throws {
+        let f = try OutputFixture()
+        try f.output.openNotifySocket()
+        var known = false
+        f.output.isWorker = { pid in known && pid == getpid() }
+        let sender = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        #expect(sender >= 0)
+        defer { Posix.close(sender) }
+        func send(_ text: String) throws {
+            var addr = try Sockets.unixAddress(f.output.notifyPath)
+            let len = socklen_t(MemoryLayout<sa_family_t>.size + f.output.notifyPath.utf8.count)
+            let bytes = Array(text.utf8)
+            let n = withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(sender, bytes, bytes.count, 0, $0, len) }
+            }
+            if n < 0 { throw TestFailure("sendto \(f.output.notifyPath): \(String(cString: strerror(errno)))") }
+        }
+        try send("READY=1")
+        try spin(f.loop, times: 10)
+        #expect(f.delivered.isEmpty, "a datagram from a pid that is no worker was delivered")
+        known = true
+        try send("READY=1\nSTATUS=up")
+        try f.run(until: "the worker's datagram") { f.delivered.count == 2 }
+        #expect(f.delivered == ["ready \(getpid())", "status \(getpid()) up"])
+    }
+
+    @Test func aReadinessPipeDeliversReadyOnANewline() throws {
+        let f = try OutputFixture()
+        let p = try pipePair()
+        defer { Posix.close(p.write) }
+        f.output.watchReadyPipe(ReadyPipe(worker: WorkerID(9), app: "web", slot: 0, pid: 99, fd: p.read))
+        let ino = try #require(inode(of: p.read))
+        try writeAll(p.write, "partial")
+        try spin(f.loop, times: 10)
+        #expect(f.delivered.isEmpty)
+        try writeAll(p.write, "\n")
+        try f.run(until: "ready from the pipe") { !f.delivered.isEmpty }
+        #expect(f.delivered == ["ready 99"])
+        #expect(f.output.readyPipes.isEmpty)
+        #expect(inode(of: p.read) != ino, "the readiness pipe is closed once used")
+
+        let q = try pipePair()
+        f.output.watchReadyPipe(ReadyPipe(worker: WorkerID(10), app: "web", slot: 1, pid: 100, fd: q.read))
+        Posix.close(q.write)
+        try f.run(until: "the pipe closed without a newline is dropped") { f.output.readyPipes.isEmpty }
+        #expect(f.delivered == ["ready 99"], "end of file is not readiness")
+    }
+
+    @Test func forgettingAnAppDropsItsSinkAndBudget() throws {
+        let f = try OutputFixture()
+        f.policy.rate = 10
+        let w = try f.workerPipe(pid: 3)
+        try writeAll(w, "more than ten bytes\n")
+        try f.run(until: "a line") { f.tail().count == 1 }
+        #expect(f.output.budgets["web"] != nil)
+        f.output.forget(app: "web")
+        #expect(f.output.sinks["web"] == nil)
+        #expect(f.output.budgets["web"] == nil)
+        #expect(f.output.throttledSeconds("web") == nil)
+        f.output.refillBudgets()
+        #expect(f.output.budgets["web"] == nil, "a refill brought the forgotten app's budget back")
+    }
+
+    @Test func aVeryLongLineIsCutIntoBoundedLines() throws {
+        let f = try OutputFixture()
+        let w = try f.workerPipe(pid: 3)
+        try writeAll(w, String(repeating: "z", count: 40 << 10) + "\n")
+        try f.run(until: "the long line") { f.tail().map(\.text).joined().count == 40 << 10 }
+        #expect(f.tail().map { $0.text.count } == [16 << 10, 16 << 10, 8 << 10])
+    }
+
+    @Test func theLogFileRotatesAtItsSizeKeepingTheConfiguredNumber() throws {
+        let f = try OutputFixture()
+        f.policy.maxSize = 1000
+        f.policy.keep = 2
+        let w = try f.workerPipe(pid: 3)
+        let line = String(repeating: "r", count: 199) + "\n"
+        for _ in 0..<40 { try writeAll(w, line) }
+        try f.run(until: "40 lines") { f.tail().count == 40 }
+        let logs = try FileManager.default.contentsOfDirectory(atPath: f.dir.path + "/logs").sorted()
+        #expect(logs == ["web.log", "web.log.1", "web.log.2"])
+    }
+}
