@@ -90,7 +90,7 @@ final class ControlServer {
     /// Clients with buffered requests left over from their last turn, in order.
     private var runQueue: [ControlClient] = []
     private var runQueueHead = 0
-    private var continuation: EventLoop.Source?
+    private var continuation: EventLoop.Deferred?
     private var acceptPausedUntil: Int64?
     private var acceptFailing = false
     private var readBuffer = [UInt8](repeating: 0, count: 65536)
@@ -108,7 +108,7 @@ final class ControlServer {
     func listen(on fd: Int32) throws {
         listenFD = fd
         listenSource = try loop.addReader(fd) { [weak self] _ in self?.acceptClients() }
-        continuation = try loop.addDeferred { [weak self] in self?.runQueued() }
+        continuation = loop.addDeferred { [weak self] in self?.runQueued() }
     }
 
     func stop() {
@@ -232,7 +232,14 @@ final class ControlServer {
             let client = runQueue[runQueueHead]
             runQueueHead += 1
             client.queued = false
-            if !client.closed { serve(client) }
+            guard !client.closed else { continue }
+            // Hung up while its requests waited for this turn: nobody reads their answers.
+            // (poll reports POLLHUP and POLLERR whatever is asked: a half-closed client still gets served.)
+            if (try? Posix.waitFor(client.fd, events: 0, timeoutNanoseconds: 0)) == true {
+                drop(client)
+                continue
+            }
+            serve(client)
         }
         if runQueueHead == runQueue.count {
             runQueue.removeAll(keepingCapacity: true)

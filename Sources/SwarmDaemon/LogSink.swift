@@ -138,7 +138,13 @@ struct LineSplitter {
         var start = 0
         for i in 0..<bytes.count where bytes[i] == UInt8(ascii: "\n") {
             if partial.isEmpty {
-                emit(String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<i]), as: UTF8.self))
+                // A line longer than the bound is cut even when it arrived in one read.
+                var from = start
+                while i - from > LineSplitter.maxLine {
+                    emit(String(decoding: UnsafeRawBufferPointer(rebasing: bytes[from..<from + LineSplitter.maxLine]), as: UTF8.self))
+                    from += LineSplitter.maxLine
+                }
+                emit(String(decoding: UnsafeRawBufferPointer(rebasing: bytes[from..<i]), as: UTF8.self))
             } else {
                 partial.append(contentsOf: bytes[start..<i])
                 emit(String(decoding: partial, as: UTF8.self))

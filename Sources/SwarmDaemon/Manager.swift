@@ -116,7 +116,7 @@ public final class Manager {
     /// The CPUs swarmd was started with: `cpu_affinity` is checked against them.
     let allowedCPUs: [Int]
     var signalSources: [EventLoop.Source] = []
-    var reapContinuation: EventLoop.Source?
+    var reapContinuation: EventLoop.Deferred?
     var housekeeping: EventLoop.Source?
     var sweepSource: EventLoop.Source?
     var lastBusyAt: Int64?
@@ -221,7 +221,7 @@ public final class Manager {
         try output.openNotifySocket(adopting: notifySocket)
         housekeeping = try loop.addPost { [weak self] in self?.afterDispatch() }
         sweepSource = try loop.addPeriodic(every: 1_000_000_000) { [weak self] in self?.everySecond() }
-        reapContinuation = try loop.addDeferred(priority: EventLoop.Priority.normal) { [weak self] in self?.reapChildren() }
+        reapContinuation = loop.addDeferred { [weak self] in self?.reapChildren() }
     }
 
     func startFresh(commandLine specs: [AppSpec]) throws {

@@ -49,11 +49,6 @@ public final class EventLoop {
             }
         }
 
-        /// A deferred source runs once more, on a later iteration.
-        public func trigger() {
-            if let s = source { _ = sd_event_source_set_enabled(s, Int32(SD_EVENT_ONESHOT)) }
-        }
-
         /// Stop (or resume) dispatching without removing.
         public func setEnabled(_ on: Bool) {
             if let s = source { _ = sd_event_source_set_enabled(s, on ? Int32(SD_EVENT_ON) : Int32(SD_EVENT_OFF)) }
@@ -134,19 +129,60 @@ public final class EventLoop {
         return src
     }
 
-    /// A source that runs `handler` once per `trigger()`, on a later loop
-    /// iteration: how a handler that stopped at its budget continues after the
-    /// other pending sources had their turn.
-    public func addDeferred(priority: Int64 = Priority.normal, _ handler: @escaping () -> Void) throws -> Source {
-        let src = try register(Handler(defer_: handler), "sd_event_add_defer") { s, user in
-            sd_event_add_defer(event, &s, { _, user in
+    /// Runs `handler` once per `trigger()`, on a later loop iteration: how a
+    /// handler that stopped at its budget continues after the other pending
+    /// sources had their turn.
+    ///
+    /// Each trigger makes a fresh sd-event defer source: sd-event orders equal
+    /// priorities by when a source became pending, and a defer source stays
+    /// "pending" from its creation on, so a reused one would always sort as
+    /// the oldest and run ahead of everything else.
+    public final class Deferred {
+        let event: OpaquePointer
+        let priority: Int64
+        /// One handler for every source this makes; each source points at it unretained.
+        private var box: Handler!
+        private var current: OpaquePointer?
+
+        init(event: OpaquePointer, priority: Int64, handler: @escaping () -> Void) {
+            self.event = event
+            self.priority = priority
+            box = Handler(defer_: { [unowned self] in
+                // sd-event tolerates the unref of the source it is dispatching.
+                if let s = self.current { sd_event_source_unref(s) }
+                self.current = nil
+                handler()
+            })
+        }
+
+        public var isTriggered: Bool { current != nil }
+
+        public func trigger() {
+            guard current == nil else { return }
+            var s: OpaquePointer?
+            let r = sd_event_add_defer(event, &s, { _, user in
                 EventLoop.handler(user).defer_?()
                 return 0
-            }, user)
+            }, Unmanaged.passUnretained(box).toOpaque())
+            guard r >= 0, let s else { return }
+            _ = sd_event_source_set_enabled(s, Int32(SD_EVENT_ONESHOT))
+            if priority != 0 { _ = sd_event_source_set_priority(s, priority) }
+            current = s
         }
-        src.setEnabled(false)
-        if priority != 0 { src.setPriority(priority) }
-        return src
+
+        public func cancel() {
+            if let s = current {
+                _ = sd_event_source_set_enabled(s, Int32(SD_EVENT_OFF))
+                sd_event_source_unref(s)
+            }
+            current = nil
+        }
+
+        deinit { cancel() }
+    }
+
+    public func addDeferred(priority: Int64 = Priority.normal, _ handler: @escaping () -> Void) -> Deferred {
+        Deferred(event: event, priority: priority, handler: handler)
     }
 
     /// Runs `handler` after every dispatch, before the loop sleeps.

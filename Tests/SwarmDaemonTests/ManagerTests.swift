@@ -96,7 +96,7 @@ struct ManagerTests {
 
     @Test func reapingIsBoundedPerDispatchAndContinuesOnALaterOne() throws {
         let f = try ManagerFixture()
-        f.manager.reapContinuation = try f.loop.addDeferred { [weak m = f.manager] in m?.reapChildren() }
+        f.manager.reapContinuation = f.loop.addDeferred { [weak m = f.manager] in m?.reapChildren() }
         for i in 0..<200 { f.kernel.exit(pid_t(90_000 + i), code: 0) }
         f.manager.onSignal(SIGCHLD)
         #expect(f.kernel.reapCalls == Manager.reapsPerTurn, "one SIGCHLD reaps at most reapsPerTurn")
@@ -116,7 +116,7 @@ struct ManagerTests {
 
     @Test func anotherReadySourceGetsItsTurnBetweenReapingRounds() throws {
         let f = try ManagerFixture()
-        f.manager.reapContinuation = try f.loop.addDeferred { [weak m = f.manager] in m?.reapChildren() }
+        f.manager.reapContinuation = f.loop.addDeferred { [weak m = f.manager] in m?.reapChildren() }
         for i in 0..<640 { f.kernel.exit(pid_t(90_000 + i), code: 0) }
         f.manager.onSignal(SIGCHLD)
         // A pipe stands for a control client, SIGTERM or the timer.
