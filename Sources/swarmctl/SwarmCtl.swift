@@ -81,11 +81,14 @@ struct QuickPing {
     }
 
     func run() -> Int32 {
-        var global = GlobalOptions()
-        global.socket = socket
-        global.trustUID = trust
+        // Not through GlobalOptions: its property wrappers cost a lookup of the parser's metadata.
         do {
-            try call(global, .ping, fallback: "pong")
+            try execute {
+                let client = try Client(path: socket ?? SwarmDefaults.socketPath, trusting: try GlobalOptions.parseTrusted(trust),
+                                        builtInPath: GlobalOptions.isBuiltIn(socket))
+                let r = try client.call(client.request(.ping))
+                printOut(r.message ?? "pong")
+            }
             return 0
         } catch let e as ExitCode {
             return e.rawValue
@@ -120,12 +123,17 @@ struct GlobalOptions: ParsableArguments {
     }
 
     /// Neither --socket nor SWARM_SOCKET chose the path: swarmctl vouches for its directory.
-    var isBuiltInSocket: Bool {
+    var isBuiltInSocket: Bool { GlobalOptions.isBuiltIn(socket) }
+
+    static func isBuiltIn(_ socket: String?) -> Bool {
         socket == nil && Environment.nonEmpty(SwarmDefaults.socketVariable) == nil
     }
 
-    func trustedUIDs() throws -> [UInt32] {
-        let words = trustUID.flatMap { $0.split(separator: ",") }
+    func trustedUIDs() throws -> [UInt32] { try GlobalOptions.parseTrusted(trustUID) }
+
+    /// --trust-uid values and SWARM_TRUST_UID (both may list several, comma-separated).
+    static func parseTrusted(_ options: [String]) throws -> [UInt32] {
+        let words = options.flatMap { $0.split(separator: ",") }
             + (Environment.get(SwarmDefaults.trustUIDVariable) ?? "").split(separator: ",")
         return try words.map { word in
             let w = word.trimmingSpaces
