@@ -245,3 +245,19 @@ public enum FileSystem {
         return (dir.isEmpty ? "/" : dir, String(trimmed[trimmed.index(after: slash)...]))
     }
 }
+
+extension FileSystem {
+    /// Writes `bytes` into an existing file from its start, without creating
+    /// or truncating it: for kernel settings (/proc/sys, cgroup files), where
+    /// the write is the command.
+    public static func overwrite(_ path: String, with bytes: [UInt8]) throws {
+        let fd = try Posix.syscall("open", subject: path) { Glibc.open(path, O_WRONLY | O_CLOEXEC | O_NOCTTY) }
+        defer { Posix.close(fd) }
+        try Posix.writeFully(fd, bytes, subject: path)
+    }
+
+    /// /dev/null, read-write, close-on-exec: stdin (and more) of the programs swarm starts.
+    public static func openDevNull() throws -> Int32 {
+        try Posix.syscall("open", subject: "/dev/null") { Glibc.open("/dev/null", O_RDWR | O_CLOEXEC | O_NOCTTY) }
+    }
+}

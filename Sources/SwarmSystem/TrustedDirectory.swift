@@ -191,7 +191,8 @@ public final class TrustedDirectory {
         try checkName(name)
         let display = pathOf(name)
         TrustedDirectory.tempCounter += 1
-        let temp = ".\(name).tmp-\(getpid())-\(TrustedDirectory.tempCounter)"
+        // O_EXCL refuses a name that exists: pid, counter and clock keep ours unique.
+        let temp = ".\(name).tmp-\(getpid())-\(TrustedDirectory.tempCounter)-\(Posix.monotonicNanoseconds() % 1_000_000_000)"
         let flags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK
         let (f, e) = Posix.retryingEINTR("open", subject: pathOf(temp), trapProgrammingErrors: true) { openat(fd, temp, flags, mode) }
         guard f >= 0 else {

@@ -1,5 +1,4 @@
 import ArgumentParser
-import Glibc
 import SwarmProtocol
 import SwarmSystem
 
@@ -95,7 +94,7 @@ struct Start: ParsableCommand {
         let dir = try TrustedDirectory(path: state, create: 0o700)
         let log = try dir.openAppendFile("swarmd.log", mode: 0o600)
         defer { log.close() }
-        let devNull = try Posix.open("/dev/null", O_RDWR)
+        let devNull = try FileSystem.openDevNull()
         defer { Posix.close(devNull) }
         var plan = SpawnPlan(executable: executable, argv: [executable, "--socket", socket, "--state-dir", state],
                              environment: Environment.all, setListenPID: false, cwd: "/", fds: [], stdin: devNull,

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Glibc
 import SwarmProtocol
 import SwarmSystem
 
@@ -7,7 +8,21 @@ enum Main {
     /// `swarmctl --socket X status` as well as `swarmctl status --socket X`:
     /// global options written before the subcommand are moved after it.
     static func main() {
-        SwarmCtl.main(arrange(Array(CommandLine.arguments.dropFirst())))
+        let args = arrange(Array(CommandLine.arguments.dropFirst()))
+        if let ping = QuickPing(args) { exit(ping.run()) }
+        do {
+            var command = try SwarmCtl.parseAsRoot(args)
+            try command.run()
+        } catch {
+            // As ParsableCommand.main does, but the argument parser's own messages (which quote
+            // the command line) are escaped like everything else swarmctl prints.
+            let code = SwarmCtl.exitCode(for: error)
+            let message = SwarmCtl.fullMessage(for: error)
+            if !message.isEmpty {
+                Console.write(TerminalText.escapeKeepingNewlines(message) + "\n", to: code == .success ? .output : .error)
+            }
+            exit(code.rawValue)
+        }
     }
 
     static let globalOptionsWithValue: Set<String> = ["--socket", "--trust-uid"]
@@ -36,6 +51,54 @@ enum Main {
     }
 }
 
+/// `swarmctl ping [--socket PATH] [--trust-uid UID]…`, the health check
+/// scripts run in loops, without the argument parser: building its tree of
+/// every subcommand (type names, conformance lookups, reflection of every
+/// option) was a third of ping's CPU time (issue 18). Anything else, help
+/// and errors included, goes through the parser as before.
+struct QuickPing {
+    var socket: String?
+    var trust: [String] = []
+
+    init?(_ args: [String]) {
+        guard args.first == "ping" else { return nil }
+        var i = 1
+        while i < args.count {
+            let a = args[i]
+            if (a == "--socket" || a == "--trust-uid"), i + 1 < args.count, !args[i + 1].hasPrefix("-") {
+                if a == "--socket" { socket = args[i + 1] } else { trust.append(args[i + 1]) }
+                i += 2
+            } else if a.hasPrefix("--socket="), a.count > 9 {
+                socket = String(a.dropFirst(9))
+                i += 1
+            } else if a.hasPrefix("--trust-uid="), a.count > 12 {
+                trust.append(String(a.dropFirst(12)))
+                i += 1
+            } else {
+                return nil
+            }
+        }
+    }
+
+    func run() -> Int32 {
+        // Not through GlobalOptions: its property wrappers cost a lookup of the parser's metadata.
+        do {
+            try execute {
+                let client = try Client(path: socket ?? SwarmDefaults.socketPath, trusting: try GlobalOptions.parseTrusted(trust),
+                                        builtInPath: GlobalOptions.isBuiltIn(socket))
+                let r = try client.call(client.request(.ping))
+                printOut(r.message ?? "pong")
+            }
+            return 0
+        } catch let e as ExitCode {
+            return e.rawValue
+        } catch {
+            printErr("swarmctl: \(error)")
+            return 1
+        }
+    }
+}
+
 struct SwarmCtl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "swarmctl",
@@ -60,12 +123,17 @@ struct GlobalOptions: ParsableArguments {
     }
 
     /// Neither --socket nor SWARM_SOCKET chose the path: swarmctl vouches for its directory.
-    var isBuiltInSocket: Bool {
+    var isBuiltInSocket: Bool { GlobalOptions.isBuiltIn(socket) }
+
+    static func isBuiltIn(_ socket: String?) -> Bool {
         socket == nil && Environment.nonEmpty(SwarmDefaults.socketVariable) == nil
     }
 
-    func trustedUIDs() throws -> [UInt32] {
-        let words = trustUID.flatMap { $0.split(separator: ",") }
+    func trustedUIDs() throws -> [UInt32] { try GlobalOptions.parseTrusted(trustUID) }
+
+    /// --trust-uid values and SWARM_TRUST_UID (both may list several, comma-separated).
+    static func parseTrusted(_ options: [String]) throws -> [UInt32] {
+        let words = options.flatMap { $0.split(separator: ",") }
             + (Environment.get(SwarmDefaults.trustUIDVariable) ?? "").split(separator: ",")
         return try words.map { word in
             let w = word.trimmingSpaces

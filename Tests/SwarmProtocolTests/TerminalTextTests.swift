@@ -101,3 +101,25 @@ struct DefaultsTests {
         #expect(SwarmVersion.current == "0.2.0")
     }
 }
+
+@Suite("Timestamps")
+struct TimestampTests {
+    @Test("RFC 3339 in UTC with microseconds, matching the C library's gmtime")
+    func rfc3339() {
+        #expect(Timestamp.rfc3339(nanosecondsSinceEpoch: 0) == "1970-01-01T00:00:00.000000Z")
+        #expect(Timestamp.rfc3339(nanosecondsSinceEpoch: 1_796_165_079_123_456_789) == "2026-12-01T22:44:39.123456Z")
+        #expect(Timestamp.rfc3339(nanosecondsSinceEpoch: 951_782_400_000_000_000) == "2000-02-29T00:00:00.000000Z")
+        #expect(Timestamp.rfc3339(nanosecondsSinceEpoch: -1_000) == "1969-12-31T23:59:59.999999Z")
+        // Every day of several years against gmtime_r.
+        var t: Int64 = 946_684_800  // 2000-01-01
+        while t < 1_900_000_000 {
+            var tt = time_t(t)
+            var tmv = tm()
+            gmtime_r(&tt, &tmv)
+            let mine = Timestamp.rfc3339(nanosecondsSinceEpoch: t * 1_000_000_000 + 5_000)
+            let libc = String(format: "%04d-%02d-%02dT%02d:%02d:%02d.000005Z", tmv.tm_year + 1900, tmv.tm_mon + 1, tmv.tm_mday, tmv.tm_hour, tmv.tm_min, tmv.tm_sec)
+            if mine != libc { Issue.record("\(t): \(mine) != \(libc)"); break }
+            t += 86400 + 3671
+        }
+    }
+}
