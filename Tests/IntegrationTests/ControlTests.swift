@@ -26,7 +26,7 @@ struct ControlTests {
             let d = try await s.startDaemon()
 
             #expect(try await s.ctlOK("ping").out == "pong\n")
-            #expect(try await s.ctlOK("version").out.contains("swarmd 0.1.0"))
+            #expect(try await s.ctlOK("version").out.contains("swarmd 0.2.0"))
             let started = try await s.ctlOK("start", conf)
             #expect(started.out.contains("web: started"), "\(started)")
             let gen1 = try await s.waitReady("web", workers: 2)

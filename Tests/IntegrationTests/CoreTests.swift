@@ -246,7 +246,7 @@ struct CoreTests {
                 ("bad-duration", "name = \"c\"\ncommand = [\(py), \(server)]\n[stop]\ntimeout = \"soon\"\n", 4),
                 ("bad-signal", "name = \"d\"\ncommand = [\(py), \(server)]\n\n[stop]\nsignal = \"SIGFOO\"\n", 5),
                 ("bad-listen", "name = \"e\"\ncommand = [\(py), \(server)]\n[[socket]]\nname = \"http\"\nlisten = \"localhost\"\n", 5),
-                ("workers-range", "name = \"f\"\ncommand = [\(py), \(server)]\nworkers = 0\n", 3),
+                ("workers-range", "name = \"f\"\ncommand = [\(py), \(server)]\nworkers = -1\n", 3),
                 ("bad-name", "\nname = \"Not Valid\"\ncommand = [\(py), \(server)]\n", 2),
                 ("syntax", "name = \"g\"\ncommand = [\(py), \(server)]\nworkers = = 2\n", 3),
             ]
