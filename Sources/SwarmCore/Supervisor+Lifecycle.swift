@@ -90,13 +90,14 @@ extension Supervisor {
         if w.niced, let pid = w.pid { out.append(.restorePriority(pid: pid)) }
         note(.info, "\(label(w)) ready after \((now - w.startedAt).humanReadable)")
         guard apps[name] != nil else { return }
-        // With [reload] min_ready the old worker keeps serving beside the new one until swapAt.
-        if incoming && swapAt == nil { swapIn(id, now: now) }
+        // "ready" goes to the requester before the swap's "retiring": the order things happened in.
         if let r = apps[name]?.reload, w.generation == r.to, let req = r.requester {
             progress(req, ReloadEvent(app: name, kind: .ready, slot: k, pid: w.pid, generation: w.generation,
                                       message: "slot \(k): pid \(w.pid ?? 0) ready"
                                           + (spec.reload.minReady > .zero ? " (replaces the old worker after \(spec.reload.minReady.humanReadable))" : "")))
         }
+        // With [reload] min_ready the old worker keeps serving beside the new one until swapAt.
+        if incoming && swapAt == nil { swapIn(id, now: now) }
         advanceReload(name, now: now)
     }
 

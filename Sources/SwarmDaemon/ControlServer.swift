@@ -20,6 +20,8 @@ final class ControlClient {
     fileprivate var writing = false
     fileprivate var reading = true
     fileprivate var queued = false
+    /// Within a turn: replies are queued and written once at its end.
+    fileprivate var batching = false
     fileprivate(set) var closing = false
     fileprivate(set) var closed = false
     fileprivate var lastActivity: Int64
@@ -75,6 +77,9 @@ final class ControlServer {
     static let framesPerTurn = 16
     /// Unread replies above which a client's further requests wait.
     static let readPause = 256 << 10
+    /// Requests read but not yet handled above which swarmd stops reading the
+    /// client (its own socket buffer then holds what it sends).
+    static let maxPendingRequests = 4 << 20
     /// Unread replies beyond the one being written that close the client.
     static let maxQueued = 8 << 20
     /// A client that takes none of its replies for this long is closed.
@@ -192,14 +197,17 @@ final class ControlServer {
         serve(client)
     }
 
-    /// Handles up to `framesPerTurn` buffered requests; more wait for another turn.
+    /// Handles up to `framesPerTurn` buffered requests; more wait for another
+    /// turn. The turn's replies go out in one write at its end.
     private func serve(_ client: ControlClient) {
         var handled = 0
+        client.batching = true
         while handled < ControlServer.framesPerTurn {
-            if client.closed || client.closing { return }
+            if client.closed || client.closing { break }
             if client.queuedBytes > ControlServer.readPause { break }
             let frame: [UInt8]?
             do { frame = try client.reader.next() } catch {
+                client.batching = false
                 send(client, Response.failure(0, "\(error); closing the connection"))
                 closeAfterFlush(client)
                 return
@@ -209,13 +217,13 @@ final class ControlServer {
             handled += 1
             handleFrame(client, frame)
         }
+        client.batching = false
+        if client.closed { return }
+        flush(client)
         if client.closed || client.closing { return }
         client.partialSince = client.reader.pendingCount > 0 ? (client.partialSince ?? client.lastActivity) : nil
-        let more = client.reader.hasFrame
-        // Stop reading while requests are buffered or replies pile up: the
-        // client's own socket buffer then holds what it sends.
-        setReading(client, !more && client.queuedBytes <= ControlServer.readPause)
-        if more && client.queuedBytes <= ControlServer.readPause { enqueue(client) }
+        setReading(client, client.reader.pendingCount <= ControlServer.maxPendingRequests)
+        if client.queuedBytes <= ControlServer.readPause && client.reader.hasFrame { enqueue(client) }
     }
 
     private func enqueue(_ client: ControlClient) {
@@ -291,10 +299,17 @@ final class ControlServer {
             client.laterBytes += bytes.count
         }
         client.replies.append(bytes)
-        flush(client)
+        if !client.batching { flush(client) }
     }
 
     private func flush(_ client: ControlClient) {
+        // Many small replies (a pipelined batch) go out in one write.
+        if client.replies.count > 1 && client.written == 0 && client.replies[0].count + client.laterBytes <= ControlServer.readPause {
+            var joined = client.replies[0]
+            for r in client.replies.dropFirst() { joined += r }
+            client.replies = [joined]
+            client.laterBytes = 0
+        }
         var progressed = false
         while !client.replies.isEmpty {
             let head = client.replies[0]
@@ -327,8 +342,8 @@ final class ControlServer {
         }
         if client.closing && !wantOut { return drop(client) }
         // Replies taken: buffered requests may go on.
-        if !client.reading && !client.closing && client.queuedBytes <= ControlServer.readPause {
-            if client.reader.hasFrame { enqueue(client) } else { setReading(client, true) }
+        if !client.closing && !client.batching && client.queuedBytes <= ControlServer.readPause && client.reader.hasFrame {
+            enqueue(client)
         }
     }
 

@@ -25,6 +25,7 @@ final class LogSink {
     private(set) var writeErrors = 0
     /// Lines lost in the current failure episode.
     private var lostLines = 0
+    private var lastFailureReport: Int64?
     private(set) var lastError: String?
     var report: (NoteLevel, String) -> Void = { _, _ in }
 
@@ -89,7 +90,11 @@ final class LogSink {
 
     private func lose(_ why: String) {
         writeErrors += 1
-        if lostLines == 0 {
+        // On a nearly full disk writing flaps (a short line fits, the next does not):
+        // one report per minute at most, however often it flaps.
+        let now = Posix.monotonicNanoseconds()
+        if lostLines == 0 && (lastFailureReport.map { now - $0 > 60_000_000_000 } ?? true) {
+            lastFailureReport = now
             report(.error, "Failed to write \(path): \(why); dropping \(app)'s log lines until it works again")
         }
         lostLines += 1

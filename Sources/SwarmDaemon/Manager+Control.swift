@@ -15,7 +15,7 @@ extension Manager: ControlHandler {
             controlFromSystemd = true
             if let path = Sockets.unixPath(of: controlFD) { controlSocketPath = path }
             try Posix.setNonBlocking(controlFD)
-            log.info("using the control socket passed by systemd (fd \(controlFD))")
+            log.info("using the control socket passed by systemd (fd \(controlFD), \(controlSocketPath))")
         } else {
             let dir = FileSystem.split(options.socketPath).directory
             try FileSystem.makeDirectories(dir, mode: 0o755)

@@ -399,7 +399,8 @@ public final class Manager {
     /// Debug builds check the core's invariants after every event, as its tests do
     /// (skipped above a size where the check itself would dominate).
     func checkInvariants(after event: SwarmCore.Event) {
-        guard supervisor.workers.count <= 512 else { return }
+        guard supervisor.workers.count <= 512,
+              supervisor.apps.values.reduce(0, { $0 + $1.slots.count }) <= 2048 else { return }
         let problems = supervisor.invariantViolations()
         if !problems.isEmpty {
             preconditionFailure("core invariants broken after \(event): \(problems.joined(separator: "; "))")

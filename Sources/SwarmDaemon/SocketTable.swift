@@ -118,6 +118,11 @@ final class AppSockets {
     func take(matching s: SocketSpec) -> Int32? {
         guard let i = entries.firstIndex(where: { $0.spec.listen == s.listen && $0.spec.effectiveBalance == s.effectiveBalance }) else { return nil }
         let e = entries.remove(at: i)
+        // The old program stays attached (and its map alive) until the new one replaces
+        // it, and a socket may sit in one map only: take it out of the old map first.
+        if let rr = e.roundRobin {
+            for index in e.steeredSlots.indices { try? rr.clearSocket(at: index) }
+        }
         for fd in e.perSlot.values { Posix.close(fd) }
         return e.shared
     }

@@ -102,6 +102,59 @@ public enum Codec {
         return bytes
     }
 
+    /// Foundation reports a string holding an unpaired `\\uD800`–`\\uDFFF` escape
+    /// like a number that does not fit, without a coding path: find the key
+    /// whose value holds one, so the error can name it.
+    static func fieldWithLoneSurrogate(_ frame: [UInt8]) -> String? {
+        func hex(_ b: UInt8) -> UInt8? {
+            switch b {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): return b - UInt8(ascii: "0")
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): return b - UInt8(ascii: "a") + 10
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): return b - UInt8(ascii: "A") + 10
+            default: return nil
+            }
+        }
+        func unit(at i: Int) -> UInt16? {
+            guard i + 5 < frame.count, frame[i] == UInt8(ascii: "\\"), frame[i + 1] == UInt8(ascii: "u") else { return nil }
+            var v: UInt16 = 0
+            for k in 2..<6 { guard let h = hex(frame[i + k]) else { return nil }; v = v << 4 | UInt16(h) }
+            return v
+        }
+        var i = 0
+        var lastKey: String?
+        var inString = false
+        var stringStart = 0
+        while i < frame.count {
+            let b = frame[i]
+            if inString {
+                if b == UInt8(ascii: "\\") {
+                    if let u = unit(at: i), (0xD800...0xDFFF).contains(u) {
+                        let paired = u < 0xDC00 && (unit(at: i + 6).map { (0xDC00...0xDFFF).contains($0) } ?? false)
+                        if !paired { return lastKey ?? "?" }
+                        i += 12
+                        continue
+                    }
+                    i += 2
+                    continue
+                }
+                if b == UInt8(ascii: "\"") {
+                    inString = false
+                    // A string followed by ':' is a key.
+                    var j = i + 1
+                    while j < frame.count, frame[j] == UInt8(ascii: " ") { j += 1 }
+                    if j < frame.count, frame[j] == UInt8(ascii: ":") {
+                        lastKey = String(decoding: frame[(stringStart + 1)..<i], as: UTF8.self)
+                    }
+                }
+            } else if b == UInt8(ascii: "\"") {
+                inString = true
+                stringStart = i
+            }
+            i += 1
+        }
+        return nil
+    }
+
     public static func decodeRequest(_ frame: [UInt8]) throws(FrameError) -> Request {
         if isNestedTooDeep(frame) { throw .malformed("nested deeper than \(maxNesting) levels") }
         let data = Data(frame)
@@ -122,6 +175,9 @@ public enum Codec {
             let path = ctx.codingPath.map(\.stringValue).joined(separator: ".")
             // The envelope parsed, so the JSON is valid: Foundation reports a number that does
             // not fit its field (1.5 or -1 for an integer) this way, without a coding path.
+            if path.isEmpty, let field = fieldWithLoneSurrogate(frame) {
+                throw .malformed("invalid value for field '\(field)': a lone UTF-16 surrogate escape is not a character")
+            }
             throw .malformed(path.isEmpty ? "a number does not fit its field" : "invalid value for field '\(path)'")
         } catch {
             throw .malformed("\(error)")

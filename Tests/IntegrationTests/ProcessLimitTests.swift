@@ -12,7 +12,10 @@ struct ProcessLimitTests {
     @Test(.enabled(if: getuid() == 0, "needs root to run swarmd as nobody"))
     func eagainBacksOff() async throws {
         try await withSwarm { s in
-            chmod(s.dir, 0o777)
+            // swarmd trusts only directories its own uid owns (the socket's and the state dir).
+            chown(s.dir, 65534, 65534)
+            chmod(s.dir, 0o755)
+            if access(s.stateDir, F_OK) == 0 { chown(s.stateDir, 65534, 65534) }
             let conf = try s.write("sleepy.conf", Conf.app("sleepy", command: ["/bin/sleep", "1000"], workers: 1,
                                                              extra: "[restart]\ninitial_delay = \"50ms\"\nmax_delay = \"1s\"\n[ready]\nmode = \"delay\"\ndelay = \"0s\""))
             chmod(conf, 0o644)
