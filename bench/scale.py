@@ -344,8 +344,8 @@ def measure(sup, n, run):
                     log("   reload failed (exit %d): %s" % (out.returncode, out.stderr.strip()[-300:]))
                 else:
                     r["reload_s"], r["reload_cpu_s"] = el, cpu
-                    r["reload_ms_per_worker"] = cpu / n * 1000
-                    log("   reload: %.2f s, daemon CPU %.2f s = %.3f ms per replaced worker" % (el, cpu, r["reload_ms_per_worker"]))
+                    r["reload_cpu_per_worker_ms"] = cpu / n * 1000
+                    log("   reload: %.2f s, daemon CPU %.2f s = %.3f ms per replaced worker" % (el, cpu, r["reload_cpu_per_worker_ms"]))
             except subprocess.TimeoutExpired:
                 r["reload_s"] = None
                 log("   reload: timeout after %.0f s" % TIMEOUT)
@@ -500,7 +500,7 @@ def main():
             ("daemon CPU, storm", "storm_cpu_s"), ("SIGTERM shutdown", "shutdown_s"), ("status idle", "status_idle_ms"),
             ("status in storm, median", "status_storm_med_ms"), ("status in storm, max", "status_storm_max_ms"),
             ("storm with status probe", "storm_probed_s"), ("raw ping", "raw_ping_ms"), ("swarmctl ping", "ctl_ping_ms"),
-            ("reload CPU per worker", "reload_ms_per_worker"), ("reload time", "reload_s")]
+            ("reload CPU per worker", "reload_cpu_per_worker_ms"), ("reload time", "reload_s")]
     loads = sorted(float(r["loadavg"]) for r in results if "loadavg" in r)
     print("\nMedians of %d run(s) per cell; 1-minute load average at the runs' starts %s-%s; raw figures in %s/scale.json (kept with KEEP_TMP=1)\n"
           % (RUNS, loads[0] if loads else "?", loads[-1] if loads else "?", TMP))
