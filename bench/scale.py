@@ -254,7 +254,7 @@ def setup(sup, n, d):
 
 
 def fmt_s(x):
-    return "timeout" if x is None else "%.2f" % x
+    return "timeout" if x is None else "%.2f s" % x
 
 
 def measure(sup, n, run):
@@ -276,7 +276,7 @@ def measure(sup, n, run):
             raise RuntimeError("%s exited with %s while starting; its log: %s" % (sup, p.returncode, os.path.join(d, "daemon.log")))
         r["start_s"] = time.monotonic() - t0 if ok else None
         r["start_cpu_s"] = cpu_s(p.pid)
-        log("   start: %s s, daemon CPU %.2f s%s" % (fmt_s(r["start_s"]), r["start_cpu_s"], "" if ok else " (%d of %d up)" % (len(ws.known), n)))
+        log("   start: %s, daemon CPU %.2f s%s" % (fmt_s(r["start_s"]), r["start_cpu_s"], "" if ok else " (%d of %d up)" % (len(ws.known), n)))
         if not ok:
             return r
         time.sleep(SETTLE)
@@ -320,13 +320,13 @@ def measure(sup, n, run):
                 r["status_storm_med_ms"] = statistics.median(sm) * 1000 if sm else None
                 r["status_storm_max_ms"] = max(sm) * 1000 if sm else None
                 r["status_storm_samples"] = len(sm)
-                log("   storm with status probe: %s s; status during it: %d answers, median %s ms, max %s ms%s" % (
+                log("   storm with status probe: %s; status during it: %d answers, median %s ms, max %s ms%s" % (
                     fmt_s(el), len(sm), "%.1f" % r["status_storm_med_ms"] if sm else "-",
                     "%.1f" % r["status_storm_max_ms"] if sm else "-",
                     "; errors: %s" % sampler.errors[:3] if sampler.errors else ""))
             else:
                 r["storm_s"], r["storm_cpu_s"] = el, cpu
-                log("   kill -9 of %d -> all replaced: %s s, daemon CPU %.2f s%s" % (
+                log("   kill -9 of %d -> all replaced: %s, daemon CPU %.2f s%s" % (
                     len(old), fmt_s(el), cpu, "" if ok else " (%d of %d back)" % (len(ws.scan(exclude=old)), n)))
             if not ok:
                 break
@@ -360,7 +360,7 @@ def measure(sup, n, run):
             return p.poll() is not None and not any(alive(w, s) for w, s in last.items())
         ok = wait_until(gone, TIMEOUT, 0.005)
         r["shutdown_s"] = time.monotonic() - t0 if ok else None
-        log("   SIGTERM -> daemon and %d workers gone: %s s" % (len(last), fmt_s(r["shutdown_s"])))
+        log("   SIGTERM -> daemon and %d workers gone: %s" % (len(last), fmt_s(r["shutdown_s"])))
         return r
     finally:
         stop_daemon(p)
