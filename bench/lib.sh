@@ -109,10 +109,17 @@ need_apt() { # need_apt COMMAND PACKAGE
     DEBIAN_FRONTEND=noninteractive run apt-get install -y -qq "$2" >&2
 }
 
-# need_circus: 0 if circusd/circusctl run (installing with pip if needed), else 1 with a note.
+# need_circus: 0 if circusd/circusctl run, else 1 with a note. Not on PATH: installs circus
+# from PyPI into a venv ($BENCH_VENV, default /var/tmp/swarm-bench-venv, kept between runs)
+# and puts its bin/ on PATH.
+BENCH_VENV="${BENCH_VENV:-/var/tmp/swarm-bench-venv}"
 need_circus() {
     if ! command -v circusd >/dev/null 2>&1 || ! circusd --version >/dev/null 2>&1; then
-        run python3 -m pip install -q circus >&2 || true
+        if [[ ! -x "$BENCH_VENV/bin/circusd" ]]; then
+            [[ -x "$BENCH_VENV/bin/pip" ]] || run python3 -m venv "$BENCH_VENV" >&2 || true
+            run "$BENCH_VENV/bin/pip" install -q circus >&2 || true
+        fi
+        PATH="$BENCH_VENV/bin:$PATH"
         hash -r
     fi
     if circusd --version >/dev/null 2>&1 && circusctl --help >/dev/null 2>&1; then return 0; fi
