@@ -303,7 +303,9 @@ public final class Manager {
     func forgetBroken(_ name: String) {
         guard brokenApps.removeValue(forKey: name) != nil else { return }
         brokenOrder.removeAll { $0 == name }
+        // Saved before the reply goes out, like every other change of the remembered apps.
         stateDirty = true
+        flushState()
     }
 
     func finishStartup() {
