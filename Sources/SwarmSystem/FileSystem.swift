@@ -191,8 +191,10 @@ public enum FileSystem {
         return String(cString: buf)
     }
 
-    /// mkdir -p: every missing directory of `path` is created with `mode`
-    /// (less the umask). A relative path is relative to the current
+    /// mkdir -p: every missing directory of `path` is created with exactly
+    /// `mode` (fchmod after mkdir: the process's umask does not apply, so a
+    /// service started with `UMask=0177` still gets directories it can enter).
+    /// Directories that were there are left as they are. A relative path is relative to the current
     /// directory, or to the directory `base` when given.
     public static func makeDirectories(_ path: String, mode: mode_t, relativeTo base: TrustedDirectory? = nil) throws {
         precondition(!path.isEmpty, "makeDirectories: an empty path")
@@ -204,12 +206,21 @@ public enum FileSystem {
             if part == "." || part == ".." { continue }
             let (r, e) = Posix.retryingEINTR("mkdir", subject: shown(current), trapProgrammingErrors: true) { mkdirat(dirfd, current, mode) }
             if r < 0 && e != EEXIST { throw SystemError("mkdir", errno: e, subject: shown(current)) }
+            if r == 0 { try setModeOfNewDirectory(at: dirfd, current, mode: mode, shown: shown(current)) }
         }
         // EEXIST does not say it is a directory.
         var st = stat()
         try Posix.syscall("stat", subject: shown(path)) { fstatat(dirfd, path, &st, 0) }
         let type = FileType(mode: st.st_mode)
         guard type == .directory else { throw FileError.notADirectory(path: shown(path), found: type) }
+    }
+
+    /// chmod of a directory this process has just made, through an
+    /// O_NOFOLLOW|O_DIRECTORY fd so that nothing swapped in is changed.
+    static func setModeOfNewDirectory(at dirfd: Int32, _ name: String, mode: mode_t, shown: String) throws {
+        let fd = try Posix.syscall("open", subject: shown) { openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0) }
+        defer { Posix.close(fd) }
+        try Posix.syscall("chmod", subject: shown) { fchmod(fd, mode) }
     }
 
     /// getcwd(3).

@@ -93,11 +93,17 @@ public final class TrustedDirectory {
     public func subdirectory(_ name: String, owners: [uid_t]? = nil, create mode: mode_t? = nil) throws -> TrustedDirectory {
         try checkName(name)
         let display = pathOf(name)
+        var made = false
         if let mode {
             let (r, e) = Posix.retryingEINTR("mkdir", subject: display, trapProgrammingErrors: true) { mkdirat(fd, name, mode) }
             if r < 0 && e != EEXIST { throw SystemError("mkdir", errno: e, subject: display) }
+            made = r == 0
         }
         let sub = try TrustedDirectory.openDirectory(at: fd, name, display: display)
+        if made, let mode {
+            // Exactly the mode asked for, whatever the umask.
+            do { try Posix.syscall("chmod", subject: display) { fchmod(sub, mode) } } catch { Posix.close(sub); throw error }
+        }
         return try TrustedDirectory(fd: sub, path: display, owners: owners ?? [geteuid()])
     }
 
@@ -138,7 +144,8 @@ public final class TrustedDirectory {
         try checkName(name)
         let display = pathOf(name)
         // Look before opening: opening a device can have effects of its own (a tape rewinds, a tty becomes ours).
-        if let st = try statusOfEntry(name), st.type != .regular { throw FileError.notARegularFile(path: display, found: st.type) }
+        let before = try statusOfEntry(name)
+        if let st = before, st.type != .regular { throw FileError.notARegularFile(path: display, found: st.type) }
         let flags = access.flags | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY | (mode != nil ? O_CREAT : 0)
         let (f, e) = Posix.retryingEINTR("open", subject: display, trapProgrammingErrors: true) { openat(fd, name, flags, mode ?? 0) }
         guard f >= 0 else {
@@ -149,8 +156,13 @@ public final class TrustedDirectory {
             throw SystemError("open", errno: e, subject: display)
         }
         do {
-            let st = try FileSystem.status(fd: f)
+            var st = try FileSystem.status(fd: f)
             guard st.type == .regular else { throw FileError.notARegularFile(path: display, found: st.type) }
+            if before == nil, let mode, st.permissions != UInt32(mode) {
+                // Made by this open: exactly the mode asked for, whatever the umask.
+                try Posix.syscall("chmod", subject: display) { fchmod(f, mode) }
+                st = try FileSystem.status(fd: f)
+            }
             return (f, st)
         } catch {
             Posix.close(f)
@@ -206,6 +218,7 @@ public final class TrustedDirectory {
         }
         do {
             try noSpace {
+                try Posix.syscall("chmod", subject: pathOf(temp)) { fchmod(f, mode) }
                 try Posix.writeFully(f, bytes, subject: pathOf(temp))
                 try Posix.sync(f, subject: pathOf(temp))
             }

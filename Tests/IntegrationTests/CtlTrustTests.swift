@@ -106,6 +106,7 @@ struct CtlTrustTests {
             let xdg = s.dir + "/xdg"
             let sockDir = xdg + "/swarm"
             #expect(mkdir(xdg, 0o755) == 0 && mkdir(sockDir, 0o755) == 0)
+            #expect(chmod(xdg, 0o755) == 0 && chmod(sockDir, 0o755) == 0, "the umask does not decide the test's modes")
             let env = ["XDG_RUNTIME_DIR": xdg]
 
             #expect(chown(sockDir, 1, 1) == 0)  // daemon: another user

@@ -72,6 +72,7 @@ struct TrustedDirectoryRuleTests {
         try withTempDir { tmp in
             let path = tmp + "/theirs"
             #expect(mkdir(path, 0o755) == 0)
+            #expect(chmod(path, 0o755) == 0)
             #expect(chown(path, 65534, 65534) == 0)
             do {
                 _ = try TrustedDirectory(path: path, create: 0o700)
@@ -286,6 +287,9 @@ struct FullDiskTests {
             #expect(text.hasSuffix("\n") && text.split(separator: "\n").allSatisfy { $0.count == 999 })
             // Once there is room again, appending goes on.
             f.close()
+            // truncate first: a concurrent test's fork can briefly hold a copy of the fd, and
+            // unlink alone frees the pages only when the last copy closes.
+            #expect(truncate(mnt + "/web.log", 0) == 0)
             try d.remove("web.log")
             let g = try d.openAppendFile("web.log")
             try g.append(line)
