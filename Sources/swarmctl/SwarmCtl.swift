@@ -11,6 +11,15 @@ enum Main {
         let args = arrange(Array(CommandLine.arguments.dropFirst()))
         if let ping = QuickPing(args) { exit(ping.run()) }
         do {
+            if let hosts = try Fleet.hosts(in: args) { exit(Fleet.run(args, hosts: hosts)) }
+        } catch let e as CtlError {
+            printErr("swarmctl: \(e.description)")
+            exit(e.exitCode)
+        } catch {
+            printErr("swarmctl: \(error)")
+            exit(1)
+        }
+        do {
             var command = try SwarmCtl.parseAsRoot(args)
             try command.run()
         } catch {
@@ -131,7 +140,8 @@ struct GlobalOptions: ParsableArguments {
         guard let text = host ?? Environment.nonEmpty(GlobalOptions.hostVariable) else { return nil }
         do {
             let hosts = try RemoteHost.parseList(text)
-            if hosts.count > 1 { throw CtlError(description: "--host: several hosts are not supported yet; name one", exitCode: 64) }
+            // Several hosts are Fleet's (main), which runs one swarmctl per host.
+            if hosts.count > 1 { throw CtlError(description: "--host: several hosts are run one swarmctl per host; this one got \(hosts.count)", exitCode: 70) }
             if socket != nil { throw CtlError(description: "--socket and --host: give the socket in the address (ssh://host/path/to/swarmd.sock)", exitCode: 64) }
             return hosts
         } catch let e as RemoteHost.ParseError {

@@ -104,3 +104,75 @@ struct RemoteTests {
         }
     }
 }
+
+/// `--host a,b,c`: read verbs on every host, reload as a rollout.
+@Suite("A fleet of hosts: labelled reads, host-by-host rollouts that stop at the first failure", .serialized,
+       .enabled(if: getuid() == 0, "needs root to make network namespaces and run sshd"),
+       .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/sbin/sshd"), "needs Debian's openssh-server (scripts/deps.sh installs it)"))
+struct FleetTests {
+    static func conf(_ command: [String]) -> String {
+        Conf.app("talker", command: command, workers: 2, extra: "[ready]\nmode = \"delay\"\ndelay = \"200ms\"")
+    }
+
+    @Test("status on 3 hosts, a rollout on all 3, a broken version stopping at host 2, a canary that restarts stopping after host 1")
+    func rollouts() async throws {
+        try await withSwarm { s in
+            let fleet = try TestFleet(hosts: 3, dir: s.dir)
+            defer { fleet.close() }
+            try await fleet.waitForSSH()
+            var confs: [String] = []
+            for (i, h) in fleet.hosts.enumerated() {
+                confs.append(try s.write("\(h.name).conf", FleetTests.conf(["/bin/sleep", "1000"])))
+                try await fleet.startSwarmd(i, configs: [confs[i]])
+            }
+            let all = fleet.hosts.map(\.url).joined(separator: ",")
+            func generations() async throws -> [Int] {
+                var g: [Int] = []
+                for h in fleet.hosts { g.append(try await remoteStatus(fleet, h.url)?.generation ?? -1) }
+                return g
+            }
+            for h in fleet.hosts {
+                try await waitUntil(timeout: 20, "talker on \(h.name) to be ready") { try await remoteStatus(fleet, h.url)?.workersReady == 2 }
+            }
+
+            let st = try await fleet.ctl(["status", "--host", all])
+            #expect(st.code == 0, "\(st)")
+            for h in fleet.hosts { #expect(st.out.contains("== \(h.url) =="), "\(st.out)") }
+            #expect(st.out.components(separatedBy: "talker").count - 1 >= 3, "\(st.out)")
+
+            let before = try await generations()
+            let ok = try await fleet.ctl(["reload", "talker", "--host", all, "--parallel", "2"], timeout: 120)
+            #expect(ok.code == 0, "\(ok)")
+            #expect(ok.out.contains("rollout summary"), "\(ok.out)")
+            #expect(try await generations() == before.map { $0 + 1 }, "every host reloaded once")
+
+            // A broken new version on host 2 only: host 1 reloads, host 2 fails and rolls itself back, host 3 is not touched.
+            try s.write("host2.conf", FleetTests.conf(["/bin/sh", "-c", "echo broken version; exit 1"]))
+            let mid = try await generations()
+            let broken = try await fleet.ctl(["reload", "talker", "--host", all], timeout: 120)
+            #expect(broken.code == 1, "\(broken)")
+            #expect(broken.out.contains("\(fleet.hosts[1].url): FAILED") && broken.out.contains("\(fleet.hosts[2].url): not started"), "\(broken.out)")
+            #expect(broken.err.contains("rollout stopped at \(fleet.hosts[1].url)"), "\(broken.err)")
+            let after = try await generations()
+            #expect(after[0] == mid[0] + 1 && after[2] == mid[2], "host 1 reloaded, host 3 untouched: \(mid) → \(after)")
+            try await waitUntil(timeout: 20, "host 2 to serve its old version again") { try await remoteStatus(fleet, fleet.hosts[1].url)?.workersReady == 2 }
+
+            // A version that becomes ready, then crashes: the canary watch on host 1 stops the rollout.
+            try s.write("host2.conf", FleetTests.conf(["/bin/sleep", "1000"]))
+            try s.write("host1.conf", FleetTests.conf(["/bin/sh", "-c", "sleep 1; exit 3"]))
+            let pre = try await generations()
+            let canary = try await fleet.ctl(["reload", "talker", "--host", all, "--canary-wait", "6s"], timeout: 120)
+            #expect(canary.code == 1 && canary.out.contains("canary"), "\(canary)")
+            #expect(canary.err.contains("rollout stopped at \(fleet.hosts[0].url)"), "\(canary.err)")
+            let post = try await generations()
+            #expect(post[1] == pre[1] && post[2] == pre[2], "hosts 2 and 3 untouched: \(pre) → \(post)")
+            print("[fleet] canary rollout output:\n\(canary.out)\(canary.err)")
+
+            for bad in [["reload", "talker", "--host", all, "--parallel", "0"], ["reload", "talker", "--host", all, "--canary-wait", "soon"],
+                        ["scale", "talker", "3", "--host", all], ["logs", "talker", "-f", "--host", all]] {
+                let r = try await fleet.ctl(bad)
+                #expect(r.code == 64, "\(bad): \(r)")
+            }
+        }
+    }
+}
