@@ -15,6 +15,7 @@ command -v curl >/dev/null || need+=(curl)
 # Test hosts for --host ssh://… (RemoteTests): network namespaces and their sshds.
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ip >/dev/null || need+=(iproute2)
+[ -x /usr/sbin/haproxy ] || need+=(haproxy)
 if [ ${#need[@]} -gt 0 ]; then
     echo "deps.sh: installing ${need[*]}"
     sudo_cmd=""

@@ -89,6 +89,8 @@ extension Manager: ControlHandler {
             logs(request, client)
         case .shutdown:
             submit([.shutdown], for: request, client)
+        case .drain, .undrain:
+            setDrained(request, client)
         case .daemonReexec:
             if let why = reexec(reply: (client, id)) { control.send(client, .failure(id, "cannot re-execute now: \(why)")) }
         }

@@ -21,6 +21,8 @@ public struct DaemonOptions {
     public var journalSocket: String
     /// Group allowed on the control socket (mode 0660) besides the owner.
     public var socketGroup: String?
+    /// `--agent HOST:PORT`: answer HAProxy's agent-check there.
+    public var agent: (host: String, port: UInt16)?
 
     public init(socketPath: String, stateDir: String, appsDir: String?, configFiles: [String], logTarget: String = "auto",
                 journalSocket: String = "/run/systemd/journal/socket", socketGroup: String? = nil) {
@@ -119,6 +121,9 @@ public final class Manager {
     var reapContinuation: EventLoop.Deferred?
     var housekeeping: EventLoop.Source?
     var sweepSource: EventLoop.Source?
+    var agent: AgentServer?
+    /// Apps the operator drained (`swarmctl drain`): the agent says `drain` for them.
+    var drained: Set<String> = []
     var lastBusyAt: Int64?
 
     /// Reaps per dispatch before the loop serves other sources.
@@ -222,6 +227,19 @@ public final class Manager {
         housekeeping = try loop.addPost { [weak self] in self?.afterDispatch() }
         sweepSource = try loop.addPeriodic(every: 1_000_000_000) { [weak self] in self?.everySecond() }
         reapContinuation = loop.addDeferred { [weak self] in self?.reapChildren() }
+        drained = Set(store.load(now: kernel.wallClock()).apps.filter { $0.drained == true }.map(\.name))
+        if let a = options.agent {
+            do {
+                agent = try AgentServer(host: a.host, port: a.port, loop: loop, kernel: kernel) { [weak self] request in
+                    guard let self else { return "down\n" }
+                    return AgentReply.line(request: request, health: { self.supervisor.health(of: $0) },
+                                           appNames: self.supervisor.appOrder, drained: self.drained)
+                }
+                log.notice("HAProxy agent listening on \(agent!.address)")
+            } catch {
+                throw DaemonError.control("--agent \(a.host):\(a.port): \(error)")
+            }
+        }
     }
 
     func startFresh(commandLine specs: [AppSpec]) throws {
@@ -509,7 +527,7 @@ public final class Manager {
             guard let app = supervisor.apps[name], app.goal != .deleted else { return nil }
             return RememberedApp(name: name, config: app.spec.sourcePath,
                                  workers: app.targetCount != app.spec.workers ? app.targetCount : nil,
-                                 stopped: app.goal == .stopped)
+                                 stopped: app.goal == .stopped, drained: drained.contains(name) ? true : nil)
         }
         apps += brokenOrder.compactMap { name in supervisor.apps[name] == nil ? brokenApps[name]?.remembered : nil }
         do {

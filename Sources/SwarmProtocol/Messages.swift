@@ -19,6 +19,8 @@ public enum ControlProtocol {
 
 public enum Verb: String, Codable, Sendable, CaseIterable {
     case ping, version, start, stop, restart, delete, reload, scale, status, logs, shutdown
+    /// HAProxy's agent (swarmd --agent) says `drain` for the app until `undrain`.
+    case drain, undrain
     case daemonReexec = "daemon-reexec"
 
     /// Verbs a peer that is neither root nor swarmd's own uid may use.
@@ -206,9 +208,11 @@ public struct AppStatus: Codable, Sendable, Equatable {
     public var logWriteError: String?
     /// state "error": why the app cannot run (its remembered config no longer loads).
     public var problem: String?
+    /// Drained by the operator: swarmd's HAProxy agent answers `drain` for it.
+    public var drained: Bool?
 
     enum CodingKeys: String, CodingKey {
-        case name, state, config, generation, workers, sockets
+        case name, state, config, generation, workers, sockets, drained
         case problem = "error"
         case logThrottledS = "log_throttled_s"
         case logWriteErrors = "log_write_errors"

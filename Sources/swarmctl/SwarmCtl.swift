@@ -114,7 +114,7 @@ struct SwarmCtl: ParsableCommand {
         abstract: "Drive swarmd over its control socket.",
         version: SwarmVersion.current,
         subcommands: [Start.self, Stop.self, Restart.self, Delete.self, Reload.self, Scale.self, Status.self, Logs.self,
-                      Ping.self, Version.self, Shutdown.self, DaemonReexec.self, DialStdio.self])
+                      Ping.self, Version.self, Shutdown.self, DaemonReexec.self, Drain.self, Undrain.self, DialStdio.self])
 }
 
 struct GlobalOptions: ParsableArguments {
@@ -336,4 +336,20 @@ struct DaemonReexec: ParsableCommand {
             throw CtlError(description: "swarmd did not answer within 10s after re-executing")
         }
     }
+}
+
+struct Drain: SimpleVerb {
+    static let configuration = CommandConfiguration(
+        abstract: "Make swarmd's HAProxy agent answer 'drain' for an app (no new connections to this host); workers keep running.",
+        discussion: "Remembered across swarmd restarts until 'undrain'. Needs swarmd --agent to have an effect.")
+    static let verb = Verb.drain
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "App name, or 'all'.") var name: String
+}
+
+struct Undrain: SimpleVerb {
+    static let configuration = CommandConfiguration(abstract: "End a drain: the HAProxy agent answers by ready workers again.")
+    static let verb = Verb.undrain
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "App name, or 'all'.") var name: String
 }

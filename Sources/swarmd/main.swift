@@ -29,6 +29,9 @@ struct Swarmd: ParsableCommand {
     @Option(name: .customLong("journal-socket"), help: .hidden)
     var journalSocket: String = "/run/systemd/journal/socket"
 
+    @Option(help: ArgumentHelp("Answer HAProxy's agent-check on this address (HOST:PORT, e.g. 10.0.0.5:9999): up with a weight of ready/wanted workers, drain, or down.", valueName: "host:port"))
+    var agent: String?
+
     @Flag(name: .shortAndLong, help: "Log debug messages.")
     var verbose = false
 
@@ -44,11 +47,17 @@ struct Swarmd: ParsableCommand {
     func run() throws {
         LoggingSystem.bootstrap { DaemonLogHandler(label: $0) }
         if verbose { DaemonLogHandler.minimumLevel = .debug }
-        let options = DaemonOptions(
+        var options = DaemonOptions(
             socketPath: socket ?? SwarmDefaults.socketPath,
             stateDir: stateDir ?? SwarmDefaults.stateDirectory,
             appsDir: appsDir, configFiles: configs, logTarget: logTarget,
             journalSocket: journalSocket, socketGroup: socketGroup)
+        do {
+            options.agent = try agent.map(DaemonOptions.agentAddress)
+        } catch {
+            FileHandleStderr.write("swarmd: \(error)\n")
+            throw ExitCode(64)
+        }
         do {
             let code = try Manager(options: options).run()
             throw ExitCode(code)
