@@ -66,6 +66,7 @@ final class Requester {
 /// - `output`: worker stdout/stderr, readiness pipes, sd_notify; log sinks and budgets.
 /// - `sockets`: every app's listening sockets and their steering.
 /// - `cgroups`: a cgroup per worker, so nothing a worker starts outlives it.
+/// - `interception`: workers' own bind() calls answered with their slot's socket.
 /// - `systemd`: READY/STATUS/RELOADING/STOPPING.
 /// - `store`: the remembered apps.
 /// - `workers`: what the shell holds per live worker (for `workerGone`).
@@ -79,6 +80,7 @@ public final class Manager {
     let output: WorkerOutput
     let sockets: SocketTable
     let cgroups: WorkerCgroups
+    let interception: BindInterception
     let systemd: SystemdBridge
     let store: StateStore
     /// The state directory and its `logs/`, checked once and held open: every
@@ -148,6 +150,7 @@ public final class Manager {
                               notifyPath: "@swarmd-notify-\(getpid())-\(kernel.now() % 1_000_000)")
         sockets = SocketTable(kernel: kernel)
         cgroups = WorkerCgroups(loop: loop)
+        interception = BindInterception(loop: loop)
         systemd = SystemdBridge(kernel: kernel)
         store = StateStore(directory: stateDirectory)
         executablePath = (try? FileSystem.readLink("/proc/self/exe")).map { $0.hasSuffix(" (deleted)") ? String($0.dropLast(10)) : $0 } ?? CommandLine.arguments[0]
@@ -173,6 +176,8 @@ public final class Manager {
         control.report = report
         sockets.report = report
         cgroups.report = report
+        interception.report = report
+        interception.sockets = { [weak self] app in self?.sockets[app] }
         output.report = report
         output.journalSocket = options.journalSocket
         output.deliver = { [weak self] event in self?.feed(event) }
@@ -202,6 +207,7 @@ public final class Manager {
         originalNoFile = Posix.raiseFileLimit()
         try Spawner.setChildSubreaper()
         Posix.ignore(SIGPIPE)
+        interception.probe(kernel: kernel)
 
         if let handover = try Handover.take() {
             try resume(from: handover)
@@ -363,6 +369,7 @@ public final class Manager {
     }
 
     func cleanUp() {
+        interception.closeAll()
         sockets.closeAll()
         control.stop()
         if controlFD >= 0 {
@@ -449,6 +456,7 @@ public final class Manager {
         case let .workerGone(id, pid):
             workers[id] = nil
             cgroups.gone(id, pid: pid)
+            interception.gone(id)
             output.closeReadyPipe(id)
             if let pid { cpuSamples[pid] = nil }
         case let .restorePriority(pid):
