@@ -29,10 +29,11 @@ import Glibc
 //    programs such a worker runs are ignored (sudo, ping with caps fail).
 //    A root swarmd installs it before dropping to the app's user: no change.
 //  - O_NONBLOCK is a property of the open file description, shared by every
-//    holder of swarm's socket: the interceptor copies the caller's choice
-//    (of its own socket) onto swarm's before handing it over, which is what
-//    that program expects; a second worker of the same slot (during a reload)
-//    sees that flag too.
+//    holder of swarm's socket: by default the interceptor copies the caller's
+//    choice (of its own socket) onto swarm's before handing it over, which is
+//    what that program expects; a second worker of the same slot (during a
+//    reload) sees that flag too. A daemon that tracks who holds the socket
+//    decides instead (`nonBlockingPolicy`).
 //  - Binds of other ABIs (x32, i386 programs on x86_64) are not intercepted.
 
 /// An address and port as a bind() call passed them.
