@@ -64,16 +64,14 @@ final class BindInterception {
     /// Once at start-up: can this swarmd intercept binds here at all?
     func probe(kernel: Kernel) {
         probed = true
-        guard let k = kernel as? BindInterceptingKernel else {
-            unavailable = "this kernel interface cannot intercept bind()"
-            return
-        }
-        switch k.probeBindInterception() {
-        case let .success(r):
+        switch (kernel as? BindInterceptingKernel)?.probeBindInterception() {
+        case let .success(r)?:
             needsNoNewPrivileges = r.needsNoNewPrivileges
             unavailable = nil
-        case let .failure(why):
+        case let .failure(why)?:
             unavailable = "\(why.reason) (\(errnoName(why.errno)))"
+        case nil:
+            unavailable = "this kernel interface cannot intercept bind()"
         }
         if let unavailable {
             report(.warning, "bind interception unavailable: \(unavailable); workers get their sockets as fd 3… only (LISTEN_FDS), and a server that binds its port itself fails with EADDRINUSE")
