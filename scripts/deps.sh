@@ -2,7 +2,8 @@
 # Installs what building and testing swarm needs on Debian, when missing:
 # libsystemd-dev (sd-daemon, sd-event, sd-journal), pkg-config, python3 and
 # node for the example workers, systemd for systemd-analyze and
-# systemd-socket-activate, util-linux for setpriv.
+# systemd-socket-activate, util-linux for setpriv, golang-go for the static
+# Go server of the bind-interception tests.
 set -euo pipefail
 need=()
 dpkg -s libsystemd-dev >/dev/null 2>&1 || need+=(libsystemd-dev)
@@ -12,6 +13,7 @@ command -v node >/dev/null || need+=(nodejs)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v curl >/dev/null || need+=(curl)
+command -v go >/dev/null || need+=(golang-go)
 # Test hosts for --host ssh://… (RemoteTests): network namespaces and their sshds.
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ip >/dev/null || need+=(iproute2)

@@ -68,6 +68,7 @@ final class Requester {
 /// - `output`: worker stdout/stderr, readiness pipes, sd_notify; log sinks and budgets.
 /// - `sockets`: every app's listening sockets and their steering.
 /// - `cgroups`: a cgroup per worker, so nothing a worker starts outlives it.
+/// - `interception`: workers' own bind() calls answered with their slot's socket.
 /// - `systemd`: READY/STATUS/RELOADING/STOPPING.
 /// - `store`: the remembered apps.
 /// - `workers`: what the shell holds per live worker (for `workerGone`).
@@ -81,6 +82,7 @@ public final class Manager {
     let output: WorkerOutput
     let sockets: SocketTable
     let cgroups: WorkerCgroups
+    let interception: BindInterception
     let systemd: SystemdBridge
     let store: StateStore
     /// The state directory and its `logs/`, checked once and held open: every
@@ -153,6 +155,7 @@ public final class Manager {
                               notifyPath: "@swarmd-notify-\(getpid())-\(kernel.now() % 1_000_000)")
         sockets = SocketTable(kernel: kernel)
         cgroups = WorkerCgroups(loop: loop)
+        interception = BindInterception(loop: loop)
         systemd = SystemdBridge(kernel: kernel)
         store = StateStore(directory: stateDirectory)
         executablePath = (try? FileSystem.readLink("/proc/self/exe")).map { $0.hasSuffix(" (deleted)") ? String($0.dropLast(10)) : $0 } ?? CommandLine.arguments[0]
@@ -178,6 +181,8 @@ public final class Manager {
         control.report = report
         sockets.report = report
         cgroups.report = report
+        interception.report = report
+        interception.sockets = { [weak self] app in self?.sockets[app] }
         output.report = report
         output.journalSocket = options.journalSocket
         output.deliver = { [weak self] event in self?.feed(event) }
@@ -207,6 +212,7 @@ public final class Manager {
         originalNoFile = Posix.raiseFileLimit()
         try Spawner.setChildSubreaper()
         Posix.ignore(SIGPIPE)
+        interception.probe(kernel: kernel)
 
         if let handover = try Handover.take() {
             try resume(from: handover)
@@ -381,6 +387,7 @@ public final class Manager {
     }
 
     func cleanUp() {
+        interception.closeAll()
         sockets.closeAll()
         control.stop()
         if controlFD >= 0 {
@@ -467,6 +474,7 @@ public final class Manager {
         case let .workerGone(id, pid):
             workers[id] = nil
             cgroups.gone(id, pid: pid)
+            interception.gone(id)
             output.closeReadyPipe(id)
             if let pid { cpuSamples[pid] = nil }
         case let .restorePriority(pid):
