@@ -52,11 +52,13 @@ struct Handover: Codable {
     var sentReady: Bool
     /// The in-memory log tail of each app (`logs -n`, reload errors).
     var logTails: [String: [LogLine]]?
+    /// `--metrics`: its listening socket and counters.
+    var metrics: MetricsHandover?
 
     static let variable = "SWARM_REEXEC_FD"
 
     var allFDs: [Int32] {
-        var fds = [notifyFD, controlFD] + outputs.map(\.fd) + readyPipes.map(\.fd) + systemdFDs.values
+        var fds = [notifyFD, controlFD] + outputs.map(\.fd) + readyPipes.map(\.fd) + systemdFDs.values + (metrics.map { [$0.fd] } ?? [])
         for entries in sockets.values {
             for e in entries { fds += [e.shared] + e.perSlot.values + (e.roundRobin ?? []) }
         }
@@ -108,7 +110,8 @@ extension Manager {
         for (app, sink) in output.sinks { tails[app] = sink.tail }
         let handover = Handover(supervisor: snapshot, startedAt: startedAt, notifyPath: output.notifyPath, notifyFD: output.notifyFD,
                                 controlFD: controlFD, controlFromSystemd: controlFromSystemd, sockets: socketStates, outputs: outputs,
-                                readyPipes: ready, systemdFDs: named, sentReady: systemd.sentReady, logTails: tails)
+                                readyPipes: ready, systemdFDs: named, sentReady: systemd.sentReady, logTails: tails,
+                                metrics: metricsHandover)
         let memfd: Int32
         do { memfd = try Posix.memoryFile(name: "swarmd-handover", closeOnExec: true) } catch { return "\(error)" }
         do {
@@ -150,6 +153,7 @@ extension Manager {
         controlFromSystemd = h.controlFromSystemd
         sockets.passedBySystemd = h.systemdFDs.map { ($0.key, $0.value) }
         try setUpLoop(controlSocket: h.controlFD, notifySocket: h.notifyFD)
+        try setUpMetrics(handover: h.metrics)
         cgroups.setUp(stateDirectory: options.stateDir, fresh: false)
         for (id, w) in supervisor.workers { if let pid = w.pid { cgroups.adopt(id, app: w.app, slot: w.slot, pid: pid) } }
         for (name, states) in h.sockets {
