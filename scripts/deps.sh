@@ -2,7 +2,8 @@
 # Installs what building and testing swarm needs on Debian, when missing:
 # libsystemd-dev (sd-daemon, sd-event, sd-journal), pkg-config, python3 and
 # node for the example workers, systemd for systemd-analyze and
-# systemd-socket-activate, util-linux for setpriv.
+# systemd-socket-activate, util-linux for setpriv, prometheus for promtool
+# and the server the metrics tests scrape swarmd with.
 set -euo pipefail
 need=()
 dpkg -s libsystemd-dev >/dev/null 2>&1 || need+=(libsystemd-dev)
@@ -12,6 +13,8 @@ command -v node >/dev/null || need+=(nodejs)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v curl >/dev/null || need+=(curl)
+# promtool and a Prometheus server for the metrics tests.
+command -v promtool >/dev/null || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
     echo "deps.sh: installing ${need[*]}"
     sudo_cmd=""
