@@ -15,6 +15,9 @@ command -v setpriv >/dev/null || need+=(util-linux)
 command -v curl >/dev/null || need+=(curl)
 # promtool and a Prometheus server for the metrics tests.
 command -v promtool >/dev/null || need+=(prometheus)
+# Test hosts for --host ssh://… (RemoteTests): network namespaces and their sshds.
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ip >/dev/null || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
     echo "deps.sh: installing ${need[*]}"
     sudo_cmd=""
