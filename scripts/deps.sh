@@ -3,7 +3,8 @@
 # libsystemd-dev (sd-daemon, sd-event, sd-journal), pkg-config, python3 and
 # node for the example workers, systemd for systemd-analyze and
 # systemd-socket-activate, util-linux for setpriv, golang-go for the static
-# Go server of the bind-interception tests.
+# Go server of the bind-interception tests, prometheus for promtool and the
+# server the metrics tests scrape swarmd with.
 set -euo pipefail
 need=()
 dpkg -s libsystemd-dev >/dev/null 2>&1 || need+=(libsystemd-dev)
@@ -14,6 +15,8 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v curl >/dev/null || need+=(curl)
 command -v go >/dev/null || need+=(golang-go)
+# promtool and a Prometheus server for the metrics tests.
+command -v promtool >/dev/null || need+=(prometheus)
 # Test hosts for --host ssh://… (RemoteTests): network namespaces and their sshds.
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ip >/dev/null || need+=(iproute2)

@@ -23,6 +23,11 @@ public struct DaemonOptions {
     public var socketGroup: String?
     /// `--agent HOST:PORT`: answer HAProxy's agent-check there.
     public var agent: (host: String, port: UInt16)?
+    /// `--metrics`: where /metrics, /healthz and /readyz are served (nil: not at all,
+    /// unless systemd passes a socket named "metrics").
+    public var metricsAddress: MetricsAddress?
+    /// `--metrics-public`: a non-loopback metrics address is allowed.
+    public var metricsPublic = false
 
     public init(socketPath: String, stateDir: String, appsDir: String?, configFiles: [String], logTarget: String = "auto",
                 journalSocket: String = "/run/systemd/journal/socket", socketGroup: String? = nil) {
@@ -127,6 +132,8 @@ public final class Manager {
     /// Apps the operator drained (`swarmctl drain`): the agent says `drain` for them.
     var drained: Set<String> = []
     var lastBusyAt: Int64?
+    /// `/metrics`, `/healthz`, `/readyz`; nil when not asked for.
+    var metrics: DaemonMetrics?
 
     /// Reaps per dispatch before the loop serves other sources.
     static let reapsPerTurn = 64
@@ -251,6 +258,7 @@ public final class Manager {
     func startFresh(commandLine specs: [AppSpec]) throws {
         sockets.passedBySystemd = Systemd.listenFDs()
         try setUpLoop(controlSocket: nil, notifySocket: nil)
+        try setUpMetrics(handover: nil)
         enableTCPMigration()
         cgroups.setUp(stateDirectory: options.stateDir, fresh: true)
 
@@ -390,6 +398,7 @@ public final class Manager {
         interception.closeAll()
         sockets.closeAll()
         control.stop()
+        metrics?.stop(removeSocket: true)
         if controlFD >= 0 {
             Posix.close(controlFD)
             if !controlFromSystemd { _ = try? FileSystem.removeIfPresent(options.socketPath) }
@@ -413,7 +422,9 @@ public final class Manager {
         while eventsHead < events.count {
             let e = events[eventsHead]
             eventsHead += 1
+            metrics?.recorder.before(e, supervisor)
             for action in supervisor.handle(e, now: now()) { perform(action) }
+            metrics?.recorder.after(e, supervisor)
             #if DEBUG
             checkInvariants(after: e)
             #endif
@@ -442,6 +453,10 @@ public final class Manager {
     #endif
 
     func perform(_ action: Action) {
+        if let m = metrics {
+            m.recorder.performed(action, supervisor, now: kernel.now())
+            if case let .spawn(r) = action { countLogLines(of: r.app) }
+        }
         switch action {
         case let .spawn(request):
             spawn(request)

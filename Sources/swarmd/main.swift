@@ -26,6 +26,13 @@ struct Swarmd: ParsableCommand {
     @Option(name: .customLong("socket-group"), help: ArgumentHelp("Open the control socket to this group (mode 0660).", valueName: "group"))
     var socketGroup: String?
 
+    @Option(help: ArgumentHelp("Serve Prometheus /metrics, /healthz and /readyz on host:port or unix:PATH (loopback only unless --metrics-public).",
+                               valueName: "addr"))
+    var metrics: String?
+
+    @Flag(name: .customLong("metrics-public"), help: "Allow a --metrics address beyond loopback (every app name and pid is visible there).")
+    var metricsPublic = false
+
     @Option(name: .customLong("journal-socket"), help: .hidden)
     var journalSocket: String = "/run/systemd/journal/socket"
 
@@ -42,6 +49,13 @@ struct Swarmd: ParsableCommand {
         guard ["auto", "file", "journal"].contains(logTarget) else {
             throw ValidationError("--log-target must be auto, file or journal, not '\(logTarget)'")
         }
+        if let metrics {
+            let address: MetricsAddress
+            do { address = try MetricsAddress.parse(metrics) } catch { throw ValidationError("\(error)") }
+            guard address.isLocal || metricsPublic else {
+                throw ValidationError("--metrics \(metrics): not a loopback address; add --metrics-public to serve metrics beyond this host")
+            }
+        }
     }
 
     func run() throws {
@@ -52,6 +66,8 @@ struct Swarmd: ParsableCommand {
             stateDir: stateDir ?? SwarmDefaults.stateDirectory,
             appsDir: appsDir, configFiles: configs, logTarget: logTarget,
             journalSocket: journalSocket, socketGroup: socketGroup)
+        options.metricsAddress = try metrics.map(MetricsAddress.parse)
+        options.metricsPublic = metricsPublic
         do {
             options.agent = try agent.map(DaemonOptions.agentAddress)
         } catch {
