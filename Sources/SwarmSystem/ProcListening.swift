@@ -124,12 +124,15 @@ public struct ListeningProbeOutcome: Sendable {
 /// connections on one of its sockets, compared by socket identity.
 ///
 /// Its cost is bounded whatever the worker looks like: a probe makes at
-/// most `Limits.reads` reads, looks at `Limits.threadsPerProcess` threads
-/// of a process (the main thread, then a window that moves on at each
-/// probe, so a worker of 2,000 threads is covered in a few dozen probes
-/// instead of 2,000 reads each time), `Limits.processes` processes (a
-/// window over the descendants, moving likewise), and skips the threads of
-/// a process that holds none of the sockets (it cannot accept on them).
+/// most `Limits.reads` reads; of a process it reads `Limits.threadsPerProcess`
+/// threads' system calls: the main thread and the oldest few every time
+/// (servers tend to start their acceptor early), then a window that moves
+/// on at each probe, so a worker of 2,000 threads is covered in a few dozen
+/// probes instead of 2,000 reads each time; it skips the threads of a
+/// process that holds none of the sockets (it cannot accept on them); and
+/// it looks at `Limits.processes` processes, a window over the descendants
+/// moving likewise. A worker that waits in epoll (most servers) is found by
+/// the first probe after it starts waiting.
 /// Not thread-safe: owned by the event loop.
 public final class ListeningProber {
     public struct Limits: Sendable {
@@ -141,8 +144,10 @@ public final class ListeningProber {
         public var fdsPerProcess = 256
         /// Epoll sets read per process.
         public var epollSetsPerProcess = 8
-        /// Threads per process per probe: the main thread and a moving window.
-        public var threadsPerProcess = 32
+        /// Threads per process per probe: the main thread, the oldest others, and a moving window.
+        public var threadsPerProcess = 64
+        /// Of those, the oldest threads (the main one included), looked at in every probe.
+        public var firstThreads = 8
         /// Descendants found through /proc children (no cgroup), at most.
         public var descendantsListed = 64
 
@@ -258,17 +263,29 @@ public final class ListeningProber {
         var c = cursors[pid] ?? Cursor()
         c.usedAt = now
         defer { cursors[pid] = c }
-        let window = limits.threadsPerProcess - 1
-        let from = c.threads
-        guard let first = numericEntries(at: dir, "task", pid: pid, from: from, max: window, excluding: pid) else { return nil }
-        var tids = first.names
-        c.threads = first.next
-        if tids.count < window, first.next == 0, from != 0,
-           let more = numericEntries(at: dir, "task", pid: pid, from: 0, max: window - tids.count, excluding: pid) {
-            // The window reached the last thread: it goes on from the first in the same probe.
-            let seen = Set(tids)
-            tids += more.names.filter { !seen.contains($0) }
-            c.threads = more.next
+        // The oldest threads every time (servers often start their acceptor early), then a window that moves on.
+        var tids: [Int32] = []
+        var rest: Int64? = 0  // directory offset where the moving part starts; nil: no thread beyond the oldest
+        let oldest = min(limits.firstThreads, limits.threadsPerProcess) - 1
+        if oldest > 0 {
+            guard let head = numericEntries(at: dir, "task", pid: pid, from: 0, max: oldest, excluding: pid) else { return nil }
+            tids = head.names
+            rest = head.next == 0 ? nil : head.next
+        }
+        let window = limits.threadsPerProcess - 1 - tids.count
+        if let rest, window > 0, !spent {
+            let from = max(c.threads, rest)
+            if let w = numericEntries(at: dir, "task", pid: pid, from: from, max: window, excluding: pid) {
+                tids += w.names
+                c.threads = w.next
+                if w.names.count < window, w.next == 0, from != rest,
+                   let more = numericEntries(at: dir, "task", pid: pid, from: rest, max: window - w.names.count, excluding: pid) {
+                    // The window reached the last thread: it goes on from the first of the moving part in the same probe.
+                    let seen = Set(tids)
+                    tids += more.names.filter { !seen.contains($0) }
+                    c.threads = more.next
+                }
+            }
         }
         for tid in tids {
             if let e = threadWaits(at: dir, pid: pid, tid: tid, path: "task/\(tid)/syscall", held: held) { return e }
