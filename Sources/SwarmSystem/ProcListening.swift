@@ -20,7 +20,8 @@ public struct SocketIdentity: Hashable, Sendable, CustomStringConvertible {
     /// The identity of the socket this process holds at `fd`.
     public static func of(fd: Int32) throws -> SocketIdentity {
         var st = stat()
-        try Posix.syscall("fstat", subject: "fd \(fd)") { fstat(fd, &st) }
+        // Not trapping on EBADF: the probe runs on the daemon's loop, and a socket closed under it must not stop swarmd.
+        _ = try Posix.check("fstat", subject: "fd \(fd)") { fstat(fd, &st) }
         guard st.st_mode & S_IFMT == S_IFSOCK else { throw SystemError("fstat", errno: ENOTSOCK, subject: "fd \(fd)") }
         return SocketIdentity(inode: UInt64(st.st_ino), device: UInt64(st.st_dev))
     }
