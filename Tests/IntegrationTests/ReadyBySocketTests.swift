@@ -9,10 +9,10 @@ import Testing
 // start of every slot (no restart, no readiness timeout).
 
 enum ReadyBySocket {
-    /// The venv scripts/deps.sh makes (uvicorn, hypercorn, gunicorn from PyPI).
+    /// The venv scripts/deps.sh makes (uvicorn, hypercorn, gunicorn from PyPI; SWARM_TEST_VENV overrides).
     static var venvPython: String {
-        let venv = ProcessInfo.processInfo.environment["SWARM_TEST_VENV"].flatMap { $0.isEmpty ? nil : $0 } ?? Paths.root + "/.build/test-venv"
-        return venv + "/bin/python"
+        let venv = ProcessInfo.processInfo.environment["SWARM_TEST_VENV"].flatMap { $0.isEmpty ? nil : $0 } ?? "/var/tmp/swarm-venv"
+        return venv + "/bin/python3"
     }
 
     static func requireVenv(_ modules: String) throws {
