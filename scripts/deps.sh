@@ -17,6 +17,7 @@ command -v curl >/dev/null || need+=(curl)
 command -v go >/dev/null || need+=(golang-go)
 # promtool and a Prometheus server for the metrics tests.
 command -v promtool >/dev/null || need+=(prometheus)
+python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 # Test hosts for --host ssh://… (RemoteTests): network namespaces and their sshds.
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ip >/dev/null || need+=(iproute2)
@@ -27,4 +28,11 @@ if [ ${#need[@]} -gt 0 ]; then
     [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
     $sudo_cmd apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+venv="${SWARM_TEST_VENV:-/var/tmp/swarm-venv}"
+pypi=(gunicorn uvicorn hypercorn waitress)
+if ! "$venv/bin/python3" -c 'import gunicorn, uvicorn, hypercorn, waitress' 2>/dev/null; then
+    echo "deps.sh: installing ${pypi[*]} into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "${pypi[@]}"
 fi

@@ -467,9 +467,7 @@ public final class Manager {
             // The worker's group is all of its tree: what left the process group is still in its cgroup.
             if group && sig == .kill { cgroups.killTree(ofPid: pid) }
         case let .probeListening(id, pid):
-            guard let spec = supervisor.workers[id].flatMap(supervisor.spec(of:)) else { return }
-            let fds = Set((0..<spec.sockets.count).map { Int32(3 + $0) })
-            if kernel.isListening(pid: pid, fds: fds) { events.append(.ready(pid: pid)) }
+            probeListening(id, pid: pid)
         case let .sampleMemory(pid):
             if let rss = kernel.rss(pid: pid) { events.append(.memory(pid: pid, bytes: rss)) }
         case let .armTimer(at):
