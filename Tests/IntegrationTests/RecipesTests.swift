@@ -87,14 +87,15 @@ struct RecipesTests {
     /// processes of those workers (`own`: the workers answer themselves, no pre-fork
     /// children), then reloads it (under fresh-connection load with `drains`) and checks again.
     func serve(_ name: String, _ command: [String], ready: String, own: Bool, drains: Bool,
-               files: [String: String] = [:], sourceLocation: SourceLocation = #_sourceLocation) async throws {
+               files: [String: String] = [:], env: [String: String] = [:], extra: String = "",
+               port chosen: UInt16? = nil, sourceLocation: SourceLocation = #_sourceLocation) async throws {
         try await withSwarm { s in
             for (file, text) in files { try s.write(file, text) }
-            let port = try Ports.free()
+            let port = try chosen ?? Ports.free()
             // cwd defaults to the config's folder: the test dir, where the app's files are.
             let conf = try s.write("\(name).conf", Conf.app(name, command: command, workers: 2, port: port,
-                                                            env: ["PATH": "\(Recipes.venv)/bin:/usr/local/bin:/usr/bin:/bin"],
-                                                            extra: "[ready]\nmode = \"\(ready)\"\ntimeout = \"20s\"\n"))
+                                                            env: env.merging(["PATH": "\(Recipes.venv)/bin:/usr/local/bin:/usr/bin:/bin"]) { a, _ in a },
+                                                            extra: "[ready]\nmode = \"\(ready)\"\ntimeout = \"20s\"\n" + extra))
             try await s.startDaemon()
             let start = try await s.ctl("start", conf)
             guard start.code == 0 else { throw HarnessError("\(name) did not start: \(start)") }
@@ -162,5 +163,30 @@ struct RecipesTests {
         guard code == 0 else { throw HarnessError("rustc failed (\(code)): \(built.stderr)") }
         chmod(dir + "/server", 0o755)
         try await serve("rust", [dir + "/server"], ready: "listening", own: true, drains: false)
+    }
+
+    static let nginx: String? = ["/usr/sbin/nginx", "/usr/bin/nginx"].first { (path: String) in access(path, X_OK) == 0 }
+
+    @Test("nginx: NGINX=\"3;\" hands it fd 3 (its own inheritance protocol), stop by SIGQUIT (graceful)",
+          .enabled(if: nginx != nil, "nginx is not installed (apt-get install nginx-light)"))
+    func nginxInheritsFD3() async throws {
+        let port = try Ports.free()
+        let conf = """
+            daemon off;
+            worker_processes 1;
+            error_log stderr notice;
+            events {}
+            http {
+                access_log off;
+                server {
+                    listen 127.0.0.1:\(port);
+                    location / { return 200 "$pid\\n"; }
+                }
+            }
+            """
+        // Each nginx master needs a pid file of its own; its argv has no slot placeholder, so sh names it.
+        try await serve("nginx", ["/bin/sh", "-c", "exec \(Self.nginx!) -c \"$(pwd)/site.nginx\" -g \"pid $(pwd)/nginx.$SWARM_WORKER.$SWARM_GENERATION.pid;\""],
+                        ready: "delay", own: false, drains: true, files: ["site.nginx": conf], env: ["NGINX": "3;"],
+                        extra: "[stop]\nsignal = \"SIGQUIT\"\n", port: port)
     }
 }
