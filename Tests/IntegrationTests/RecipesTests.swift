@@ -138,6 +138,21 @@ struct RecipesTests {
                         ready: "notify", own: false, drains: true, files: ["wsgi.py": Recipes.wsgi])
     }
 
+    @Test("gunicorn --bind fd://{fd:http} as the README used to say: fd 3 used twice, EBADF, and start says so with gunicorn's lines")
+    func gunicornOldRecipeFails() async throws {
+        let gunicorn = try Recipes.tool("gunicorn")
+        try await withSwarm { s in
+            try s.write("wsgi.py", Recipes.wsgi)
+            let port = try Ports.free()
+            try await s.startDaemon()
+            let r = try await s.quick(["start", "--name", "gold", "--listen", "127.0.0.1:\(port)", "--env", "PATH=\(Recipes.venv)/bin:/usr/bin:/bin",
+                                       "--", gunicorn, "--bind", "fd://{fd:http}", "wsgi:app"])
+            #expect(r.code == 1 && r.err.contains("failed to start: exited with status 1"), "\(r)")
+            #expect(r.err.contains("Bad file descriptor"), "gunicorn's own error reaches the user: \(r)")
+            try await s.ctlOK("delete", "gold")
+        }
+    }
+
     @Test("waitress: serve(app, sockets=[socket.socket(fileno=3)]), ready in listening mode")
     func waitress() async throws {
         let python = try Recipes.tool("python3")
