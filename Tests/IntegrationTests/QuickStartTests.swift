@@ -189,3 +189,31 @@ struct QuickStartTests {
         }
     }
 }
+
+/// An unmodified `listen(PORT)` server through the quick start: its own bind()
+/// gets slot k's socket. Needs swarmd's bind interception (issue 14 item 1,
+/// another branch of the same merge): enable once swarmd wires it.
+@Suite("Quick start of an unmodified listen(PORT) server (bind interception)")
+struct QuickStartInterceptTests {
+    @Test("start --name web -i 3 --listen -- node app.js with app.listen(process.env.PORT): 3 pids on one port, reload, delete",
+          .disabled("needs bind interception wired into swarmd (the intercept branch); enable at merge"))
+    func unmodifiedNodeListenPort() async throws {
+        try await withSwarm { s in
+            let port = try Ports.free()
+            try s.write("app.js", """
+                const http = require('http');
+                const server = http.createServer((req, res) => { res.setHeader('Connection', 'close'); res.end(`${process.pid}\\n`); });
+                server.listen(process.env.PORT);
+                process.on('SIGTERM', () => server.close(() => process.exit(0)));
+                """)
+            try await s.startDaemon()
+            try await s.quickOK(["start", "--name", "web", "-i", "3", "--listen", "127.0.0.1:\(port)", "--", "node", "app.js"])
+            let pids = try await s.waitReady("web", workers: 3)
+            #expect(Set(try answeringPids(port, connections: 30).keys) == Set(pids), "3 distinct workers answer on the one port")
+            try await s.ctlOK("reload", "web")
+            let after = try await expectReplaced(s, "web", workers: 3, before: pids, generation: 2)
+            #expect(Set(try answeringPids(port, connections: 30).keys) == Set(after))
+            try await s.ctlOK("delete", "web")
+        }
+    }
+}
