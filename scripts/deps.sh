@@ -16,6 +16,9 @@ command -v setpriv >/dev/null || need+=(util-linux)
 command -v curl >/dev/null || need+=(curl)
 command -v rustc >/dev/null || [ -x "$HOME/.cargo/bin/rustc" ] || need+=(rustc)
 python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
+# Test hosts for --host ssh://… (RemoteTests): network namespaces and their sshds.
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ip >/dev/null || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
     echo "deps.sh: installing ${need[*]}"
     sudo_cmd=""

@@ -130,7 +130,7 @@ struct Start: ParsableCommand {
     func connect(cwd: String) throws -> Client {
         do {
             return try Client(global)
-        } catch let e as CtlError where e.exitCode == 3 && !noAutostart {
+        } catch let e as CtlError where e.exitCode == 3 && !noAutostart && global.isLocal {
             try autostart(cwd: cwd)
             return try Client(global)
         }
