@@ -111,15 +111,24 @@ struct Start: ParsableCommand {
     func runQuickStart() throws {
         try execute {
             let here = try FileSystem.currentDirectory()
-            let dir = try FileSystem.absolute(cwd ?? here, relativeTo: here)
             var command = files
-            let searchPath = Environment.get("PATH") ?? "/usr/local/bin:/usr/bin:/bin"
-            guard let program = QuickStartRequest.resolveProgram(command[0], searchPath: searchPath, cwd: here,
-                                                                 isExecutable: FileSystem.isExecutableFile) else {
-                throw CtlError(description: "command: '\(TerminalText.escape(command[0]))' was not found in PATH (\(TerminalText.escape(searchPath)))",
-                               exitCode: 64)
+            let dir: String
+            if global.isLocal {
+                dir = try FileSystem.absolute(cwd ?? here, relativeTo: here)
+                let searchPath = Environment.get("PATH") ?? "/usr/local/bin:/usr/bin:/bin"
+                guard let program = QuickStartRequest.resolveProgram(command[0], searchPath: searchPath, cwd: here,
+                                                                     isExecutable: FileSystem.isExecutableFile) else {
+                    throw CtlError(description: "command: '\(TerminalText.escape(command[0]))' was not found in PATH (\(TerminalText.escape(searchPath)))",
+                                   exitCode: 64)
+                }
+                command[0] = program
+            } else {
+                // Another host: this machine's directory and PATH mean nothing there; its swarmd resolves the program.
+                guard let cwd else {
+                    throw CtlError(description: "--cwd: required with --host (the current directory is this machine's, not the host's)", exitCode: 64)
+                }
+                dir = cwd
             }
-            command[0] = program
             let request = QuickStartRequest(name: name ?? "", instances: instances ?? "1", listen: listen, env: env, command: command, cwd: dir)
             let client = try connect(cwd: here)
             let r = try client.call(client.request(.start, replace: replace, quickStart: request))
