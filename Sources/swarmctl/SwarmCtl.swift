@@ -56,6 +56,19 @@ enum Main {
            let n = args[(i + 1)...].firstIndex(where: { $0.count > 1 && $0.hasPrefix("-") && $0.dropFirst().allSatisfy(\.isWholeNumber) }) {
             args += ["--", args.remove(at: n)]
         }
+        // `start -i -1`: the parser would take "-1" for an option and say only "missing value";
+        // attached, it reaches swarmd, whose error names the range.
+        if i < args.count, args[i] == "start" {
+            let end = args.firstIndex(of: "--") ?? args.count
+            var j = i + 1
+            while j + 1 < end {
+                if args[j] == "-i" || args[j] == "--instances", args[j + 1].hasPrefix("-"), args[j + 1].count > 1,
+                   args[j + 1].dropFirst().allSatisfy(\.isWholeNumber) {
+                    args[j...(j + 1)] = ["--instances=" + args[j + 1]]
+                }
+                j += 1
+            }
+        }
         return args
     }
 }
