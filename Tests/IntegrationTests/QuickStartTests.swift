@@ -191,12 +191,10 @@ struct QuickStartTests {
 }
 
 /// An unmodified `listen(PORT)` server through the quick start: its own bind()
-/// gets slot k's socket. Needs swarmd's bind interception (issue 14 item 1,
-/// another branch of the same merge): enable once swarmd wires it.
+/// gets slot k's socket (bind interception, on for the socket --listen makes).
 @Suite("Quick start of an unmodified listen(PORT) server (bind interception)")
 struct QuickStartInterceptTests {
-    @Test("start --name web -i 3 --listen -- node app.js with app.listen(process.env.PORT): 3 pids on one port, reload, delete",
-          .disabled("needs bind interception wired into swarmd (the intercept branch); enable at merge"))
+    @Test("start --name web -i 3 --listen -- node app.js with app.listen(process.env.PORT): 3 pids on one port, reload, delete")
     func unmodifiedNodeListenPort() async throws {
         try await withSwarm { s in
             let port = try Ports.free()
