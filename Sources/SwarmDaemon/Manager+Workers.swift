@@ -120,4 +120,26 @@ extension Manager {
         }
         reapContinuation?.trigger()
     }
+
+    /// Performs `.probeListening`: does the worker, or a process it started,
+    /// wait for connections on its slot's sockets? Compared by socket
+    /// identity, so a worker that moved its fd 3 elsewhere (a dup, an
+    /// intercepted bind) or listens in a child is seen.
+    func probeListening(_ id: WorkerID, pid: Int32) {
+        guard let w = supervisor.workers[id], let spec = supervisor.spec(of: w) else { return }
+        var identities = Set<SocketIdentity>()
+        for e in sockets[spec.name]?.entries ?? [] {
+            // The socket this slot's workers get (bindSlot): the slot's own with reuseport, else the shared one.
+            let fd = e.perSlot[w.slot] ?? e.shared
+            do { identities.insert(try SocketIdentity.of(fd: fd)) } catch {
+                log.debug("Failed to identify socket \(e.spec.name) of \(spec.name)[\(w.slot)]: \(error), ignoring")
+            }
+        }
+        let query = ListeningQuery(pid: pid, sockets: identities, cgroup: cgroups.path(of: id),
+                                   execFDs: Set((0..<spec.sockets.count).map { Int32(3 + $0) }))
+        let outcome = kernel.listening(query)
+        guard let evidence = outcome.evidence else { return }
+        log.debug("\(spec.name)[\(w.slot)] is listening: \(evidence)")
+        events.append(.ready(pid: pid))
+    }
 }

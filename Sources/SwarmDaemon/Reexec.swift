@@ -56,11 +56,13 @@ struct Handover: Codable {
     var logTails: [String: [LogLine]]?
     /// Each intercepted worker's seccomp notification fd.
     var interceptors: [BindInterception.Handed]?
+    /// `--metrics`: its listening socket and counters.
+    var metrics: MetricsHandover?
 
     static let variable = "SWARM_REEXEC_FD"
 
     var allFDs: [Int32] {
-        var fds = [notifyFD, controlFD] + outputs.map(\.fd) + readyPipes.map(\.fd) + systemdFDs.values
+        var fds = [notifyFD, controlFD] + outputs.map(\.fd) + readyPipes.map(\.fd) + systemdFDs.values + (metrics.map { [$0.fd] } ?? [])
         fds += (interceptors ?? []).map(\.fd)
         for entries in sockets.values {
             for e in entries { fds += [e.shared] + e.perSlot.values + (e.roundRobin ?? []) }
@@ -114,7 +116,8 @@ extension Manager {
         let handover = Handover(supervisor: snapshot, startedAt: startedAt, notifyPath: output.notifyPath, notifyFD: output.notifyFD,
                                 controlFD: controlFD, controlFromSystemd: controlFromSystemd, sockets: socketStates, outputs: outputs,
                                 readyPipes: ready, systemdFDs: named, sentReady: systemd.sentReady, logTails: tails,
-                                interceptors: interception.forHandover)
+                                interceptors: interception.forHandover,
+                                metrics: metricsHandover)
         let memfd: Int32
         do { memfd = try Posix.memoryFile(name: "swarmd-handover", closeOnExec: true) } catch { return "\(error)" }
         do {
@@ -156,6 +159,7 @@ extension Manager {
         controlFromSystemd = h.controlFromSystemd
         sockets.passedBySystemd = h.systemdFDs.map { ($0.key, $0.value) }
         try setUpLoop(controlSocket: h.controlFD, notifySocket: h.notifyFD)
+        try setUpMetrics(handover: h.metrics)
         cgroups.setUp(stateDirectory: options.stateDir, fresh: false)
         for (id, w) in supervisor.workers { if let pid = w.pid { cgroups.adopt(id, app: w.app, slot: w.slot, pid: pid) } }
         for (name, states) in h.sockets {
