@@ -60,19 +60,22 @@ grep -q "bind interception unavailable" "$BENCH_TMP/swarmd/swarmd.log" && { say 
 show "$SWARMCTL" restart intercepted
 show "$SWARMCTL" restart fd3
 say "# $ROUNDS rounds of the two restarts above, interleaved"
+# listened APP: how many workers of APP have printed their LISTENED line so far.
+listened() { grep -c LISTENED "$BENCH_TMP/swarmd/state/logs/$1.log" 2>/dev/null || echo 0; }
 for ((i = 0; i < ROUNDS; i++)); do
     if ((i % 2 == 0)); then order="intercepted fd3"; else order="fd3 intercepted"; fi
-    for a in $order; do "$SWARMCTL" restart "$a" >/dev/null; done
-done
-for a in intercepted fd3; do swarm_wait_ready "$a" 1; wait_http "${PORT[$a]}" /; done
-# Each log holds one LISTENED line per worker: the first start, then ROUNDS restarts.
-for a in intercepted fd3; do
-    log="$BENCH_TMP/swarmd/state/logs/$a.log"
-    for ((i = 0; i < 100; i++)); do
-        (($(grep -c LISTENED "$log" 2>/dev/null || echo 0) >= ROUNDS + 1)) && break
-        sleep 0.1
+    for a in $order; do
+        before=$(listened "$a")
+        "$SWARMCTL" restart "$a" >/dev/null
+        # The next restart only once this worker listens: every worker is measured.
+        for ((t = 0; t < 300; t++)); do (($(listened "$a") > before)) && break; sleep 0.02; done
     done
-    grep LISTENED "$log" | tail -n "$ROUNDS" >"$BENCH_TMP/$a.listened"
+done
+for a in intercepted fd3; do
+    swarm_wait_ready "$a" 1
+    wait_http "${PORT[$a]}" /
+    # One LISTENED line per worker: the first start, then ROUNDS restarts.
+    grep LISTENED "$BENCH_TMP/swarmd/state/logs/$a.log" | tail -n "$ROUNDS" >"$BENCH_TMP/$a.listened"
 done
 python3 - "$BENCH_TMP" "$ROUNDS" <<'PY' | tee "$BENCH_TMP/latency.tsv"
 import re, statistics, sys
