@@ -60,6 +60,8 @@ final class HealthChecker {
     private(set) var probes: [WorkerID: Probe] = [:]
     private var timerSource: EventLoop.Source?
     private var warnedUnaimed: Set<String> = []
+    private var inTimer = false
+    private lazy var stopTimerLater = loop.addDeferred { [weak self] in self?.stopTimer() }
 
     init(loop: EventLoop, sockets: SocketTable) {
         self.loop = loop
@@ -231,8 +233,8 @@ final class HealthChecker {
     /// A periodic check of the deadlines, only while probes are out.
     private func armTimer() {
         if probes.isEmpty {
-            timerSource?.cancel()
-            timerSource = nil
+            // Not from within the periodic source's own dispatch: it touches its source after the handler.
+            if inTimer { stopTimerLater.trigger() } else { stopTimer() }
             return
         }
         guard timerSource == nil else { return }
@@ -243,7 +245,15 @@ final class HealthChecker {
         }
     }
 
+    private func stopTimer() {
+        guard probes.isEmpty else { return }
+        timerSource?.cancel()
+        timerSource = nil
+    }
+
     private func onTimer() {
+        inTimer = true
+        defer { inTimer = false }
         let t = now()
         for p in probes.values.sorted(by: { $0.request.worker < $1.request.worker }) where p.deadline <= t {
             done(p, ok: false, detail: "timeout")
@@ -260,6 +270,7 @@ final class HealthChecker {
 
     func closeAll() {
         for id in Array(probes.keys) { forget(id) }
+        stopTimerLater.cancel()
         timerSource?.cancel()
         timerSource = nil
     }
