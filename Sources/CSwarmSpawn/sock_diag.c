@@ -70,7 +70,6 @@ int swarm_count_established(uint16_t port, const uint32_t *inodes, int ninodes) 
     return total;
 }
 
-
 /* ---- Accept queues of listening sockets (hang detection) ---- */
 
 /* For each listening TCP socket on local port `port` whose inode is inodes[i],
@@ -128,4 +127,12 @@ int swarm_listen_queues(uint16_t port, const uint32_t *inodes, int n, int32_t *q
         close(fd);
     }
     return found;
+}
+
+/* ---- Directory entries a bufferful at a time ---- */
+
+#include <dirent.h>
+
+ssize_t swarm_getdents64(int fd, void *buf, size_t len) {
+    return getdents64(fd, buf, len);
 }
