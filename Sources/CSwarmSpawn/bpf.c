@@ -69,9 +69,28 @@ int swarm_rr_create(unsigned max_slots, int *state_map, int *sock_map, char *log
     int socks = (int)swarm_bpf(BPF_MAP_CREATE, &attr);
     if (socks < 0) { int e = errno; close(state); errno = e; return -1; }
 
-    struct bpf_insn prog[40];
+    struct bpf_insn prog[64];
     int n = 0;
     prog[n++] = insn(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_6, BPF_REG_1, 0, 0);          /* r6 = ctx */
+    /* A health probe: its TCP source port (the first two bytes of the TCP header,
+       where the data of an SK_REUSEPORT context starts) names the index. */
+    prog[n++] = insn(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_1, BPF_REG_6, 0, 0);          /* r1 = ctx */
+    prog[n++] = insn(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_2, 0, 0, 0);                 /* r2 = offset 0 */
+    prog[n++] = insn(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_3, BPF_REG_10, 0, 0);
+    prog[n++] = insn(BPF_ALU64 | BPF_ADD | BPF_K, BPF_REG_3, 0, 0, -16);               /* r3 = fp-16 */
+    prog[n++] = insn(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_4, 0, 0, 2);                 /* r4 = 2 bytes */
+    prog[n++] = insn(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_skb_load_bytes);
+    int jump_not_probe_1 = n;
+    prog[n++] = insn(BPF_JMP | BPF_JNE | BPF_K, BPF_REG_0, 0, 0, 0);                   /* if r0 != 0 goto normal */
+    prog[n++] = insn(BPF_LDX | BPF_MEM | BPF_H, BPF_REG_8, BPF_REG_10, -16, 0);         /* r8 = sport (network order) */
+    prog[n++] = insn(BPF_ALU | BPF_END | BPF_TO_BE, BPF_REG_8, 0, 0, 16);              /* r8 = ntohs(r8) */
+    prog[n++] = insn(BPF_ALU64 | BPF_SUB | BPF_K, BPF_REG_8, 0, 0, SWARM_PROBE_PORT_BASE);
+    int jump_not_probe_2 = n;
+    prog[n++] = insn(BPF_JMP | BPF_JGE | BPF_K, BPF_REG_8, 0, 0, (int32_t)max_slots);  /* unsigned: below the base wraps */
+    int jump_probe_select = n;
+    prog[n++] = insn(BPF_JMP | BPF_JA, 0, 0, 0, 0);                                    /* goto select */
+    prog[jump_not_probe_1].off = (int16_t)(n - jump_not_probe_1 - 1);
+    prog[jump_not_probe_2].off = (int16_t)(n - jump_not_probe_2 - 1);
     prog[n++] = insn(BPF_ST | BPF_MEM | BPF_W, BPF_REG_10, 0, -4, 0);                  /* *(u32 *)(fp-4) = 0 */
     prog[n++] = insn(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_2, BPF_REG_10, 0, 0);
     prog[n++] = insn(BPF_ALU64 | BPF_ADD | BPF_K, BPF_REG_2, 0, 0, -4);                /* r2 = fp-4 */
@@ -100,6 +119,7 @@ int swarm_rr_create(unsigned max_slots, int *state_map, int *sock_map, char *log
     prog[n++] = insn(BPF_JMP | BPF_JEQ | BPF_K, BPF_REG_9, 0, 0, 0);                   /* if r9 == 0 goto pass */
     prog[n++] = insn(BPF_ALU64 | BPF_MOD | BPF_X, BPF_REG_8, BPF_REG_9, 0, 0);          /* r8 %= r9 */
     prog[jump_to_select].off = (int16_t)(n - jump_to_select - 1);
+    prog[jump_probe_select].off = (int16_t)(n - jump_probe_select - 1);
     prog[n++] = insn(BPF_STX | BPF_MEM | BPF_W, BPF_REG_10, BPF_REG_8, -8, 0);          /* *(u32 *)(fp-8) = r8 */
     prog[n++] = insn(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_1, BPF_REG_6, 0, 0);          /* r1 = ctx */
     prog[n++] = insn(BPF_LD | BPF_DW | BPF_IMM, BPF_REG_2, BPF_PSEUDO_MAP_FD, 0, socks);/* r2 = &socks */

@@ -70,6 +70,64 @@ int swarm_count_established(uint16_t port, const uint32_t *inodes, int ninodes) 
     return total;
 }
 
+/* ---- Accept queues of listening sockets (hang detection) ---- */
+
+/* For each listening TCP socket on local port `port` whose inode is inodes[i],
+   queues[i] = its idiag_rqueue: for a listener, the connections waiting in its
+   accept queue. Entries not found stay -1. One dump of the listening sockets
+   per address family (a short list: listeners only). Returns how many were
+   found, or -1 and errno on failure. */
+int swarm_listen_queues(uint16_t port, const uint32_t *inodes, int n, int32_t *queues) {
+    for (int i = 0; i < n; i++) queues[i] = -1;
+    int found = 0;
+    const int families[2] = { AF_INET, AF_INET6 };
+    for (int f = 0; f < 2 && found < n; f++) {
+        int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+        if (fd < 0) return -1;
+        struct {
+            struct nlmsghdr nlh;
+            struct inet_diag_req_v2 req;
+        } msg;
+        memset(&msg, 0, sizeof msg);
+        msg.nlh.nlmsg_len = sizeof msg;
+        msg.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+        msg.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+        msg.req.sdiag_family = (uint8_t)families[f];
+        msg.req.sdiag_protocol = IPPROTO_TCP;
+        msg.req.idiag_states = 1u << TCP_LISTEN;
+        if (send(fd, &msg, sizeof msg, 0) < 0) { int e = errno; close(fd); errno = e; return -1; }
+        static char buf[32768] __attribute__((aligned(8)));
+        int done = 0;
+        while (!done) {
+            ssize_t len = recv(fd, buf, sizeof buf, 0);
+            if (len < 0) {
+                if (errno == EINTR) continue;
+                int e = errno; close(fd); errno = e; return -1;
+            }
+            if (len == 0) break;
+            for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)len); h = NLMSG_NEXT(h, len)) {
+                if (h->nlmsg_type == NLMSG_DONE) { done = 1; break; }
+                if (h->nlmsg_type == NLMSG_ERROR) {
+                    struct nlmsgerr *err = NLMSG_DATA(h);
+                    close(fd);
+                    errno = err->error ? -err->error : EIO;
+                    return -1;
+                }
+                struct inet_diag_msg *d = NLMSG_DATA(h);
+                if (ntohs(d->id.idiag_sport) != port) continue;
+                for (int i = 0; i < n; i++) {
+                    if (inodes[i] == d->idiag_inode && queues[i] < 0) {
+                        queues[i] = (int32_t)d->idiag_rqueue;
+                        found++;
+                        break;
+                    }
+                }
+            }
+        }
+        close(fd);
+    }
+    return found;
+}
 
 /* ---- Directory entries a bufferful at a time ---- */
 

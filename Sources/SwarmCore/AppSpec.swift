@@ -244,6 +244,10 @@ public struct AppSpec: Codable, Hashable, Sendable {
     public var noNewPrivileges = false
     /// nil: workers run on any CPU swarmd may use.
     public var cpuAffinity: CPUAffinity? = nil
+    /// `[health]`: probes and hang detection.
+    public var health = HealthPolicy()
+    /// `[recycle]`: start-first replacement by age.
+    public var recycle = RecyclePolicy()
     /// Absolute path of the config file, re-read on reload.
     public var sourcePath: String
 
@@ -261,7 +265,7 @@ public struct AppSpec: Codable, Hashable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case name, command, executable, workers, cwd, env, envFiles, inheritEnvironment, sockets, restart, stop, ready, reload,
-             logs, limits, memoryLimit, user, group, noNewPrivileges, cpuAffinity, sourcePath
+             logs, limits, memoryLimit, user, group, noNewPrivileges, cpuAffinity, health, recycle, sourcePath
     }
 
     /// A spec encoded before `envFiles` existed (the state a re-exec hands over
@@ -288,6 +292,8 @@ public struct AppSpec: Codable, Hashable, Sendable {
         group = try c.decodeIfPresent(String.self, forKey: .group)
         noNewPrivileges = try c.decode(Bool.self, forKey: .noNewPrivileges)
         cpuAffinity = try c.decodeIfPresent(CPUAffinity.self, forKey: .cpuAffinity)
+        health = try c.decodeIfPresent(HealthPolicy.self, forKey: .health) ?? HealthPolicy()
+        recycle = try c.decodeIfPresent(RecyclePolicy.self, forKey: .recycle) ?? RecyclePolicy()
         sourcePath = try c.decode(String.self, forKey: .sourcePath)
     }
 }

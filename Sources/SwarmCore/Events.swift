@@ -133,6 +133,8 @@ public enum Event: Sendable {
     case memory(pid: Int32, bytes: Int64)
     /// The timer the core armed has fired (or any wake-up: the core checks every deadline against `now`).
     case tick
+    /// A probe result or accept-queue sample the core asked for with `.health`.
+    case health(HealthEvent)
 }
 
 /// Why a command failed, in words for the user.
@@ -232,4 +234,6 @@ public enum Action: Equatable, Sendable {
     case note(NoteLevel, String)
     /// Shutdown finished: no worker is left.
     case exit
+    /// Probe a worker or sample an app's accept queues; answer with `Event.health`.
+    case health(HealthAction)
 }

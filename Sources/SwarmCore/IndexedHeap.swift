@@ -106,6 +106,8 @@ struct SlotKey: Hashable, Sendable {
 enum DeadlineKey: Hashable, Sendable {
     case worker(WorkerID)
     case slot(SlotKey)
+    /// An app's health timer (probes, queue samples, replacement retries, recycling).
+    case app(String)
 }
 
 /// Integers kept sorted, for the steering sets: insert and remove by binary search.

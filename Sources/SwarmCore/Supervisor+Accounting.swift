@@ -81,7 +81,7 @@ extension Supervisor {
         c.incoming = slot.incoming != nil
         if let id = slot.current, let w = workers[id] {
             c.currentGeneration = w.generation
-            c.currentReady = w.isReady
+            c.currentReady = w.isReady && !isUnsteered(w)
         }
         c.lastStartFailure = slot.lastStartFailure ?? 0
         return c

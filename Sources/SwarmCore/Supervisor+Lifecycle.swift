@@ -90,6 +90,7 @@ extension Supervisor {
         if w.niced, let pid = w.pid { out.append(.restorePriority(pid: pid)) }
         note(.info, "\(label(w)) ready after \((now - w.startedAt).humanReadable)")
         guard apps[name] != nil else { return }
+        armHealth(name, now: now)
         // "ready" goes to the requester before the swap's "retiring": the order things happened in.
         if let r = apps[name]?.reload, w.generation == r.to, let req = r.requester {
             progress(req, ReloadEvent(app: name, kind: .ready, slot: k, pid: w.pid, generation: w.generation,
@@ -119,8 +120,9 @@ extension Supervisor {
             progress(req, ReloadEvent(app: name, kind: .retiring, slot: k, pid: oldPid, generation: oldWorker.generation,
                                       message: "slot \(k): retiring pid \(oldPid)"))
         }
+        let reason = healthSwapped(name, k, old: old, now: now) ?? .reload
         if spec.reload.handOver, let oldPid = oldWorker.pid { out.append(.handOver(app: name, slot: k, from: oldPid)) }
-        retire(old, reason: .reload, now: now)
+        retire(old, reason: reason, now: now)
     }
 
     /// A worker is gone (exited, or never started). Decide what its slot does next.
@@ -177,6 +179,7 @@ extension Supervisor {
     /// The slot's current worker failed (exit, readiness timeout, watchdog, memory).
     mutating func slotLost(_ name: String, _ k: Int, worker w: Worker, cause: String, restartable: Bool, now: Instant) {
         modifySlot(name, k) { $0.lastFailure = cause }
+        if healthPromote(name, k, now: now) { return }
         // Values, not the App: a copy of it alive across the mutations below would copy every slot.
         guard let goal = apps[name]?.goal, let slot = slot(name, k) else { return }
         if let r = apps[name]?.reload, w.generation == r.to {
@@ -352,6 +355,8 @@ extension Supervisor {
         }
         apps[name] = nil
         stats[name] = nil
+        healthBook[name] = nil
+        deadlines.remove(.app(name))
         steerDirty.remove(name)
         appOrder.removeAll { $0 == name }
         touchedApps.insert(name)

@@ -47,7 +47,8 @@ extension Supervisor {
                 if app.specs[slot.generation] == nil { v.append("\(at): no spec for slot generation \(slot.generation)") }
                 if slot.current != nil && slot.current == slot.incoming { v.append("\(at): same worker current and incoming") }
                 if Set(slot.retiring).count != slot.retiring.count { v.append("\(at): duplicate retiring") }
-                if app.reload == nil && slot.incoming != nil { v.append("\(at): incoming worker with no reload") }
+                let healthIncoming = isHealthReplacement(name, i)
+                if app.reload == nil && slot.incoming != nil && !healthIncoming { v.append("\(at): incoming worker with no reload") }
                 for id in slot.liveWorkers {
                     references[id, default: 0] += 1
                     guard let w = workers[id] else {
@@ -70,7 +71,7 @@ extension Supervisor {
                     default: fine = false
                     }
                     if !fine { v.append("\(at): incoming \(inc) is \(w.state)") }
-                    if app.reload.map({ w.generation != $0.to }) ?? true { v.append("\(at): incoming of generation \(w.generation)") }
+                    if healthIncoming ? w.generation != slot.generation : app.reload.map({ w.generation != $0.to }) ?? true { v.append("\(at): incoming of generation \(w.generation)") }
                 }
                 for id in slot.retiring {
                     if let w = workers[id], !w.isRetiring { v.append("\(at): retiring \(id) is \(w.phase)") }
@@ -133,6 +134,9 @@ extension Supervisor {
         if shuttingDown { return "swarmd is shutting down" }
         if let name = appOrder.first(where: { apps[$0]?.reload != nil }) { return "a reload of '\(name)' is in progress" }
         if !waiters.isEmpty { return "\(waiters.count) command(s) are still waiting for workers" }
+        if let name = appOrder.first(where: { n in apps[n]?.slots.indices.contains { isHealthReplacement(n, $0) } ?? false }) {
+            return "a worker of '\(name)' is being replaced"
+        }
         return nil
     }
 
@@ -164,6 +168,8 @@ extension Supervisor {
                 failureSeq = max(failureSeq, app.slots[k].lastStartFailure ?? 0)
             }
             resteer(name)
+            // Health counts afresh: the first event arms the app's probes and samples.
+            if app.spec.hasHealthWork { healthBook.pendingArm.append(name) }
         }
         reindex()
         touchedApps = []

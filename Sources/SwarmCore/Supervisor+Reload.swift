@@ -64,6 +64,7 @@ extension Supervisor {
                 modifyApp(name) { $0.lastReload = ReloadOutcome(succeeded: true, message: "config updated while stopped", at: now) }
                 continue
             }
+            cancelHealthReplacements(name, now: now)
             let surge = max(0, spec.reload.surge)
             modifyApp(name) {
                 $0.reload = RollingReload(from: generation, to: to, requester: request,
@@ -204,7 +205,9 @@ extension Supervisor {
     /// A new-generation worker failed: stop the new generation and put the
     /// old one back in every slot it had.
     mutating func rollBack(_ name: String, reason: String, slot: Int?, pid: Int32?, now: Instant) {
-        guard let r = apps[name]?.reload, let count = apps[name]?.slots.count else { return }
+        guard let r = apps[name]?.reload, let count = apps[name]?.slots.count else {
+            return healthReplacementFailed(name, slot: slot, reason: reason, now: now)
+        }
         modifyApp(name) { $0.reload = nil }
         for k in 0..<count {
             visit()

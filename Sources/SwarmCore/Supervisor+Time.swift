@@ -57,11 +57,13 @@ extension Supervisor {
         flushSpawnQueue(now: now)
         var dueWorkers: [WorkerID] = []
         var dueSlots: [SlotKey] = []
+        var dueApps: [String] = []
         while let top = deadlines.min, top.priority.time <= now {
             _ = deadlines.popMin()
             switch top.key {
             case let .worker(id): dueWorkers.append(id)
             case let .slot(key): dueSlots.append(key)
+            case let .app(name): dueApps.append(name)
             }
         }
         // Workers first, lowest id first, as the core always did; slots in the order they were due.
@@ -77,6 +79,7 @@ extension Supervisor {
             visit()
             startDueSlot(key.app, key.index, now: now)
         }
+        for name in dueApps { healthTick(name, now: now) }
     }
 
     /// The due deadlines of one worker, by state. Each handler moves the
@@ -109,7 +112,8 @@ extension Supervisor {
                 out.append(.sampleMemory(pid: pid))
             }
             modifyWorker(id) { $0.state = .ready(watchdogBy: watchdogBy, healthyAt: healthy, swapAt: swap, memoryAt: memory) }
-            if healthy == nil, healthyAt != nil, slot(w.app, w.slot)?.current == id {
+            // An unhealthy or hung worker's time up does not make its slot healthy.
+            if healthy == nil, healthyAt != nil, slot(w.app, w.slot)?.current == id, !isUnsteered(w) {
                 modifySlot(w.app, w.slot) { $0.backoff.healthy() }
             }
             if swap == nil, swapAt != nil {

@@ -70,6 +70,8 @@ public struct Supervisor: Sendable {
     var newWaiters = false
     /// The `now` of the event being handled (or the last one).
     var lastNow: Instant = .zero
+    /// Probe results, queue watches and replacements per app (Supervisor+Health.swift); not persisted.
+    var healthBook = HealthBooks()
     /// Numbers start failures, so waiters compare against the number at their request.
     var failureSeq: UInt64 = 0
     /// Slots and workers examined, for the tests that bound the work per event.
@@ -102,6 +104,7 @@ public struct Supervisor: Sendable {
         spawnsThisEvent = 0
         newWaiters = false
         lastNow = now
+        if !healthBook.pendingArm.isEmpty { armRestoredHealth(now: now) }
         switch event {
         case let .command(request, command):
             handle(command, request: request, now: now)
@@ -140,6 +143,8 @@ public struct Supervisor: Sendable {
             }
         case .tick:
             tick(now: now)
+        case let .health(e):
+            onHealthEvent(e, now: now)
         }
         settleWaiters()
         flushSteering()

@@ -15,6 +15,8 @@ public enum WorkerPhase: String, Codable, Hashable, Sendable {
 /// Why swarmd stopped a worker.
 public enum StopReason: String, Codable, Hashable, Sendable {
     case stop, restart, reload, scale, rollback, readyTimeout = "ready-timeout", watchdog, memory, shutdown
+    /// Replaced start-first: failed probes, a stuck accept queue, `[recycle] max_age`.
+    case unhealthy, hung, recycle
 }
 
 /// Where a worker is in its life, with the deadlines that belong to that

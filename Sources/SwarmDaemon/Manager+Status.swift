@@ -31,6 +31,7 @@ extension Manager {
                     workers.append(WorkerStatus(slot: slot.index, pid: nil, state: supervisor.displayState(ofEmpty: slot, in: app),
                                                 generation: slot.generation, restarts: slot.restarts, uptimeS: 0,
                                                 lastExit: slot.lastExit?.description))
+                    addHealth(&workers[workers.count - 1], app: n, slot: slot, worker: nil)
                     continue
                 }
                 ids.sort()
@@ -64,6 +65,7 @@ extension Manager {
                         cpuPercent: cpu.map { ($0 * 10).rounded() / 10 }, rssBytes: rss, cpuSeconds: cpuSeconds,
                         statusText: w.status, lastExit: slot.lastExit?.description,
                         cpuPinned: w.pid == nil ? nil : supervisor.spec(of: w)?.cpuAffinity?.cpu(forSlot: w.slot, allowed: allowedCPUs)))
+                    addHealth(&workers[workers.count - 1], app: n, slot: slot, worker: id)
                 }
             }
             let total = cpuTotals.values.reduce(0, +)

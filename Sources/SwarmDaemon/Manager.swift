@@ -90,6 +90,7 @@ public final class Manager {
     let interception: BindInterception
     let systemd: SystemdBridge
     let store: StateStore
+    let health: HealthChecker
     /// The state directory and its `logs/`, checked once and held open: every
     /// file in them is reached through these fds.
     let stateDirectory: TrustedDirectory
@@ -165,6 +166,7 @@ public final class Manager {
         interception = BindInterception(loop: loop)
         systemd = SystemdBridge(kernel: kernel)
         store = StateStore(directory: stateDirectory)
+        health = HealthChecker(loop: loop, sockets: sockets)
         executablePath = (try? FileSystem.readLink("/proc/self/exe")).map { $0.hasSuffix(" (deleted)") ? String($0.dropLast(10)) : $0 } ?? CommandLine.arguments[0]
         let cpus = ProcFS.allowedCPUs()
         allowedCPUs = cpus
@@ -195,6 +197,9 @@ public final class Manager {
         output.deliver = { [weak self] event in self?.feed(event) }
         output.policy = { [weak self] app in self?.supervisor.apps[app]?.spec.logs }
         output.isWorker = { [weak self] pid in self?.supervisor.worker(pid: pid) != nil }
+        health.deliver = { [weak self] event in self?.feed(event) }
+        health.report = report
+        health.now = { [weak self] in self?.kernel.now() ?? 0 }
     }
 
     // MARK: - Start-up
@@ -404,6 +409,7 @@ public final class Manager {
             if !controlFromSystemd { _ = try? FileSystem.removeIfPresent(options.socketPath) }
         }
         output.closeAll()
+        health.closeAll()
         cgroups.removeAll()
     }
 
@@ -489,6 +495,7 @@ public final class Manager {
             cgroups.gone(id, pid: pid)
             interception.gone(id)
             output.closeReadyPipe(id)
+            health.forget(id)
             if let pid { cpuSamples[pid] = nil }
         case let .restorePriority(pid):
             if !kernel.setGroupPriority(pid, to: kernel.ownPriority) {
@@ -508,6 +515,8 @@ public final class Manager {
         case .exit:
             log.notice("every worker has stopped; exiting")
             loop.exit(code: 0)
+        case let .health(action):
+            health.perform(action)
         }
     }
 

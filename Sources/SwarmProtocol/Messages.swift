@@ -339,6 +339,12 @@ public struct WorkerStatus: Codable, Sendable, Equatable {
     public var lastExit: String?
     /// The CPU the worker was pinned to (`cpu_affinity`), if any.
     public var cpuPinned: Int?
+    /// healthy | failing | unhealthy | hung | recycling | unknown (no probe answered yet); nil: not watched.
+    public var health: String?
+    /// The last probe's result, like "http 200", "http 503", "tcp refused", "http timeout".
+    public var lastProbe: String?
+    /// Connections waiting in the slot's accept queue at the last sample, when not 0.
+    public var acceptQueue: Int?
 
     enum CodingKeys: String, CodingKey {
         case slot, pid, state, generation, restarts
@@ -350,6 +356,9 @@ public struct WorkerStatus: Codable, Sendable, Equatable {
         case rssBytes = "rss_bytes"
         case statusText = "status_text"
         case lastExit = "last_exit"
+        case health
+        case lastProbe = "last_probe"
+        case acceptQueue = "accept_queue"
     }
 
     public init(slot: Int, pid: Int32?, state: String, generation: Int, restarts: Int, uptimeS: Double,

@@ -63,6 +63,8 @@ final class FakeShell {
     private(set) var appsChanged = 0
     private(set) var notes: [(level: NoteLevel, text: String)] = []
     private(set) var exits = 0
+    /// `.health` actions (probes, queue samples), with when they were asked for.
+    private(set) var healthActions: [(action: HealthAction, at: Instant)] = []
 
     /// While set, an app must keep at least this many ready workers (checked after every event).
     var readyFloor: [String: Int] = [:]
@@ -203,6 +205,8 @@ final class FakeShell {
                 notes.append((level, text))
             case .exit:
                 exits += 1
+            case let .health(a):
+                healthActions.append((a, now))
             }
         }
     }

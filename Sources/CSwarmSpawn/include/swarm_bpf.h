@@ -6,6 +6,11 @@
 /// Attach a classic BPF reuseport program choosing among the first n sockets of the group.
 int swarm_attach_reuseport_steering(int fd, unsigned n, int ipv6);
 
+/* Health probes: a connection from source port SWARM_PROBE_PORT_BASE + i goes
+   to socket-array index i (i < max_slots), whatever the round-robin says, so
+   swarmd reaches one chosen worker. Above the default ephemeral range (…60999). */
+#define SWARM_PROBE_PORT_BASE 61000
+
 /* The round-robin program's state (its one-element array map). */
 struct swarm_rr_state {
     uint64_t counter;  /* connections steered round-robin */

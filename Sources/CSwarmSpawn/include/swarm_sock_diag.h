@@ -8,6 +8,11 @@
    `inodes` (sorted ascending): one process's connections. -1 and errno on failure. */
 int swarm_count_established(uint16_t port, const uint32_t *inodes, int ninodes);
 
+/* Accept-queue length (idiag_rqueue) of each listening TCP socket on `port`
+   whose inode is inodes[i], into queues[i] (-1: not found). Returns how many
+   were found, or -1 and errno. */
+int swarm_listen_queues(uint16_t port, const uint32_t *inodes, int n, int32_t *queues);
+
 /* getdents64(2) (glibc declares it for C only): a directory's entries a
    bufferful at a time, from the offset the fd is at. The listening probe
    reads a window of /proc/PID/task this way instead of every thread. */
