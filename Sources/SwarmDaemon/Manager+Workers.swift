@@ -19,6 +19,7 @@ extension Manager {
             } else {
                 reason = "\(error)"
             }
+            interception.flags.spawnFailed(r.worker)
             events.append(.spawnFailed(r.worker, reason: reason))
         }
     }
@@ -73,9 +74,19 @@ extension Manager {
         }
         let cgroup = cgroups.create(for: r)
         plan.cgroupProcsFD = cgroup?.procsFD ?? -1
+        // Before the spawn: a worker alone on its sockets finds O_NONBLOCK off.
+        interception.flags.spawning(r.worker, fds: listenFDs)
         let pid: pid_t
+        var notifyFD: Int32?
         do {
-            pid = try kernel.spawn(plan)
+            if interception.wants(spec), let k = kernel as? BindInterceptingKernel {
+                plan.interceptBind = true
+                let spawned = try k.spawnWorker(plan)
+                pid = spawned.pid
+                notifyFD = spawned.bindNotifyFD
+            } else {
+                pid = try kernel.spawn(plan)
+            }
         } catch {
             Posix.close(out.read)
             Posix.close(err.read)
@@ -84,6 +95,7 @@ extension Manager {
             throw error
         }
         if let cgroup { cgroups.spawned(r.worker, pid: pid, in: cgroup) }
+        if let notifyFD { interception.adopt(fd: notifyFD, worker: r.worker, app: spec.name, slot: r.slot, pid: pid) }
         output.watch(fd: out.read, app: spec.name, slot: r.slot, pid: pid, stream: "stdout")
         output.watch(fd: err.read, app: spec.name, slot: r.slot, pid: pid, stream: "stderr")
         if let ready {
