@@ -5,9 +5,10 @@
 # LISTEN_AFTER_S, so the probe runs for the whole measurement (and the readiness
 # timeout is longer still). Measured over WINDOW_S after SETTLE_S, ROUNDS rounds, each
 # round running BEFORE (a swarmd of main, or any other build) then AFTER (this tree),
-# so both see the same machine load. Then, per build: time from listening to ready.
+# so both see the same machine load. Then, per build and round: seconds from the workers'
+# epoll_ctl on fd 3 (SETTLE_S after their threads are up) to `swarmctl start` returning.
 #
-# Knobs: BEFORE_BIN (folder with the "before" swarmd and swarmctl: required),
+# Knobs: BEFORE_BIN (folder with the "before" swarmd: required),
 #        SWARM_BIN (the "after" build; default: this tree's static release build, see lib.sh),
 #        THREADS (default 2000), WORKERS (default 2), ROUNDS (default 3), WINDOW_S (default 10),
 #        SETTLE_S (default 3), PORT_BASE (default 18700).
@@ -37,6 +38,7 @@ for _ in range(n - 1): threading.Thread(target=stop.wait, daemon=True).start()
 time.sleep(float(os.environ["LISTEN_AFTER_S"]))
 ep = select.epoll()
 ep.register(3, select.EPOLLIN)
+with open("%s/%d" % (os.environ["STAMPS"], os.getpid()), "w") as f: f.write(repr(time.time()))
 while True: ep.poll(1000)
 EOF
 
@@ -45,7 +47,8 @@ EOF
 # With LISTEN_AFTER_S short, prints the seconds from listening to ready instead.
 run_one() {
     local label="$1" bin="$2" port="$3" after="$4" mode="${5:-cpu}"
-    SWARMD="$bin/swarmd" SWARMCTL="$bin/swarmctl"
+    # The client is not what is measured: this tree's swarmctl speaks to both.
+    SWARMD="$bin/swarmd" SWARMCTL="$AFTER_BIN/swarmctl"
     cat >"$BENCH_TMP/$label.conf" <<EOF
 name = "threads"
 command = ["$PYTHON", "$BENCH_TMP/threads.py"]
@@ -53,6 +56,7 @@ workers = $WORKERS
 [env]
 THREADS = "$THREADS"
 LISTEN_AFTER_S = "$after"
+STAMPS = "$BENCH_TMP/$label/stamps"
 [[socket]]
 name = "http"
 listen = "127.0.0.1:$port"
@@ -61,6 +65,7 @@ mode = "listening"
 timeout = "300s"
 EOF
     swarm_start "$label"
+    mkdir -p "$BENCH_TMP/$label/stamps"
     local swarmd=$SWARMD_PID
     bg_start "$BENCH_TMP/$label/start.log" "$SWARMCTL" start "$BENCH_TMP/$label.conf"
     local starter=$BG_PID
@@ -89,9 +94,17 @@ EOF
         b=$(cpu_ticks "$swarmd")
         python3 -c "print(f'{($b - $a) / $CLK_TCK / $WINDOW_S * 100:.1f}')"
     else
-        # Seconds from the workers' first epoll_ctl (LISTEN_AFTER_S after their threads were up) to "ready".
-        swarm_wait_ready threads "$WORKERS" 120
-        python3 -c "print(f'{max(0.0, $(date +%s.%N) - $t0 - $after):.2f}')"
+        # From the last worker's epoll_ctl (its stamp) to `swarmctl start` returning (all ready).
+        bg_wait "$starter" || { say "$label: swarmctl start failed: $(cat "$BENCH_TMP/$label/start.log")"; return 1; }
+        local done_at
+        done_at=$(date +%s.%N)
+        python3 -c "
+import glob
+stamps = [float(open(p).read()) for p in glob.glob('$BENCH_TMP/$label/stamps/*')]
+assert len(stamps) == $WORKERS, stamps
+print(f'{$done_at - max(stamps):.3f}')"
+        bg_stop "$swarmd"
+        return 0
     fi
     bg_stop "$starter"
     bg_stop "$swarmd"
@@ -110,7 +123,12 @@ done
 median() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 printf 'median\tbefore %s%%\tafter %s%%\n' "$(median "${before[@]}")" "$(median "${after[@]}")"
 
-note "seconds from listening to ready (the workers epoll fd 3 ${SETTLE_S}s after their threads are up)"
-b=$(run_one "before-ready" "$BEFORE_BIN" $((PORT_BASE + 90)) "$SETTLE_S" ready)
-a=$(run_one "after-ready" "$AFTER_BIN" $((PORT_BASE + 91)) "$SETTLE_S" ready)
-printf 'ready latency\tbefore %ss\tafter %ss\n' "$b" "$a"
+note "seconds from the last worker's epoll_ctl on fd 3 (${SETTLE_S}s after its threads are up) to swarmctl start returning"
+rb=() ra=()
+for ((r = 1; r <= ROUNDS; r++)); do
+    b=$(run_one "before-ready-$r" "$BEFORE_BIN" $((PORT_BASE + 40 + 2 * r)) "$SETTLE_S" ready)
+    a=$(run_one "after-ready-$r" "$AFTER_BIN" $((PORT_BASE + 41 + 2 * r)) "$SETTLE_S" ready)
+    printf 'round %d\tready after listening: before %ss\tafter %ss\n' "$r" "$b" "$a"
+    rb+=("$b") ra+=("$a")
+done
+printf 'median\tready after listening: before %ss\tafter %ss\n' "$(median "${rb[@]}")" "$(median "${ra[@]}")"
