@@ -81,6 +81,7 @@ extension Manager {
                 lastReload: app.lastReload.map { ReloadStatus(ok: $0.succeeded, message: $0.message, ageS: ((now - $0.at).seconds * 10).rounded() / 10) },
                 sockets: sockets, workers: workers))
             apps[apps.count - 1].logThrottledS = output.throttledSeconds(n)
+            if drained.contains(n) { apps[apps.count - 1].drained = true }
             if let sink = output.sinks[n], sink.writeErrors > 0 {
                 apps[apps.count - 1].logWriteErrors = sink.writeErrors
                 apps[apps.count - 1].logWriteError = sink.lastError

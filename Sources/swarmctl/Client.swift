@@ -138,9 +138,9 @@ final class Client {
     }
 
     func request(_ verb: Verb, name: String? = nil, files: [String]? = nil, replace: Bool? = nil, count: Int? = nil,
-                 delta: Int? = nil, lines: Int? = nil, follow: Bool? = nil) -> Request {
+                 delta: Int? = nil, lines: Int? = nil, follow: Bool? = nil, quickStart: QuickStartRequest? = nil) -> Request {
         defer { nextID += 1 }
         return Request(id: nextID, verb: verb, files: files, name: name, replace: replace, count: count, delta: delta,
-                       lines: lines, follow: follow)
+                       lines: lines, follow: follow, quickStart: quickStart)
     }
 }

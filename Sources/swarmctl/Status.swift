@@ -72,6 +72,8 @@ enum StatusTable {
             }
             lines.append(format(header, state: nil))
             for (row, w) in zip(rows, app.workers) { lines.append(format(row, state: w.state)) }
+            // Where to edit it before a reload: for a quick start, the file swarmd wrote.
+            if !app.config.isEmpty { lines.append("  config \(e(app.config))") }
             if let r = app.lastReload {
                 lines.append("  last reload \(r.ok ? "ok" : paint("FAILED", "crash-loop")) \(duration(r.ageS)) ago: \(e(r.message))")
             }

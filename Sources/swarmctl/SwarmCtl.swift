@@ -56,6 +56,19 @@ enum Main {
            let n = args[(i + 1)...].firstIndex(where: { $0.count > 1 && $0.hasPrefix("-") && $0.dropFirst().allSatisfy(\.isWholeNumber) }) {
             args += ["--", args.remove(at: n)]
         }
+        // `start -i -1`: the parser would take "-1" for an option and say only "missing value";
+        // attached, it reaches swarmd, whose error names the range.
+        if i < args.count, args[i] == "start" {
+            let end = args.firstIndex(of: "--") ?? args.count
+            var j = i + 1
+            while j + 1 < end {
+                if args[j] == "-i" || args[j] == "--instances", args[j + 1].hasPrefix("-"), args[j + 1].count > 1,
+                   args[j + 1].dropFirst().allSatisfy(\.isWholeNumber) {
+                    args[j...(j + 1)] = ["--instances=" + args[j + 1]]
+                }
+                j += 1
+            }
+        }
         return args
     }
 }
@@ -114,7 +127,7 @@ struct SwarmCtl: ParsableCommand {
         abstract: "Drive swarmd over its control socket.",
         version: SwarmVersion.current,
         subcommands: [Start.self, Stop.self, Restart.self, Delete.self, Reload.self, Scale.self, Status.self, Logs.self,
-                      Ping.self, Version.self, Shutdown.self, DaemonReexec.self, DialStdio.self])
+                      Ping.self, Version.self, Shutdown.self, DaemonReexec.self, Drain.self, Undrain.self, DialStdio.self])
 }
 
 struct GlobalOptions: ParsableArguments {
@@ -336,4 +349,20 @@ struct DaemonReexec: ParsableCommand {
             throw CtlError(description: "swarmd did not answer within 10s after re-executing")
         }
     }
+}
+
+struct Drain: SimpleVerb {
+    static let configuration = CommandConfiguration(
+        abstract: "Make swarmd's HAProxy agent answer 'drain' for an app (no new connections to this host); workers keep running.",
+        discussion: "Remembered across swarmd restarts until 'undrain'. Needs swarmd --agent to have an effect.")
+    static let verb = Verb.drain
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "App name, or 'all'.") var name: String
+}
+
+struct Undrain: SimpleVerb {
+    static let configuration = CommandConfiguration(abstract: "End a drain: the HAProxy agent answers by ready workers again.")
+    static let verb = Verb.undrain
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "App name, or 'all'.") var name: String
 }

@@ -36,6 +36,9 @@ struct Swarmd: ParsableCommand {
     @Option(name: .customLong("journal-socket"), help: .hidden)
     var journalSocket: String = "/run/systemd/journal/socket"
 
+    @Option(help: ArgumentHelp("Answer HAProxy's agent-check on this address (HOST:PORT, e.g. 10.0.0.5:9999): up with a weight of ready/wanted workers, drain, or down.", valueName: "host:port"))
+    var agent: String?
+
     @Flag(name: .shortAndLong, help: "Log debug messages.")
     var verbose = false
 
@@ -65,6 +68,12 @@ struct Swarmd: ParsableCommand {
             journalSocket: journalSocket, socketGroup: socketGroup)
         options.metricsAddress = try metrics.map(MetricsAddress.parse)
         options.metricsPublic = metricsPublic
+        do {
+            options.agent = try agent.map(DaemonOptions.agentAddress)
+        } catch {
+            FileHandleStderr.write("swarmd: \(error)\n")
+            throw ExitCode(64)
+        }
         do {
             let code = try Manager(options: options).run()
             throw ExitCode(code)

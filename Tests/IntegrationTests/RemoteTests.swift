@@ -4,12 +4,6 @@ import SwarmProtocol
 import SwarmSystem
 import Testing
 
-private func remoteStatus(_ fleet: TestFleet, _ url: String) async throws -> AppStatus? {
-    let st = try await fleet.ctl(["status", "--json", "--host", url])
-    guard st.code == 0 else { throw HarnessError("status through ssh failed: \(st)") }
-    return try JSONDecoder().decode(StatusReport.self, from: Data(st.out.utf8)).apps.first { $0.name == "talker" }
-}
-
 /// `swarmctl --host ssh://…` against real sshds on test hosts (network
 /// namespaces), each with its own swarmd.
 @Suite("Remote control over SSH (test hosts in network namespaces)", .serialized,
@@ -96,7 +90,7 @@ struct RemoteTests {
             #expect(noCtl.code == 3 && noCtl.err.contains("no swarmctl on the host"), "\(noCtl)")
             for r in [unreachable, refused, empty, noCtl] { print("[remote error] \(r.err.trimmingCharacters(in: .whitespacesAndNewlines))") }
 
-            for bad in ["web1", "ssh://-oProxyCommand=touch", "ssh://[::1", "ssh://a,ssh://b"] {
+            for bad in ["web1", "ssh://-oProxyCommand=touch", "ssh://[::1", "ssh://a,,ssh://b", "ssh://a,ssh://a"] {
                 let r = try await fleet.ctl(["status", "--host", bad])
                 #expect(r.code == 64 && r.err.contains("--host"), "\(bad): \(r)")
             }

@@ -29,6 +29,8 @@ final class TestFleet {
     /// `SWARM_SSH`: ssh with the test's own config (its key, no known_hosts).
     let sshCommand: String
     private var labels = 0
+    /// Added to the next `startSwarmd`'s arguments (e.g. `--agent`).
+    var extraSwarmdArgs: [String] = []
     nonisolated(unsafe) private static var counter = 0
     private static let lock = NSLock()
 
@@ -153,7 +155,7 @@ final class TestFleet {
     /// Starts swarmd in host `i` (0-based) with `configs`, and waits until it answers.
     func startSwarmd(_ i: Int, configs: [String]) async throws {
         let h = hosts[i]
-        let d = try Child.spawn("/usr/bin/ip", ["netns", "exec", h.namespace, Paths.swarmd, "--socket", h.socket, "--state-dir", h.stateDir] + configs,
+        let d = try Child.spawn("/usr/bin/ip", ["netns", "exec", h.namespace, Paths.swarmd, "--socket", h.socket, "--state-dir", h.stateDir] + extraSwarmdArgs + configs,
                                 dir: dir, label: "swarmd-\(h.name)")
         hosts[i].swarmd = d
         try await waitUntil(timeout: 20, "swarmd on \(h.name) to answer on \(h.socket)") {
