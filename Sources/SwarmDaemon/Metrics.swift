@@ -313,16 +313,14 @@ enum MetricsRender {
         }
 
         t.family("swarm_worker_cpu_seconds_total", .counter, "CPU time (user + system) of each worker process, read from /proc at scrape time.")
-        for a in snap.apps {
-            for w in a.workers {
-                t.sample("swarm_worker_cpu_seconds_total", [("app", a.name), ("slot", String(w.slot)), ("pid", String(w.pid))], w.cpuSeconds)
-            }
+        for a in snap.apps where !a.workers.isEmpty {
+            let prefix = MetricsText.workerPrefix("swarm_worker_cpu_seconds_total", app: a.name)
+            for w in a.workers { t.workerSample(prefix: prefix, slot: w.slot, pid: w.pid, integer: nil, seconds: w.cpuSeconds) }
         }
         t.family("swarm_worker_resident_bytes", .gauge, "Resident memory of each worker process, read from /proc at scrape time.")
-        for a in snap.apps {
-            for w in a.workers {
-                t.sample("swarm_worker_resident_bytes", [("app", a.name), ("slot", String(w.slot)), ("pid", String(w.pid))], w.residentBytes)
-            }
+        for a in snap.apps where !a.workers.isEmpty {
+            let prefix = MetricsText.workerPrefix("swarm_worker_resident_bytes", app: a.name)
+            for w in a.workers { t.workerSample(prefix: prefix, slot: w.slot, pid: w.pid, integer: w.residentBytes, seconds: 0) }
         }
         t.family("swarm_log_bytes_total", .counter, "Bytes of log lines read from the workers' output, by stream.")
         for a in snap.apps {

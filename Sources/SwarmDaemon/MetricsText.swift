@@ -67,6 +67,62 @@ struct MetricsText {
         sample(name + "_count", labels, h.count)
     }
 
+    /// The per-worker families are most of a scrape (two lines per worker):
+    /// written from a prefix made once per app, digits without allocation.
+    mutating func workerSample(prefix: [UInt8], slot: Int, pid: Int32, integer: Int64?, seconds: Double) {
+        bytes.append(contentsOf: prefix)
+        appendDigits(Int64(slot))
+        append("\",pid=\"")
+        appendDigits(Int64(pid))
+        append("\"} ")
+        if let integer {
+            appendDigits(integer)
+        } else {
+            let hundredths = (seconds * 100).rounded()
+            if hundredths >= 0, hundredths < 1e15, abs(seconds * 100 - hundredths) < 1e-6 {
+                let h = Int64(hundredths)
+                appendDigits(h / 100)
+                bytes.append(UInt8(ascii: "."))
+                bytes.append(UInt8(ascii: "0") + UInt8(h % 100 / 10))
+                bytes.append(UInt8(ascii: "0") + UInt8(h % 10))
+            } else {
+                append(MetricsText.format(seconds))
+            }
+        }
+        bytes.append(0x0a)
+    }
+
+    /// `name{app="…",slot="`: what `workerSample` starts each line with.
+    static func workerPrefix(_ name: String, app: String) -> [UInt8] {
+        var p = Array(name.utf8) + Array("{app=\"".utf8)
+        escapeLabelValue(app, into: &p)
+        p += Array("\",slot=\"".utf8)
+        return p
+    }
+
+    private mutating func appendDigits(_ v: Int64) {
+        if v < 0 {
+            bytes.append(UInt8(ascii: "-"))
+            return appendDigits(v == .min ? .max : -v)
+        }
+        if v < 10 {
+            bytes.append(UInt8(ascii: "0") + UInt8(v))
+            return
+        }
+        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        var n = 0
+        var x = v
+        withUnsafeMutableBytes(of: &digits) { d in
+            while x > 0 {
+                d[n] = UInt8(ascii: "0") + UInt8(x % 10)
+                x /= 10
+                n += 1
+            }
+            for i in stride(from: n - 1, through: 0, by: -1) { bytes.append(d[i]) }
+        }
+    }
+
     private mutating func head(_ name: String, _ labels: [(String, String)]) {
         append(name)
         if !labels.isEmpty {

@@ -51,7 +51,7 @@ struct MetricsTextTests {
         }
         #expect(text.contains("swarm_app_state{app=\"web\",state=\"degraded\"} 1\n"))
         #expect(text.contains("swarm_app_state{app=\"web\",state=\"running\"} 0\n"))
-        #expect(text.contains("swarm_worker_cpu_seconds_total{app=\"web\",slot=\"0\",pid=\"42\"} 1.5\n"))
+        #expect(text.contains("swarm_worker_cpu_seconds_total{app=\"web\",slot=\"0\",pid=\"42\"} 1.50\n"))
         #expect(text.contains("swarm_worker_resident_bytes{app=\"web\",slot=\"0\",pid=\"42\"} 4096\n"))
         #expect(text.contains("swarm_control_connections 2\n"))
         // One HELP and one TYPE per family.
@@ -147,5 +147,30 @@ struct MetricsRecorderTests {
         back.restore(try JSONDecoder().decode(MetricsRecorder.Saved.self, from: data))
         #expect(back.restarts["web"] == [MetricsRecorder.SlotReason(slot: 3, reason: "crash"): 2])
         #expect(back.exits == rec.exits && back.logBytes == rec.logBytes)
+    }
+}
+
+struct MetricsFastPathTests {
+    @Test func workerLinesMatchTheGeneralWriter() {
+        for (secs, bytes) in [(0.0, Int64(0)), (12.34, Int64(4096)), (1e-7, Int64(1) << 40), (123456.07, Int64(9))] {
+            var fast = MetricsText()
+            fast.workerSample(prefix: MetricsText.workerPrefix("c_total", app: "a\"b"), slot: 12, pid: 4301, integer: nil, seconds: secs)
+            fast.workerSample(prefix: MetricsText.workerPrefix("r", app: "a\"b"), slot: 0, pid: 7, integer: bytes, seconds: 0)
+            var slow = MetricsText()
+            slow.sample("c_total", [("app", "a\"b"), ("slot", "12"), ("pid", "4301")], secs)
+            slow.sample("r", [("app", "a\"b"), ("slot", "0"), ("pid", "7")], bytes)
+            let f = String(decoding: fast.bytes, as: UTF8.self)
+            let s = String(decoding: slow.bytes, as: UTF8.self)
+            // Same lines; a value may be written with two decimals instead of Swift's shortest form.
+            #expect(f.split(separator: "\n").map { Double($0.split(separator: " ")[1])! } == s.split(separator: "\n").map { Double($0.split(separator: " ")[1])! }, "\(f) vs \(s)")
+            #expect(f.split(separator: "\n").map { $0.split(separator: " ")[0] } == s.split(separator: "\n").map { $0.split(separator: " ")[0] })
+        }
+    }
+
+    @Test func procStatIsParsedFromTheLastParenthesis() {
+        let line = Array("4301 (we ird) (x) S 1 4301 4301 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 1 0 12345 1000000 321 18446744073709551615\n".utf8)
+        let r = line.withUnsafeBufferPointer { ProcStatReader.parse($0, pageSize: 4096) }
+        #expect(r?.cpuTicks == 325 && r?.rss == 321 * 4096, "\(String(describing: r))")
+        #expect(ProcStatReader().usage(pid: getpid())?.rss ?? 0 > 0)
     }
 }
