@@ -167,6 +167,7 @@ extension Supervisor {
         }
         reindex()
         touchedApps = []
+        changedApps = Set(appOrder)
         visits = 0
     }
 }
