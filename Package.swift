@@ -14,6 +14,7 @@ let package = Package(
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
     ],
     targets: [
         // fork/exec and the few calls Swift cannot import (prctl, accept4, SO_PEERCRED, close_range).
@@ -27,7 +28,8 @@ let package = Package(
         .target(name: "SwarmSystem", dependencies: ["CSwarmSpawn", "CSystemd"],
                 swiftSettings: [.swiftLanguageMode(.v5)]),
         .target(name: "SwarmDaemon", dependencies: ["SwarmCore", "SwarmConfig", "SwarmProtocol", "SwarmSystem",
-                                                  .product(name: "Logging", package: "swift-log")],
+                                                  .product(name: "Logging", package: "swift-log"),
+                                                  .product(name: "DequeModule", package: "swift-collections")],
                 swiftSettings: [.swiftLanguageMode(.v5)]),
         .executableTarget(name: "swarmd", dependencies: [
             "SwarmDaemon", "SwarmSystem", .product(name: "ArgumentParser", package: "swift-argument-parser"),

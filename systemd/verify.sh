@@ -59,9 +59,9 @@ rewrite() {
 
 mkdir "$tmp/units"
 rewrite "$here/swarmd.service" "$tmp/units/swarmd.service"
-cp "$here/swarmd.socket" "$here/swarm-web.socket" "$tmp/units/"
+cp "$here/swarmd.socket" "$here/swarm-web.socket" "$here/swarmd-metrics.socket" "$tmp/units/"
 failed=0
-check "$tmp/units" "$tmp/units/swarmd.service" "$tmp/units/swarmd.socket" "$tmp/units/swarm-web.socket" || failed=1
+check "$tmp/units" "$tmp/units/swarmd.service" "$tmp/units/swarmd.socket" "$tmp/units/swarm-web.socket" "$tmp/units/swarmd-metrics.socket" || failed=1
 
 version=$(systemd-analyze --version | sed -n 's/^systemd \([0-9][0-9]*\).*/\1/p')
 if [ "${VERIFY_NOTIFY_RELOAD:-0}" = 1 ] || [ "${version:-0}" -ge 253 ]; then

@@ -116,9 +116,12 @@ int swarm_child_intercept_bind(int send_sock, int *step) {
     return r;
 }
 
-int swarm_intercept_receive_listener(int sock, unsigned *flags) {
-    unsigned char payload = 0;
-    struct iovec iov = { &payload, 1 };
+/* The listener and its flags byte; or, with `extra`, whatever else came
+   instead (the probe child's report) copied there, *extra_len its size. */
+static int receive_listener(int sock, unsigned *flags, void *extra, size_t *extra_len) {
+    unsigned char payload[64];
+    memset(payload, 0, sizeof payload);
+    struct iovec iov = { payload, extra ? sizeof payload : 1 };
     union {
         struct cmsghdr align;
         char buf[CMSG_SPACE(sizeof(int) * 4)];
@@ -142,9 +145,23 @@ int swarm_intercept_receive_listener(int sock, unsigned *flags) {
             if (fd < 0) fd = passed; else close(passed);
         }
     }
-    if (fd < 0) { errno = n == 0 ? EPIPE : EBADMSG; return -1; }
-    *flags = payload;
+    if (fd < 0) {
+        if (extra && n > 0) {
+            size_t len = (size_t)n < *extra_len ? (size_t)n : *extra_len;
+            memcpy(extra, payload, len);
+            *extra_len = len;
+        } else if (extra) {
+            *extra_len = 0;
+        }
+        errno = n == 0 ? EPIPE : EBADMSG;
+        return -1;
+    }
+    *flags = payload[0];
     return fd;
+}
+
+int swarm_intercept_receive_listener(int sock, unsigned *flags) {
+    return receive_listener(sock, flags, NULL, NULL);
 }
 
 int swarm_notif_recv(int notify_fd, struct swarm_bind_call *call) {
@@ -308,11 +325,12 @@ int swarm_intercept_probe(char *reason, size_t reason_len, unsigned *flags) {
         probe_fail(reason, reason_len, ETIMEDOUT, "%sthe probe child sent nothing within 2 s: %s", "");
         goto out;
     }
-    listener = swarm_intercept_receive_listener(sp[0], flags);
+    struct probe_report r = { 0, 0 };
+    size_t report_len = sizeof r;
+    listener = receive_listener(sp[0], flags, &r, &report_len);
     if (listener < 0) {
-        struct probe_report r = { 0, 0 };
-        ssize_t n = read(sp[0], &r, sizeof r);
-        if (n == (ssize_t)sizeof r) {
+        /* A failing child sends its report (errno, step) in place of the listener. */
+        if (report_len == sizeof r) {
             const char *what = r.step == SWARM_STEP_SECCOMP_SEND ? "sendmsg of the listener fd"
                 : "seccomp(SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER)";
             const char *hint = "";

@@ -24,13 +24,43 @@ public enum QuickStart {
         case max
     }
 
-    /// `-i 4` or `-i max`.
+    /// `-i 4` or `-i max`. Unlike `workers` in a file, 0 is refused: a quick
+    /// start that runs nothing is a typo, not a plan.
     public static func instances(_ text: String) throws(QuickStartError) -> Instances {
         if text == "max" { return .max }
-        guard let n = Int(text), (0...AppSpec.maxWorkers).contains(n) else {
-            throw QuickStartError(option: "-i", message: "'\(AppConfig.printable(text))' is not a number of instances (0…\(AppSpec.maxWorkers)) or \"max\"")
+        guard text.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }), let n = Int(text),
+              (1...AppSpec.maxWorkers).contains(n) else {
+            throw QuickStartError(option: "-i", message: "'\(AppConfig.printable(text))' is not a number of instances (1…\(AppSpec.maxWorkers)) or \"max\"")
         }
         return .count(n)
+    }
+
+    /// The whole quick start as swarmd does it: the flags checked, the config
+    /// text rendered, and that text loaded as the file `path` will be, so any
+    /// problem (a command not found, a cwd that is no directory) is reported
+    /// against its option before anything is written or started.
+    public static func load(name: String, instances text: String, listen: String?, env: [String], command: [String],
+                            cwd: String, path: String, environment: ConfigEnvironment) throws(QuickStartError) -> (text: String, spec: AppSpec) {
+        let text = try render(name: name, instances: try instances(text), listen: listen, env: env, command: command, cwd: cwd)
+        do {
+            return (text, try AppConfig.parse(text: text, path: path, environment: environment))
+        } catch {
+            // The text is ours; the user wrote flags: name the flag, not a line of a file they never saw.
+            let first = error.all[0]
+            throw QuickStartError(option: option(forKey: first.key), message: first.message)
+        }
+    }
+
+    /// The flag a config key of the rendered text came from.
+    static func option(forKey key: String?) -> String {
+        guard let key else { return "quick start" }
+        if key == "name" { return "--name" }
+        if key == "workers" { return "-i" }
+        if key == "cwd" { return "--cwd" }
+        if key == "env" || key.hasPrefix("env.") { return "--env" }
+        if key.hasPrefix("socket") { return "--listen" }
+        if key == "command" { return "command" }
+        return key
     }
 
     /// The config text. `cwd` must be absolute (the file lives in the state dir,
@@ -53,8 +83,8 @@ public enum QuickStart {
         if let i = command.firstIndex(where: { $0.utf8.count >= AppConfig.maxArgumentBytes }) {
             throw QuickStartError(option: "command", message: "argument \(i) is \(command[i].utf8.count) bytes; Linux passes at most \(AppConfig.maxArgumentBytes - 1) per argument")
         }
-        if case let .count(n) = instances, !(0...AppSpec.maxWorkers).contains(n) {
-            throw QuickStartError(option: "-i", message: "\(n) is out of range (0…\(AppSpec.maxWorkers), or \"max\")")
+        if case let .count(n) = instances, !(1...AppSpec.maxWorkers).contains(n) {
+            throw QuickStartError(option: "-i", message: "\(n) is out of range (1…\(AppSpec.maxWorkers), or \"max\")")
         }
         var address: ListenAddress?
         if let listen {

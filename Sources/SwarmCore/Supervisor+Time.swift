@@ -15,6 +15,19 @@ extension Supervisor {
         }
     }
 
+    /// How long until a starting worker is probed again: `probeInterval`
+    /// while it is young, then an eighth of the time it has been starting (a
+    /// worker that needs 2 s is seen at most 250 ms late), at most
+    /// `maxProbeInterval`. A worker that takes long to listen (or never
+    /// does, until its readiness timeout) costs a few probes a second, not 50.
+    public func probeDelay(startedAt: Instant, now: Instant) -> Duration {
+        let cap = max(probeInterval, Supervisor.maxProbeInterval)
+        return min(cap, max(probeInterval, (now - startedAt) / 8))
+    }
+
+    /// The longest wait between two probes of a starting worker.
+    public static let maxProbeInterval: Duration = .milliseconds(250)
+
     /// When an empty slot starts its next worker, or nil.
     func deadline(ofSlot slot: Slot, in app: App) -> Instant? {
         guard !shuttingDown, app.goal == .running, slot.current == nil, !slot.removing, let t = slot.restartAt else { return nil }
@@ -78,7 +91,7 @@ extension Supervisor {
             if readyBy <= now { return readinessTimedOut(id, now: now) }
             var probe = probeAt, memory = memoryAt
             if let t = probeAt, t <= now, let pid = w.pid {
-                probe = now + probeInterval
+                probe = now + probeDelay(startedAt: w.startedAt, now: now)
                 out.append(.probeListening(id, pid: pid))
             }
             if let t = memoryAt, t <= now, let pid = w.pid {

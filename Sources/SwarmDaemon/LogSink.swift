@@ -1,3 +1,4 @@
+import DequeModule
 import Glibc
 import SwarmCore
 import SwarmProtocol
@@ -15,8 +16,11 @@ final class LogSink {
     var keep: Int
     let journal: JournalWriter?
     private var file: AppendFile?
-    /// Last lines, bounded by count and bytes.
-    private(set) var tail: [LogLine] = []
+    /// Last lines, bounded by count and bytes. A deque: dropping the oldest
+    /// line is O(1), not a shift of the whole tail for every line logged.
+    private var recent: Deque<LogLine> = []
+    /// A copy, for `logs -n`, reload errors and the hand-over (rare).
+    var tail: [LogLine] { Array(recent) }
     private var tailBytes = 0
     static let tailLines = 2000
     static let tailByteLimit = 512 << 10
@@ -41,16 +45,16 @@ final class LogSink {
 
     /// The tail a previous swarmd had (daemon-reexec), before any new line.
     func restoreTail(_ lines: [LogLine]) {
-        tail = Array(lines.suffix(LogSink.tailLines))
-        tailBytes = tail.reduce(0) { $0 + $1.text.utf8.count + 64 }
-        while tailBytes > LogSink.tailByteLimit, !tail.isEmpty { tailBytes -= tail.removeFirst().text.utf8.count + 64 }
+        recent = Deque(lines.suffix(LogSink.tailLines))
+        tailBytes = recent.reduce(0) { $0 + $1.text.utf8.count + 64 }
+        while tailBytes > LogSink.tailByteLimit, !recent.isEmpty { tailBytes -= recent.removeFirst().text.utf8.count + 64 }
     }
 
     func append(_ line: LogLine, priority: Int?) {
-        tail.append(line)
+        recent.append(line)
         tailBytes += line.text.utf8.count + 64
-        while tail.count > LogSink.tailLines || tailBytes > LogSink.tailByteLimit {
-            tailBytes -= tail.removeFirst().text.utf8.count + 64
+        while recent.count > LogSink.tailLines || tailBytes > LogSink.tailByteLimit {
+            tailBytes -= recent.removeFirst().text.utf8.count + 64
         }
         if let journal {
             journal.send([

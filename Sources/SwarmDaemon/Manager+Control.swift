@@ -55,9 +55,13 @@ extension Manager: ControlHandler {
                 switch selector {
                 case let .app(name) where brokenApps[name] != nil:
                     forgetBroken(name)
+                    removeQuickStartConfig(name)
                     return control.send(client, .success(id, "\(name): deleted"))
                 case .all:
-                    for name in brokenOrder { forgetBroken(name) }
+                    for name in brokenOrder {
+                        forgetBroken(name)
+                        if supervisor.apps[name] == nil { removeQuickStartConfig(name) }
+                    }
                 default: break
                 }
             }
@@ -71,7 +75,18 @@ extension Manager: ControlHandler {
                 return control.send(client, .success(id, "\(name): already stopped"))
             }
             let command: Command = request.verb == .stop ? .stop(selector) : request.verb == .restart ? .restart(selector) : .delete(selector)
+            let deleting: [String]
+            if request.verb == .delete {
+                if case let .app(name) = selector { deleting = [name] } else { deleting = supervisor.appOrder }
+            } else {
+                deleting = []
+            }
             submit([command], for: request, client)
+            // Forgotten in apps.json as soon as the delete is accepted (its workers may still be
+            // stopping): the generated config goes with it, so a swarmd restart cannot find it.
+            for name in deleting where supervisor.apps[name].map({ $0.goal == .deleted }) ?? true {
+                removeQuickStartConfig(name)
+            }
         case .reload:
             guard let selector = selector(request, client) else { return }
             reload(selector, request, client)
@@ -85,6 +100,8 @@ extension Manager: ControlHandler {
             logs(request, client)
         case .shutdown:
             submit([.shutdown], for: request, client)
+        case .drain, .undrain:
+            setDrained(request, client)
         case .daemonReexec:
             if let why = reexec(reply: (client, id)) { control.send(client, .failure(id, "cannot re-execute now: \(why)")) }
         }
@@ -106,6 +123,12 @@ extension Manager: ControlHandler {
 
     func startFiles(_ request: Request, _ client: ControlClient) {
         let id = request.id
+        if let quick = request.quickStart {
+            guard request.files?.isEmpty ?? true else {
+                return control.send(client, .failure(id, "start takes config files or a quick start, not both"))
+            }
+            return quickStart(quick, request, client)
+        }
         guard let files = request.files, !files.isEmpty else {
             return control.send(client, .failure(id, "start needs at least one config file"))
         }
@@ -141,6 +164,80 @@ extension Manager: ControlHandler {
             commands.append(.start(spec, replace: replace))
         }
         submit(commands, for: request, client)
+    }
+
+    // MARK: - Quick start
+
+    /// Where quick-start configs live: `<state-dir>/apps/`, swarmd's own like the rest of the state dir.
+    static let quickStartDirectory = "apps"
+
+    func quickStartDirectoryHandle() throws -> TrustedDirectory {
+        try stateDirectory.subdirectory(Manager.quickStartDirectory, owners: [geteuid()], create: 0o700)
+    }
+
+    /// `swarmctl start --name web -i 4 --listen … -- node server.js`: the
+    /// flags become `<state-dir>/apps/web.conf`, which is then an app config
+    /// like any other (remembered in apps.json, re-read by `reload`, shown by
+    /// `status`). Every check runs before anything is written or bound, and a
+    /// failure after that undoes what was done: a refused quick start changes nothing.
+    func quickStart(_ q: QuickStartRequest, _ request: Request, _ client: ControlClient) {
+        let id = request.id
+        let replace = request.replace ?? false
+        guard q.env.count <= QuickStartRequest.maxItems else {
+            return control.send(client, .failure(id, "--env: at most \(QuickStartRequest.maxItems) variables"))
+        }
+        guard q.command.count <= QuickStartRequest.maxItems else {
+            return control.send(client, .failure(id, "command: at most \(QuickStartRequest.maxItems) arguments"))
+        }
+        if AppConfig.nameProblem(q.name) == nil, !replace {
+            if let app = supervisor.apps[q.name] {
+                let state = app.goal == .running ? "running" : app.goal == .stopped ? "stopped" : "being deleted"
+                return control.send(client, .failure(id, "--name: an app named '\(q.name)' is already \(state) (config \(app.spec.sourcePath)); "
+                    + "choose another name, delete it first, or add --replace to replace it"))
+            }
+            if let broken = brokenApps[q.name] {
+                return control.send(client, .failure(id, "--name: an app named '\(q.name)' is remembered (config \(broken.remembered.config), state error); "
+                    + "choose another name, delete it first, or add --replace to replace it"))
+            }
+        }
+        let directory: TrustedDirectory
+        do { directory = try quickStartDirectoryHandle() } catch {
+            return control.send(client, .failure(id, "cannot keep the quick-start config: \(error)"))
+        }
+        let file = "\(q.name).conf"
+        let loaded: (text: String, spec: AppSpec)
+        do {
+            loaded = try QuickStart.load(name: q.name, instances: q.instances, listen: q.listen, env: q.env, command: q.command,
+                                         cwd: q.cwd, path: directory.pathOf(file), environment: configEnvironment)
+        } catch {
+            return control.send(client, .failure(id, error.description))
+        }
+        let spec = loaded.spec
+        let problems = supervisor.startProblems([spec], replace: replace)
+        guard problems.isEmpty else { return control.send(client, .failure(id, problems.joined(separator: "\n"))) }
+        let bound: AppSockets
+        switch sockets.bind(spec, replacing: replace) {
+        case let .success(s): bound = s
+        case let .failure(error): return control.send(client, .failure(id, "--listen: cannot listen: \(error)"))
+        }
+        do {
+            try directory.writeFileAtomically(file, Array(loaded.text.utf8), mode: 0o600)
+        } catch {
+            bound.close()
+            return control.send(client, .failure(id, "cannot write the quick-start config: \(error); nothing was started"))
+        }
+        forgetBroken(spec.name)
+        sockets.install(bound, for: spec.name)
+        submit([.start(spec, replace: replace)], for: request, client, note: "\(spec.name): config \(spec.sourcePath)")
+    }
+
+    /// The app is gone for good: so is the config a quick start wrote for it.
+    func removeQuickStartConfig(_ name: String) {
+        guard AppConfig.nameProblem(name) == nil,
+              let directory = try? stateDirectory.subdirectory(Manager.quickStartDirectory, owners: [geteuid()]) else { return }
+        do { _ = try directory.remove("\(name).conf") } catch {
+            log.warning("Failed to remove \(directory.pathOf("\(name).conf")): \(error), ignoring")
+        }
     }
 
     /// Re-reads each app's config file; the core checks what was read.
@@ -266,8 +363,10 @@ extension Manager: ControlHandler {
         return id
     }
 
-    func submit(_ commands: [Command], for request: Request, _ client: ControlClient) {
+    /// `note`: a first line of the answer, success or not (what the shell did before the commands).
+    func submit(_ commands: [Command], for request: Request, _ client: ControlClient, note: String? = nil) {
         let requester = Requester(.client(client, id: request.id))
+        if let note { requester.messages.append(note) }
         client.outstanding += 1
         let ids = commands.map { _ in newRequest(requester) }
         let failuresBefore = saveFailures
@@ -291,6 +390,8 @@ extension Manager: ControlHandler {
             requester.errors.append(err.description)
             if case let .reloadFailed(app, _, slot, pid) = err, let slot {
                 requester.details += failedWorkerLog(app: app, slot: slot, pid: pid)
+            } else if case let .startFailed(app, _, _, _) = err {
+                requester.details += startFailureLog(app: app)
             }
         }
         if requester.remaining.isEmpty && !requester.submitting { finish(requester) }
@@ -322,6 +423,25 @@ extension Manager: ControlHandler {
         guard let sink = output.sinks[app] else { return [] }
         let lines = sink.tail.filter { $0.slot == slot && (pid == nil || $0.pid == pid!) }.suffix(10)
         return lines.map(\.formatted)
+    }
+
+    /// The last lines of the worker a `start`, `restart` or `scale` failure is
+    /// about, as `reload` gives: the slot the core's message describes (the
+    /// lowest one without a ready worker) and, in it, the worker that just
+    /// exited if that is what settled the command, else the slot's latest.
+    func startFailureLog(app name: String) -> [String] {
+        guard let app = supervisor.apps[name], let sink = output.sinks[name] else { return [] }
+        guard let slot = app.slots.first(where: { s in !(s.current.flatMap { supervisor.workers[$0] }?.isReady ?? false) }) else {
+            return []
+        }
+        if eventsHead > 0, eventsHead <= events.count, case let .exited(pid, _) = events[eventsHead - 1] {
+            // Exactly that worker's lines, also none: an older worker's would be about something else.
+            if sink.tail.contains(where: { $0.pid == pid && $0.slot == slot.index }) || supervisor.worker(pid: pid)?.slot == slot.index {
+                return failedWorkerLog(app: name, slot: slot.index, pid: pid)
+            }
+        }
+        guard let latest = sink.tail.last(where: { $0.slot == slot.index })?.pid else { return [] }
+        return failedWorkerLog(app: name, slot: slot.index, pid: latest)
     }
 
     func progress(_ id: RequestID, _ event: ReloadEvent) {

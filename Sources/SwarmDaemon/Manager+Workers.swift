@@ -19,6 +19,7 @@ extension Manager {
             } else {
                 reason = "\(error)"
             }
+            interception.flags.spawnFailed(r.worker)
             events.append(.spawnFailed(r.worker, reason: reason))
         }
     }
@@ -73,9 +74,19 @@ extension Manager {
         }
         let cgroup = cgroups.create(for: r)
         plan.cgroupProcsFD = cgroup?.procsFD ?? -1
+        // Before the spawn: a worker alone on its sockets finds O_NONBLOCK off.
+        interception.flags.spawning(r.worker, fds: listenFDs)
         let pid: pid_t
+        var notifyFD: Int32?
         do {
-            pid = try kernel.spawn(plan)
+            if interception.wants(spec), let k = kernel as? BindInterceptingKernel {
+                plan.interceptBind = true
+                let spawned = try k.spawnWorker(plan)
+                pid = spawned.pid
+                notifyFD = spawned.bindNotifyFD
+            } else {
+                pid = try kernel.spawn(plan)
+            }
         } catch {
             Posix.close(out.read)
             Posix.close(err.read)
@@ -84,6 +95,7 @@ extension Manager {
             throw error
         }
         if let cgroup { cgroups.spawned(r.worker, pid: pid, in: cgroup) }
+        if let notifyFD { interception.adopt(fd: notifyFD, worker: r.worker, app: spec.name, slot: r.slot, pid: pid) }
         output.watch(fd: out.read, app: spec.name, slot: r.slot, pid: pid, stream: "stdout")
         output.watch(fd: err.read, app: spec.name, slot: r.slot, pid: pid, stream: "stderr")
         if let ready {
@@ -107,5 +119,27 @@ extension Manager {
             feed(.exited(pid: pid, status))
         }
         reapContinuation?.trigger()
+    }
+
+    /// Performs `.probeListening`: does the worker, or a process it started,
+    /// wait for connections on its slot's sockets? Compared by socket
+    /// identity, so a worker that moved its fd 3 elsewhere (a dup, an
+    /// intercepted bind) or listens in a child is seen.
+    func probeListening(_ id: WorkerID, pid: Int32) {
+        guard let w = supervisor.workers[id], let spec = supervisor.spec(of: w) else { return }
+        var identities = Set<SocketIdentity>()
+        for e in sockets[spec.name]?.entries ?? [] {
+            // The socket this slot's workers get (bindSlot): the slot's own with reuseport, else the shared one.
+            let fd = e.perSlot[w.slot] ?? e.shared
+            do { identities.insert(try SocketIdentity.of(fd: fd)) } catch {
+                log.debug("Failed to identify socket \(e.spec.name) of \(spec.name)[\(w.slot)]: \(error), ignoring")
+            }
+        }
+        let query = ListeningQuery(pid: pid, sockets: identities, cgroup: cgroups.path(of: id),
+                                   execFDs: Set((0..<spec.sockets.count).map { Int32(3 + $0) }))
+        let outcome = kernel.listening(query)
+        guard let evidence = outcome.evidence else { return }
+        log.debug("\(spec.name)[\(w.slot)] is listening: \(evidence)")
+        events.append(.ready(pid: pid))
     }
 }

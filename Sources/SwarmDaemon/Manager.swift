@@ -21,6 +21,13 @@ public struct DaemonOptions {
     public var journalSocket: String
     /// Group allowed on the control socket (mode 0660) besides the owner.
     public var socketGroup: String?
+    /// `--agent HOST:PORT`: answer HAProxy's agent-check there.
+    public var agent: (host: String, port: UInt16)?
+    /// `--metrics`: where /metrics, /healthz and /readyz are served (nil: not at all,
+    /// unless systemd passes a socket named "metrics").
+    public var metricsAddress: MetricsAddress?
+    /// `--metrics-public`: a non-loopback metrics address is allowed.
+    public var metricsPublic = false
 
     public init(socketPath: String, stateDir: String, appsDir: String?, configFiles: [String], logTarget: String = "auto",
                 journalSocket: String = "/run/systemd/journal/socket", socketGroup: String? = nil) {
@@ -66,6 +73,7 @@ final class Requester {
 /// - `output`: worker stdout/stderr, readiness pipes, sd_notify; log sinks and budgets.
 /// - `sockets`: every app's listening sockets and their steering.
 /// - `cgroups`: a cgroup per worker, so nothing a worker starts outlives it.
+/// - `interception`: workers' own bind() calls answered with their slot's socket.
 /// - `systemd`: READY/STATUS/RELOADING/STOPPING.
 /// - `store`: the remembered apps.
 /// - `workers`: what the shell holds per live worker (for `workerGone`).
@@ -79,6 +87,7 @@ public final class Manager {
     let output: WorkerOutput
     let sockets: SocketTable
     let cgroups: WorkerCgroups
+    let interception: BindInterception
     let systemd: SystemdBridge
     let store: StateStore
     /// The state directory and its `logs/`, checked once and held open: every
@@ -119,7 +128,12 @@ public final class Manager {
     var reapContinuation: EventLoop.Deferred?
     var housekeeping: EventLoop.Source?
     var sweepSource: EventLoop.Source?
+    var agent: AgentServer?
+    /// Apps the operator drained (`swarmctl drain`): the agent says `drain` for them.
+    var drained: Set<String> = []
     var lastBusyAt: Int64?
+    /// `/metrics`, `/healthz`, `/readyz`; nil when not asked for.
+    var metrics: DaemonMetrics?
 
     /// Reaps per dispatch before the loop serves other sources.
     static let reapsPerTurn = 64
@@ -148,6 +162,7 @@ public final class Manager {
                               notifyPath: "@swarmd-notify-\(getpid())-\(kernel.now() % 1_000_000)")
         sockets = SocketTable(kernel: kernel)
         cgroups = WorkerCgroups(loop: loop)
+        interception = BindInterception(loop: loop)
         systemd = SystemdBridge(kernel: kernel)
         store = StateStore(directory: stateDirectory)
         executablePath = (try? FileSystem.readLink("/proc/self/exe")).map { $0.hasSuffix(" (deleted)") ? String($0.dropLast(10)) : $0 } ?? CommandLine.arguments[0]
@@ -173,6 +188,8 @@ public final class Manager {
         control.report = report
         sockets.report = report
         cgroups.report = report
+        interception.report = report
+        interception.sockets = { [weak self] app in self?.sockets[app] }
         output.report = report
         output.journalSocket = options.journalSocket
         output.deliver = { [weak self] event in self?.feed(event) }
@@ -202,6 +219,7 @@ public final class Manager {
         originalNoFile = Posix.raiseFileLimit()
         try Spawner.setChildSubreaper()
         Posix.ignore(SIGPIPE)
+        interception.probe(kernel: kernel)
 
         if let handover = try Handover.take() {
             try resume(from: handover)
@@ -222,11 +240,25 @@ public final class Manager {
         housekeeping = try loop.addPost { [weak self] in self?.afterDispatch() }
         sweepSource = try loop.addPeriodic(every: 1_000_000_000) { [weak self] in self?.everySecond() }
         reapContinuation = loop.addDeferred { [weak self] in self?.reapChildren() }
+        drained = Set(store.load(now: kernel.wallClock()).apps.filter { $0.drained == true }.map(\.name))
+        if let a = options.agent {
+            do {
+                agent = try AgentServer(host: a.host, port: a.port, loop: loop, kernel: kernel) { [weak self] request in
+                    guard let self else { return "down\n" }
+                    return AgentReply.line(request: request, health: { self.supervisor.health(of: $0) },
+                                           appNames: self.supervisor.appOrder, drained: self.drained)
+                }
+                log.notice("HAProxy agent listening on \(agent!.address)")
+            } catch {
+                throw DaemonError.control("--agent \(a.host):\(a.port): \(error)")
+            }
+        }
     }
 
     func startFresh(commandLine specs: [AppSpec]) throws {
         sockets.passedBySystemd = Systemd.listenFDs()
         try setUpLoop(controlSocket: nil, notifySocket: nil)
+        try setUpMetrics(handover: nil)
         enableTCPMigration()
         cgroups.setUp(stateDirectory: options.stateDir, fresh: true)
 
@@ -363,8 +395,10 @@ public final class Manager {
     }
 
     func cleanUp() {
+        interception.closeAll()
         sockets.closeAll()
         control.stop()
+        metrics?.stop(removeSocket: true)
         if controlFD >= 0 {
             Posix.close(controlFD)
             if !controlFromSystemd { _ = try? FileSystem.removeIfPresent(options.socketPath) }
@@ -388,7 +422,9 @@ public final class Manager {
         while eventsHead < events.count {
             let e = events[eventsHead]
             eventsHead += 1
+            metrics?.recorder.before(e, supervisor)
             for action in supervisor.handle(e, now: now()) { perform(action) }
+            metrics?.recorder.after(e, supervisor)
             #if DEBUG
             checkInvariants(after: e)
             #endif
@@ -417,6 +453,10 @@ public final class Manager {
     #endif
 
     func perform(_ action: Action) {
+        if let m = metrics {
+            m.recorder.performed(action, supervisor, now: kernel.now())
+            if case let .spawn(r) = action { countLogLines(of: r.app) }
+        }
         switch action {
         case let .spawn(request):
             spawn(request)
@@ -427,9 +467,7 @@ public final class Manager {
             // The worker's group is all of its tree: what left the process group is still in its cgroup.
             if group && sig == .kill { cgroups.killTree(ofPid: pid) }
         case let .probeListening(id, pid):
-            guard let spec = supervisor.workers[id].flatMap(supervisor.spec(of:)) else { return }
-            let fds = Set((0..<spec.sockets.count).map { Int32(3 + $0) })
-            if kernel.isListening(pid: pid, fds: fds) { events.append(.ready(pid: pid)) }
+            probeListening(id, pid: pid)
         case let .sampleMemory(pid):
             if let rss = kernel.rss(pid: pid) { events.append(.memory(pid: pid, bytes: rss)) }
         case let .armTimer(at):
@@ -449,6 +487,7 @@ public final class Manager {
         case let .workerGone(id, pid):
             workers[id] = nil
             cgroups.gone(id, pid: pid)
+            interception.gone(id)
             output.closeReadyPipe(id)
             if let pid { cpuSamples[pid] = nil }
         case let .restorePriority(pid):
@@ -510,7 +549,7 @@ public final class Manager {
             guard let app = supervisor.apps[name], app.goal != .deleted else { return nil }
             return RememberedApp(name: name, config: app.spec.sourcePath,
                                  workers: app.targetCount != app.spec.workers ? app.targetCount : nil,
-                                 stopped: app.goal == .stopped)
+                                 stopped: app.goal == .stopped, drained: drained.contains(name) ? true : nil)
         }
         apps += brokenOrder.compactMap { name in supervisor.apps[name] == nil ? brokenApps[name]?.remembered : nil }
         do {

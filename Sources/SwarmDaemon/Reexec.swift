@@ -37,7 +37,9 @@ struct Handover: Codable {
 
     /// The layout this binary writes and reads. A newer layout than a binary
     /// knows is refused (it would misread the fds); older ones read with defaults.
-    static let currentVersion = 2
+    /// 3: bind-interception notification fds (a binary that knew only 2 would
+    /// leave them open unread, and every later bind of those workers would hang).
+    static let currentVersion = 3
     var version = Handover.currentVersion
     var supervisor: Supervisor.Snapshot
     var startedAt: Int64
@@ -52,11 +54,16 @@ struct Handover: Codable {
     var sentReady: Bool
     /// The in-memory log tail of each app (`logs -n`, reload errors).
     var logTails: [String: [LogLine]]?
+    /// Each intercepted worker's seccomp notification fd.
+    var interceptors: [BindInterception.Handed]?
+    /// `--metrics`: its listening socket and counters.
+    var metrics: MetricsHandover?
 
     static let variable = "SWARM_REEXEC_FD"
 
     var allFDs: [Int32] {
-        var fds = [notifyFD, controlFD] + outputs.map(\.fd) + readyPipes.map(\.fd) + systemdFDs.values
+        var fds = [notifyFD, controlFD] + outputs.map(\.fd) + readyPipes.map(\.fd) + systemdFDs.values + (metrics.map { [$0.fd] } ?? [])
+        fds += (interceptors ?? []).map(\.fd)
         for entries in sockets.values {
             for e in entries { fds += [e.shared] + e.perSlot.values + (e.roundRobin ?? []) }
         }
@@ -108,7 +115,9 @@ extension Manager {
         for (app, sink) in output.sinks { tails[app] = sink.tail }
         let handover = Handover(supervisor: snapshot, startedAt: startedAt, notifyPath: output.notifyPath, notifyFD: output.notifyFD,
                                 controlFD: controlFD, controlFromSystemd: controlFromSystemd, sockets: socketStates, outputs: outputs,
-                                readyPipes: ready, systemdFDs: named, sentReady: systemd.sentReady, logTails: tails)
+                                readyPipes: ready, systemdFDs: named, sentReady: systemd.sentReady, logTails: tails,
+                                interceptors: interception.forHandover,
+                                metrics: metricsHandover)
         let memfd: Int32
         do { memfd = try Posix.memoryFile(name: "swarmd-handover", closeOnExec: true) } catch { return "\(error)" }
         do {
@@ -150,6 +159,7 @@ extension Manager {
         controlFromSystemd = h.controlFromSystemd
         sockets.passedBySystemd = h.systemdFDs.map { ($0.key, $0.value) }
         try setUpLoop(controlSocket: h.controlFD, notifySocket: h.notifyFD)
+        try setUpMetrics(handover: h.metrics)
         cgroups.setUp(stateDirectory: options.stateDir, fresh: false)
         for (id, w) in supervisor.workers { if let pid = w.pid { cgroups.adopt(id, app: w.app, slot: w.slot, pid: pid) } }
         for (name, states) in h.sockets {
@@ -166,6 +176,12 @@ extension Manager {
                 return e
             }
             sockets.install(AppSockets(restoring: entries), for: name)
+        }
+        interception.resume(h.interceptors ?? [])
+        // Who holds which socket, for the O_NONBLOCK rules (what each wanted is not handed over).
+        for (id, w) in supervisor.workers where w.pid != nil {
+            let fds = sockets[w.app]?.entries.compactMap { $0.fd(ofSlot: w.slot) } ?? []
+            interception.flags.restore(id, fds: fds)
         }
         for (app, lines) in h.logTails ?? [:] { output.sink(for: app).restoreTail(lines) }
         for o in h.outputs { output.watch(fd: o.fd, app: o.app, slot: o.slot, pid: o.pid, stream: o.stream) }

@@ -8,6 +8,8 @@ struct RememberedApp: Codable, Equatable {
     /// The worker count if `scale` changed it from the config's.
     var workers: Int?
     var stopped: Bool
+    /// `swarmctl drain`: remembered until `undrain`, across restarts.
+    var drained: Bool?
 }
 
 struct StateFile: Codable {

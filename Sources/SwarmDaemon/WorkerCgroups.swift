@@ -100,6 +100,9 @@ final class WorkerCgroups {
         }
     }
 
+    /// The worker's cgroup directory (the listening probe reads its cgroup.procs), if it has one.
+    func path(of id: WorkerID) -> String? { byWorker[id]?.path }
+
     func usage(ofPid pid: Int32) -> CgroupUsage? {
         workerByPid[pid].flatMap { byWorker[$0] }?.usage()
     }

@@ -193,6 +193,16 @@ public enum Codec {
         }
     }
 
+    /// What `swarmctl status --json` prints, read back (the fleet's canary watch).
+    public static func decodeStatusReport(_ bytes: [UInt8]) throws(FrameError) -> StatusReport {
+        if isNestedTooDeep(bytes) { throw .malformed("cannot decode status: nested deeper than \(maxNesting) levels") }
+        do {
+            return try JSONDecoder().decode(StatusReport.self, from: Data(bytes))
+        } catch {
+            throw .malformed("cannot decode status: \(error)")
+        }
+    }
+
     /// Best effort id of a frame that failed to decode, so the error reply can carry it.
     public static func peekID(_ frame: [UInt8]) -> UInt64 {
         struct Envelope: Decodable { var id: UInt64? }

@@ -23,6 +23,8 @@ public enum ControlProtocol {
 
 public enum Verb: String, Codable, Sendable, CaseIterable {
     case ping, version, start, stop, restart, delete, reload, scale, status, logs, shutdown
+    /// HAProxy's agent (swarmd --agent) says `drain` for the app until `undrain`.
+    case drain, undrain
     case daemonReexec = "daemon-reexec"
 
     /// Verbs a peer that is neither root nor swarmd's own uid may use.
@@ -47,9 +49,12 @@ public struct Request: Codable, Sendable, Equatable {
     public var lines: Int?
     /// `logs`: keep streaming.
     public var follow: Bool?
+    /// `start` without a config file (instead of `files`): swarmd writes one into its state dir.
+    public var quickStart: QuickStartRequest?
 
     public init(id: UInt64, verb: Verb, files: [String]? = nil, name: String? = nil, replace: Bool? = nil,
-                count: Int? = nil, delta: Int? = nil, lines: Int? = nil, follow: Bool? = nil) {
+                count: Int? = nil, delta: Int? = nil, lines: Int? = nil, follow: Bool? = nil,
+                quickStart: QuickStartRequest? = nil) {
         self.v = ControlProtocol.version
         self.id = id
         self.verb = verb
@@ -60,6 +65,58 @@ public struct Request: Codable, Sendable, Equatable {
         self.delta = delta
         self.lines = lines
         self.follow = follow
+        self.quickStart = quickStart
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case v, id, verb, files, name, replace, count, delta, lines, follow
+        case quickStart = "quick_start"
+    }
+}
+
+/// `swarmctl start --name web -i 4 --listen 127.0.0.1:3000 --env K=V --cwd DIR -- node server.js`,
+/// as sent: swarmd checks every field (the option it came from named in the
+/// error), writes the equivalent config file and starts it like any other.
+/// Added in protocol 1 as an optional field: a swarmd without it answers
+/// "start needs at least one config file".
+public struct QuickStartRequest: Codable, Sendable, Equatable {
+    /// At most this many `env` pairs and `command` arguments (each also bounded by the line limit).
+    public static let maxItems = 4096
+
+    public var name: String
+    /// A number of workers as text, or "max" (one per CPU swarmd may use).
+    public var instances: String
+    /// "HOST:PORT", "[V6]:PORT" or "unix:PATH"; nil: no socket (a queue consumer).
+    public var listen: String?
+    /// "KEY=VALUE" pairs; a later pair for the same key wins.
+    public var env: [String]
+    /// argv; argv[0] as swarmctl found it in the caller's PATH.
+    public var command: [String]
+    /// Absolute: the workers' directory (swarmctl sends its own by default).
+    public var cwd: String
+
+    public init(name: String, instances: String, listen: String?, env: [String], command: [String], cwd: String) {
+        self.name = name
+        self.instances = instances
+        self.listen = listen
+        self.env = env
+        self.command = command
+        self.cwd = cwd
+    }
+
+    /// argv[0] found the way execvp would, in `searchPath` (relative entries
+    /// against `cwd`); nil when no entry has it. A name with a '/' is left for
+    /// swarmd to resolve against `cwd`.
+    public static func resolveProgram(_ program: String, searchPath: String, cwd: String,
+                                      isExecutable: (String) -> Bool) -> String? {
+        if program.contains("/") { return program }
+        for dir in searchPath.split(separator: ":", omittingEmptySubsequences: false) {
+            // An empty entry is the current directory, as in execvp.
+            let base = dir.isEmpty ? cwd : dir.hasPrefix("/") ? String(dir) : cwd + "/" + dir
+            let candidate = (base.hasSuffix("/") ? base : base + "/") + program
+            if isExecutable(candidate) { return candidate }
+        }
+        return nil
     }
 }
 
@@ -253,9 +310,11 @@ public struct AppStatus: Codable, Sendable, Equatable {
     public var logWriteError: String?
     /// state "error": why the app cannot run (its remembered config no longer loads).
     public var problem: String?
+    /// Drained by the operator: swarmd's HAProxy agent answers `drain` for it.
+    public var drained: Bool?
 
     enum CodingKeys: String, CodingKey {
-        case name, state, config, generation, workers, sockets
+        case name, state, config, generation, workers, sockets, drained
         case problem = "error"
         case logThrottledS = "log_throttled_s"
         case logWriteErrors = "log_write_errors"

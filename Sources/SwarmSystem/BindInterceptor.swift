@@ -29,10 +29,11 @@ import Glibc
 //    programs such a worker runs are ignored (sudo, ping with caps fail).
 //    A root swarmd installs it before dropping to the app's user: no change.
 //  - O_NONBLOCK is a property of the open file description, shared by every
-//    holder of swarm's socket: the interceptor copies the caller's choice
-//    (of its own socket) onto swarm's before handing it over, which is what
-//    that program expects; a second worker of the same slot (during a reload)
-//    sees that flag too.
+//    holder of swarm's socket: by default the interceptor copies the caller's
+//    choice (of its own socket) onto swarm's before handing it over, which is
+//    what that program expects; a second worker of the same slot (during a
+//    reload) sees that flag too. A daemon that tracks who holds the socket
+//    decides instead (`nonBlockingPolicy`).
 //  - Binds of other ABIs (x32, i386 programs on x86_64) are not intercepted.
 
 /// An address and port as a bind() call passed them.
@@ -201,6 +202,25 @@ public final class BindInterceptor {
     /// The worker's main pid, for messages.
     public let pid: pid_t
 
+    /// Decides the O_NONBLOCK of a rule's socket before the caller gets it
+    /// (`callerWantsNonBlocking`: the flag of the socket it bound). nil: copy
+    /// the caller's choice. The flag belongs to the open file description, so
+    /// a daemon whose other workers hold the same socket decides here.
+    public var nonBlockingPolicy: ((_ rule: BindRule, _ callerWantsNonBlocking: Bool) -> Void)?
+
+    /// Sets or clears O_NONBLOCK on `fd` (a no-op when it is already so).
+    public static func setNonBlocking(_ fd: Int32, _ on: Bool) {
+        let flags = fcntl(fd, F_GETFL)
+        guard flags >= 0 else { return }
+        let wanted = on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK
+        if wanted != flags { _ = fcntl(fd, F_SETFL, wanted) }
+    }
+
+    public static func isNonBlocking(_ fd: Int32) -> Bool {
+        let flags = fcntl(fd, F_GETFL)
+        return flags >= 0 && flags & O_NONBLOCK != 0
+    }
+
     /// Takes ownership of `notifyFD` (from `Spawner.spawnWorker`, or handed over by a re-exec).
     public init(notifyFD: Int32, pid: pid_t) {
         self.fd = notifyFD
@@ -291,9 +311,10 @@ public final class BindInterceptor {
         // Everything above was read from the right process only if the call is still pending (no pid reuse).
         if swarm_notif_id_valid(fd, call.id) < 0 { return .targetGone(pid: call.pid, during: "SECCOMP_IOCTL_NOTIF_ID_VALID") }
 
-        if let flags = try? Posix.check("fcntl(F_GETFL)", { fcntl(rule.listenFD, F_GETFL) }) {
-            let wanted = inspected.nonBlocking ? flags | O_NONBLOCK : flags & ~O_NONBLOCK
-            if wanted != flags { _ = fcntl(rule.listenFD, F_SETFL, wanted) }
+        if let nonBlockingPolicy {
+            nonBlockingPolicy(rule, inspected.nonBlocking)
+        } else {
+            BindInterceptor.setNonBlocking(rule.listenFD, inspected.nonBlocking)
         }
         if swarm_notif_addfd(fd, call.id, rule.listenFD, call.fd, inspected.cloexec ? 1 : 0) < 0 {
             let e = errno
@@ -408,6 +429,27 @@ public struct SpawnedWorker {
     public var bindNotifyFD: Int32?
     /// The child set PR_SET_NO_NEW_PRIVS to install the filter.
     public var filterNeededNoNewPrivileges = false
+
+    public init(pid: pid_t, bindNotifyFD: Int32? = nil, filterNeededNoNewPrivileges: Bool = false) {
+        self.pid = pid
+        self.bindNotifyFD = bindNotifyFD
+        self.filterNeededNoNewPrivileges = filterNeededNoNewPrivileges
+    }
+}
+
+/// A `Kernel` that can spawn workers under bind interception. A separate
+/// capability so a kernel seam without it (the shell's unit-test fake) simply
+/// runs every worker on fd 3 only.
+public protocol BindInterceptingKernel: Kernel {
+    /// `Spawner.spawnWorker`: the pid and, with `plan.interceptBind`, the notification fd.
+    func spawnWorker(_ plan: SpawnPlan) throws -> SpawnedWorker
+    /// `BindInterceptor.probe()`, once at start-up.
+    func probeBindInterception() -> Result<BindInterceptor.ProbeResult, InterceptUnavailable>
+}
+
+extension LinuxKernel: BindInterceptingKernel {
+    public func spawnWorker(_ plan: SpawnPlan) throws -> SpawnedWorker { try Spawner.spawnWorker(plan) }
+    public func probeBindInterception() -> Result<BindInterceptor.ProbeResult, InterceptUnavailable> { BindInterceptor.probe() }
 }
 
 let kernelStepNames: [Int32: String] = [

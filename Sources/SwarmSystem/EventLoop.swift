@@ -216,12 +216,14 @@ public final class EventLoop {
     }
 
     /// Calls `handler` every `interval` nanoseconds (housekeeping, not supervision).
+    /// The handler may cancel its own source.
     public func addPeriodic(every interval: Int64, _ handler: @escaping () -> Void) throws -> Source {
-        final class Box { var source: OpaquePointer? }
+        // Weak, and read after the handler: a handler that cancelled its source has freed the sd-event source.
+        final class Box { weak var owner: Source? }
         let box = Box()
         let h = Handler(defer_: {
             handler()
-            if let s = box.source {
+            if let s = box.owner?.source {
                 var usec: UInt64 = 0
                 _ = sd_event_now(sd_event_source_get_event(s), CLOCK_MONOTONIC, &usec)
                 _ = sd_event_source_set_time(s, usec + UInt64(interval / 1000))
@@ -232,7 +234,7 @@ public final class EventLoop {
         _ = sd_event_now(event, CLOCK_MONOTONIC, &nowUsec)
         let src = try addTime(at: nowUsec + UInt64(interval / 1000), h)
         if let s = src.source { _ = sd_event_source_set_enabled(s, Int32(SD_EVENT_ON)) }
-        box.source = src.source
+        box.owner = src
         return src
     }
 

@@ -24,6 +24,9 @@ public protocol Kernel: AnyObject {
     func reap() -> Posix.WaitResult?
     /// Whether a thread of `pid` waits on one of `fds` (listening readiness).
     func isListening(pid: pid_t, fds: Set<Int32>) -> Bool
+    /// Listening readiness: whether the worker or a process it started waits
+    /// for connections on one of its sockets (by socket identity, at any fd number).
+    func listening(_ query: ListeningQuery) -> ListeningProbeOutcome
     func usage(pid: pid_t) -> (cpuTicks: Int64, rss: Int64)?
     func rss(pid: pid_t) -> Int64?
     /// Sets the niceness of every thread of every process in group `pgid`.
@@ -43,6 +46,14 @@ public protocol Kernel: AnyObject {
     /// sd_notify(0, state); false when there is no service manager to tell.
     @discardableResult
     func notify(_ state: String) -> Bool
+}
+
+extension Kernel {
+    /// A kernel that compares fd numbers only (the shell's fake): the worker itself, at the fds it was given.
+    public func listening(_ query: ListeningQuery) -> ListeningProbeOutcome {
+        let yes = isListening(pid: query.pid, fds: query.execFDs)
+        return ListeningProbeOutcome(evidence: yes ? ListeningEvidence(pid: query.pid, wait: .reported, inode: 0) : nil)
+    }
 }
 
 /// An index-addressed array of sockets a reuseport group's program chooses
@@ -79,6 +90,9 @@ extension RoundRobinSteering: ReuseportSteering {
 
 /// The real kernel.
 public final class LinuxKernel: Kernel {
+    /// The listening probe keeps where its thread and descendant windows stand, per process.
+    private let prober = ListeningProber()
+
     public init() {}
 
     public func now() -> Int64 { Posix.monotonicNanoseconds() }
@@ -92,7 +106,12 @@ public final class LinuxKernel: Kernel {
 
     public func reap() -> Posix.WaitResult? { Posix.reapOne() }
 
-    public func isListening(pid: pid_t, fds: Set<Int32>) -> Bool { ProcFS.isListening(pid: pid, fds: fds) }
+    public func isListening(pid: pid_t, fds: Set<Int32>) -> Bool {
+        let sockets = ListeningProber.identities(ofFDs: fds, in: pid)
+        return prober.probe(ListeningQuery(pid: pid, sockets: sockets, cgroup: nil, execFDs: fds)).evidence != nil
+    }
+
+    public func listening(_ query: ListeningQuery) -> ListeningProbeOutcome { prober.probe(query) }
     public func usage(pid: pid_t) -> (cpuTicks: Int64, rss: Int64)? { ProcFS.usage(pid: pid) }
     public func rss(pid: pid_t) -> Int64? { ProcFS.rss(pid: pid) }
 

@@ -55,6 +55,17 @@ extension Posix {
         return n > 0
     }
 
+    /// poll(2) on several fds; the revents of each, in order (all 0 when the timeout passed first).
+    public static func poll(_ fds: [(fd: Int32, events: Int16)], timeoutNanoseconds: Int64?) throws -> [Int16] {
+        var set = fds.map { pollfd(fd: $0.fd, events: $0.events, revents: 0) }
+        let ms: Int32 = timeoutNanoseconds.map { Int32(clamping: ($0 + 999_999) / 1_000_000) } ?? -1
+        _ = try syscall("poll", subject: fds.map { "fd \($0.fd)" }.joined(separator: ", ")) { Glibc.poll(&set, nfds_t(set.count), ms) }
+        if let bad = set.first(where: { $0.revents & Int16(POLLNVAL) != 0 }) {
+            preconditionFailure("poll fd \(bad.fd): POLLNVAL: a closed fd is a bug in swarm")
+        }
+        return set.map(\.revents)
+    }
+
     /// Everything up to end of file, at most `limit` bytes (more is EFBIG).
     /// For pipes, memfds and files whose size fstat does not know.
     public static func readAll(_ fd: Int32, limit: Int, subject: String? = nil) throws -> [UInt8] {

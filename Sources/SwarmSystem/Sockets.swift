@@ -108,6 +108,16 @@ public enum Sockets {
         return fd
     }
 
+    /// socketpair(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC): a connected pair, e.g.
+    /// a child's stdin and stdout as one socket (ssh for `--host`).
+    public static func streamPair() throws -> (Int32, Int32) {
+        var pair: [Int32] = [-1, -1]
+        try Posix.check("socketpair(AF_UNIX, SOCK_STREAM)") {
+            socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair)
+        }
+        return (pair[0], pair[1])
+    }
+
     /// A Unix datagram socket bound at `path` ('@' for abstract), receiving credentials.
     public static func bindDatagram(_ path: String) throws -> Int32 {
         if !path.hasPrefix("@") { unlink(path) }

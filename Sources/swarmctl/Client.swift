@@ -13,11 +13,26 @@ struct CtlError: Error, CustomStringConvertible {
 final class Client {
     let path: String
     let fd: Int32
+    /// Set for `--host ssh://…`: the ssh process the protocol runs through.
+    let tunnel: SSHTunnel?
     var reader = FrameReader(limit: 64 << 20)
     var nextID: UInt64 = 1
 
     convenience init(_ global: GlobalOptions) throws {
-        try self.init(path: global.socketPath, trusting: try global.trustedUIDs(), builtInPath: global.isBuiltInSocket)
+        if let host = try global.remoteHosts()?.first {
+            try self.init(remote: host)
+        } else {
+            try self.init(path: global.socketPath, trusting: try global.trustedUIDs(), builtInPath: global.isBuiltInSocket)
+        }
+    }
+
+    /// Through ssh to the host's `swarmctl dial-stdio`: who answers is
+    /// decided there (its peer checks, as the SSH user), not here.
+    init(remote host: RemoteHost) throws {
+        let t = try SSHTunnel(host)
+        tunnel = t
+        fd = t.fd
+        path = host.description
     }
 
     /// Connects, then checks who listens there (SO_PEERCRED): root, this
@@ -27,6 +42,7 @@ final class Client {
     /// that another user owns or may write in could hold their socket.
     init(path: String, trusting: [uid_t], builtInPath: Bool) throws {
         self.path = path
+        tunnel = nil
         if builtInPath { try Client.checkSocketDirectory(of: path) }
         do {
             fd = try Sockets.connectUnix(path)
@@ -41,7 +57,7 @@ final class Client {
         }
     }
 
-    deinit { Posix.close(fd) }
+    deinit { if tunnel == nil { Posix.close(fd) } }
 
     static func checkSocketDirectory(of path: String) throws {
         let dir = FileSystem.split(path).directory
@@ -79,7 +95,8 @@ final class Client {
     }
 
     func lost(_ error: Error) -> CtlError {
-        CtlError(description: "lost the connection to swarmd at \(path): \(error)")
+        if let tunnel { return tunnel.failure("the connection was lost (\(error))") }
+        return CtlError(description: "lost the connection to swarmd at \(path): \(error)")
     }
 
     func send(_ request: Request) throws {
@@ -101,8 +118,12 @@ final class Client {
             do { got = try buf.withUnsafeMutableBytes { try Sockets.receiveSome(fd, into: $0) } } catch { throw lost(error) }
             // A blocking socket: .wouldBlock only if a timeout were set, which it is not.
             guard case let .done(n) = got else { continue }
-            if n == 0 { return nil }
+            if n == 0 {
+                if let tunnel { throw tunnel.failure("ssh closed the connection") }
+                return nil
+            }
             reader.append(buf[0..<n])
+            tunnel?.drainErrors()
         }
     }
 
@@ -123,9 +144,9 @@ final class Client {
     }
 
     func request(_ verb: Verb, name: String? = nil, files: [String]? = nil, replace: Bool? = nil, count: Int? = nil,
-                 delta: Int? = nil, lines: Int? = nil, follow: Bool? = nil) -> Request {
+                 delta: Int? = nil, lines: Int? = nil, follow: Bool? = nil, quickStart: QuickStartRequest? = nil) -> Request {
         defer { nextID += 1 }
         return Request(id: nextID, verb: verb, files: files, name: name, replace: replace, count: count, delta: delta,
-                       lines: lines, follow: follow)
+                       lines: lines, follow: follow, quickStart: quickStart)
     }
 }

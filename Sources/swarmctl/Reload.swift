@@ -7,6 +7,11 @@ struct Reload: ParsableCommand {
         discussion: "Returns when every worker is replaced, or non-zero with the reason when the new version failed and was rolled back.")
     @OptionGroup var global: GlobalOptions
     @Flag(help: "Print progress events as JSON lines.") var json = false
+    @Option(help: ArgumentHelp("With several --host: reload this many hosts at a time after the first (default 1).", valueName: "n"))
+    var parallel: Int?
+    @Option(name: .customLong("canary-wait"),
+            help: ArgumentHelp("With several --host: after the first host, watch it this long (all workers ready, none restarting) before going on, e.g. 30s.", valueName: "duration"))
+    var canaryWait: String?
     @Argument(help: "App name, or 'all'.") var name: String
 
     func validate() throws { try validateName(name) }

@@ -4,21 +4,49 @@ import SwarmSystem
 
 struct Start: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Validate and start apps from config files, or start stopped apps by name ('all': every stopped app).",
+        abstract: "Validate and start apps from config files, start stopped apps by name ('all': every stopped app), or start a command with no config file (--name … -- CMD).",
         discussion: """
             A word that is an app name (a-z, 0-9, _ and -) names an app swarmd knows; anything else is a config file \
             (relative paths are relative to the current directory). To start a config file whose name looks like an app \
             name, write ./NAME. With no swarmd reachable, one is started in the background (its log in the state dir), \
             unless --no-autostart.
+
+            Quick start, as `pm2 start server.js -i 4`: swarmctl start --name web -i 4 --listen 127.0.0.1:3000 -- node server.js. \
+            swarmd writes the equivalent config to <state-dir>/apps/NAME.conf and starts it: the app is remembered, \
+            `reload NAME` restarts it on the code now on disk with the same command, `status` shows that file, \
+            `delete NAME` removes it. With --listen, PORT is the port and a worker's own bind() of that port gets \
+            swarm's socket (intercept), so `app.listen(process.env.PORT)` works unchanged.
             """)
     @OptionGroup var global: GlobalOptions
     @Flag(help: "Replace a running app of the same name.") var replace = false
     @Flag(name: .customLong("no-autostart"), help: "Fail instead of starting swarmd when none answers.") var noAutostart = false
     @Option(name: .customLong("state-dir"), help: ArgumentHelp("State dir of an autostarted swarmd (env SWARM_STATE_DIR).", valueName: "dir"))
     var stateDir: String?
-    @Argument(help: ArgumentHelp("Config files, names of stopped apps, or 'all'.", valueName: "app.conf|name|all")) var files: [String]
+    @Option(help: ArgumentHelp("Quick start: the new app's name (a-z, 0-9, _ and -).", valueName: "name")) var name: String?
+    @Option(name: [.customShort("i"), .customLong("instances")],
+            help: ArgumentHelp("Quick start: number of workers, or 'max' (one per CPU swarmd may use). Default 1.", valueName: "n|max"))
+    var instances: String?
+    @Option(help: ArgumentHelp("Quick start: listen here (HOST:PORT, [V6]:PORT or unix:PATH); without it the app has no socket.",
+                               valueName: "addr"))
+    var listen: String?
+    @Option(name: .customLong("env"), help: ArgumentHelp("Quick start: set KEY=VALUE in the workers' environment (repeatable).", valueName: "K=V"))
+    var env: [String] = []
+    @Option(help: ArgumentHelp("Quick start: the workers' directory (default: the current one).", valueName: "dir")) var cwd: String?
+    @Argument(help: ArgumentHelp("Config files, names of stopped apps, or 'all'; with --name, the command (after '--').", valueName: "app.conf|name|all|-- cmd"))
+    var files: [String] = []
+
+    var isQuickStart: Bool { name != nil || instances != nil || listen != nil || !env.isEmpty || cwd != nil }
 
     func validate() throws {
+        if isQuickStart {
+            guard name != nil else {
+                throw ValidationError("--name is required for a quick start: swarmctl start --name web -i 4 --listen 127.0.0.1:3000 -- node server.js")
+            }
+            guard !files.isEmpty, !(files.first ?? "").isEmpty else {
+                throw ValidationError("command: missing: give the program and its arguments after '--', like -- node server.js")
+            }
+            return
+        }
         guard !files.isEmpty else { throw ValidationError("give at least one config file or app name") }
     }
 
@@ -39,6 +67,7 @@ struct Start: ParsableCommand {
     }
 
     func run() throws {
+        if isQuickStart { return try runQuickStart() }
         try execute {
             let cwd = try FileSystem.currentDirectory()
             let words = try Start.classify(files, cwd: cwd)
@@ -76,10 +105,41 @@ struct Start: ParsableCommand {
         }
     }
 
+    /// Everything is checked by swarmd (each error names its flag); swarmctl only
+    /// makes the paths absolute and finds the program in the caller's PATH,
+    /// which is what a user typing `node` means (swarmd's PATH may differ).
+    func runQuickStart() throws {
+        try execute {
+            let here = try FileSystem.currentDirectory()
+            var command = files
+            let dir: String
+            if global.isLocal {
+                dir = try FileSystem.absolute(cwd ?? here, relativeTo: here)
+                let searchPath = Environment.get("PATH") ?? "/usr/local/bin:/usr/bin:/bin"
+                guard let program = QuickStartRequest.resolveProgram(command[0], searchPath: searchPath, cwd: here,
+                                                                     isExecutable: FileSystem.isExecutableFile) else {
+                    throw CtlError(description: "command: '\(TerminalText.escape(command[0]))' was not found in PATH (\(TerminalText.escape(searchPath)))",
+                                   exitCode: 64)
+                }
+                command[0] = program
+            } else {
+                // Another host: this machine's directory and PATH mean nothing there; its swarmd resolves the program.
+                guard let cwd else {
+                    throw CtlError(description: "--cwd: required with --host (the current directory is this machine's, not the host's)", exitCode: 64)
+                }
+                dir = cwd
+            }
+            let request = QuickStartRequest(name: name ?? "", instances: instances ?? "1", listen: listen, env: env, command: command, cwd: dir)
+            let client = try connect(cwd: here)
+            let r = try client.call(client.request(.start, replace: replace, quickStart: request))
+            if let m = r.message { printOut(m) }
+        }
+    }
+
     func connect(cwd: String) throws -> Client {
         do {
             return try Client(global)
-        } catch let e as CtlError where e.exitCode == 3 && !noAutostart {
+        } catch let e as CtlError where e.exitCode == 3 && !noAutostart && global.isLocal {
             try autostart(cwd: cwd)
             return try Client(global)
         }

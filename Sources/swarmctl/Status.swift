@@ -6,6 +6,7 @@ struct Status: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Show apps and workers (a table, or --json).")
     @OptionGroup var global: GlobalOptions
     @Flag(help: "Print the documented JSON schema instead of a table.") var json = false
+    @Flag(help: "Exit 3 unless every app (or NAME) has all its workers ready: for exec probes and scripts.") var check = false
     @Argument(help: "Only this app.") var name: String?
 
     func validate() throws { if let name { try validateName(name) } }
@@ -22,6 +23,9 @@ struct Status: ParsableCommand {
             } else {
                 // Each field from swarmd is escaped inside render; the colours are ours.
                 Console.write(StatusTable.render(report, color: Console.isTerminal(.output) && Environment.get("NO_COLOR") == nil) + "\n")
+            }
+            if check, let problem = ReadyCheck.problem(report, named: name) {
+                throw CtlError(description: "not ready: \(problem)", exitCode: ReadyCheck.notReadyExitCode)
             }
         }
     }
@@ -70,6 +74,8 @@ enum StatusTable {
             }
             lines.append(format(header, state: nil))
             for (row, w) in zip(rows, app.workers) { lines.append(format(row, state: w.state)) }
+            // Where to edit it before a reload: for a quick start, the file swarmd wrote.
+            if !app.config.isEmpty { lines.append("  config \(e(app.config))") }
             if let r = app.lastReload {
                 lines.append("  last reload \(r.ok ? "ok" : paint("FAILED", "crash-loop")) \(duration(r.ageS)) ago: \(e(r.message))")
             }
@@ -104,5 +110,31 @@ enum StatusTable {
         if b < 1 << 20 { return "\(b >> 10)K" }
         if b < 1 << 30 { return fixed(Double(b) / 1048576, 1) + "M" }
         return fixed(Double(b) / 1073741824, 1) + "G"
+    }
+}
+
+/// `status --check`: the rule swarmd's /readyz applies. Every app must have
+/// its wanted workers ready; an app the operator stopped wants none and is
+/// skipped, unless it is the one named; an app in state error never is ready.
+enum ReadyCheck {
+    /// Distinct from 1 (swarmctl could not ask) and 64 (usage), as LSB's "status" uses 3.
+    static let notReadyExitCode: Int32 = 3
+
+    static func problem(_ report: StatusReport, named name: String?) -> String? {
+        let explicit = name != nil && name != "all"
+        var problems: [String] = []
+        for app in report.apps {
+            switch app.state {
+            case "stopped", "stopping", "deleting":
+                if explicit { problems.append("\(app.name) \(app.state)") }
+            case "error":
+                problems.append("\(app.name) error")
+            default:
+                if app.workersReady < app.workersWanted {
+                    problems.append("\(app.name) \(app.workersReady)/\(app.workersWanted) ready (\(app.state))")
+                }
+            }
+        }
+        return problems.isEmpty ? nil : problems.map(TerminalText.escape).joined(separator: ", ")
     }
 }

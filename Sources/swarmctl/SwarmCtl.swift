@@ -12,6 +12,15 @@ enum Main {
         if let ping = QuickPing(given) { exit(ping.run()) }
         let args = arrange(given)
         do {
+            if let hosts = try Fleet.hosts(in: args) { exit(Fleet.run(args, hosts: hosts)) }
+        } catch let e as CtlError {
+            printErr("swarmctl: \(e.description)")
+            exit(e.exitCode)
+        } catch {
+            printErr("swarmctl: \(error)")
+            exit(1)
+        }
+        do {
             var command = try SwarmCtl.parseAsRoot(args)
             try command.run()
         } catch {
@@ -26,7 +35,7 @@ enum Main {
         }
     }
 
-    static let globalOptionsWithValue: Set<String> = ["--socket", "--trust-uid"]
+    static let globalOptionsWithValue: Set<String> = ["--socket", "--trust-uid", "--host"]
 
     static func arrange(_ input: [String]) -> [String] {
         var args = input
@@ -48,6 +57,19 @@ enum Main {
            let n = args[(i + 1)...].firstIndex(where: { $0.count > 1 && $0.hasPrefix("-") && $0.dropFirst().allSatisfy(\.isWholeNumber) }) {
             args += ["--", args.remove(at: n)]
         }
+        // `start -i -1`: the parser would take "-1" for an option and say only "missing value";
+        // attached, it reaches swarmd, whose error names the range.
+        if i < args.count, args[i] == "start" {
+            let end = args.firstIndex(of: "--") ?? args.count
+            var j = i + 1
+            while j + 1 < end {
+                if args[j] == "-i" || args[j] == "--instances", args[j + 1].hasPrefix("-"), args[j + 1].count > 1,
+                   args[j + 1].dropFirst().allSatisfy(\.isWholeNumber) {
+                    args[j...(j + 1)] = ["--instances=" + args[j + 1]]
+                }
+                j += 1
+            }
+        }
         return args
     }
 }
@@ -63,6 +85,7 @@ struct QuickPing {
 
     /// `ping` with global options before or after it; nil for anything else.
     init?(_ args: [String]) {
+        guard Environment.nonEmpty(GlobalOptions.hostVariable) == nil else { return nil }
         var sawPing = false
         var i = 0
         while i < args.count {
@@ -123,7 +146,7 @@ struct SwarmCtl: ParsableCommand {
         abstract: "Drive swarmd over its control socket.",
         version: SwarmVersion.current,
         subcommands: [Start.self, Stop.self, Restart.self, Delete.self, Reload.self, Scale.self, Status.self, Logs.self,
-                      Ping.self, Version.self, Shutdown.self, DaemonReexec.self])
+                      Ping.self, Version.self, Shutdown.self, DaemonReexec.self, Drain.self, Undrain.self, DialStdio.self])
 }
 
 struct GlobalOptions: ParsableArguments {
@@ -134,6 +157,29 @@ struct GlobalOptions: ParsableArguments {
             help: ArgumentHelp("Also talk to a swarmd running as this uid or user (env SWARM_TRUST_UID, comma-separated); root and your own uid are always trusted.",
                                valueName: "uid"))
     var trustUID: [String] = []
+
+    @Option(help: ArgumentHelp("A swarmd on another host, through ssh: ssh://[user@]host[:port][/path/to/swarmd.sock] (env SWARM_HOST; ssh is $SWARM_SSH or 'ssh'; the host's swarmctl is $SWARM_REMOTE_SWARMCTL or 'swarmctl').",
+                               valueName: "ssh://host"))
+    var host: String?
+
+    static let hostVariable = "SWARM_HOST"
+
+    /// No --host / SWARM_HOST: the swarmd is this machine's (and may be started here).
+    var isLocal: Bool { host == nil && Environment.nonEmpty(GlobalOptions.hostVariable) == nil }
+
+    /// --host, else SWARM_HOST; nil: the local socket.
+    func remoteHosts() throws -> [RemoteHost]? {
+        guard let text = host ?? Environment.nonEmpty(GlobalOptions.hostVariable) else { return nil }
+        do {
+            let hosts = try RemoteHost.parseList(text)
+            // Several hosts are Fleet's (main), which runs one swarmctl per host.
+            if hosts.count > 1 { throw CtlError(description: "--host: several hosts are run one swarmctl per host; this one got \(hosts.count)", exitCode: 70) }
+            if socket != nil { throw CtlError(description: "--socket and --host: give the socket in the address (ssh://host/path/to/swarmd.sock)", exitCode: 64) }
+            return hosts
+        } catch let e as RemoteHost.ParseError {
+            throw CtlError(description: e.description, exitCode: 64)
+        }
+    }
 
     var socketPath: String {
         if let socket { return socket }
@@ -322,4 +368,20 @@ struct DaemonReexec: ParsableCommand {
             throw CtlError(description: "swarmd did not answer within 10s after re-executing")
         }
     }
+}
+
+struct Drain: SimpleVerb {
+    static let configuration = CommandConfiguration(
+        abstract: "Make swarmd's HAProxy agent answer 'drain' for an app (no new connections to this host); workers keep running.",
+        discussion: "Remembered across swarmd restarts until 'undrain'. Needs swarmd --agent to have an effect.")
+    static let verb = Verb.drain
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "App name, or 'all'.") var name: String
+}
+
+struct Undrain: SimpleVerb {
+    static let configuration = CommandConfiguration(abstract: "End a drain: the HAProxy agent answers by ready workers again.")
+    static let verb = Verb.undrain
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "App name, or 'all'.") var name: String
 }

@@ -26,8 +26,18 @@ struct Swarmd: ParsableCommand {
     @Option(name: .customLong("socket-group"), help: ArgumentHelp("Open the control socket to this group (mode 0660).", valueName: "group"))
     var socketGroup: String?
 
+    @Option(help: ArgumentHelp("Serve Prometheus /metrics, /healthz and /readyz on host:port or unix:PATH (loopback only unless --metrics-public).",
+                               valueName: "addr"))
+    var metrics: String?
+
+    @Flag(name: .customLong("metrics-public"), help: "Allow a --metrics address beyond loopback (every app name and pid is visible there).")
+    var metricsPublic = false
+
     @Option(name: .customLong("journal-socket"), help: .hidden)
     var journalSocket: String = "/run/systemd/journal/socket"
+
+    @Option(help: ArgumentHelp("Answer HAProxy's agent-check on this address (HOST:PORT, e.g. 10.0.0.5:9999): up with a weight of ready/wanted workers, drain, or down.", valueName: "host:port"))
+    var agent: String?
 
     @Flag(name: .shortAndLong, help: "Log debug messages.")
     var verbose = false
@@ -39,16 +49,31 @@ struct Swarmd: ParsableCommand {
         guard ["auto", "file", "journal"].contains(logTarget) else {
             throw ValidationError("--log-target must be auto, file or journal, not '\(logTarget)'")
         }
+        if let metrics {
+            let address: MetricsAddress
+            do { address = try MetricsAddress.parse(metrics) } catch { throw ValidationError("\(error)") }
+            guard address.isLocal || metricsPublic else {
+                throw ValidationError("--metrics \(metrics): not a loopback address; add --metrics-public to serve metrics beyond this host")
+            }
+        }
     }
 
     func run() throws {
         LoggingSystem.bootstrap { DaemonLogHandler(label: $0) }
         if verbose { DaemonLogHandler.minimumLevel = .debug }
-        let options = DaemonOptions(
+        var options = DaemonOptions(
             socketPath: socket ?? SwarmDefaults.socketPath,
             stateDir: stateDir ?? SwarmDefaults.stateDirectory,
             appsDir: appsDir, configFiles: configs, logTarget: logTarget,
             journalSocket: journalSocket, socketGroup: socketGroup)
+        options.metricsAddress = try metrics.map(MetricsAddress.parse)
+        options.metricsPublic = metricsPublic
+        do {
+            options.agent = try agent.map(DaemonOptions.agentAddress)
+        } catch {
+            FileHandleStderr.write("swarmd: \(error)\n")
+            throw ExitCode(64)
+        }
         do {
             let code = try Manager(options: options).run()
             throw ExitCode(code)

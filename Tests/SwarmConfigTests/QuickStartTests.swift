@@ -40,7 +40,9 @@ import Testing
                                cwd: "/srv/web", sourcePath: path)
         expected.ready.mode = .delay
         #expect(spec == expected)
-        #expect(try roundTrip(instances: .count(0), command: ["node"]).0.workers == 0)
+        #expect(throws: QuickStartError.self, "a quick start of 0 workers is refused") {
+            try roundTrip(instances: .count(0), command: ["node"])
+        }
     }
 
     @Test(arguments: [("[::1]:8080", ListenAddress.tcp(host: "::1", port: 8080)), ("0.0.0.0:80", .tcp(host: "0.0.0.0", port: 80)),
@@ -53,13 +55,16 @@ import Testing
 
     @Test func instancesText() throws {
         #expect(try QuickStart.instances("4") == .count(4))
-        #expect(try QuickStart.instances("0") == .count(0))
+        #expect(try QuickStart.instances("4096") == .count(4096))
         #expect(try QuickStart.instances("max") == .max)
-        for bad in ["-1", "4097", "lots", "", "4.5", " 4"] {
-            #expect(throws: QuickStartError.self) { try QuickStart.instances(bad) }
+        for bad in ["0", "-1", "+4", "4097", "99999999999999999999999", "lots", "", "4.5", " 4", "MAX", "٣"] {
+            #expect(throws: QuickStartError.self, "'\(bad)'") { try QuickStart.instances(bad) }
         }
-        #expect(throws: QuickStartError(option: "-i", message: "'lots' is not a number of instances (0…4096) or \"max\"")) {
+        #expect(throws: QuickStartError(option: "-i", message: "'lots' is not a number of instances (1…4096) or \"max\"")) {
             try QuickStart.instances("lots")
+        }
+        #expect(throws: QuickStartError(option: "-i", message: "'0' is not a number of instances (1…4096) or \"max\"")) {
+            try QuickStart.instances("0")
         }
     }
 
@@ -93,5 +98,48 @@ import Testing
     @Test func placeholdersWithoutASocketAreCaughtByTheLoader() throws {
         // render does not second-guess the command: the loader's own check answers, as for any config.
         #expect(throws: ConfigError.self) { try roundTrip(command: ["node", "--fd={fd:http}"]) }
+    }
+
+    /// What swarmd runs for a quick start: flags in, the text it will write and the spec, or an error naming a flag.
+    func load(instances: String = "2", listen: String? = "127.0.0.1:3000", env: [String] = [], command: [String] = ["/usr/bin/node", "server.js"],
+              cwd: String = "/srv/web", executables: Set<String> = defaultExecutables) throws(QuickStartError) -> (text: String, spec: AppSpec) {
+        try QuickStart.load(name: "web", instances: instances, listen: listen, env: env, command: command, cwd: cwd,
+                            path: "/var/lib/swarm/apps/web.conf", environment: fakeEnvironment(cpus: 3, executables: executables))
+    }
+
+    @Test func loadGivesTheTextAndTheSpecOfThatFile() throws {
+        let (text, spec) = try load(instances: "max", env: ["NODE_ENV=production"])
+        #expect(spec.sourcePath == "/var/lib/swarm/apps/web.conf")
+        #expect(spec.workers == 3, "max: one per CPU swarmd may use")
+        #expect(text.contains("workers = \"auto\""), "max stays 'auto' in the file, so a reload on other CPUs follows: \(text)")
+        #expect(spec.env == ["NODE_ENV": "production"])
+        #expect(spec.sockets == [SocketSpec(name: "http", listen: .tcp(host: "127.0.0.1", port: 3000), intercept: true)])
+        #expect(try AppConfig.parse(text: text, path: spec.sourcePath, environment: fakeEnvironment(cpus: 3)) == spec)
+        let queue = try load(listen: nil, command: ["/usr/bin/node", "queue.js"]).spec
+        #expect(queue.sockets.isEmpty && queue.ready.mode == .delay, "without --listen: no socket, ready after the delay")
+    }
+
+    @Test(arguments: [
+        (["/usr/bin/nodee", "server.js"], "/srv/web", "command", "'/usr/bin/nodee' does not exist or is not executable"),
+        (["nodee"], "/srv/web", "command", "'nodee' was not found in PATH"),
+        (["./run"], "/srv/web", "command", "'/srv/web/run' does not exist or is not executable"),
+        (["/usr/bin/node", "--port={port:db}"], "/srv/web", "command", "names socket 'db'"),
+        (["/usr/bin/node"], "/srv/nowhere", "--cwd", "not a directory"),
+    ])
+    func loaderProblemsNameTheFlag(command: [String], cwd: String, option: String, message: String) {
+        do {
+            _ = try load(command: command, cwd: cwd)
+            Issue.record("loaded \(command) in \(cwd)")
+        } catch {
+            #expect(error.option == option, "\(error)")
+            #expect(error.message.contains(message), "\(error)")
+            #expect(!error.description.contains("apps/web.conf"), "the user never saw that file: \(error)")
+        }
+    }
+
+    @Test func flagsAreCheckedBeforeTheLoader() {
+        #expect(throws: QuickStartError(option: "-i", message: "'0' is not a number of instances (1…4096) or \"max\"")) { try load(instances: "0") }
+        #expect(throws: QuickStartError.self) { try load(listen: "127.0.0.1:99999") }
+        #expect(throws: QuickStartError(option: "--env", message: "'X' is not KEY=VALUE")) { try load(env: ["X"]) }
     }
 }

@@ -1,0 +1,172 @@
+import Foundation
+import Glibc
+import SwarmProtocol
+import SwarmSystem
+import Testing
+
+/// `swarmctl --host ssh://…` against real sshds on test hosts (network
+/// namespaces), each with its own swarmd.
+@Suite("Remote control over SSH (test hosts in network namespaces)", .serialized,
+       .enabled(if: getuid() == 0, "needs root to make network namespaces and run sshd"),
+       .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/sbin/sshd"), "needs Debian's openssh-server (scripts/deps.sh installs it)"))
+struct RemoteTests {
+    @Test("status, scale, logs, logs -f, reload and ping through ssh; SWARM_HOST; the host's own socket and app")
+    func everyVerbRemotely() async throws {
+        try await withSwarm { s in
+            let fleet = try TestFleet(hosts: 2, dir: s.dir)
+            defer { fleet.close() }
+            try await fleet.waitForSSH()
+            for (i, h) in fleet.hosts.enumerated() {
+                let conf = try s.write("\(h.name).conf", Conf.app("talker", command: ["/bin/sh", "-c", "echo hello from \(h.name); exec sleep 1000"],
+                                                                   workers: 1))
+                try await fleet.startSwarmd(i, configs: [conf])
+            }
+            let h1 = fleet.hosts[0], h2 = fleet.hosts[1]
+
+            let ping = try await fleet.ctl(["ping", "--host", h1.url])
+            #expect(ping.code == 0 && ping.out.contains("pong"), "\(ping)")
+
+            try await waitUntil(timeout: 20, "talker on \(h1.name) to be ready, seen through ssh") {
+                try await remoteStatus(fleet, h1.url)?.workersReady == 1
+            }
+            let scaled = try await fleet.ctl(["scale", "talker", "3", "--host", h1.url])
+            #expect(scaled.code == 0, "\(scaled)")
+            try await waitUntil(timeout: 20, "3 talkers on \(h1.name)") {
+                try await remoteStatus(fleet, h1.url)?.workersReady == 3
+            }
+            // The other host is untouched: SWARM_HOST picks it.
+            let other = try await fleet.ctl(["status", "--json"], env: ["SWARM_HOST": h2.url])
+            let otherApp = try JSONDecoder().decode(StatusReport.self, from: Data(other.out.utf8)).apps.first
+            #expect(other.code == 0 && otherApp?.workersWanted == 1, "\(other)")
+
+            let logs = try await fleet.ctl(["logs", "talker", "-n", "5", "--host", h1.url])
+            #expect(logs.code == 0 && logs.out.contains("hello from host1") && !logs.out.contains("host2"), "\(logs)")
+
+            // logs -f streams through the tunnel: a restart's new line arrives.
+            let follow = try fleet.ctlInBackground(["logs", "talker", "-f", "-n", "0", "--host", h1.url])
+            defer { follow.signal(SIGTERM) }
+            try await waitUntil(timeout: 15, "logs -f through ssh to be connected (a restart's line to arrive)") {
+                _ = try await fleet.ctl(["restart", "talker", "--host", h1.url])
+                return follow.stdout.contains("hello from host1")
+            }
+
+            let reload = try await fleet.ctl(["reload", "talker", "--host", h1.url], timeout: 90)
+            #expect(reload.code == 0, "\(reload)")
+        }
+    }
+
+    @Test("unreachable host, refused key, no swarmd there, a bad address: each a clear error naming the host, exit 3 or 64")
+    func failuresNameTheHost() async throws {
+        try await withSwarm { s in
+            let fleet = try TestFleet(hosts: 1, dir: s.dir)
+            defer { fleet.close() }
+            try await fleet.waitForSSH()
+            let h = fleet.hosts[0]
+
+            let nobody = "ssh://root@\(fleet.subnet).99"
+            let unreachable = try await fleet.ctl(["status", "--host", nobody], timeout: 30)
+            #expect(unreachable.code == 3, "\(unreachable)")
+            #expect(unreachable.err.contains("host \(nobody)") && unreachable.err.contains("unreachable"), "\(unreachable)")
+
+            // A config whose only key is not authorized.
+            try """
+                Host *
+                  IdentityFile \(fleet.dir)/stranger_ed25519
+                  IdentitiesOnly yes
+                  StrictHostKeyChecking no
+                  UserKnownHostsFile /dev/null
+                  LogLevel ERROR
+                  ConnectTimeout 3
+                """.write(toFile: fleet.dir + "/stranger_config", atomically: true, encoding: .utf8)
+            let refused = try await fleet.ctl(["status", "--host", h.url], env: ["SWARM_SSH": "ssh -F \(fleet.dir)/stranger_config"])
+            #expect(refused.code == 3 && refused.err.contains("host \(h.url)") && refused.err.contains("authentication failed"), "\(refused)")
+
+            // sshd answers, but no swarmd listens on that host's socket.
+            let empty = try await fleet.ctl(["status", "--host", h.url])
+            #expect(empty.code == 3 && empty.err.contains("host \(h.url)") && empty.err.contains("no swarmd"), "\(empty)")
+            #expect(empty.err.contains("no socket there"), "the host's own words come along: \(empty)")
+
+            let noCtl = try await fleet.ctl(["status", "--host", h.url], env: ["SWARM_REMOTE_SWARMCTL": "/nonexistent/swarmctl"])
+            #expect(noCtl.code == 3 && noCtl.err.contains("no swarmctl on the host"), "\(noCtl)")
+            for r in [unreachable, refused, empty, noCtl] { print("[remote error] \(r.err.trimmingCharacters(in: .whitespacesAndNewlines))") }
+
+            for bad in ["web1", "ssh://-oProxyCommand=touch", "ssh://[::1", "ssh://a,,ssh://b", "ssh://a,ssh://a"] {
+                let r = try await fleet.ctl(["status", "--host", bad])
+                #expect(r.code == 64 && r.err.contains("--host"), "\(bad): \(r)")
+            }
+            #expect(access(fleet.dir + "/proxy-ran", F_OK) != 0)
+        }
+    }
+}
+
+/// `--host a,b,c`: read verbs on every host, reload as a rollout.
+@Suite("A fleet of hosts: labelled reads, host-by-host rollouts that stop at the first failure", .serialized,
+       .enabled(if: getuid() == 0, "needs root to make network namespaces and run sshd"),
+       .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/sbin/sshd"), "needs Debian's openssh-server (scripts/deps.sh installs it)"))
+struct FleetTests {
+    static func conf(_ command: [String]) -> String {
+        Conf.app("talker", command: command, workers: 2, extra: "[ready]\nmode = \"delay\"\ndelay = \"200ms\"")
+    }
+
+    @Test("status on 3 hosts, a rollout on all 3, a broken version stopping at host 2, a canary that restarts stopping after host 1")
+    func rollouts() async throws {
+        try await withSwarm { s in
+            let fleet = try TestFleet(hosts: 3, dir: s.dir)
+            defer { fleet.close() }
+            try await fleet.waitForSSH()
+            var confs: [String] = []
+            for (i, h) in fleet.hosts.enumerated() {
+                confs.append(try s.write("\(h.name).conf", FleetTests.conf(["/bin/sleep", "1000"])))
+                try await fleet.startSwarmd(i, configs: [confs[i]])
+            }
+            let all = fleet.hosts.map(\.url).joined(separator: ",")
+            func generations() async throws -> [Int] {
+                var g: [Int] = []
+                for h in fleet.hosts { g.append(try await remoteStatus(fleet, h.url)?.generation ?? -1) }
+                return g
+            }
+            for h in fleet.hosts {
+                try await waitUntil(timeout: 20, "talker on \(h.name) to be ready") { try await remoteStatus(fleet, h.url)?.workersReady == 2 }
+            }
+
+            let st = try await fleet.ctl(["status", "--host", all])
+            #expect(st.code == 0, "\(st)")
+            for h in fleet.hosts { #expect(st.out.contains("== \(h.url) =="), "\(st.out)") }
+            #expect(st.out.components(separatedBy: "talker").count - 1 >= 3, "\(st.out)")
+
+            let before = try await generations()
+            let ok = try await fleet.ctl(["reload", "talker", "--host", all, "--parallel", "2"], timeout: 120)
+            #expect(ok.code == 0, "\(ok)")
+            #expect(ok.out.contains("rollout summary"), "\(ok.out)")
+            #expect(try await generations() == before.map { $0 + 1 }, "every host reloaded once")
+
+            // A broken new version on host 2 only: host 1 reloads, host 2 fails and rolls itself back, host 3 is not touched.
+            try s.write("host2.conf", FleetTests.conf(["/bin/sh", "-c", "echo broken version; exit 1"]))
+            let mid = try await generations()
+            let broken = try await fleet.ctl(["reload", "talker", "--host", all], timeout: 120)
+            #expect(broken.code == 1, "\(broken)")
+            #expect(broken.out.contains("\(fleet.hosts[1].url): FAILED") && broken.out.contains("\(fleet.hosts[2].url): not started"), "\(broken.out)")
+            #expect(broken.err.contains("rollout stopped at \(fleet.hosts[1].url)"), "\(broken.err)")
+            let after = try await generations()
+            #expect(after[0] == mid[0] + 1 && after[2] == mid[2], "host 1 reloaded, host 3 untouched: \(mid) → \(after)")
+            try await waitUntil(timeout: 20, "host 2 to serve its old version again") { try await remoteStatus(fleet, fleet.hosts[1].url)?.workersReady == 2 }
+
+            // A version that becomes ready, then crashes: the canary watch on host 1 stops the rollout.
+            try s.write("host2.conf", FleetTests.conf(["/bin/sleep", "1000"]))
+            try s.write("host1.conf", FleetTests.conf(["/bin/sh", "-c", "sleep 1; exit 3"]))
+            let pre = try await generations()
+            let canary = try await fleet.ctl(["reload", "talker", "--host", all, "--canary-wait", "6s"], timeout: 120)
+            #expect(canary.code == 1 && canary.out.contains("canary"), "\(canary)")
+            #expect(canary.err.contains("rollout stopped at \(fleet.hosts[0].url)"), "\(canary.err)")
+            let post = try await generations()
+            #expect(post[1] == pre[1] && post[2] == pre[2], "hosts 2 and 3 untouched: \(pre) → \(post)")
+            print("[fleet] canary rollout output:\n\(canary.out)\(canary.err)")
+
+            for bad in [["reload", "talker", "--host", all, "--parallel", "0"], ["reload", "talker", "--host", all, "--canary-wait", "soon"],
+                        ["scale", "talker", "3", "--host", all], ["logs", "talker", "-f", "--host", all]] {
+                let r = try await fleet.ctl(bad)
+                #expect(r.code == 64, "\(bad): \(r)")
+            }
+        }
+    }
+}
