@@ -401,12 +401,32 @@ def stop_daemon(p, grace=None):
             p.wait(grace)
         except subprocess.TimeoutExpired:
             log("   %d did not exit %.0f s after SIGTERM: SIGKILL to its group" % (p.pid, grace))
+            kill_with_children(p)
+    kill_leftover_workers()
+
+
+def kill_with_children(p):
+    """SIGKILL of a daemon and of every child it has, also those not yet seen as
+    workers (a peer still starting): stopped first, so none is forked after the list."""
+    try:
+        os.killpg(p.pid, signal.SIGSTOP)
+    except ProcessLookupError:
+        pass
+    kids = [(k, st[1]) for k in children(p.pid) for st in [proc_start(k)] if st]
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    for k, start in kids:
+        if alive(k, start):
             try:
-                os.killpg(p.pid, signal.SIGKILL)
+                os.kill(k, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            p.wait(10)
-    kill_leftover_workers()
+    try:
+        p.wait(10)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def kill_leftover_workers():
@@ -427,14 +447,7 @@ def kill_leftover_workers():
 def cleanup():
     for p in STARTED:
         if p.poll() is None:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
+            kill_with_children(p)
     kill_leftover_workers()
 
 

@@ -117,7 +117,7 @@ extension Supervisor {
             guard replace else { return reply(request, .failure(.appExists(name))) }
             cancelReload(name, reason: "replaced by a new start", now: now)
             let since = failureSeq
-            let generation = nextGeneration(name)
+            let generation = allocateGeneration(name)
             modifyApp(name) {
                 $0.specs[generation] = spec
                 $0.generation = generation

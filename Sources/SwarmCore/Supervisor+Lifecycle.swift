@@ -374,10 +374,12 @@ extension Supervisor {
         }
     }
 
-    /// Above every generation that still has a spec, so a number is never
-    /// reused while workers of an abandoned generation are stopping.
-    func nextGeneration(_ name: String) -> Int {
+    /// The next generation number, taken: one above every number given out
+    /// before (and every spec still held), so a number names one config only.
+    mutating func allocateGeneration(_ name: String) -> Int {
         guard let app = apps[name] else { return 1 }
-        return max(app.generation, app.specs.keys.max() ?? 0) + 1
+        let next = max(app.generation, app.specs.keys.max() ?? 0, app.lastGeneration ?? 0) + 1
+        modifyApp(name) { $0.lastGeneration = next }
+        return next
     }
 }

@@ -173,6 +173,7 @@ extension Supervisor {
         }
         reindex()
         touchedApps = []
+        changedApps = Set(appOrder)
         visits = 0
     }
 }

@@ -41,7 +41,7 @@ extension Supervisor {
         for spec in requests.map(\.spec) {
             let name = spec.name
             guard let (goal, generation, slotCount, running) = reloadFacts(name) else { continue }
-            let to = nextGeneration(name)
+            let to = allocateGeneration(name)
             // A changed `workers` in the file wins; otherwise a `scale` done since stays.
             let target = spec.workers != running.workers ? spec.workers : (apps[name]?.targetCount ?? spec.workers)
             modifyApp(name) { $0.specs[to] = spec }

@@ -63,6 +63,8 @@ public struct Supervisor: Sendable {
     var dirtyWorkers: Set<WorkerID> = []
     var dirtySlots: Set<SlotKey> = []
     var touchedApps: Set<String> = []
+    /// Apps touched since the shell last took them (`takeChangedApps`).
+    var changedApps: Set<String> = []
     var steerDirty: Set<String> = []
     var spawnQueue = FIFO<WorkerID>()
     var queued = 0
@@ -96,6 +98,14 @@ public struct Supervisor: Sendable {
     }
 
     public var isIdle: Bool { workers.isEmpty }
+
+    /// The apps whose state (health, counts, workers) may have changed since
+    /// the last call, deleted ones included: what the shell renders per app
+    /// (systemd's STATUS=) is recomputed for these only.
+    public mutating func takeChangedApps() -> Set<String> {
+        defer { changedApps.removeAll(keepingCapacity: true) }
+        return changedApps
+    }
 
     public mutating func handle(_ event: Event, now: Instant) -> [Action] {
         out = []
@@ -159,6 +169,7 @@ public struct Supervisor: Sendable {
             armed = next
             out.append(.armTimer(next))
         }
+        changedApps.formUnion(touchedApps)
         touchedApps.removeAll(keepingCapacity: true)
         let result = out
         out = []

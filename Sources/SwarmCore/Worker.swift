@@ -230,6 +230,10 @@ public struct App: Codable, Hashable, Sendable {
     public internal(set) var targetCount: Int
     public internal(set) var reload: RollingReload?
     public internal(set) var lastReload: ReloadOutcome?
+    /// The highest generation number given out so far: numbers are never
+    /// reused, not even a rolled-back reload's once its workers are gone.
+    /// (Optional: a snapshot from a swarmd before it decodes without it.)
+    public internal(set) var lastGeneration: Int?
 
     /// The spec in force. A missing one is a broken core invariant (checked by
     /// `invariantViolations`); the lowest spec left stands in rather than trap.

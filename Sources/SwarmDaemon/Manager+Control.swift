@@ -46,11 +46,7 @@ extension Manager: ControlHandler {
             r.version = swarmVersion
             control.send(client, r)
         case .status:
-            var r = Response.success(id)
-            do { r.status = try statusReport(only: request.name) } catch {
-                return control.send(client, .failure(id, "\(error)"))
-            }
-            control.send(client, r)
+            sendStatus(request, to: client)
         case .start:
             startFiles(request, client)
         case .stop, .restart, .delete:

@@ -4,7 +4,48 @@ import SwarmProtocol
 import SwarmSystem
 
 extension Manager {
-    func statusReport(only name: String?) throws -> StatusReport {
+    /// One app's part of systemd's STATUS= line (nil: no such app any more).
+    func systemdStatusPart(_ name: String) -> String? {
+        guard let h = supervisor.health(of: name) else { return nil }
+        if h.state == .stopped { return "\(name) stopped" }
+        return "\(name) \(h.ready)/\(h.wanted) ready" + (h.state == .reloading ? " (reloading)" : "")
+    }
+
+    /// Answers `status`. Above `ControlProtocol.statusWorkersPerPart` workers the
+    /// workers go out in `part` lines as they are built (each encoded on its
+    /// own), and the result line carries the daemon and the apps without them:
+    /// no line nears the protocol's limit and no copy of the whole report is held.
+    func sendStatus(_ request: Request, to client: ControlClient, perPart: Int = ControlProtocol.statusWorkersPerPart) {
+        let id = request.id
+        do {
+            let report = try statusReport(only: request.name, perPart: perPart) { app, workers in
+                var part = Response(id: id, kind: .part)
+                part.part = StatusPart(app: app, workers: workers)
+                self.control.send(client, part)
+            }
+            var r = Response.success(id)
+            r.status = report
+            control.send(client, r)
+        } catch {
+            control.send(client, .failure(id, "\(error)"))
+        }
+    }
+
+    /// What one worker uses, read from its cgroup (or /proc) once per status.
+    private struct Usage {
+        var slot: Int
+        var worker: WorkerID?
+        var cpuSeconds: Double?
+        var cpuPercent: Double?
+        var rss: Int64?
+    }
+
+    /// The status report. With `emit`, a report of more than
+    /// `statusWorkersPerPart` workers is streamed: each app's workers are passed
+    /// to `emit` in order, in pieces of at most that many, and left out of the
+    /// returned report.
+    func statusReport(only name: String?, perPart: Int = ControlProtocol.statusWorkersPerPart,
+                      emit: ((String, [WorkerStatus]) -> Void)? = nil) throws -> StatusReport {
         let nowNS = kernel.now()
         let now = Instant(nanoseconds: nowNS)
         var names = supervisor.appOrder + brokenOrder.filter { supervisor.apps[$0] == nil }
@@ -12,6 +53,8 @@ extension Manager {
             guard supervisor.apps[name] != nil || brokenApps[name] != nil else { throw DaemonError.control(CommandError.unknownApp(name).description) }
             names = [name]
         }
+        let perPart = max(1, perPart)
+        let streaming = emit != nil && names.reduce(0) { $0 + (supervisor.apps[$1]?.slots.count ?? 0) } > perPart
         var apps: [AppStatus] = []
         for n in names {
             guard let app = supervisor.apps[n] else {
@@ -23,71 +66,99 @@ extension Manager {
                 }
                 continue
             }
-            var workers: [WorkerStatus] = []
-            var cpuTotals: [Int: Double] = [:]
+            guard let health = supervisor.health(of: n) else { continue }
+            // Pass 1: the kernel reads (and the app's CPU total, which every worker's share needs).
+            var usages: [Usage] = []
+            usages.reserveCapacity(app.slots.count)
+            var cpuTotal = 0.0
             for slot in app.slots {
-                var ids = [slot.current, slot.incoming].compactMap { $0 } + slot.retiring
-                if ids.isEmpty {
-                    workers.append(WorkerStatus(slot: slot.index, pid: nil, state: supervisor.displayState(ofEmpty: slot, in: app),
-                                                generation: slot.generation, restarts: slot.restarts, uptimeS: 0,
-                                                lastExit: slot.lastExit?.description))
-                    addHealth(&workers[workers.count - 1], app: n, slot: slot, worker: nil)
+                if slot.current == nil && slot.incoming == nil && slot.retiring.isEmpty {
+                    usages.append(Usage(slot: slot.index))
                     continue
                 }
-                ids.sort()
-                for id in ids {
-                    guard let w = supervisor.workers[id] else { continue }
-                    let state = supervisor.displayState(of: w, in: slot)
-                    var cpu: Double?
-                    var rss: Int64?
-                    var cpuSeconds: Double?
+                var ids = slot.retiring
+                if let c = slot.current { ids.append(c) }
+                if let i = slot.incoming { ids.append(i) }
+                if ids.count > 1 { ids.sort() }
+                for wid in ids {
+                    guard let w = supervisor.workers[wid] else { continue }
+                    var u = Usage(slot: slot.index, worker: wid)
                     if let pid = w.pid {
                         // The whole tree where there is a cgroup (a pre-fork server's children too).
                         let usage = cgroups.usage(ofPid: pid).map { u in
                             (cpuTicks: Int64(u.cpuMicroseconds) * Int64(ProcFS.clockTicks) / 1_000_000, rss: u.memoryBytes)
                         } ?? kernel.usage(pid: pid)
-                        rss = usage?.rss
+                        u.rss = usage?.rss
                         if let ticks = usage?.cpuTicks {
-                            cpuSeconds = Double(ticks) / Double(ProcFS.clockTicks)
+                            let secs = Double(ticks) / Double(ProcFS.clockTicks)
+                            u.cpuSeconds = secs
+                            cpuTotal += secs
                             if let prev = cpuSamples[pid], nowNS - prev.at > 50_000_000 {
-                                cpu = Double(ticks - prev.ticks) / Double(ProcFS.clockTicks) / (Double(nowNS - prev.at) / 1e9) * 100
+                                u.cpuPercent = Double(ticks - prev.ticks) / Double(ProcFS.clockTicks) / (Double(nowNS - prev.at) / 1e9) * 100
                             } else {
                                 let up = max((now - w.startedAt).seconds, 0.001)
-                                cpu = (cpuSeconds ?? 0) / up * 100
+                                u.cpuPercent = secs / up * 100
                             }
                             cpuSamples[pid] = (ticks, nowNS)
                         }
                     }
-                    cpuTotals[workers.count] = cpuSeconds
-                    workers.append(WorkerStatus(
-                        slot: slot.index, pid: w.pid, state: state, generation: w.generation, restarts: slot.restarts,
-                        uptimeS: ((now - w.startedAt).seconds * 1000).rounded() / 1000,
-                        cpuPercent: cpu.map { ($0 * 10).rounded() / 10 }, rssBytes: rss, cpuSeconds: cpuSeconds,
-                        statusText: w.status, lastExit: slot.lastExit?.description,
-                        cpuPinned: w.pid == nil ? nil : supervisor.spec(of: w)?.cpuAffinity?.cpu(forSlot: w.slot, allowed: allowedCPUs)))
-                    addHealth(&workers[workers.count - 1], app: n, slot: slot, worker: id)
+                    usages.append(u)
                 }
             }
-            let total = cpuTotals.values.reduce(0, +)
-            if total > 0 {
-                for (i, secs) in cpuTotals { workers[i].cpuShare = ((secs / total) * 1000).rounded() / 1000 }
+            // Pass 2: the rows, handed out in parts when streaming.
+            var affinities: [Int: CPUAffinity?] = [:]
+            var workers: [WorkerStatus] = []
+            workers.reserveCapacity(streaming ? min(perPart, usages.count) : usages.count)
+            for u in usages {
+                let slot = app.slots[u.slot]
+                guard let wid = u.worker, let w = supervisor.workers[wid] else {
+                    workers.append(WorkerStatus(slot: slot.index, pid: nil, state: supervisor.displayState(ofEmpty: slot, in: app),
+                                                generation: slot.generation, restarts: slot.restarts, uptimeS: 0,
+                                                lastExit: slot.lastExit?.description))
+                    addHealth(&workers[workers.count - 1], app: n, slot: slot, worker: nil)
+                    if streaming && workers.count == perPart { emit?(n, workers); workers.removeAll(keepingCapacity: true) }
+                    continue
+                }
+                var pinned: Int?
+                if w.pid != nil {
+                    // Looked up once per generation, not once per worker (a spec is a large value).
+                    let affinity: CPUAffinity?
+                    if let known = affinities[w.generation] { affinity = known } else {
+                        affinity = app.specs[w.generation]?.cpuAffinity
+                        affinities[w.generation] = affinity
+                    }
+                    pinned = affinity?.cpu(forSlot: w.slot, allowed: allowedCPUs)
+                }
+                var row = WorkerStatus(
+                    slot: slot.index, pid: w.pid, state: supervisor.displayState(of: w, in: slot), generation: w.generation, restarts: slot.restarts,
+                    uptimeS: ((now - w.startedAt).seconds * 1000).rounded() / 1000,
+                    cpuPercent: u.cpuPercent.map { ($0 * 10).rounded() / 10 }, rssBytes: u.rss, cpuSeconds: u.cpuSeconds,
+                    statusText: w.status, lastExit: slot.lastExit?.description, cpuPinned: pinned)
+                if cpuTotal > 0, let secs = u.cpuSeconds { row.cpuShare = ((secs / cpuTotal) * 1000).rounded() / 1000 }
+                addHealth(&row, app: n, slot: slot, worker: wid)
+                workers.append(row)
+                if streaming && workers.count == perPart { emit?(n, workers); workers.removeAll(keepingCapacity: true) }
             }
-            guard let health = supervisor.health(of: n) else { continue }
+            if streaming && !workers.isEmpty {
+                emit?(n, workers)
+                workers = []
+            }
             let sockets = app.spec.sockets.map { s in
                 SocketStatus(name: s.name, listen: s.listen.description,
                              balance: (self.sockets[n]?.entries.first { $0.spec.name == s.name }?.reuseport ?? false) ? "reuseport" : "shared")
             }
-            apps.append(AppStatus(
+            var a = AppStatus(
                 name: n, state: health.state.rawValue, config: app.spec.sourcePath, generation: app.generation,
                 workersWanted: health.wanted, workersReady: health.ready,
                 lastReload: app.lastReload.map { ReloadStatus(ok: $0.succeeded, message: $0.message, ageS: ((now - $0.at).seconds * 10).rounded() / 10) },
-                sockets: sockets, workers: workers))
-            apps[apps.count - 1].logThrottledS = output.throttledSeconds(n)
-            if drained.contains(n) { apps[apps.count - 1].drained = true }
+                sockets: sockets, workers: workers)
+            a.logThrottledS = output.throttledSeconds(n)
+            if drained.contains(n) { a.drained = true }
             if let sink = output.sinks[n], sink.writeErrors > 0 {
-                apps[apps.count - 1].logWriteErrors = sink.writeErrors
-                apps[apps.count - 1].logWriteError = sink.lastError
+                a.logWriteErrors = sink.writeErrors
+                a.logWriteError = sink.lastError
             }
+            apps.append(a)
         }
         var daemon = DaemonStatus(pid: getpid(), version: swarmVersion, uptimeS: (Double(nowNS - startedAt) / 1e8).rounded() / 10,
                                   rssBytes: kernel.rss(pid: getpid()) ?? 0, socket: controlSocketPath, stateDir: options.stateDir)

@@ -506,6 +506,7 @@ public final class Manager {
         case let .appRemoved(name):
             sockets.remove(name)
             output.forget(app: name)
+            cgroups.forget(app: name)
         case .appsChanged:
             // Saved at once, so the reply to the command that changed it can say whether it was.
             stateDirty = true
@@ -572,12 +573,7 @@ public final class Manager {
     }
 
     func updateSystemdStatus() {
-        let parts = supervisor.appOrder.compactMap { name -> String? in
-            guard let h = supervisor.health(of: name) else { return nil }
-            if h.state == .stopped { return "\(name) stopped" }
-            return "\(name) \(h.ready)/\(h.wanted) ready" + (h.state == .reloading ? " (reloading)" : "")
-        }
-        systemd.status(parts.isEmpty ? "no apps" : parts.joined(separator: " · "))
+        systemd.update(changed: supervisor.takeChangedApps(), order: supervisor.appOrder) { systemdStatusPart($0) }
     }
 }
 

@@ -14,6 +14,20 @@ final class SystemdBridge {
         self.sentReady = sentReady
     }
 
+    /// Each app's part of STATUS=, kept between dispatches: only the apps the
+    /// core says changed are described again.
+    private var parts: [String: String] = [:]
+
+    /// Recomputes the parts of the apps in `changed` (nil from `describe`: the
+    /// app is gone) and sends STATUS= if the text changed. `order` is the apps'
+    /// order in the text.
+    func update(changed: Set<String>, order: [String], describe: (String) -> String?) {
+        guard !changed.isEmpty || lastStatus.isEmpty else { return }
+        for name in changed { parts[name] = describe(name) }
+        let text = order.compactMap { parts[$0] }
+        status(text.isEmpty ? "no apps" : text.joined(separator: " · "))
+    }
+
     /// The status text changed: tell the manager (once per change).
     func status(_ text: String) {
         guard text != lastStatus else { return }

@@ -13,7 +13,15 @@ final class WorkerCgroups {
     private(set) var root: CgroupRoot?
     private(set) var unavailable: String?
     private var byWorker: [WorkerID: WorkerCgroup] = [:]
+    private var appOf: [ObjectIdentifier: String] = [:]
     private var workerByPid: [Int32: WorkerID] = [:]
+    /// Empty cgroups of gone workers, per app, handed to the app's next new
+    /// workers: an rmdir and a mkdir per restart were ~0.8 ms of swarmd's CPU
+    /// (issue 18). The core asks for a restart's spawn before it reports the old
+    /// worker gone, so in a storm each cgroup freed serves the next restart.
+    private var spare: [String: [WorkerCgroup]] = [:]
+    /// Spare cgroups kept per app at most; more are removed.
+    static let sparePerApp = 64
     /// Cgroups of gone workers with processes still in them, removed once empty.
     private var draining: [ObjectIdentifier: (cgroup: WorkerCgroup, source: EventLoop.Source)] = [:]
 
@@ -44,7 +52,20 @@ final class WorkerCgroups {
     /// A new cgroup for a worker about to be spawned (nil: none, the reason reported).
     func create(for r: SpawnRequest) -> WorkerCgroup? {
         guard let root else { return nil }
-        do { return try root.createWorker(app: r.app, slot: r.slot, worker: r.worker.raw) } catch {
+        while let cg = spare[r.app]?.popLast() {
+            do {
+                try cg.reuse()
+                return cg
+            } catch {
+                report(.debug, "Failed to reuse \(cg.path): \(error); making a new cgroup")
+                remove(cg)
+            }
+        }
+        do {
+            let cg = try root.createWorker(app: r.app, slot: r.slot, worker: r.worker.raw)
+            appOf[ObjectIdentifier(cg)] = r.app
+            return cg
+        } catch {
             report(.warning, "Failed to make a cgroup for \(r.app)[\(r.slot)]: \(error); it runs in a process group only")
             return nil
         }
@@ -59,12 +80,14 @@ final class WorkerCgroups {
 
     /// The spawn failed: nothing runs in the new cgroup.
     func abandon(_ cgroup: WorkerCgroup) {
-        try? cgroup.remove()
+        recycle(cgroup)
     }
 
-    /// A re-executed swarmd finds the cgroups of the workers handed over.
+    /// A re-executed swarmd finds the cgroups of the workers handed over (by
+    /// the pid's own cgroup: a reused one is named after its first worker).
     func adopt(_ id: WorkerID, app: String, slot: Int, pid: Int32) {
-        guard let root, let cg = try? root.openWorker(app: app, slot: slot, worker: id.raw) else { return }
+        guard let root, let cg = root.openWorker(pid: pid) ?? (try? root.openWorker(app: app, slot: slot, worker: id.raw)) else { return }
+        appOf[ObjectIdentifier(cg)] = app
         byWorker[id] = cg
         workerByPid[pid] = id
     }
@@ -90,7 +113,7 @@ final class WorkerCgroups {
         if let pid { workerByPid[pid] = nil }
         guard let cg = byWorker.removeValue(forKey: id) else { return }
         if (try? cg.populated()) == false {
-            remove(cg)
+            recycle(cg)
             return
         }
         try? cg.kill()
@@ -107,19 +130,33 @@ final class WorkerCgroups {
         guard let (cg, source) = draining[key], (try? cg.populated()) == false else { return }
         source.cancel()
         draining[key] = nil
-        remove(cg)
+        recycle(cg)
+    }
+
+    /// An empty cgroup: kept for the app's next worker, or removed.
+    private func recycle(_ cg: WorkerCgroup) {
+        guard let app = appOf[ObjectIdentifier(cg)], (spare[app]?.count ?? 0) < WorkerCgroups.sparePerApp else { return remove(cg) }
+        cg.closeProcsFD()
+        spare[app, default: []].append(cg)
     }
 
     private func remove(_ cg: WorkerCgroup) {
+        appOf[ObjectIdentifier(cg)] = nil
         do { try cg.remove() } catch {
             report(.debug, "Failed to remove \(cg.path): \(error), ignoring")
         }
+    }
+
+    /// The app is gone: its spare cgroups go too.
+    func forget(app: String) {
+        for cg in spare.removeValue(forKey: app) ?? [] { remove(cg) }
     }
 
     /// At exit: every worker is gone; the root goes if nothing is left in it.
     func removeAll() {
         for (_, d) in draining { d.source.cancel() }
         draining = [:]
+        for app in Array(spare.keys) { forget(app: app) }
         root?.removeIfEmpty()
     }
 }

@@ -15,6 +15,10 @@ public enum ControlProtocol {
     public static let version = 1
     /// A line longer than this is refused and the connection closed.
     public static let maxMessageSize = 1 << 20
+    /// `status` of more workers than this sends them in `part` lines of at
+    /// most this many (a worker is 200–400 bytes of JSON, at most ~1.5 KB), before its result
+    /// line, so no line nears `maxMessageSize` at any worker count.
+    public static let statusWorkersPerPart = 512
 }
 
 public enum Verb: String, Codable, Sendable, CaseIterable {
@@ -124,6 +128,11 @@ public struct Response: Codable, Sendable, Equatable {
         case event
         /// Log lines (`logs`).
         case log
+        /// A piece of a large result, before its `result` line: `status` of
+        /// many workers sends them in parts (`part`), and the result's apps
+        /// then list only the workers not sent before. `StatusAssembler` puts
+        /// them back together.
+        case part
     }
 
     public var v: Int
@@ -138,6 +147,8 @@ public struct Response: Codable, Sendable, Equatable {
     public var event: ProgressEvent?
     public var log: [LogLine]?
     public var version: String?
+    /// kind `part`: some of an app's workers.
+    public var part: StatusPart?
 
     public init(id: UInt64, kind: Kind) {
         self.v = ControlProtocol.version
@@ -202,6 +213,42 @@ public struct LogLine: Codable, Sendable, Equatable {
     /// worker wrote (control characters in the text are escaped, so a CR or
     /// an escape sequence cannot forge another line or reach a terminal raw).
     public var formatted: String { "\(time) \(app)[\(slot)] \(pid) \(stream == "stderr" ? "E" : "O") \(TerminalText.escape(text))" }
+}
+
+/// Consecutive workers of one app in a streamed `status` (kind `part`).
+public struct StatusPart: Codable, Sendable, Equatable {
+    public var app: String
+    public var workers: [WorkerStatus]
+
+    public init(app: String, workers: [WorkerStatus]) {
+        self.app = app
+        self.workers = workers
+    }
+}
+
+/// Rebuilds the whole report of a streamed `status`: feed it every line of
+/// the reply, then take `report` after the result. A reply without parts is
+/// passed through unchanged.
+public struct StatusAssembler: Sendable {
+    private var parts: [String: [WorkerStatus]] = [:]
+
+    public init() {}
+
+    /// Takes a `part` line (others are ignored).
+    public mutating func add(_ r: Response) {
+        guard r.kind == .part, let p = r.part else { return }
+        parts[p.app, default: []] += p.workers
+    }
+
+    /// The result's report with every app's parts put in front of the workers it lists itself.
+    public func report(_ result: StatusReport) -> StatusReport {
+        guard !parts.isEmpty else { return result }
+        var r = result
+        for i in r.apps.indices {
+            if let sent = parts[r.apps[i].name] { r.apps[i].workers = sent + r.apps[i].workers }
+        }
+        return r
+    }
 }
 
 /// `status --json`. The schema is documented in the README and stable

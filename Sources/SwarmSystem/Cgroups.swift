@@ -225,19 +225,110 @@ public enum Cgroups {
         }
     }
 
-    /// Subdirectories (child cgroups) of a cgroup directory.
+    /// Subdirectories (child cgroups) of a cgroup directory. By the entries'
+    /// d_type (kernfs fills it in): a cgroup holds ~30 interface files, and
+    /// an lstat of each made `status` cost a millisecond per hundred workers.
     static func children(of dir: String) -> [String] {
-        (ProcFS.listDirectory(dir) ?? []).filter { name in
-            var st = stat()
-            return lstat(dir + "/" + name, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
-        }.sorted()
+        guard let d = opendir(dir) else { return [] }
+        defer { closedir(d) }
+        var names: [String] = []
+        while let entry = readdir(d) {
+            let type = entry.pointee.d_type
+            guard type == UInt8(DT_DIR) || type == UInt8(DT_UNKNOWN) else { continue }
+            let name = withUnsafePointer(to: entry.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
+            if name == "." || name == ".." { continue }
+            if type == UInt8(DT_UNKNOWN) {
+                var st = stat()
+                guard lstat(dir + "/" + name, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else { continue }
+            }
+            names.append(name)
+        }
+        return names.sorted()
     }
 
     /// The processes in a cgroup and every cgroup below it.
     static func members(of dir: String) -> [pid_t] {
-        var pids = (ProcFS.read(dir + "/cgroup.procs") ?? "").split(separator: "\n").compactMap { pid_t($0) }
+        var pids = parsePids(readSmall(dir + "/cgroup.procs") ?? [])
         for child in children(of: dir) { pids += members(of: dir + "/" + child) }
         return pids
+    }
+
+    static func parsePids(_ bytes: [UInt8]) -> [pid_t] {
+        var pids: [pid_t] = []
+        var value: pid_t = 0
+        var digits = false
+        for b in bytes {
+            if b >= 0x30 && b <= 0x39 {
+                value = value &* 10 &+ pid_t(b - 0x30)
+                digits = true
+            } else {
+                if digits { pids.append(value) }
+                value = 0
+                digits = false
+            }
+        }
+        if digits { pids.append(value) }
+        return pids
+    }
+
+    /// A small kernel file (cgroupfs, /proc) read whole, through a 4 KiB
+    /// buffer: status reads several per worker, and a general-purpose read
+    /// (64 KiB zeroed per call) cost more than the syscalls themselves.
+    static func readSmall(_ path: String) -> [UInt8]? {
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0 { return nil }
+        defer { Glibc.close(fd) }
+        return readAll(fd)
+    }
+
+    static func readAll(_ fd: Int32, from offset: Int = -1) -> [UInt8]? {
+        withUnsafeTemporaryAllocation(byteCount: 4096, alignment: 8) { raw -> [UInt8]? in
+            var out: [UInt8] = []
+            while out.count < 16 << 20 {
+                let n = offset >= 0 ? pread(fd, raw.baseAddress, raw.count, off_t(offset + out.count)) : Glibc.read(fd, raw.baseAddress, raw.count)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    return out.isEmpty ? nil : out
+                }
+                if n == 0 { break }
+                out.append(contentsOf: UnsafeRawBufferPointer(rebasing: raw[0..<n]))
+            }
+            return out
+        }
+    }
+
+    /// Resident set size from /proc/PID/statm (its second field, in pages).
+    static func residentBytes(pid: pid_t) -> Int64? {
+        guard let bytes = readSmall("/proc/\(pid)/statm"), let space = bytes.firstIndex(of: 0x20) else { return nil }
+        var pages: Int64 = 0
+        var j = space + 1
+        var digits = false
+        while j < bytes.count, bytes[j] >= 0x30, bytes[j] <= 0x39 {
+            pages = pages &* 10 &+ Int64(bytes[j] - 0x30)
+            j += 1
+            digits = true
+        }
+        return digits ? pages * ProcFS.pageSize : nil
+    }
+
+    /// The first number after `key` ("usage_usec ") in a flat-keyed file (cpu.stat).
+    static func value(of key: String, in bytes: [UInt8]) -> UInt64? {
+        let k = Array(key.utf8)
+        var i = 0
+        while i + k.count <= bytes.count {
+            if (i == 0 || bytes[i - 1] == 0x0a) && bytes[i..<(i + k.count)].elementsEqual(k) {
+                var v: UInt64 = 0
+                var j = i + k.count
+                while j < bytes.count, bytes[j] >= 0x30, bytes[j] <= 0x39 {
+                    v = v &* 10 &+ UInt64(bytes[j] - 0x30)
+                    j += 1
+                }
+                return v
+            }
+            while i < bytes.count, bytes[i] != 0x0a { i += 1 }
+            i += 1
+        }
+        return nil
     }
 
     /// "populated" from a cgroup.events text.
@@ -353,13 +444,23 @@ public final class CgroupRoot {
             try Cgroups.removeTree(dir)
             try Cgroups.makeDirectory(dir)
         }
-        return try WorkerCgroup(path: dir)
+        return try WorkerCgroup(path: dir, hasMemory: controllers.contains("memory"))
     }
 
     /// The cgroup of a worker that already runs (after a re-exec).
     public func openWorker(app: String, slot: Int, worker: UInt64) throws -> WorkerCgroup {
         try Cgroups.validateName(app)
-        return try WorkerCgroup(path: path + "/\(app)/\(slot).\(worker)", openProcs: false)
+        return try WorkerCgroup(path: path + "/\(app)/\(slot).\(worker)", openProcs: false, hasMemory: controllers.contains("memory"))
+    }
+
+    /// The cgroup a running process is in, if it is one of this root's worker
+    /// cgroups (after a re-exec: a reused cgroup keeps the name of its first
+    /// worker, so the name cannot be derived from the worker that runs there now).
+    public func openWorker(pid: pid_t) -> WorkerCgroup? {
+        guard let text = ProcFS.read("/proc/\(pid)/cgroup"), let own = Cgroups.parseOwnCgroup(text) else { return nil }
+        let dir = hierarchy.directory(own)
+        guard dir.hasPrefix(path + "/"), dir.dropFirst(path.count + 1).split(separator: "/").count == 2 else { return nil }
+        return try? WorkerCgroup(path: dir, openProcs: false, hasMemory: controllers.contains("memory"))
     }
 
     /// The worker cgroups that exist now, as "app/slot.worker".
@@ -412,7 +513,11 @@ public final class CgroupRoot {
     /// At a clean exit: the root itself, if nothing is left in it. Returns whether it is gone.
     @discardableResult
     public func removeIfEmpty() -> Bool {
-        for app in Cgroups.children(of: path) { _ = rmdir(path + "/" + app) }
+        // Empty worker cgroups too: kept for reuse, or left by a swarmd before a re-exec.
+        for app in Cgroups.children(of: path) {
+            for worker in Cgroups.children(of: path + "/" + app) { _ = rmdir(path + "/" + app + "/" + worker) }
+            _ = rmdir(path + "/" + app)
+        }
         return rmdir(path) == 0 || errno == ENOENT
     }
 }
@@ -442,19 +547,30 @@ public final class WorkerCgroup {
     public private(set) var procsFD: Int32 = -1
     /// cgroup.events, read-only: it polls EPOLLPRI (and EPOLLERR) when
     /// "populated" changes. Put it in the event loop; `populated()` reads the value.
-    public private(set) var eventsFD: Int32 = -1
+    /// Opened on first use: only a gone worker's leftovers are watched, and an
+    /// fd per live worker made every spawn copy (and close) a larger fd table.
+    public var eventsFD: Int32 {
+        if eventsFDStorage < 0 { eventsFDStorage = Glibc.open(path + "/cgroup.events", O_RDONLY | O_CLOEXEC) }
+        return eventsFDStorage
+    }
+    private var eventsFDStorage: Int32 = -1
+    /// The memory controller is enabled: memory.current is there to read.
+    let hasMemory: Bool
+    /// cpu.stat usage_usec when the cgroup was last handed to a new worker:
+    /// a reused cgroup's counter includes its earlier workers.
+    public private(set) var cpuBaseline: UInt64 = 0
 
-    init(path: String, openProcs: Bool = true) throws {
+    init(path: String, openProcs: Bool = true, hasMemory: Bool = false) throws {
         self.path = path
+        self.hasMemory = hasMemory
         if openProcs {
             procsFD = Glibc.open(path + "/cgroup.procs", O_WRONLY | O_CLOEXEC)
             if procsFD < 0 { throw SystemError("open", errno: errno, subject: path + "/cgroup.procs") }
         }
-        eventsFD = Glibc.open(path + "/cgroup.events", O_RDONLY | O_CLOEXEC)
-        if eventsFD < 0 {
+        if access(path + "/cgroup.events", F_OK) != 0 {
             let e = errno
             if procsFD >= 0 { Glibc.close(procsFD) }
-            throw SystemError("open", errno: e, subject: path + "/cgroup.events")
+            throw SystemError("access", errno: e, subject: path + "/cgroup.events")
         }
     }
 
@@ -468,14 +584,14 @@ public final class WorkerCgroup {
     /// Closes both fds (remove the eventsFD source from the loop first).
     public func close() {
         closeProcsFD()
-        if eventsFD >= 0 { Glibc.close(eventsFD) }
-        eventsFD = -1
+        if eventsFDStorage >= 0 { Glibc.close(eventsFDStorage) }
+        eventsFDStorage = -1
     }
 
     /// Whether any process is left in the tree (cgroup.events "populated").
     /// Zombies do not count: a killed member that is not yet reaped leaves it empty.
     public func populated() throws -> Bool {
-        if eventsFD >= 0, let p = Cgroups.readPopulated(eventsFD) { return p }
+        if eventsFDStorage >= 0, let p = Cgroups.readPopulated(eventsFDStorage) { return p }
         guard let text = ProcFS.read(path + "/cgroup.events"), let p = Cgroups.parsePopulated(text) else {
             throw SystemError("read", errno: errno == 0 ? EIO : errno, subject: path + "/cgroup.events")
         }
@@ -497,17 +613,26 @@ public final class WorkerCgroup {
     /// Blocks until empty or the timeout: for clean-up paths and tests, not the event loop.
     public func waitUntilEmpty(timeoutNanoseconds: Int64) -> Bool { Cgroups.waitEmpty(path, timeoutNanoseconds: timeoutNanoseconds) }
 
+    /// A cgroup whose last worker is gone (empty) is handed to a new worker
+    /// instead of an rmdir and a mkdir (each a few hundred microseconds of
+    /// kernel work per restart): cgroup.procs is opened again and the CPU
+    /// counter so far becomes the baseline `usage()` subtracts.
+    public func reuse() throws {
+        if procsFD < 0 {
+            procsFD = Glibc.open(path + "/cgroup.procs", O_WRONLY | O_CLOEXEC)
+            if procsFD < 0 { throw SystemError("open", errno: errno, subject: path + "/cgroup.procs") }
+        }
+        cpuBaseline = Cgroups.readSmall(path + "/cpu.stat").flatMap { Cgroups.value(of: "usage_usec ", in: $0) } ?? 0
+    }
+
     public func usage() -> CgroupUsage {
-        var cpu: UInt64 = 0
-        for line in (ProcFS.read(path + "/cpu.stat") ?? "").split(separator: "\n") where line.hasPrefix("usage_usec ") {
-            cpu = UInt64(line.dropFirst("usage_usec ".count)) ?? 0
-        }
+        let total = Cgroups.readSmall(path + "/cpu.stat").flatMap { Cgroups.value(of: "usage_usec ", in: $0) } ?? 0
+        let cpu = total >= cpuBaseline ? total - cpuBaseline : total
         let pids = members()
-        if let text = ProcFS.read(path + "/memory.current"),
-           let first = text.split(whereSeparator: { $0 == " " || $0 == "\n" }).first, let bytes = Int64(first) {
-            return CgroupUsage(cpuMicroseconds: cpu, memoryBytes: bytes, memorySource: .memoryCurrent, processes: pids.count)
+        if hasMemory, let bytes = Cgroups.readSmall(path + "/memory.current").flatMap({ Cgroups.value(of: "", in: $0) }) {
+            return CgroupUsage(cpuMicroseconds: cpu, memoryBytes: Int64(bytes), memorySource: .memoryCurrent, processes: pids.count)
         }
-        let rss = pids.reduce(Int64(0)) { $0 + (ProcFS.rss(pid: $1) ?? 0) }
+        let rss = pids.reduce(Int64(0)) { $0 + (Cgroups.residentBytes(pid: $1) ?? 0) }
         return CgroupUsage(cpuMicroseconds: cpu, memoryBytes: rss, memorySource: .residentSum, processes: pids.count)
     }
 

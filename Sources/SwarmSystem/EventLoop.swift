@@ -94,7 +94,9 @@ public final class EventLoop {
 
     private func addTime(at usec: UInt64, _ h: Handler) throws -> Source {
         try register(h, "sd_event_add_time") { s, user in
-            sd_event_add_time(event, &s, CLOCK_MONOTONIC, usec, 0, { _, _, user in
+            // Accuracy 1 µs: 0 means sd-event's default of 250 ms, which delayed every
+            // restart, readiness probe and spawn-batch continuation by up to a quarter second.
+            sd_event_add_time(event, &s, CLOCK_MONOTONIC, usec, 1, { _, _, user in
                 EventLoop.handler(user).defer_?()
                 return 0
             }, user)

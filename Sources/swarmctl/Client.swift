@@ -105,9 +105,15 @@ final class Client {
 
     /// The next response line; nil at EOF.
     func receive() throws -> Response? {
+        guard let frame = try receiveLine() else { return nil }
+        return try Codec.decodeResponse(frame)
+    }
+
+    /// The next line as received (without its newline); nil at EOF.
+    func receiveLine() throws -> [UInt8]? {
         var buf = [UInt8](repeating: 0, count: 65536)
         while true {
-            if let frame = try reader.next() { return try Codec.decodeResponse(frame) }
+            if let frame = try reader.next() { return frame }
             let got: IOResult<Int>
             do { got = try buf.withUnsafeMutableBytes { try Sockets.receiveSome(fd, into: $0) } } catch { throw lost(error) }
             // A blocking socket: .wouldBlock only if a timeout were set, which it is not.

@@ -14,8 +14,10 @@ struct Status: ParsableCommand {
     func run() throws {
         try execute {
             let client = try Client(global)
-            let r = try client.call(client.request(.status, name: name))
-            guard let report = r.status else { throw CtlError(description: "swarmd sent no status") }
+            var parts = StatusAssembler()
+            let r = try client.call(client.request(.status, name: name)) { parts.add($0) }
+            guard let streamed = r.status else { throw CtlError(description: "swarmd sent no status") }
+            let report = parts.report(streamed)
             if json {
                 printPrettyJSON(report)
             } else {

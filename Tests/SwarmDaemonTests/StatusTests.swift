@@ -98,4 +98,82 @@ struct StatusTests {
         }
         #expect(unprivileged.responses.first?.status?.apps.map(\.name) == ["web"], "status is read-only: anyone may ask")
     }
+
+    /// Above `perPart` workers the report is streamed: parts of at most that
+    /// many workers, in order, and the apps of the result without them; put
+    /// back together it is the report built whole.
+    @Test func aLargeStatusIsStreamedInPartsThatReassembleToTheWholeReport() throws {
+        let f = try ManagerFixture()
+        let pids = try f.startReady(try f.config(workers: 10), workers: 10)
+        let whole = try f.manager.statusReport(only: nil)
+        var parts: [StatusPart] = []
+        let streamed = try f.manager.statusReport(only: nil, perPart: 4) { parts.append(StatusPart(app: $0, workers: $1)) }
+        #expect(parts.map(\.workers.count) == [4, 4, 2])
+        #expect(parts.allSatisfy { $0.app == "web" })
+        #expect(streamed.apps.first?.workers.isEmpty == true, "the result holds no worker")
+        var assembler = StatusAssembler()
+        for p in parts {
+            var r = Response(id: 1, kind: .part)
+            r.part = p
+            assembler.add(r)
+        }
+        let report = assembler.report(streamed)
+        #expect(report.apps.first?.workers.map(\.pid) == pids)
+        #expect(report.apps.first?.workers.map(\.slot) == Array(0..<10))
+        #expect(report.apps.first?.workers == whole.apps.first?.workers)
+        #expect(try f.manager.statusReport(only: nil, perPart: 10) { _, _ in Issue.record("10 workers fit one line") }.apps.first?.workers.count == 10)
+    }
+
+    /// A part of `statusWorkersPerPart` workers with the longest fields a worker
+    /// can have stays within the protocol's line limit.
+    @Test func aFullPartFitsInOneLine() {
+        let w = WorkerStatus(slot: 4095, pid: 4_194_304, state: "crash-loop", generation: 1_000_000, restarts: 1_000_000, uptimeS: 1e9 + 0.123,
+                             cpuPercent: 199.9, rssBytes: 1 << 40, cpuSeconds: 1e9 + 0.123, cpuShare: 0.123,
+                             statusText: String(repeating: "\u{1}", count: 200), lastExit: "killed by signal 9 (SIGKILL), core dumped", cpuPinned: 1023)
+        var r = Response(id: .max, kind: .part)
+        r.part = StatusPart(app: String(repeating: "a", count: 64), workers: Array(repeating: w, count: ControlProtocol.statusWorkersPerPart))
+        let size = Codec.encode(r).count
+        #expect(size < ControlProtocol.maxMessageSize, "\(size) bytes")
+    }
+
+    /// A small status is one result line, as before.
+    @Test func aSmallStatusIsOneLine() throws {
+        let f = try ManagerFixture()
+        try f.startReady(try f.config(workers: 3), workers: 3)
+        let peer = try f.client()
+        peer.send(Request(id: 9, verb: .status))
+        try runLoop(f.loop, until: "the status", pump: { peer.pump(); peer.receive() }) {
+            peer.responses.contains { $0.kind == .result }
+        }
+        #expect(peer.responses.map(\.kind) == [.result])
+        #expect(peer.responses.first?.status?.apps.first?.workers.count == 3)
+    }
+
+    /// STATUS= is described again only for the apps the core says changed:
+    /// an event of one app leaves the others' parts as they were.
+    @Test func systemdStatusIsRecomputedOnlyForTheAppThatChanged() throws {
+        let f = try ManagerFixture()
+        let api = try f.startReady(try f.config("api"))
+        try f.startReady(try f.config("web"))
+        var described: [String] = []
+        f.manager.systemd.update(changed: f.manager.supervisor.takeChangedApps(), order: f.manager.supervisor.appOrder) {
+            described.append($0)
+            return f.manager.systemdStatusPart($0)
+        }
+        #expect(f.kernel.notifications.last == "STATUS=api 1/1 ready · web 1/1 ready")
+        described = []
+        f.exit(api[0])
+        f.manager.systemd.update(changed: f.manager.supervisor.takeChangedApps(), order: f.manager.supervisor.appOrder) {
+            described.append($0)
+            return f.manager.systemdStatusPart($0)
+        }
+        #expect(described == ["api"], "only the app whose worker exited")
+        #expect(f.kernel.notifications.last == "STATUS=api 0/1 ready · web 1/1 ready")
+        described = []
+        f.manager.systemd.update(changed: f.manager.supervisor.takeChangedApps(), order: f.manager.supervisor.appOrder) {
+            described.append($0)
+            return f.manager.systemdStatusPart($0)
+        }
+        #expect(described.isEmpty, "nothing changed, nothing described")
+    }
 }
