@@ -179,6 +179,9 @@ final class MetricsRecorder {
         case .memory: return "memory"
         case .watchdog: return "watchdog"
         case .readyTimeout: return "ready-timeout"
+        case .unhealthy: return "unhealthy"
+        case .hung: return "hung"
+        case .recycle: return "recycle"
         default: return nil
         }
     }
