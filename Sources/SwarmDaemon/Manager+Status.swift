@@ -18,14 +18,18 @@ extension Manager {
     func sendStatus(_ request: Request, to client: ControlClient, perPart: Int = ControlProtocol.statusWorkersPerPart) {
         let id = request.id
         do {
+            // The parts and the result are one answer, queued as one: the client's
+            // limit on unread replies applies behind it, not within it.
+            var answer: [UInt8] = []
             let report = try statusReport(only: request.name, perPart: perPart) { app, workers in
                 var part = Response(id: id, kind: .part)
                 part.part = StatusPart(app: app, workers: workers)
-                self.control.send(client, part)
+                answer += Codec.encode(part)
             }
             var r = Response.success(id)
             r.status = report
-            control.send(client, r)
+            answer += Codec.encode(r)
+            control.send(client, bytes: answer)
         } catch {
             control.send(client, .failure(id, "\(error)"))
         }

@@ -245,7 +245,6 @@ public final class Manager {
         housekeeping = try loop.addPost { [weak self] in self?.afterDispatch() }
         sweepSource = try loop.addPeriodic(every: 1_000_000_000) { [weak self] in self?.everySecond() }
         reapContinuation = loop.addDeferred { [weak self] in self?.reapChildren() }
-        drained = Set(store.load(now: kernel.wallClock()).apps.filter { $0.drained == true }.map(\.name))
         if let a = options.agent {
             do {
                 agent = try AgentServer(host: a.host, port: a.port, loop: loop, kernel: kernel) { [weak self] request in
@@ -272,6 +271,7 @@ public final class Manager {
         var order: [String] = []
         let (remembered, problem) = store.load(now: kernel.wallClock())
         if let problem { log.error("\(problem)") }
+        drained = Set(remembered.filter { $0.drained == true }.map(\.name))
         for entry in remembered {
             do {
                 let spec = try AppConfig.load(path: entry.config, environment: configEnvironment)

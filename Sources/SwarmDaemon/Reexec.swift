@@ -159,6 +159,10 @@ extension Manager {
         controlFromSystemd = h.controlFromSystemd
         sockets.passedBySystemd = h.systemdFDs.map { ($0.key, $0.value) }
         try setUpLoop(controlSocket: h.controlFD, notifySocket: h.notifyFD)
+        // The drains the previous image saved (apps.json is written before every reply that changes it).
+        let (remembered, problem) = store.load(now: kernel.wallClock())
+        if let problem { log.error("\(problem)") }
+        drained = Set(remembered.filter { $0.drained == true }.map(\.name))
         try setUpMetrics(handover: h.metrics)
         cgroups.setUp(stateDirectory: options.stateDir, fresh: false)
         for (id, w) in supervisor.workers { if let pid = w.pid { cgroups.adopt(id, app: w.app, slot: w.slot, pid: pid) } }

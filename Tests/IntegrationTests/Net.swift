@@ -61,10 +61,16 @@ final class ControlConnection {
     }
 
     /// Sends one request and returns its result line (skipping events and logs).
+    /// The result; a large status's `part` lines are put back into it, as swarmctl does.
     func call(_ request: Request) throws -> Response {
         try send(request)
-        while let r = try receive() {
-            if r.kind == .result { return r }
+        var parts = StatusAssembler()
+        while var r = try receive() {
+            parts.add(r)
+            if r.kind == .result {
+                if let status = r.status { r.status = parts.report(status) }
+                return r
+            }
         }
         throw HarnessError("swarmd closed the control connection before answering \(request.verb)")
     }
