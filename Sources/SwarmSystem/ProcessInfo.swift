@@ -75,69 +75,6 @@ public enum ProcFS {
         return nil
     }
 
-    /// Whether the process waits for connections on one of `fds` (its
-    /// listening sockets, numbered as in the worker: 3, 4, …). Looks at its
-    /// epoll sets (fdinfo "tfd:" lines) and at what each thread is blocked
-    /// in (accept/poll/select on one of the fds).
-    public static func isListening(pid: pid_t, fds: Set<Int32>) -> Bool {
-        guard !fds.isEmpty else { return false }
-        if let entries = listDirectory("/proc/\(pid)/fd") {
-            for entry in entries {
-                guard let fd = Int32(entry) else { continue }
-                guard let target = readLink("/proc/\(pid)/fd/\(entry)"), target == "anon_inode:[eventpoll]" else { continue }
-                guard let info = read("/proc/\(pid)/fdinfo/\(fd)") else { continue }
-                for line in info.split(separator: "\n") where line.hasPrefix("tfd:") {
-                    let parts = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
-                    if parts.count > 1, let tfd = Int32(parts[1]), fds.contains(tfd) { return true }
-                }
-            }
-        }
-        for tid in listDirectory("/proc/\(pid)/task") ?? [] {
-            if threadWaits(pid: pid, tid: tid, on: fds) { return true }
-        }
-        return false
-    }
-
-    static func threadWaits(pid: pid_t, tid: String, on fds: Set<Int32>) -> Bool {
-        guard let text = read("/proc/\(pid)/task/\(tid)/syscall") else { return false }
-        let parts = text.split(whereSeparator: { $0 == " " || $0 == "\n" })
-        guard parts.count >= 3, let nr = Int(parts[0]) else { return false }
-        func arg(_ i: Int) -> UInt64? {
-            guard i + 1 < parts.count else { return nil }
-            let s = parts[i + 1]
-            return UInt64(s.hasPrefix("0x") ? String(s.dropFirst(2)) : String(s), radix: 16)
-        }
-        switch nr {
-        case 43, 288: // accept, accept4
-            return arg(0).map { fds.contains(Int32(truncatingIfNeeded: $0)) } ?? false
-        case 7, 271: // poll, ppoll: struct pollfd { int fd; short events; short revents; }
-            guard let addr = arg(0), let n = arg(1), n > 0, n <= 4096,
-                  let bytes = readMemory(pid: pid, address: addr, count: Int(n) * 8) else { return false }
-            for i in 0..<Int(n) {
-                let fd = bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: i * 8, as: Int32.self) }
-                if fds.contains(fd) { return true }
-            }
-            return false
-        case 23, 270: // select, pselect6: fd_set bitmap of readfds
-            guard let nfds = arg(0), nfds > 0, nfds <= 1024, let addr = arg(1), addr != 0,
-                  let bytes = readMemory(pid: pid, address: addr, count: (Int(nfds) + 7) / 8) else { return false }
-            return fds.contains { fd in
-                fd >= 0 && Int(fd) < Int(nfds) && (bytes[Int(fd) / 8] >> UInt8(fd % 8)) & 1 != 0
-            }
-        default:
-            return false
-        }
-    }
-
-    static func readMemory(pid: pid_t, address: UInt64, count: Int) -> [UInt8]? {
-        let fd = open("/proc/\(pid)/mem", O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { Posix.close(fd) }
-        var buf = [UInt8](repeating: 0, count: count)
-        let n = buf.withUnsafeMutableBytes { pread(fd, $0.baseAddress, count, off_t(Int64(bitPattern: address))) }
-        return n == count ? buf : nil
-    }
-
     /// How many established TCP connections with local port `port` the
     /// process holds open: its socket inodes (/proc/PID/fd) matched against
     /// the kernel's established sockets (sock_diag).
