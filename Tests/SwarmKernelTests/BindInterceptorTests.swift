@@ -26,8 +26,19 @@ final class Supervisor {
     let listener: Int32
     let rule: BindRule
     init(host: String = "127.0.0.1") throws {
-        port = try Ports.free()
-        listener = try Sockets.listenTCP(host: host, port: port, backlog: 64, reusePort: true)
+        // Free when checked is not free when bound: something else on the machine
+        // may take the port in between (CI saw EADDRINUSE here), so bind until one holds.
+        var attempt = 0
+        while true {
+            let candidate = try Ports.free()
+            do {
+                listener = try Sockets.listenTCP(host: host, port: candidate, backlog: 64, reusePort: true)
+                port = candidate
+                break
+            } catch let e as SystemError where e.errno == EADDRINUSE && attempt < 20 {
+                attempt += 1
+            }
+        }
         rule = try BindRule(address: host, port: port, listenFD: listener)
     }
     var inode: UInt64 { socketInode(listener) }
