@@ -77,6 +77,7 @@ final class EventDeriver {
             if let r = w.stopReason {
                 d.details["stop_reason"] = r.rawValue
                 d.message += " (stopped by swarmd: \(r.rawValue))"
+                if EventDeriver.isPlanned(r) { d.details["expected"] = "true" }
             }
             add(d)
             noteLoss(w, reason: w.stopReason.flatMap(EventDeriver.lossLabel) ?? EventDeriver.lossLabel(status), s)
@@ -328,6 +329,15 @@ final class EventDeriver {
         case .signaled: return "signal"
         case let .exited(code): return code == 0 ? "exit" : "crash"
         case .spawnFailed: return "spawn-failed"
+        }
+    }
+
+    /// An exit swarmd asked for as part of a command or a planned replacement: no failure
+    /// (`on_exit` does not run for it). A stop for memory, the watchdog or a ready timeout is one.
+    static func isPlanned(_ reason: StopReason) -> Bool {
+        switch reason {
+        case .stop, .restart, .reload, .scale, .rollback, .shutdown, .unhealthy, .hung, .recycle: return true
+        case .memory, .watchdog, .readyTimeout: return false
         }
     }
 

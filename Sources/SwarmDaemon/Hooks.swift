@@ -66,7 +66,10 @@ final class HookRunner {
     func run(_ record: EventRecord, spec: AppSpec) {
         let hooks = spec.hooks
         guard !hooks.commands.isEmpty else { return }
-        for (name, argv) in hooks.commands.sorted(by: { $0.key < $1.key }) where HooksPolicy.events[name]?.contains(record.kind) == true {
+        // Exits swarmd planned (a stop, a reload, a scale-down) are no news for on_exit.
+        let planned = record.details?["expected"] == "true"
+        for (name, argv) in hooks.commands.sorted(by: { $0.key < $1.key })
+        where HooksPolicy.events[name]?.contains(record.kind) == true && !(planned && name == "on_exit") {
             let busy = inFlight[spec.name, default: 0]
             if busy >= hooks.maxConcurrent {
                 dropped[spec.name, default: 0] += 1

@@ -47,7 +47,62 @@ struct EventsDerivationTests {
         f.exit(pids[0], code: 0)
         let after = records(f, after: mark)
         #expect(after.map(\.kind) == ["stopped", "exited"], "\(after)")
-        #expect(after[1].details?["stop_reason"] == "stop")
+        #expect(after[1].details?["stop_reason"] == "stop" && after[1].details?["expected"] == "true")
+    }
+
+    @Test func aReloadIsStartedStepsAndFinished() throws {
+        let f = try ManagerFixture()
+        let old = try f.startReady(try f.config())[0]
+        let mark = f.manager.lifecycle.seq
+        let id = try f.send { Request(id: $0, verb: .reload, name: "web") }
+        try runLoop(f.loop, until: "the new generation's spawn") { f.pids.count == 2 }
+        f.ready(f.pids[1])
+        f.exit(old)
+        #expect(try f.waitForResult(of: id, "the reload's answer").ok == true)
+        let after = records(f, after: mark)
+        let reload = after.filter { $0.kind.hasPrefix("reload-") }
+        #expect(reload.first?.kind == "reload-started" && reload.first?.generation == 2, "\(after.map(\.kind))")
+        #expect(reload.last?.kind == "reload-finished", "\(after.map(\.kind))")
+        #expect(reload.contains { $0.kind == "reload-step" && $0.details?["step"] == "retiring" && $0.pid == old })
+        let exit = try #require(after.first { $0.kind == "exited" })
+        #expect(exit.pid == old && exit.details?["stop_reason"] == "reload" && exit.details?["expected"] == "true")
+        #expect(!after.contains { $0.kind == "restart-scheduled" })
+    }
+
+    @Test func aReloadWhoseNewWorkerDiesIsRolledBack() throws {
+        let f = try ManagerFixture()
+        try f.startReady(try f.config())
+        let mark = f.manager.lifecycle.seq
+        let id = try f.send { Request(id: $0, verb: .reload, name: "web") }
+        try runLoop(f.loop, until: "the new generation's spawn") { f.pids.count == 2 }
+        f.exit(f.pids[1], code: 1)
+        #expect(try f.waitForResult(of: id, "the reload's answer").ok == false)
+        let kinds = records(f, after: mark).map(\.kind)
+        #expect(kinds.contains("reload-rolled-back") && !kinds.contains("reload-finished"), "\(kinds)")
+        #expect(kinds.firstIndex(of: "exited")! < kinds.firstIndex(of: "reload-rolled-back")!)
+    }
+
+    @Test func failedProbesAreAnUnhealthyEventOnceThenAReplacement() throws {
+        let f = try ManagerFixture()
+        let path = try f.config(port: try Ports.free(), ready: "notify", restart: "always")
+        let text = try String(contentsOfFile: path, encoding: .utf8) + "[health]\ntcp = true\nfailures = 2\n"
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        let pid = try f.startReady(path)[0]
+        let id = try #require(f.manager.supervisor.worker(pid: pid)?.id)
+        let mark = f.manager.lifecycle.seq
+        for _ in 0..<3 { f.manager.feed(.health(.probeResult(id, ok: false, detail: "refused"))) }
+        let after = records(f, after: mark)
+        let sick = after.filter { $0.kind == "unhealthy" }
+        #expect(sick.count == 1, "\(after.map(\.kind))")
+        #expect(sick.first?.pid == pid && sick.first?.slot == 0 && sick.first?.details?["verdict"]?.contains("tcp refused") == true, "\(sick)")
+        // The replacement starts after the slot's backoff; once it is ready, the sick one is stopped.
+        f.kernel.advance(seconds: 1)
+        f.manager.feed(.tick)
+        try runLoop(f.loop, until: "the replacement's spawn") { f.pids.count == 2 }
+        f.ready(f.pids[1])
+        let replaced = try #require(records(f, after: mark).first { $0.kind == "replaced" }, "\(records(f, after: mark).map(\.kind))")
+        #expect(replaced.pid == pid && replaced.details?["reason"] == "unhealthy")
+        #expect(!records(f, after: mark).contains { $0.kind == "restart-scheduled" }, "a replacement, not a restart")
     }
 
     @Test func repeatedCrashesEnterTheCrashLoopOnce() throws {
@@ -185,6 +240,17 @@ struct HookRunnerTests {
         #expect(f.manager.lifecycle.hooks.running.isEmpty, "reaped by swarmd's own waitpid loop")
         #expect(f.manager.supervisor.worker(pid: hookPid) == nil)
     }
+
+    @Test func anExitSwarmdPlannedRunsNoOnExitHook() throws {
+        let f = try ManagerFixture()
+        let pids = try f.startReady(try config(f, hooks: #"on_exit = ["/bin/sh", "-c", "cat"]"#))
+        _ = try f.send { Request(id: $0, verb: .stop, name: "web") }
+        f.exit(pids[0], code: 0)
+        #expect(records(f).contains { $0.kind == "exited" && $0.details?["expected"] == "true" })
+        #expect(hookPlans(f).isEmpty, "a stop is no news for on_exit")
+    }
+
+    func records(_ f: ManagerFixture) -> [EventRecord] { f.manager.lifecycle.recent(LifecycleEvents.ringSize, app: nil) }
 
     @Test func hooksBeyondMaxConcurrentAreDroppedAndCounted() throws {
         let f = try ManagerFixture()
