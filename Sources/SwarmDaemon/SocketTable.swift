@@ -55,8 +55,8 @@ final class AppSockets {
                     switch s.listen {
                     case let .tcp(host, port):
                         if ListenerProbe.isTaken(host: host, port: port) {
-                            throw SocketTableError.addressInUse(socket: s.name, address: s.listen.description,
-                                                                owner: ListenerProbe.owner(port: port) ?? "another process")
+                            throw SocketTableError.held(socket: s.name, address: s.listen.description, port: port,
+                                                        by: ListenerProbe.holder(port: port))
                         }
                         fd = try Sockets.listenTCP(host: host, port: port, backlog: s.backlog, reusePort: s.effectiveBalance == .reuseport)
                     case let .unix(path):
@@ -290,11 +290,22 @@ final class SocketTable {
 
 enum SocketTableError: Error, CustomStringConvertible {
     case addressInUse(socket: String, address: String, owner: String)
+    case held(socket: String, address: String, port: UInt16, by: ListenerProbe.Holder)
 
     var description: String {
         switch self {
         case let .addressInUse(socket, address, owner):
             return "socket '\(socket)': \(address) is already served by \(owner)"
+        case let .held(socket, address, _, .listener(who)):
+            return "socket '\(socket)': \(address) is already served by \(who ?? "another process (not visible to swarmd)")"
+        case let .held(socket, address, port, .connection(ephemeral: range?)):
+            return "socket '\(socket)': \(address) is in use by a connection's local end, not by a listener: port \(port) is inside "
+                + "this host's ephemeral range \(range.lowerBound)-\(range.upperBound) (net.ipv4.ip_local_port_range), which the kernel "
+                + "hands to outgoing connections; choose a port below \(range.lowerBound) (or above \(range.upperBound))"
+        case let .held(socket, address, _, .connection(ephemeral: nil)):
+            return "socket '\(socket)': \(address) is in use by a connection's local end, not by a listener; try again when it closes"
+        case let .held(socket, address, _, .unknown):
+            return "socket '\(socket)': \(address) is in use by a socket that neither listens nor connects (bound by another process)"
         }
     }
 }
