@@ -115,6 +115,8 @@ extension Manager {
             case let .exited(p, code): (pid, status) = (p, .exited(code))
             case let .signaled(p, s, core): (pid, status) = (p, .signaled(s, coreDumped: core))
             }
+            // An exec health probe: its result goes to the health checker, not the core.
+            if health.exec.reaped(pid: pid, status: status) { continue }
             output.drain(pid: pid)
             feed(.exited(pid: pid, status))
         }

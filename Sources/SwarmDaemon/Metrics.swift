@@ -242,6 +242,8 @@ struct MetricsSnapshot {
         var byState: [String: Int]
         var workers: [WorkerSample]
         var throttledSeconds: Double?
+        /// New connections steered to each slot (eBPF counters), when counted.
+        var connections: [Int: UInt64] = [:]
     }
 
     struct ProcessSample {
@@ -287,6 +289,12 @@ enum MetricsRender {
         t.family("swarm_workers_desired", .gauge, "Workers the app should have (0 while it is stopped).")
         for a in snap.apps { t.sample("swarm_workers_desired", [("app", a.name)], a.desired) }
 
+        t.family("swarm_slot_connections_total", .counter, "New connections the eBPF steering program sent to each slot (root only).")
+        for a in snap.apps {
+            for (slot, n) in a.connections.sorted(by: { $0.key < $1.key }) {
+                t.sample("swarm_slot_connections_total", [("app", a.name), ("slot", String(slot))], Int64(clamping: n))
+            }
+        }
         t.family("swarm_restarts_total", .counter, "Restarts swarmd scheduled for a slot after losing its worker, by reason.")
         for a in snap.apps {
             guard let m = rec.restarts[a.name] else { continue }
