@@ -163,6 +163,14 @@ final class ExecProbes {
         return escaped.count > 120 ? String(escaped.prefix(120)) + "…" : escaped
     }
 
+    /// "SIGPIPE" for 13: the signals a probe dies of, by name.
+    static func signalName(_ n: Int32) -> String {
+        let names: [Int32: String] = [SIGHUP: "SIGHUP", SIGINT: "SIGINT", SIGQUIT: "SIGQUIT", SIGILL: "SIGILL", SIGABRT: "SIGABRT",
+                                      SIGBUS: "SIGBUS", SIGFPE: "SIGFPE", SIGKILL: "SIGKILL", SIGSEGV: "SIGSEGV", SIGPIPE: "SIGPIPE",
+                                      SIGALRM: "SIGALRM", SIGTERM: "SIGTERM", SIGXCPU: "SIGXCPU", SIGXFSZ: "SIGXFSZ"]
+        return names[n] ?? "signal \(n)"
+    }
+
     /// swarmd's reaper found `pid`: true if it was a probe (its result goes to the core).
     func reaped(pid: pid_t, status: SwarmCore.ExitStatus) -> Bool {
         guard let run = runs.removeValue(forKey: pid) else { return false }
@@ -182,7 +190,7 @@ final class ExecProbes {
         case let .exited(code):
             finish(run.request, code == 0, "exit \(code)" + (line.map { ": \($0)" } ?? ""))
         case let .signaled(sig, _):
-            finish(run.request, false, "killed by \(Signal(sig))" + (line.map { ": \($0)" } ?? ""))
+            finish(run.request, false, "killed by \(ExecProbes.signalName(sig))" + (line.map { ": \($0)" } ?? ""))
         case let .spawnFailed(why):
             finish(run.request, false, why)
         }

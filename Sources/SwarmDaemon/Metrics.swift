@@ -116,7 +116,9 @@ final class MetricsRecorder {
             guard let slot = s.apps[key.app]?.slots.first(where: { $0.index == key.slot }) else { continue }
             // Restarted now, or a restart is due later (backoff): the core's decision, read off its effect.
             let scheduled = slot.current == nil && slot.restartAt != nil
-            if spawnedSlots.contains(key) || scheduled {
+            // A start-first replacement: the old worker is stopped once its successor took the slot.
+            let replaced = slot.current != nil && MetricsRecorder.startFirstReasons.contains(reason)
+            if spawnedSlots.contains(key) || scheduled || replaced {
                 restarts[key.app, default: [:]][SlotReason(slot: key.slot, reason: reason), default: 0] += 1
             }
         }
@@ -173,6 +175,9 @@ final class MetricsRecorder {
         case .spawnFailed: return "spawn-failed"
         }
     }
+
+    /// Stop reasons of workers replaced start-first (Supervisor+Health.swift).
+    static let startFirstReasons: Set<String> = ["unhealthy", "hung", "recycle", "memory"]
 
     static func stopLabel(_ reason: StopReason?) -> String? {
         switch reason {
