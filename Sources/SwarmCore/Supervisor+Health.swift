@@ -132,8 +132,11 @@ extension Supervisor {
             return h.memoryOver == nil
         }
         recycleOne(w.app, now: now)
-        if first, healthBook[w.app]?.slots[w.slot]?.verdict == nil {
+        guard first else { return }
+        if healthBook[w.app]?.slots[w.slot]?.verdict == nil {
             note(.warning, "\(label(w)) uses \(bytes >> 20) MiB, above its \(limit >> 20) MiB ceiling; it serves on until it can be replaced start-first (another slot is being replaced or not every slot is ready)")
+        } else {
+            note(.warning, "\(label(w)) uses \(bytes >> 20) MiB, above its \(limit >> 20) MiB ceiling; replacing it start-first")
         }
     }
 
@@ -189,7 +192,11 @@ extension Supervisor {
     mutating func healthSwapped(_ name: String, _ k: Int, old: WorkerID?, now: Instant) -> StopReason? {
         guard let old, let h = healthBook[name]?.slots[k], h.worker == old, let verdict = h.verdict else { return nil }
         let text = "replaced: \(verdict)"
-        modifySlot(name, k) { $0.lastFailure = text }
+        modifySlot(name, k) {
+            $0.lastFailure = text
+            // A sick worker's replacement was counted at its verdict (through the backoff); a recycled one's now.
+            if !verdict.unsteers { $0.restarts += 1 }
+        }
         healthBook[name]?.slots[k] = nil
         healthBook[name]?.replacements[k] = text
         note(.notice, "\(name)[\(k)]: pid \(workers[old]?.pid ?? 0) \(text)")
