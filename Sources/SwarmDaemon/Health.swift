@@ -399,6 +399,13 @@ final class HealthChecker {
         Posix.close(p.fd)
     }
 
+    /// Before an exec of a new image: every probe ends unanswered (exec probes
+    /// killed with their group), every temporary index leaves the socket array.
+    func prepareForReexec() {
+        for id in Array(probes.keys) { forget(id) }
+        exec.closeAll()
+    }
+
     func closeAll() {
         for id in Array(probes.keys) { forget(id) }
         exec.closeAll()

@@ -136,6 +136,9 @@ extension Manager {
             return "\(executablePath) is not executable"
         }
         flushState()
+        // No probe outlives this image: its answer would be lost, and a readiness
+        // probe's temporary socket-array index would be unknown to the next one.
+        health.prepareForReexec()
         if let (client, id) = reply {
             // Answer now: the connection does not survive the exec.
             let bytes = Codec.encode(Response.success(id, "swarmd pid \(getpid()) re-executing \(executablePath)"))
