@@ -85,7 +85,7 @@ swarm_start hang "$BENCH_TMP/hang.conf"
 hang_swarmd=$SWARMD_PID
 swarm_wait_ready hang 2
 note "1. SIGSTOP of slot 0 of 2 (python server.py) with 4 fresh connections opened at once; stuck_after = $STUCK_AFTER"
-show "$SWARMD" --socket "$BENCH_TMP/hang/swarmd.sock" --state-dir "$BENCH_TMP/hang/state" --log-target file "$BENCH_TMP/hang.conf"
+note "   (swarmd command line above; clients: $PYTHON $BENCH_TMP/clients.py PORT T0 OUT)"
 times=()
 slot0() { "$SWARMCTL" status --json hang | python3 -c '
 import json, sys
