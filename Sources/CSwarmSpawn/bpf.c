@@ -52,6 +52,15 @@ static struct bpf_insn insn(uint8_t code, uint8_t dst, uint8_t src, int16_t off,
 }
 
 int swarm_rr_create(unsigned max_slots, int *state_map, int *sock_map, char *log, unsigned log_size) {
+    return swarm_rr_create_counted(max_slots, state_map, sock_map, NULL, log, log_size);
+}
+
+/* With count_map: also an array of max_slots u64 counters, index i counting the
+   new connections steered to socket-array index i (round-robin and hand-over,
+   not health probes, not the kernel's fallback when the index is empty): one
+   map lookup and one atomic add per new connection. swarmd reads the counters
+   and charges each index's increase to the slot that sits there. */
+int swarm_rr_create_counted(unsigned max_slots, int *state_map, int *sock_map, int *count_map, char *log, unsigned log_size) {
     union bpf_attr attr;
     memset(&attr, 0, sizeof attr);
     attr.map_type = BPF_MAP_TYPE_ARRAY;
@@ -68,8 +77,18 @@ int swarm_rr_create(unsigned max_slots, int *state_map, int *sock_map, char *log
     attr.max_entries = max_slots;
     int socks = (int)swarm_bpf(BPF_MAP_CREATE, &attr);
     if (socks < 0) { int e = errno; close(state); errno = e; return -1; }
+    int counts = -1;
+    if (count_map) {
+        memset(&attr, 0, sizeof attr);
+        attr.map_type = BPF_MAP_TYPE_ARRAY;
+        attr.key_size = 4;
+        attr.value_size = 8;
+        attr.max_entries = max_slots;
+        counts = (int)swarm_bpf(BPF_MAP_CREATE, &attr);
+        if (counts < 0) { int e = errno; close(state); close(socks); errno = e; return -1; }
+    }
 
-    struct bpf_insn prog[64];
+    struct bpf_insn prog[96];
     int n = 0;
     prog[n++] = insn(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_6, BPF_REG_1, 0, 0);          /* r6 = ctx */
     /* A health probe: its TCP source port (the first two bytes of the TCP header,
@@ -87,6 +106,7 @@ int swarm_rr_create(unsigned max_slots, int *state_map, int *sock_map, char *log
     prog[n++] = insn(BPF_ALU64 | BPF_SUB | BPF_K, BPF_REG_8, 0, 0, SWARM_PROBE_PORT_BASE);
     int jump_not_probe_2 = n;
     prog[n++] = insn(BPF_JMP | BPF_JGE | BPF_K, BPF_REG_8, 0, 0, (int32_t)max_slots);  /* unsigned: below the base wraps */
+    prog[n++] = insn(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_9, 0, 0, 0);                 /* r9 = 0: not counted */
     int jump_probe_select = n;
     prog[n++] = insn(BPF_JMP | BPF_JA, 0, 0, 0, 0);                                    /* goto select */
     prog[jump_not_probe_1].off = (int16_t)(n - jump_not_probe_1 - 1);
@@ -108,6 +128,7 @@ int swarm_rr_create(unsigned max_slots, int *state_map, int *sock_map, char *log
     prog[n++] = insn(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_1, 0, 0, -1);
     prog[n++] = insn(BPF_STX | BPF_DW | BPF_ATOMIC, BPF_REG_7, BPF_REG_1, 16, BPF_ADD); /* lock quota -= 1 */
     prog[n++] = insn(BPF_LDX | BPF_MEM | BPF_W, BPF_REG_8, BPF_REG_7, 12, 0);           /* r8 = target */
+    prog[n++] = insn(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_9, 0, 0, 1);                 /* r9 = 1: counted */
     int jump_to_select = n;
     prog[n++] = insn(BPF_JMP | BPF_JA, 0, 0, 0, 0);                                    /* goto select */
     prog[jump_to_rr].off = (int16_t)(n - jump_to_rr - 1);
@@ -128,11 +149,33 @@ int swarm_rr_create(unsigned max_slots, int *state_map, int *sock_map, char *log
     prog[n++] = insn(BPF_ALU64 | BPF_ADD | BPF_K, BPF_REG_3, 0, 0, -8);                /* r3 = fp-8 */
     prog[n++] = insn(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_4, 0, 0, 0);                 /* flags */
     prog[n++] = insn(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_sk_select_reuseport);
+    /* r9 (callee-saved) is non-zero on the round-robin path (the live count) and the hand-over path. */
+    int jump_uncounted_1 = -1, jump_uncounted_2 = -1, jump_uncounted_3 = -1;
+    if (counts >= 0) {
+        jump_uncounted_1 = n;
+        prog[n++] = insn(BPF_JMP | BPF_JNE | BPF_K, BPF_REG_0, 0, 0, 0);               /* not selected: not counted */
+        jump_uncounted_2 = n;
+        prog[n++] = insn(BPF_JMP | BPF_JEQ | BPF_K, BPF_REG_9, 0, 0, 0);               /* a probe: not counted */
+        prog[n++] = insn(BPF_LD | BPF_DW | BPF_IMM, BPF_REG_1, BPF_PSEUDO_MAP_FD, 0, counts);
+        prog[n++] = insn(0, 0, 0, 0, 0);
+        prog[n++] = insn(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_2, BPF_REG_10, 0, 0);
+        prog[n++] = insn(BPF_ALU64 | BPF_ADD | BPF_K, BPF_REG_2, 0, 0, -8);            /* r2 = fp-8: the index */
+        prog[n++] = insn(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_map_lookup_elem);
+        jump_uncounted_3 = n;
+        prog[n++] = insn(BPF_JMP | BPF_JEQ | BPF_K, BPF_REG_0, 0, 0, 0);
+        prog[n++] = insn(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_1, 0, 0, 1);
+        prog[n++] = insn(BPF_STX | BPF_DW | BPF_ATOMIC, BPF_REG_0, BPF_REG_1, 0, BPF_ADD); /* lock count += 1 */
+    }
     int pass = n;
     prog[n++] = insn(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_0, 0, 0, SK_PASS);
     prog[n++] = insn(BPF_JMP | BPF_EXIT, 0, 0, 0, 0);
     prog[jump_to_pass_1].off = (int16_t)(pass - jump_to_pass_1 - 1);
     prog[jump_to_pass_2].off = (int16_t)(pass - jump_to_pass_2 - 1);
+    if (counts >= 0) {
+        prog[jump_uncounted_1].off = (int16_t)(pass - jump_uncounted_1 - 1);
+        prog[jump_uncounted_2].off = (int16_t)(pass - jump_uncounted_2 - 1);
+        prog[jump_uncounted_3].off = (int16_t)(pass - jump_uncounted_3 - 1);
+    }
 
     memset(&attr, 0, sizeof attr);
     attr.prog_type = BPF_PROG_TYPE_SK_REUSEPORT;
@@ -146,9 +189,10 @@ int swarm_rr_create(unsigned max_slots, int *state_map, int *sock_map, char *log
         attr.log_level = 1;
     }
     int fd = (int)swarm_bpf(BPF_PROG_LOAD, &attr);
-    if (fd < 0) { int e = errno; close(state); close(socks); errno = e; return -1; }
+    if (fd < 0) { int e = errno; close(state); close(socks); if (counts >= 0) close(counts); errno = e; return -1; }
     *state_map = state;
     *sock_map = socks;
+    if (count_map) *count_map = counts;
     return fd;
 }
 
@@ -204,3 +248,17 @@ int swarm_rr_clear_socket(int sock_map, unsigned index) {
     return (r < 0 && errno == ENOENT) ? 0 : (int)r;
 }
 
+
+int swarm_rr_read_counts(int count_map, unsigned n, uint64_t *out) {
+    for (unsigned i = 0; i < n; i++) {
+        union bpf_attr attr;
+        memset(&attr, 0, sizeof attr);
+        uint32_t key = i;
+        out[i] = 0;
+        attr.map_fd = (uint32_t)count_map;
+        attr.key = (uint64_t)(uintptr_t)&key;
+        attr.value = (uint64_t)(uintptr_t)&out[i];
+        if (swarm_bpf(BPF_MAP_LOOKUP_ELEM, &attr) < 0) return -1;
+    }
+    return 0;
+}

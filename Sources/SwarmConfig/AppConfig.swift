@@ -419,8 +419,11 @@ struct Reader {
         if let t = check({ () throws(ConfigError) -> TOMLTable? in try table(root, "health", at: "") }) {
             spec.health = health(t, sockets: sockets, socketsComplete: socketsComplete)
         }
-        if let t = check({ () throws(ConfigError) -> TOMLTable? in try table(root, "recycle", at: "") }) { spec.recycle = recycle(t) }
+        if let t = check({ () throws(ConfigError) -> TOMLTable? in try table(root, "recycle", at: "") }) {
+            spec.recycle = recycle(t, sockets: sockets, socketsComplete: socketsComplete)
+        }
         if let t = check({ () throws(ConfigError) -> TOMLTable? in try table(root, "hooks", at: "") }) { spec.hooks = hooks(t) }
+        checkReadyProbe(spec, root: root)
 
         spec.user = check { () throws(ConfigError) -> String? in
             guard let user = try string(root, "user", at: "") else { return nil }
@@ -704,7 +707,7 @@ struct Reader {
         let mode = check { () throws(ConfigError) -> ReadyMode? in
             guard let m = try string(t, "mode", at: p) else { return nil }
             guard let mode = ReadyMode(rawValue: m) else {
-                throw fail("\(p).mode", "'\(m)' is not one of: notify, fd, listening, delay")
+                throw fail("\(p).mode", "'\(m)' is not one of: notify, fd, listening, delay, http, tcp, exec")
             }
             if mode == .listening && !hasSockets {
                 throw fail("\(p).mode", "\"listening\" needs a [[socket]] to watch; this app has none (use notify, fd or delay)")

@@ -147,9 +147,26 @@ extension Reader {
         return a...b
     }
 
-    func recycle(_ t: TOMLTable) -> RecyclePolicy {
+    /// `[recycle] max_connections` bounds: at least 1; at most 10^12 (a counter that never wraps).
+    static let maxConnectionsRange: ClosedRange<Int> = 1...1_000_000_000_000
+
+    /// `[ready] mode = "http" | "tcp" | "exec"` is decided by the `[health]` probe of that kind.
+    func checkReadyProbe(_ spec: AppSpec, root: TOMLTable) {
+        guard let kind = spec.ready.mode.probeKind else { return }
+        // A [health] that failed to parse has reported its own error already.
+        if let t = root["health"]?.table, ["http", "tcp", "exec"].contains(where: { t[$0] != nil }), spec.health.check == nil,
+           t["tcp"]?.bool != false { return }
+        guard let check = spec.health.check else {
+            return sink.errors.append(fail("ready.mode", "\"\(kind)\" is ready when the [health] \(kind) probe first passes; this app has no [health] \(kind) probe (add [health] \(kind) = …)"))
+        }
+        if check.kind != kind {
+            sink.errors.append(fail("ready.mode", "\"\(kind)\" is ready when the [health] \(kind) probe first passes; this app's [health] probe is \(check.kind) (use mode = \"\(check.kind)\")"))
+        }
+    }
+
+    func recycle(_ t: TOMLTable, sockets: [SocketSpec], socketsComplete: Bool) -> RecyclePolicy {
         let p = "recycle"
-        checkKeys(t, allowed: ["max_age", "jitter"], at: p)
+        checkKeys(t, allowed: ["max_age", "jitter", "max_connections"], at: p)
         var r = RecyclePolicy()
         let maxAge = check { () throws(ConfigError) -> Duration? in try boundedDuration(t, "max_age", at: p, Reader.maxAgeRange) }
         r.maxAge = maxAge
@@ -158,6 +175,13 @@ extension Reader {
             guard t["max_age"] != nil else { throw fail("\(p).jitter", "spreads max_age over the slots; this [recycle] has no max_age") }
             if let maxAge, j > maxAge { throw fail("\(p).jitter", "\(j.humanReadable) is longer than max_age (\(maxAge.humanReadable))") }
             return j
+        }
+        r.maxConnections = check { () throws(ConfigError) -> Int? in
+            guard let n = try int(t, "max_connections", at: p, range: Reader.maxConnectionsRange) else { return nil }
+            if socketsComplete, !sockets.contains(where: { $0.effectiveBalance == .reuseport }) {
+                throw fail("\(p).max_connections", "connections are counted per slot by the steering program of a reuseport TCP socket; this app has none")
+            }
+            return n
         }
         return r
     }

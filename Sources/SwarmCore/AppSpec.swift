@@ -135,6 +135,22 @@ public enum ReadyMode: String, Codable, Sendable, CaseIterable {
     case listening
     /// A fixed time after exec.
     case delay
+    /// The `[health] http` probe first passes (after the worker is seen listening).
+    case http
+    /// The `[health] tcp` probe first connects (after the worker is seen listening).
+    case tcp
+    /// The `[health] exec` probe first exits 0.
+    case exec
+
+    /// Ready by a `[health]` probe: the probe of that kind is what decides.
+    public var probeKind: String? {
+        switch self {
+        case .http: return "http"
+        case .tcp: return "tcp"
+        case .exec: return "exec"
+        case .notify, .fd, .listening, .delay: return nil
+        }
+    }
 }
 
 public struct ReadyPolicy: Codable, Hashable, Sendable {

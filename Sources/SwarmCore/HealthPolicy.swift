@@ -61,7 +61,7 @@ extension AppSpec {
     }
 
     /// Whether the app's health timer has anything to do.
-    var hasHealthWork: Bool { health.check != nil || watchesAcceptQueues || recycle.maxAge != nil }
+    var hasHealthWork: Bool { health.check != nil || watchesAcceptQueues || recycle.maxAge != nil || recycle.maxConnections != nil }
 }
 
 /// `[recycle]`: replace a worker after a time, start-first, one slot of an app at a time.
@@ -71,6 +71,9 @@ public struct RecyclePolicy: Codable, Hashable, Sendable {
     /// Each worker's age limit is `maxAge` plus a share of this that depends on its slot,
     /// so slots started together do not recycle together. nil: a tenth of `maxAge`.
     public var jitter: Duration? = nil
+    /// A worker that was handed this many new connections (counted per slot by the
+    /// steering program) is replaced; nil: never.
+    public var maxConnections: Int? = nil
     public init() {}
 
     /// The age at which slot `k`'s worker is recycled: spread evenly over the jitter by slot.

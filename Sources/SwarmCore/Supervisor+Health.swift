@@ -20,14 +20,23 @@
 /// - A replacement that fails leaves the old worker where it was and is tried
 ///   again after the slot's next backoff delay. If the old worker dies first,
 ///   the replacement simply becomes the slot's current worker.
-/// - Recycling (`[recycle] max_age`) takes the same path without the verdict's
-///   steering change (the old worker serves until its replacement is ready),
-///   at most one slot of an app at a time, only while every slot is ready.
+/// - Recycling (`[recycle] max_age`, `max_connections`, and a ready worker over
+///   `[limits] memory`) takes the same path without the verdict's steering
+///   change (the old worker serves until its replacement is ready), at most one
+///   slot of an app at a time, only while every slot is ready. A worker over
+///   its memory ceiling that cannot be replaced yet (another slot is being
+///   replaced, or not every slot is ready) keeps serving and is tried again at
+///   its next memory sample; one still starting is stopped first as before
+///   (it serves nothing, so no capacity is lost).
+/// - `[ready] mode = "http" | "tcp" | "exec"`: a starting worker is probed with
+///   the app's `[health]` probe every `min(interval, 250 ms)` and is ready at
+///   the first pass; failures only count against its readiness timeout.
 /// - No verdict and no replacement while the app reloads: the reload replaces
 ///   every worker anyway, and its own readiness gate must not be second-guessed.
 ///
-/// The state lives in `healthBook`, never persisted: a re-executed swarmd starts
-/// counting afresh (and takes no snapshot while a replacement is in flight).
+/// The state lives in `healthBook` and is handed to a re-executed swarmd
+/// (failure counts, last probe, hang watch, connection counts, a verdict that
+/// waits for its backoff); no snapshot is taken while a replacement is in flight.
 extension Supervisor {
     // MARK: - Events
 
@@ -37,6 +46,8 @@ extension Supervisor {
             probeResult(id, ok: ok, detail: detail, now: now)
         case let .acceptQueues(name, lengths):
             acceptQueues(name, lengths, now: now)
+        case let .connections(name, counts):
+            connections(name, counts, now: now)
         }
     }
 
@@ -45,8 +56,14 @@ extension Supervisor {
         visit()
         let name = w.app
         let k = w.slot
-        guard slot(name, k)?.current == id, w.isReady else { return }
         let detail = String(detail.prefix(200))
+        if case .starting = w.state {
+            // A readiness probe: the first pass makes the worker ready; failures count against its timeout only.
+            guard ok, spec.ready.mode.probeKind == check.kind else { return }
+            note(.info, "\(label(w)) passed its \(check.kind) probe (\(detail))")
+            return markReady(id, now: now)
+        }
+        guard slot(name, k)?.current == id, w.isReady else { return }
         let counted = !ok && now >= w.startedAt + spec.health.startPeriod
         let failures = updateHealth(name, k, worker: id) { h in
             h.probeSentAt = nil
@@ -86,6 +103,40 @@ extension Supervisor {
             if let (length, stuck) = hung {
                 declare(name, k, worker: id, verdict: .hung("queue \(length) for \(wholeSeconds(stuck)) s"), now: now)
             }
+        }
+    }
+
+    /// New connections the steering program counted per slot since the last count:
+    /// they belong to the slot's current worker (`[recycle] max_connections`).
+    mutating func connections(_ name: String, _ counts: [Int: Int], now: Instant) {
+        guard let app = apps[name] else { return }
+        var over = false
+        for (k, n) in counts.sorted(by: { $0.key < $1.key }) where n > 0 {
+            visit()
+            guard let id = app.slots[safe: k]?.current, let w = workers[id], w.isReady else { continue }
+            let total = updateHealth(name, k, worker: id) { h -> Int in
+                h.connections += n
+                return h.connections
+            }
+            if let max = app.specs[w.generation]?.recycle.maxConnections, total >= max { over = true }
+        }
+        if over { recycleOne(name, now: now) }
+    }
+
+    /// A ready worker is over its `[limits] memory` ceiling: replaced start-first
+    /// as soon as that is possible without losing capacity.
+    mutating func memoryRecycle(_ w: Worker, bytes: Int64, limit: Int64, now: Instant) {
+        let text = "memory \(bytes >> 20) MiB > \(limit >> 20) MiB"
+        let first = updateHealth(w.app, w.slot, worker: w.id) { h -> Bool in
+            defer { h.memoryOver = text }
+            return h.memoryOver == nil
+        }
+        recycleOne(w.app, now: now)
+        guard first else { return }
+        if healthBook[w.app]?.slots[w.slot]?.verdict == nil {
+            note(.warning, "\(label(w)) uses \(bytes >> 20) MiB, above its \(limit >> 20) MiB ceiling; it serves on until it can be replaced start-first (another slot is being replaced or not every slot is ready)")
+        } else {
+            note(.warning, "\(label(w)) uses \(bytes >> 20) MiB, above its \(limit >> 20) MiB ceiling; replacing it start-first")
         }
     }
 
@@ -141,7 +192,11 @@ extension Supervisor {
     mutating func healthSwapped(_ name: String, _ k: Int, old: WorkerID?, now: Instant) -> StopReason? {
         guard let old, let h = healthBook[name]?.slots[k], h.worker == old, let verdict = h.verdict else { return nil }
         let text = "replaced: \(verdict)"
-        modifySlot(name, k) { $0.lastFailure = text }
+        modifySlot(name, k) {
+            $0.lastFailure = text
+            // A sick worker's replacement was counted at its verdict (through the backoff); a recycled one's now.
+            if !verdict.unsteers { $0.restarts += 1 }
+        }
         healthBook[name]?.slots[k] = nil
         healthBook[name]?.replacements[k] = text
         note(.notice, "\(name)[\(k)]: pid \(workers[old]?.pid ?? 0) \(text)")
@@ -211,6 +266,7 @@ extension Supervisor {
         if spec.health.check != nil, book.probeAt == nil { book.probeAt = now + spec.health.interval }
         if spec.watchesAcceptQueues, book.sampleAt == nil { book.sampleAt = now + spec.health.queueSampleInterval }
         if let age = spec.recycle.maxAge, book.recycleAt == nil { book.recycleAt = now + min(.seconds(1), .nanoseconds(age.nanoseconds / 10)) }
+        if spec.recycle.maxConnections != nil, book.countAt == nil { book.countAt = now + Supervisor.connectionCountInterval }
         healthBook[name] = book
         setDeadline(.app(name), book.deadline)
     }
@@ -254,6 +310,10 @@ extension Supervisor {
                 }
             }
         }
+        if let t = book.countAt, t <= now {
+            book.countAt = spec.recycle.maxConnections != nil ? now + Supervisor.connectionCountInterval : nil
+            if book.countAt != nil { out.append(.health(.countConnections(app: name))) }
+        }
         var recycleDue = false
         if let t = book.recycleAt, t <= now {
             book.recycleAt = spec.recycle.maxAge.map { now + min(.seconds(1), .nanoseconds($0.nanoseconds / 10)) }
@@ -269,25 +329,51 @@ extension Supervisor {
         armHealth(name, now: now)
     }
 
-    /// Starts the replacement of the oldest worker past its age, if no replacement
-    /// of the app is in flight and every slot is ready (capacity never drops).
+    /// How often the steering program's per-slot connection counters are read.
+    public static let connectionCountInterval: Duration = .seconds(1)
+
+    /// Starts one recycling replacement, if no replacement of the app is in flight
+    /// and every slot is ready (capacity never drops): a worker over its memory
+    /// ceiling first, then one past `max_connections`, then the oldest past its age.
     mutating func recycleOne(_ name: String, now: Instant) {
         guard let app = apps[name], app.reload == nil, let st = stats[name], st.incoming == 0,
               st.ready >= app.targetCount, app.targetCount > 0 else { return }
-        var oldest: (k: Int, id: WorkerID, age: Duration)?
+        var best: (k: Int, id: WorkerID, rank: Int, age: Duration, verdict: HealthVerdict)?
         for slot in app.slots where !slot.removing {
             visit()
-            guard let id = slot.current, let w = workers[id], w.isReady, let spec = app.specs[w.generation],
-                  let limit = spec.recycle.age(forSlot: slot.index, of: app.targetCount) else { continue }
+            guard let id = slot.current, let w = workers[id], w.isReady, let spec = app.specs[w.generation] else { continue }
+            let h = healthBook[name]?.slots[slot.index].flatMap { $0.worker == id ? $0 : nil }
+            if h?.verdict != nil { continue }
             let age = now - w.startedAt
-            if age >= limit, oldest.map({ age > $0.age }) ?? true { oldest = (slot.index, id, age) }
+            let candidate: (Int, HealthVerdict)?
+            if let text = h?.memoryOver {
+                candidate = (3, .memory(text))
+            } else if let max = spec.recycle.maxConnections, let n = h?.connections, n >= max {
+                candidate = (2, .recycled("connections \(n) ≥ \(max)"))
+            } else if let limit = spec.recycle.age(forSlot: slot.index, of: app.targetCount), age >= limit {
+                candidate = (1, .recycled("age \(age.humanReadable)"))
+            } else {
+                candidate = nil
+            }
+            guard let (rank, verdict) = candidate else { continue }
+            if best.map({ rank > $0.rank || (rank == $0.rank && age > $0.age) }) ?? true {
+                best = (slot.index, id, rank, age, verdict)
+            }
         }
-        guard let (k, id, age) = oldest else { return }
+        guard let (k, id, _, _, verdict) = best else { return }
         updateHealth(name, k, worker: id) {
-            $0.verdict = .recycled("age \(age.humanReadable)")
+            $0.verdict = verdict
             $0.retryAt = nil
         }
         startReplacement(name, k, now: now)
+    }
+
+    /// `.probe` of a starting worker whose `[ready] mode` is a probe, and when to probe it next.
+    func readinessProbe(_ w: Worker, pid: Int32, now: Instant) -> (probe: Action, next: Instant)? {
+        guard let spec = spec(of: w), let kind = spec.ready.mode.probeKind, let check = spec.health.check, check.kind == kind else { return nil }
+        let request = HealthProbeRequest(worker: w.id, pid: pid, app: w.app, slot: w.slot, generation: w.generation,
+                                         check: check, socket: spec.health.socket, timeout: spec.health.timeout, readiness: true)
+        return (.health(.probe(request)), now + min(spec.health.interval, Supervisor.maxProbeInterval))
     }
 
     // MARK: - Queries
@@ -319,36 +405,44 @@ extension Supervisor {
 func wholeSeconds(_ d: Duration) -> Int { Int(d.nanoseconds / 1_000_000_000) }
 
 /// Why a worker is being replaced.
-public enum HealthVerdict: Hashable, Sendable, CustomStringConvertible {
+public enum HealthVerdict: Codable, Hashable, Sendable, CustomStringConvertible {
     /// `failures` probes in a row failed; the text is like "http 503 ×3".
     case unhealthy(String)
     /// Its accept queue did not move; the text is like "queue 37 for 10 s".
     case hung(String)
     /// `[recycle] max_age`; the text is like "age 6h".
     case recycled(String)
+    /// A ready worker over `[limits] memory`; the text is like "memory 512 MiB > 400 MiB".
+    case memory(String)
 
     public var description: String {
         switch self {
         case let .unhealthy(why): return "unhealthy (\(why))"
         case let .hung(why): return "hung (\(why))"
-        case let .recycled(why): return "recycled (\(why))"
+        case let .recycled(why), let .memory(why): return "recycled (\(why))"
         }
     }
 
     /// A sick worker gets no new connection; a recycled one serves until its replacement is ready.
-    var unsteers: Bool { if case .recycled = self { return false } else { return true } }
+    var unsteers: Bool {
+        switch self {
+        case .unhealthy, .hung: return true
+        case .recycled, .memory: return false
+        }
+    }
 
     var stopReason: StopReason {
         switch self {
         case .unhealthy: return .unhealthy
         case .hung: return .hung
         case .recycled: return .recycle
+        case .memory: return .memory
         }
     }
 }
 
 /// The health of one slot's current worker.
-public struct SlotHealth: Hashable, Sendable {
+public struct SlotHealth: Codable, Hashable, Sendable {
     /// The worker this entry is about: an entry of any other worker is stale.
     public let worker: WorkerID
     /// Failed probes in a row (counted ones).
@@ -364,6 +458,10 @@ public struct SlotHealth: Hashable, Sendable {
     public internal(set) var verdict: HealthVerdict?
     /// The incoming worker replacing this one.
     public internal(set) var replacement: WorkerID?
+    /// New connections steered to the slot while this worker was its current one.
+    public internal(set) var connections = 0
+    /// Over `[limits] memory` ("memory 512 MiB > 400 MiB"), waiting for its replacement.
+    public internal(set) var memoryOver: String?
     /// The next replacement attempt (the slot's backoff).
     var retryAt: Instant?
     var probeSentAt: Instant?
@@ -375,7 +473,7 @@ public struct SlotHealth: Hashable, Sendable {
         switch verdict {
         case .unhealthy: return "unhealthy"
         case .hung: return "hung"
-        case .recycled: return "recycling"
+        case .recycled, .memory: return "recycling"
         case nil: return lastOK == false ? "failing" : (lastOK == true ? "healthy" : "unknown")
         }
     }
@@ -391,19 +489,45 @@ struct HealthBooks: Hashable, Sendable {
         get { apps[name] }
         set { apps[name] = newValue }
     }
+
+    /// What a re-executed swarmd gets: everything but the timers (a restore arms
+    /// them at its first event) and the probes in flight (their answers are lost
+    /// with the old image's sockets and pipes).
+    var forSnapshot: [String: AppHealthBook] {
+        apps.mapValues { book in
+            var b = book
+            b.probeAt = nil
+            b.sampleAt = nil
+            b.recycleAt = nil
+            b.countAt = nil
+            for k in b.slots.keys { b.slots[k]?.probeSentAt = nil }
+            return b
+        }
+    }
+
+    /// Takes the books of a snapshot, keeping only entries of workers that still exist.
+    mutating func restore(_ books: [String: AppHealthBook], workers: [WorkerID: Worker]) {
+        for (name, var book) in books {
+            for (k, h) in book.slots where workers[h.worker] == nil || h.replacement.map({ workers[$0] == nil }) == true {
+                book.slots[k] = nil
+            }
+            apps[name] = book
+        }
+    }
 }
 
 /// One app's health state.
-struct AppHealthBook: Hashable, Sendable {
+struct AppHealthBook: Codable, Hashable, Sendable {
     var slots: [Int: SlotHealth] = [:]
     /// The last replacement of each slot, for status.
     var replacements: [Int: String] = [:]
     var probeAt: Instant?
     var sampleAt: Instant?
     var recycleAt: Instant?
+    var countAt: Instant?
 
     var deadline: Instant? {
-        var t = earliest(probeAt, sampleAt, recycleAt)
+        var t = earliest(probeAt, sampleAt, recycleAt, countAt)
         for h in slots.values where h.verdict != nil && h.replacement == nil {
             if let r = h.retryAt { t = earliest(t, r) }
         }
@@ -418,6 +542,9 @@ public enum HealthAction: Equatable, Sendable {
     /// Read the accept-queue length of each slot's reuseport listener of the app
     /// (one sock_diag dump); answer with `.acceptQueues`.
     case sampleQueues(app: String)
+    /// Read the steering program's per-slot connection counters of the app;
+    /// answer with `.connections` (the counts since the last read).
+    case countConnections(app: String)
 }
 
 /// One probe of one worker.
@@ -431,8 +558,13 @@ public struct HealthProbeRequest: Equatable, Sendable {
     /// The TCP socket to probe on (nil: the app's first TCP socket).
     public var socket: String?
     public var timeout: Duration
+    /// A `[ready] mode` probe of a starting worker (which may share its slot's
+    /// socket with the worker it replaces, and may not be in the steering set).
+    public var readiness: Bool
 
-    public init(worker: WorkerID, pid: Int32, app: String, slot: Int, generation: Int, check: HealthCheck, socket: String?, timeout: Duration) {
+    public init(worker: WorkerID, pid: Int32, app: String, slot: Int, generation: Int, check: HealthCheck, socket: String?,
+                timeout: Duration, readiness: Bool = false) {
+        self.readiness = readiness
         self.worker = worker
         self.pid = pid
         self.app = app
@@ -450,4 +582,6 @@ public enum HealthEvent: Sendable {
     case probeResult(WorkerID, ok: Bool, detail: String)
     /// Accept-queue lengths by slot index (slots not read are left out).
     case acceptQueues(app: String, [Int: Int])
+    /// New connections per slot index since the last `.countConnections` answer.
+    case connections(app: String, [Int: Int])
 }

@@ -37,6 +37,7 @@ extension Supervisor {
         case .listening:
             if spec.sockets.isEmpty { delayReadyAt = now + spec.ready.delay } else { probeAt = now }
         case .notify, .fd: break
+        case .http, .tcp, .exec: probeAt = now
         }
         let memoryAt = spec.memoryLimit != nil ? now + memoryInterval : nil
         modifyWorker(id) {
@@ -285,6 +286,8 @@ extension Supervisor {
     mutating func memorySample(_ w: Worker, bytes: Int64, now: Instant) {
         guard let spec = spec(of: w), let limit = spec.memoryLimit, bytes > limit,
               slot(w.app, w.slot)?.current == w.id else { return }
+        // A ready worker is replaced start-first (Supervisor+Health.swift); one still starting serves nothing yet.
+        if w.isReady { return memoryRecycle(w, bytes: bytes, limit: limit, now: now) }
         retire(w.id, reason: .memory, now: now)
         // Through the backoff: a worker over its ceiling from the start must not be replaced in a tight loop.
         slotLost(w.app, w.slot, worker: w, cause: "uses \(bytes >> 20) MiB, above its \(limit >> 20) MiB ceiling", restartable: true, now: now)

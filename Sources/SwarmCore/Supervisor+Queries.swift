@@ -127,6 +127,8 @@ extension Supervisor {
         public var appOrder: [String]
         public var workers: [WorkerID: Worker]
         public var nextWorker: UInt64
+        /// Health state by app (Supervisor+Health.swift); absent in a snapshot from a swarmd before it.
+        var health: [String: AppHealthBook]? = nil
     }
 
     /// Why no snapshot can be taken now, or nil.
@@ -142,7 +144,7 @@ extension Supervisor {
 
     public func snapshot() -> Snapshot? {
         guard busyReason == nil else { return nil }
-        return Snapshot(apps: apps, appOrder: appOrder, workers: workers, nextWorker: nextWorker)
+        return Snapshot(apps: apps, appOrder: appOrder, workers: workers, nextWorker: nextWorker, health: healthBook.forSnapshot)
     }
 
     /// Rebuilds the derived state (counters, deadline index, spawn queue) from a snapshot: one walk, once.
@@ -168,9 +170,10 @@ extension Supervisor {
                 failureSeq = max(failureSeq, app.slots[k].lastStartFailure ?? 0)
             }
             resteer(name)
-            // Health counts afresh: the first event arms the app's probes and samples.
-            if app.spec.hasHealthWork { healthBook.pendingArm.append(name) }
+            // The first event arms the app's probes and samples; counts and verdicts carry on.
+            if app.spec.hasHealthWork || s.health?[name] != nil { healthBook.pendingArm.append(name) }
         }
+        healthBook.restore(s.health ?? [:], workers: workers)
         reindex()
         touchedApps = []
         changedApps = Set(appOrder)

@@ -94,8 +94,13 @@ extension Supervisor {
             if readyBy <= now { return readinessTimedOut(id, now: now) }
             var probe = probeAt, memory = memoryAt
             if let t = probeAt, t <= now, let pid = w.pid {
-                probe = now + probeDelay(startedAt: w.startedAt, now: now)
-                out.append(.probeListening(id, pid: pid))
+                if let action = readinessProbe(w, pid: pid, now: now) {
+                    probe = action.next
+                    out.append(action.probe)
+                } else {
+                    probe = now + probeDelay(startedAt: w.startedAt, now: now)
+                    out.append(.probeListening(id, pid: pid))
+                }
             }
             if let t = memoryAt, t <= now, let pid = w.pid {
                 memory = now + memoryInterval

@@ -96,6 +96,8 @@ final class EventDeriver {
                 if let w = s.workers[id] { healthSlots.append(AppSlot(app: w.app, slot: w.slot)) }
             case let .acceptQueues(name, lengths):
                 for k in lengths.keys.sorted() { healthSlots.append(AppSlot(app: name, slot: k)) }
+            case let .connections(name, counts):
+                for k in counts.keys.sorted() { healthSlots.append(AppSlot(app: name, slot: k)) }
             }
             for key in healthSlots where restartsSeen[key] == nil { restartsSeen[key] = slot(key, s)?.restarts }
         case let .command(_, c):
@@ -197,7 +199,8 @@ final class EventDeriver {
             switch verdict {
             case .unhealthy: kind = "unhealthy"
             case .hung: kind = "hung"
-            case .recycled: continue
+            // Planned replacements: their "replaced" record says why.
+            case .recycled, .memory: continue
             }
             add(LifecycleDraft(kind: kind, app: key.app, slot: key.slot, pid: w?.pid, generation: w?.generation,
                                message: "\(verdict.description): no new connections; replacing it", details: ["verdict": verdict.description]))

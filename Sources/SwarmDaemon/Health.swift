@@ -1,4 +1,5 @@
 import CSwarmSpawn
+import Foundation
 import Glibc
 import SwarmCore
 import SwarmProtocol
@@ -22,6 +23,28 @@ import SwarmSystem
 /// out of the steering set has no entry and is not probed (it is already being
 /// replaced); without eBPF (not root) http/tcp probes cannot be aimed and are
 /// skipped, with one warning.
+///
+/// Readiness probes (`[ready] mode = "http" | "tcp"`) reach a starting worker
+/// whose slot is not in the steering set yet: for the probe's connect only, the
+/// slot's socket is put at socket-array index `maxSlots - 1 - slot` (above every
+/// steered index, so round-robin never picks it) and the probe's source port
+/// names that index; it is taken out as soon as the connection is made, and
+/// before any change of the app's steering (a probe whose aim was withdrawn
+/// before it connected fails and is repeated). A starting worker shares its
+/// slot's socket with the worker it replaces (reload, start-first
+/// replacement), so the answer could come from either: a readiness probe is
+/// sent only once the worker itself is seen listening on the socket (the
+/// `listening` mode's check), and the probe then proves the app answers.
+///
+/// Connection counts (`[recycle] max_connections`, `swarm_slot_connections_total`):
+/// the eBPF program adds 1 to a per-index counter for every new connection it
+/// steers (one map lookup and one atomic add per connection; probes are not
+/// counted). swarmd reads the counters of the steered indices (one
+/// `BPF_MAP_LOOKUP_ELEM` per index) every second for apps with
+/// `max_connections`, at every scrape, and just before every change of an
+/// app's steering set, and charges each index's increase to the slot that sits
+/// there, so a remap never moves counts between slots. Without eBPF (not
+/// root) nothing is counted.
 ///
 /// Queue samples: one sock_diag dump of the listening sockets per address family
 /// per app per interval; each slot's listener is found by its inode.
@@ -50,6 +73,10 @@ final class HealthChecker {
         var source: EventLoop.Source?
         var connected = false
         var response: [UInt8] = []
+        /// A readiness probe's temporary socket-array index, while it is there.
+        var placed: (entry: AppSockets.Entry, index: Int)?
+        /// The temporary index was withdrawn before the connection was made.
+        var aimLost = false
         init(request: HealthProbeRequest, fd: Int32, deadline: Int64) {
             self.request = request
             self.fd = fd
@@ -58,6 +85,15 @@ final class HealthChecker {
     }
 
     private(set) var probes: [WorkerID: Probe] = [:]
+    let exec: ExecProbes
+    /// Readiness probes: whether the starting worker itself is seen listening on its slot's sockets.
+    var isListening: (WorkerID, Int32) -> Bool = { _, _ in true }
+    /// "app/socket" → socket-array index → the counter as last read.
+    private var lastCounts: [String: [Int: UInt64]] = [:]
+    /// app → slot → new connections steered to it (since the app's sockets were made).
+    private(set) var connectionTotals: [String: [Int: UInt64]] = [:]
+    /// app → slot → read but not yet told the core.
+    private var pendingCounts: [String: [Int: Int]] = [:]
     private var timerSource: EventLoop.Source?
     private var warnedUnaimed: Set<String> = []
     private var inTimer = false
@@ -66,13 +102,72 @@ final class HealthChecker {
     init(loop: EventLoop, sockets: SocketTable) {
         self.loop = loop
         self.sockets = sockets
+        exec = ExecProbes(loop: loop)
+        exec.finish = { [weak self] r, ok, detail in
+            guard let self else { return }
+            self.finish(r, ok: ok, detail: detail)
+            self.armTimer()
+        }
     }
 
     func perform(_ action: HealthAction) {
         switch action {
         case let .sampleQueues(app): sampleQueues(app)
         case let .probe(request): startProbe(request)
+        case let .countConnections(app): countConnections(app)
         }
+    }
+
+    // MARK: - Connection counts
+
+    /// Reads the app's counters and charges their increase to the slots at those indices.
+    func readCounters(_ app: String) {
+        guard let table = sockets[app] else { return }
+        for entry in table.entries where entry.reuseport {
+            guard let rr = entry.roundRobin else { continue }
+            let counts: [UInt64]
+            do {
+                guard let c = try rr.connectionCounts(upTo: entry.steeredSlots.count) else { continue }
+                counts = c
+            } catch {
+                report(.warning, "Failed to read the connection counters of \(app)/\(entry.spec.name): \(error), ignoring")
+                continue
+            }
+            let key = "\(app)/\(entry.spec.name)"
+            var last = lastCounts[key] ?? [:]
+            for (i, c) in counts.enumerated() where i < entry.steeredSlots.count {
+                let before = last[i] ?? 0
+                // A smaller value: a new program (the app's sockets were made anew) counts from 0.
+                let d = c >= before ? c - before : c
+                last[i] = c
+                guard d > 0 else { continue }
+                let slot = entry.steeredSlots[i]
+                connectionTotals[app, default: [:]][slot, default: 0] += d
+                pendingCounts[app, default: [:]][slot, default: 0] += Int(clamping: d)
+            }
+            lastCounts[key] = last
+        }
+    }
+
+    func countConnections(_ app: String) {
+        readCounters(app)
+        let counts = pendingCounts.removeValue(forKey: app) ?? [:]
+        deliver(.health(.connections(app: app, counts)))
+    }
+
+    /// The app's steering set is about to change: what the counters say so far
+    /// belongs to the slots where they are now, and no readiness probe keeps a
+    /// temporary index the new layout may need.
+    func beforeSteer(_ app: String) {
+        for p in probes.values where p.request.app == app { release(p) }
+        readCounters(app)
+    }
+
+    /// The app's sockets are gone (deleted, replaced): its counters went with them.
+    func forgetApp(_ app: String) {
+        connectionTotals[app] = nil
+        pendingCounts[app] = nil
+        for key in lastCounts.keys where key.hasPrefix(app + "/") { lastCounts[key] = nil }
     }
 
     // MARK: - Accept queues
@@ -113,27 +208,42 @@ final class HealthChecker {
         case .http, .tcp:
             connectProbe(request)
         case .exec:
-            // Not built yet: say so once rather than judge the worker.
-            if warnedUnaimed.insert("exec:\(request.app)").inserted {
-                report(.warning, "\(request.app): exec health probes are not supported by this swarmd yet; not probing")
-            }
+            exec.start(request)
+            armTimer()
         }
     }
 
     private func connectProbe(_ r: HealthProbeRequest) {
+        // A starting worker may share its socket with the one it replaces: it must be listening itself first.
+        if r.readiness, !isListening(r.worker, r.pid) { return finish(r, ok: false, detail: "not listening yet") }
         guard let table = sockets[r.app],
               let entry = table.entries.first(where: { e in r.socket.map { e.spec.name == $0 } ?? e.spec.listen.isTCP }),
               case let .tcp(host, port) = entry.spec.listen else { return }
-        guard entry.roundRobin != nil, let index = entry.steeredIndex[r.slot], index < AppSockets.maxSlots else {
+        var placed: (entry: AppSockets.Entry, index: Int)?
+        var aimed = entry.steeredIndex[r.slot]
+        if aimed == nil, r.readiness, let rr = entry.roundRobin, let fd = entry.fd(ofSlot: r.slot) {
+            let index = AppSockets.maxSlots - 1 - r.slot
+            guard index >= entry.steeredSlots.count else { return finish(r, ok: false, detail: "no socket-array index to aim at") }
+            do {
+                try rr.setSocket(fd, at: index)
+                placed = (entry, index)
+                aimed = index
+            } catch {
+                return fail(r, "aiming at slot \(r.slot): \(error)")
+            }
+        }
+        guard entry.roundRobin != nil, let index = aimed, index < AppSockets.maxSlots else {
             if entry.roundRobin == nil, warnedUnaimed.insert(r.app).inserted {
                 report(.warning, "\(r.app): http/tcp probes need eBPF steering (root) to reach one chosen worker; not probing")
             }
             return
         }
+        let unplace = { if let placed { try? placed.entry.roundRobin?.clearSocket(at: placed.index) } }
         let v6 = host.contains(":")
         let target = host == "0.0.0.0" ? "127.0.0.1" : (host == "::" ? "::1" : host)
         let fd = socket(v6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else {
+            unplace()
             return fail(r, "socket: \(String(cString: strerror(errno)))")
         }
         var one: Int32 = 1
@@ -146,15 +256,18 @@ final class HealthChecker {
         guard bound == 0 else {
             let e = errno
             Posix.close(fd)
+            unplace()
             return fail(r, "bind to source port \(sourcePort): \(String(cString: strerror(e)))")
         }
         let c = withAddress(target, port: port, v6: v6) { connect(fd, $0, $1) }
         if c != 0 && errno != EINPROGRESS {
             let e = errno
             Posix.close(fd)
+            unplace()
             return finish(r, ok: false, detail: e == ECONNREFUSED ? "refused" : "connect: \(String(cString: strerror(e)))")
         }
         let probe = Probe(request: r, fd: fd, deadline: now() + r.timeout.nanoseconds)
+        probe.placed = placed
         probes[r.worker] = probe
         do {
             probe.source = try loop.addReader(fd, events: HealthChecker.epollOut) { [weak self, weak probe] events in
@@ -164,9 +277,20 @@ final class HealthChecker {
         } catch {
             probes[r.worker] = nil
             Posix.close(fd)
+            release(probe)
             return fail(r, "\(error)")
         }
         armTimer()
+    }
+
+    /// Takes a readiness probe's temporary index out of the socket array.
+    private func release(_ p: Probe) {
+        guard let placed = p.placed else { return }
+        p.placed = nil
+        if !p.connected { p.aimLost = true }
+        do { try placed.entry.roundRobin?.clearSocket(at: placed.index) } catch {
+            report(.warning, "Failed to take \(p.request.app)[\(p.request.slot)]'s probe index \(placed.index) out of the socket array: \(error), ignoring")
+        }
     }
 
     private func onReady(_ p: Probe, events: UInt32) {
@@ -175,7 +299,10 @@ final class HealthChecker {
             var len = socklen_t(MemoryLayout<Int32>.size)
             _ = getsockopt(p.fd, SOL_SOCKET, SO_ERROR, &err, &len)
             if err != 0 { return done(p, ok: false, detail: err == ECONNREFUSED ? "refused" : "connect: \(String(cString: strerror(err)))") }
+            // Its steering was withdrawn before the connection was made: whoever accepted it may be another worker.
+            if p.aimLost { return done(p, ok: false, detail: "re-steered while connecting") }
             p.connected = true
+            release(p)
             guard case let .http(path, host, _) = p.request.check else { return done(p, ok: true, detail: "connected") }
             let request = "GET \(path) HTTP/1.1\r\nHost: \(host ?? "localhost")\r\nUser-Agent: swarmd-health\r\nConnection: close\r\n\r\n"
             let bytes = Array(request.utf8)
@@ -211,6 +338,7 @@ final class HealthChecker {
     }
 
     private func done(_ p: Probe, ok: Bool, detail: String) {
+        release(p)
         p.source?.cancel()
         p.source = nil
         Posix.close(p.fd)
@@ -232,7 +360,7 @@ final class HealthChecker {
 
     /// A periodic check of the deadlines, only while probes are out.
     private func armTimer() {
-        if probes.isEmpty {
+        if probes.isEmpty && exec.earliestDeadline == nil {
             // Not from within the periodic source's own dispatch: it touches its source after the handler.
             if inTimer { stopTimerLater.trigger() } else { stopTimer() }
             return
@@ -246,7 +374,7 @@ final class HealthChecker {
     }
 
     private func stopTimer() {
-        guard probes.isEmpty else { return }
+        guard probes.isEmpty && exec.earliestDeadline == nil else { return }
         timerSource?.cancel()
         timerSource = nil
     }
@@ -258,18 +386,29 @@ final class HealthChecker {
         for p in probes.values.sorted(by: { $0.request.worker < $1.request.worker }) where p.deadline <= t {
             done(p, ok: false, detail: "timeout")
         }
+        exec.expire()
         armTimer()
     }
 
     /// A worker is gone: its probe (if any) is dropped unanswered.
     func forget(_ id: WorkerID) {
+        exec.forget(id)
         guard let p = probes.removeValue(forKey: id) else { return }
+        release(p)
         p.source?.cancel()
         Posix.close(p.fd)
     }
 
+    /// Before an exec of a new image: every probe ends unanswered (exec probes
+    /// killed with their group), every temporary index leaves the socket array.
+    func prepareForReexec() {
+        for id in Array(probes.keys) { forget(id) }
+        exec.closeAll()
+    }
+
     func closeAll() {
         for id in Array(probes.keys) { forget(id) }
+        exec.closeAll()
         stopTimerLater.cancel()
         timerSource?.cancel()
         timerSource = nil
@@ -298,8 +437,61 @@ extension Manager {
             status.health = h.state
             status.lastProbe = h.lastResult
             if h.queue > 0 { status.acceptQueue = h.queue }
+            if h.connections > 0 { status.connections = h.connections }
         }
         // A slot's last loss was a replacement: last_exit says so, not the exit code of the old worker.
         if let failure = slot.lastFailure, failure.hasPrefix("replaced: ") { status.lastExit = failure }
+    }
+
+    /// Gives the health checker what it needs of the rest of the shell (exec probes, readiness).
+    func wireHealth() {
+        health.deliver = { [weak self] event in self?.feed(event) }
+        health.now = { [weak self] in self?.kernel.now() ?? 0 }
+        let exec = health.exec
+        exec.report = health.report
+        exec.now = health.now
+        exec.spawn = { [weak self] plan in
+            guard let self else { throw SystemError("fork", errno: ESRCH) }
+            return try self.kernel.spawn(plan)
+        }
+        exec.signalGroup = { [weak self] pid, sig in try? self?.kernel.signal(pid, sig, group: true) }
+        exec.devNull = { [weak self] in self?.devNull ?? -1 }
+        exec.spec = { [weak self] app, generation in
+            self?.supervisor.apps[app].flatMap { $0.specs[generation] ?? $0.spec }
+        }
+        exec.port = { [weak self] r in
+            self?.sockets[r.app]?.entries.first(where: { e in r.socket.map { e.spec.name == $0 } ?? e.spec.listen.isTCP })?.port
+        }
+        exec.hostEnvironment = { ProcessInfo.processInfo.environment }
+        health.isListening = { [weak self] id, pid in self?.isListeningNow(id, pid: pid) ?? false }
+    }
+
+    /// The listening mode's check, answered at once: is the worker (or a process
+    /// it started) waiting for connections on its slot's sockets?
+    func isListeningNow(_ id: WorkerID, pid: Int32) -> Bool {
+        guard let w = supervisor.workers[id], let spec = supervisor.spec(of: w) else { return false }
+        var identities = Set<SocketIdentity>()
+        for e in sockets[spec.name]?.entries ?? [] {
+            if let id = try? SocketIdentity.of(fd: e.perSlot[w.slot] ?? e.shared) { identities.insert(id) }
+        }
+        let query = ListeningQuery(pid: pid, sockets: identities, cgroup: cgroups.path(of: id),
+                                   execFDs: Set((0..<spec.sockets.count).map { Int32(3 + $0) }))
+        return kernel.listening(query).evidence != nil
+    }
+}
+
+/// What a re-executed swarmd's health checker takes over (hand-over version 4).
+struct HealthHandover: Codable {
+    var lastCounts: [String: [Int: UInt64]]
+    var totals: [String: [Int: UInt64]]
+}
+
+extension HealthChecker {
+    var forHandover: HealthHandover { HealthHandover(lastCounts: lastCounts, totals: connectionTotals) }
+
+    func resume(_ h: HealthHandover?) {
+        guard let h else { return }
+        lastCounts = h.lastCounts
+        connectionTotals = h.totals
     }
 }

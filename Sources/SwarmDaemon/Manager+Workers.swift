@@ -116,6 +116,8 @@ extension Manager {
             case let .signaled(p, s, core): (pid, status) = (p, .signaled(s, coreDumped: core))
             }
             if lifecycle.hooks.reaped(pid, status) { continue }
+            // An exec health probe: its result goes to the health checker, not the core.
+            if health.exec.reaped(pid: pid, status: status) { continue }
             output.drain(pid: pid)
             feed(.exited(pid: pid, status))
         }

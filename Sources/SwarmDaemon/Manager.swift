@@ -199,9 +199,8 @@ public final class Manager {
         output.deliver = { [weak self] event in self?.feed(event) }
         output.policy = { [weak self] app in self?.supervisor.apps[app]?.spec.logs }
         output.isWorker = { [weak self] pid in self?.supervisor.worker(pid: pid) != nil }
-        health.deliver = { [weak self] event in self?.feed(event) }
         health.report = report
-        health.now = { [weak self] in self?.kernel.now() ?? 0 }
+        wireHealth()
         setUpLifecycle()
     }
 
@@ -496,6 +495,7 @@ public final class Manager {
         case let .progress(id, event):
             progress(id, event)
         case let .steer(app, slots):
+            health.beforeSteer(app)
             sockets.steer(app, to: slots)
         case let .handOver(app, slot, pid):
             sockets.handOver(app, slot: slot, from: pid)
@@ -514,6 +514,7 @@ public final class Manager {
             sockets[app]?.release(slot: slot)
         case let .appRemoved(name):
             sockets.remove(name)
+            health.forgetApp(name)
             output.forget(app: name)
             cgroups.forget(app: name)
         case .appsChanged:

@@ -116,7 +116,9 @@ final class MetricsRecorder {
             guard let slot = s.apps[key.app]?.slots.first(where: { $0.index == key.slot }) else { continue }
             // Restarted now, or a restart is due later (backoff): the core's decision, read off its effect.
             let scheduled = slot.current == nil && slot.restartAt != nil
-            if spawnedSlots.contains(key) || scheduled {
+            // A start-first replacement: the old worker is stopped once its successor took the slot.
+            let replaced = slot.current != nil && MetricsRecorder.startFirstReasons.contains(reason)
+            if spawnedSlots.contains(key) || scheduled || replaced {
                 restarts[key.app, default: [:]][SlotReason(slot: key.slot, reason: reason), default: 0] += 1
             }
         }
@@ -173,6 +175,9 @@ final class MetricsRecorder {
         case .spawnFailed: return "spawn-failed"
         }
     }
+
+    /// Stop reasons of workers replaced start-first (Supervisor+Health.swift).
+    static let startFirstReasons: Set<String> = ["unhealthy", "hung", "recycle", "memory"]
 
     static func stopLabel(_ reason: StopReason?) -> String? {
         switch reason {
@@ -242,6 +247,8 @@ struct MetricsSnapshot {
         var byState: [String: Int]
         var workers: [WorkerSample]
         var throttledSeconds: Double?
+        /// New connections steered to each slot (eBPF counters), when counted.
+        var connections: [Int: UInt64] = [:]
     }
 
     struct ProcessSample {
@@ -287,6 +294,12 @@ enum MetricsRender {
         t.family("swarm_workers_desired", .gauge, "Workers the app should have (0 while it is stopped).")
         for a in snap.apps { t.sample("swarm_workers_desired", [("app", a.name)], a.desired) }
 
+        t.family("swarm_slot_connections_total", .counter, "New connections the eBPF steering program sent to each slot (root only).")
+        for a in snap.apps {
+            for (slot, n) in a.connections.sorted(by: { $0.key < $1.key }) {
+                t.sample("swarm_slot_connections_total", [("app", a.name), ("slot", String(slot))], Int64(clamping: n))
+            }
+        }
         t.family("swarm_restarts_total", .counter, "Restarts swarmd scheduled for a slot after losing its worker, by reason.")
         for a in snap.apps {
             guard let m = rec.restarts[a.name] else { continue }

@@ -202,10 +202,12 @@ extension Manager: MetricsHandler {
                     if let w = supervisor.workers[id] { byState[supervisor.displayState(of: w, in: slot), default: 0] += 1 }
                 }
             }
+            health.readCounters(name)
             let throttled = output.budgets[name].map { b in Double(b.throttledNS + (b.pausedAt.map { kernel.now() - $0 } ?? 0)) / 1e9 }
             apps.append(MetricsSnapshot.AppSample(
                 name: name, state: h.state.rawValue, ready: h.ready, desired: app.goal == .running ? h.wanted : 0,
-                byState: byState, workers: i < workers.count ? workers[i] : [], throttledSeconds: throttled))
+                byState: byState, workers: i < workers.count ? workers[i] : [], throttledSeconds: throttled,
+                connections: health.connectionTotals[name] ?? [:]))
         }
         for name in brokenOrder where supervisor.apps[name] == nil {
             guard let b = brokenApps[name] else { continue }

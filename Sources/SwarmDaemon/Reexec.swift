@@ -39,7 +39,10 @@ struct Handover: Codable {
     /// knows is refused (it would misread the fds); older ones read with defaults.
     /// 3: bind-interception notification fds (a binary that knew only 2 would
     /// leave them open unread, and every later bind of those workers would hang).
-    static let currentVersion = 3
+    /// 4: a fourth steering fd (the per-index connection counters; a binary that
+    /// knew only 3 would drop the app's steering) and the core's health book
+    /// (`Supervisor.Snapshot.health`), plus the shell's connection totals.
+    static let currentVersion = 4
     var version = Handover.currentVersion
     var supervisor: Supervisor.Snapshot
     var startedAt: Int64
@@ -58,6 +61,8 @@ struct Handover: Codable {
     var interceptors: [BindInterception.Handed]?
     /// `--metrics`: its listening socket and counters.
     var metrics: MetricsHandover?
+    /// The health checker's connection counter readings and totals (version 4).
+    var health: HealthHandover?
 
     static let variable = "SWARM_REEXEC_FD"
 
@@ -117,7 +122,7 @@ extension Manager {
                                 controlFD: controlFD, controlFromSystemd: controlFromSystemd, sockets: socketStates, outputs: outputs,
                                 readyPipes: ready, systemdFDs: named, sentReady: systemd.sentReady, logTails: tails,
                                 interceptors: interception.forHandover,
-                                metrics: metricsHandover)
+                                metrics: metricsHandover, health: health.forHandover)
         let memfd: Int32
         do { memfd = try Posix.memoryFile(name: "swarmd-handover", closeOnExec: true) } catch { return "\(error)" }
         do {
@@ -131,6 +136,9 @@ extension Manager {
             return "\(executablePath) is not executable"
         }
         flushState()
+        // No probe outlives this image: its answer would be lost, and a readiness
+        // probe's temporary socket-array index would be unknown to the next one.
+        health.prepareForReexec()
         if let (client, id) = reply {
             // Answer now: the connection does not survive the exec.
             let bytes = Codec.encode(Response.success(id, "swarmd pid \(getpid()) re-executing \(executablePath)"))
@@ -172,8 +180,9 @@ extension Manager {
                 guard let spec = app.spec.sockets.first(where: { $0.name == s.name }) else { return nil }
                 let e = AppSockets.Entry(spec: spec, shared: s.shared, adopted: s.adopted)
                 e.perSlot = s.perSlot
-                if let fds = s.roundRobin, fds.count == 3 {
-                    e.roundRobin = RoundRobinSteering(adopting: fds[0], stateMap: fds[1], socketMap: fds[2])
+                if let fds = s.roundRobin, fds.count == 3 || fds.count == 4 {
+                    e.roundRobin = RoundRobinSteering(adopting: fds[0], stateMap: fds[1], socketMap: fds[2],
+                                                      countMap: fds.count == 4 ? fds[3] : -1)
                     e.steeredSlots = s.steeredSlots ?? []
                     for (i, slot) in e.steeredSlots.enumerated() { e.steeredIndex[slot] = i }
                 }
@@ -182,6 +191,7 @@ extension Manager {
             sockets.install(AppSockets(restoring: entries), for: name)
         }
         interception.resume(h.interceptors ?? [])
+        health.resume(h.health)
         // Who holds which socket, for the O_NONBLOCK rules (what each wanted is not handed over).
         for (id, w) in supervisor.workers where w.pid != nil {
             let fds = sockets[w.app]?.entries.compactMap { $0.fd(ofSlot: w.slot) } ?? []

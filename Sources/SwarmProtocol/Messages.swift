@@ -441,6 +441,8 @@ public struct WorkerStatus: Codable, Sendable, Equatable {
     public var lastProbe: String?
     /// Connections waiting in the slot's accept queue at the last sample, when not 0.
     public var acceptQueue: Int?
+    /// New connections steered to the slot while this worker held it (`[recycle] max_connections`), when counted.
+    public var connections: Int?
 
     enum CodingKeys: String, CodingKey {
         case slot, pid, state, generation, restarts
@@ -455,6 +457,7 @@ public struct WorkerStatus: Codable, Sendable, Equatable {
         case health
         case lastProbe = "last_probe"
         case acceptQueue = "accept_queue"
+        case connections
     }
 
     public init(slot: Int, pid: Int32?, state: String, generation: Int, restarts: Int, uptimeS: Double,

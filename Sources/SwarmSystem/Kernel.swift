@@ -68,10 +68,17 @@ public protocol ReuseportSteering: AnyObject {
     func setLiveCount(_ n: Int) throws
     /// The next `quota` new connections go to `index`, then round-robin resumes.
     func handOver(toIndex index: Int, quota: Int) throws
+    /// New connections the program steered to each index 0..<n since it was
+    /// created; nil when it does not count.
+    func connectionCounts(upTo n: Int) throws -> [UInt64]?
+}
+
+extension ReuseportSteering {
+    public func connectionCounts(upTo n: Int) throws -> [UInt64]? { nil }
 }
 
 extension RoundRobinSteering: ReuseportSteering {
-    public var handoverFDs: [Int32] { [program, stateMap, socketMap] }
+    public var handoverFDs: [Int32] { [program, stateMap, socketMap] + (countMap >= 0 ? [countMap] : []) }
 
     public func setSocket(_ fd: Int32, at index: Int) throws {
         try Posix.check("bpf(BPF_MAP_UPDATE_ELEM)", subject: "socket index \(index)") {

@@ -26,18 +26,21 @@ public final class RoundRobinSteering {
     public let program: Int32
     public let stateMap: Int32
     public let socketMap: Int32
+    /// New connections per socket-array index (`[recycle] max_connections`, metrics); -1: none.
+    public let countMap: Int32
 
-    /// Maps and program handed over by a re-executed swarmd.
-    public init(adopting program: Int32, stateMap: Int32, socketMap: Int32) {
+    /// Maps and program handed over by a re-executed swarmd (one before the counters passes no count map).
+    public init(adopting program: Int32, stateMap: Int32, socketMap: Int32, countMap: Int32 = -1) {
         self.program = program
         self.stateMap = stateMap
         self.socketMap = socketMap
+        self.countMap = countMap
     }
 
     public init(maxSlots: Int) throws {
-        var state: Int32 = -1, socks: Int32 = -1
+        var state: Int32 = -1, socks: Int32 = -1, counts: Int32 = -1
         var log = [CChar](repeating: 0, count: 4096)
-        let fd = swarm_rr_create(UInt32(maxSlots), &state, &socks, &log, UInt32(log.count))
+        let fd = swarm_rr_create_counted(UInt32(maxSlots), &state, &socks, &counts, &log, UInt32(log.count))
         guard fd >= 0 else {
             let e = errno
             let text = String(cString: log)
@@ -46,12 +49,25 @@ public final class RoundRobinSteering {
         program = fd
         stateMap = state
         socketMap = socks
+        countMap = counts
     }
 
     deinit {
         Posix.close(program)
         Posix.close(stateMap)
         Posix.close(socketMap)
+        if countMap >= 0 { Posix.close(countMap) }
+    }
+
+    /// The counters of indices 0..<n (each counts from the program's creation), or nil without a count map.
+    public func connectionCounts(upTo n: Int) throws -> [UInt64]? {
+        guard countMap >= 0 else { return nil }
+        var out = [UInt64](repeating: 0, count: n)
+        guard n > 0 else { return out }
+        try Posix.check("bpf(BPF_MAP_LOOKUP_ELEM)", subject: "connection counters") {
+            out.withUnsafeMutableBufferPointer { swarm_rr_read_counts(countMap, UInt32(n), $0.baseAddress) }
+        }
+        return out
     }
 
     /// Attaching to one socket applies to its whole group.

@@ -131,6 +131,10 @@ struct MetricsRecorderTests {
         f.kernel.advance(seconds: 0.2)
         f.manager.feed(.tick)
         let rec = try #require(f.manager.metrics?.recorder)
+        // Start-first: counted when the replacement is ready and the old worker is stopped.
+        #expect(rec.restarts["web"] == nil, "\(rec.restarts)")
+        let replacement = try #require(f.manager.supervisor.apps["web"]?.slots[0].incoming.flatMap { f.manager.supervisor.workers[$0]?.pid })
+        f.ready(replacement)
         #expect(rec.restarts["web"] == [MetricsRecorder.SlotReason(slot: 0, reason: "memory"): 1], "\(rec.restarts)")
         // Its exit after the stop signal is no second restart.
         f.exit(pids[0], code: 0)

@@ -22,6 +22,10 @@ struct swarm_rr_state {
 /// eBPF round-robin steering of a reuseport group (needs CAP_BPF).
 /// Returns the program fd, or -1 with errno (and the verifier's log in `log`).
 int swarm_rr_create(unsigned max_slots, int *state_map, int *sock_map, char *log, unsigned log_size);
+/* The same with a per-index connection counter map in *count_map (see bpf.c). */
+int swarm_rr_create_counted(unsigned max_slots, int *state_map, int *sock_map, int *count_map, char *log, unsigned log_size);
+/* Reads counters 0..n-1 of a count map into out. 0, or -1 and errno. */
+int swarm_rr_read_counts(int count_map, unsigned n, uint64_t *out);
 int swarm_rr_attach(int prog, int sock);
 int swarm_rr_set_socket(int sock_map, unsigned index, int sock);
 int swarm_rr_set_count(int state_map, unsigned count);
