@@ -198,7 +198,7 @@ enum Fleet {
             for r in runs {
                 if r.exitCode == 0 { done.append(r.host); printOut("[\(r.host)] reload done") }
                 else {
-                    let why = String(decoding: r.errors, as: UTF8.self).split(separator: "\n").last.map(String.init) ?? "exit \(r.exitCode)"
+                    let why = reason(r.errors) ?? "exit \(r.exitCode)"
                     failure = failure ?? (r.host, why)
                 }
             }
@@ -252,10 +252,16 @@ enum Fleet {
             let run = try HostRun(host, args, echoPrefix: "[\(host)] ")
             HostRun.pumpAll([run])
             guard run.exitCode != 0 else { return nil }
-            return String(decoding: run.errors, as: UTF8.self).split(separator: "\n").last.map(String.init) ?? "exit \(run.exitCode)"
+            return reason(run.errors) ?? "exit \(run.exitCode)"
         } catch {
             return "\(error)"
         }
+    }
+
+    /// A host's swarmctl's error: its last "swarmctl: " line (the failed worker's log lines follow it), else its last line.
+    static func reason(_ stderr: [UInt8]) -> String? {
+        let lines = String(decoding: stderr, as: UTF8.self).split(separator: "\n").map(String.init)
+        return lines.last { $0.hasPrefix("swarmctl: ") }.map { String($0.dropFirst(10)) } ?? lines.last
     }
 
     static func fmtSeconds(_ s: Double) -> String { s == s.rounded() ? "\(Int(s))s" : "\(s)s" }
