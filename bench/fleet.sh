@@ -192,7 +192,8 @@ for i in 0 1 2; do
     fo=$(printf '%s' "$fr" | sed 's/.*ok=\([0-9]*\).*/\1/'); ff=$(printf '%s' "$fr" | sed 's/.*failed=\([0-9]*\).*/\1/')
     failed=$((failed + e + ff))
     requests=$((requests + n + fo + ff))
-    say "# host $((i + 1)): keep-alive $n requests, $e failed; fresh connections $((fo + ff)), $ff failed"
+    kinds=$(printf '%s' "$line" | sed 's/.*"connect":\([0-9]*\),"read":\([0-9]*\),"write":\([0-9]*\),"status":\([0-9]*\),"timeout":\([0-9]*\).*/connect \1, read \2, write \3, non-2xx \4, timeout \5/')
+    say "# host $((i + 1)): keep-alive $n requests, $e failed ($kinds); fresh connections $((fo + ff)), $ff failed"
 done
 
 median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
