@@ -104,6 +104,8 @@ extension Manager: ControlHandler {
             setDrained(request, client)
         case .rollback:
             rollback(request, client)
+        case .events:
+            subscribeEvents(request, client)
         case .daemonReexec:
             if let why = reexec(reply: (client, id)) { control.send(client, .failure(id, "cannot re-execute now: \(why)")) }
         }
@@ -113,6 +115,7 @@ extension Manager: ControlHandler {
         let key = ObjectIdentifier(client)
         for name in client.following { output.sinks[name]?.followers[key] = nil }
         client.following = []
+        lifecycle.unsubscribe(client)
     }
 
     func selector(_ request: Request, _ client: ControlClient) -> AppSelector? {
@@ -255,6 +258,8 @@ extension Manager: ControlHandler {
                 requests.append(ReloadRequest(app: name, spec: spec, digest: digest(of: spec)))
             } catch {
                 errors.append((name, error.description))
+                shellEvent(LifecycleDraft(kind: "config-error", app: name, message: error.description,
+                                          details: ["config": app.spec.sourcePath]))
             }
         }
         return (requests, errors)
