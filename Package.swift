@@ -15,6 +15,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
+        // SHA-256 of the config generations swarmd keeps (rollback).
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         // fork/exec and the few calls Swift cannot import (prctl, accept4, SO_PEERCRED, close_range).
@@ -29,7 +31,8 @@ let package = Package(
                 swiftSettings: [.swiftLanguageMode(.v5)]),
         .target(name: "SwarmDaemon", dependencies: ["SwarmCore", "SwarmConfig", "SwarmProtocol", "SwarmSystem",
                                                   .product(name: "Logging", package: "swift-log"),
-                                                  .product(name: "DequeModule", package: "swift-collections")],
+                                                  .product(name: "DequeModule", package: "swift-collections"),
+                                                  .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: [.swiftLanguageMode(.v5)]),
         .executableTarget(name: "swarmd", dependencies: [
             "SwarmDaemon", "SwarmSystem", .product(name: "ArgumentParser", package: "swift-argument-parser"),

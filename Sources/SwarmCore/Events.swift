@@ -63,6 +63,11 @@ public enum Command: Sendable {
     case scaleBy(String, Int)
     /// Stop everything; the supervisor emits `.exit` when nothing is left.
     case shutdown
+    /// Rolling reload back to the config of the generation before the one in force.
+    case rollback(String)
+    /// Before a `start`/`add` of the app: the generations a previous swarmd kept,
+    /// and the digest of the config file about to start (answered at once).
+    case history(app: String, records: [GenerationRecord], digest: String?)
 }
 
 /// One app of a `reload`: the running app whose config file was re-read, and
@@ -70,9 +75,12 @@ public enum Command: Sendable {
 public struct ReloadRequest: Hashable, Sendable {
     public var app: String
     public var spec: AppSpec
-    public init(app: String, spec: AppSpec) {
+    /// The shell's digest of the files `spec` was read from, kept in the generation history.
+    public var digest: String?
+    public init(app: String, spec: AppSpec, digest: String? = nil) {
         self.app = app
         self.spec = spec
+        self.digest = digest
     }
 }
 

@@ -8,14 +8,18 @@ extension Supervisor {
         switch command {
         case let .start(spec, replace):
             start(spec, replace: replace, request: request, now: now)
+            generationBook.pending[spec.name] = nil
         case let .add(spec):
+            defer { generationBook.pending[spec.name] = nil }
             guard apps[spec.name] == nil else { return reply(request, .failure(.appExists(spec.name))) }
-            var app = App(name: spec.name, specs: [1: spec], generation: 1, targetCount: spec.workers)
+            let first = firstGeneration(spec.name)
+            var app = App(name: spec.name, specs: [first: spec], generation: first, targetCount: spec.workers)
             app.goal = .stopped
             apps[spec.name] = app
             appOrder.append(spec.name)
             stats[spec.name] = AppStats()
-            for _ in 0..<spec.workers { appendSlot(spec.name, generation: 1) }
+            for _ in 0..<spec.workers { appendSlot(spec.name, generation: first) }
+            recordStart(spec.name, generation: first, now: now)
             reply(request, .success("\(spec.name): added, stopped"))
             out.append(.appsChanged)
         case let .stop(selector):
@@ -53,6 +57,10 @@ extension Supervisor {
             out.append(.appsChanged)
         case let .reload(requests):
             reload(requests, request: request, now: now)
+        case let .rollback(name):
+            rollback(name, request: request, now: now)
+        case let .history(name, records, digest):
+            restoreHistory(name, records: records, digest: digest, request: request)
         case let .scale(name, count):
             scale(name, to: count, request: request, now: now)
         case let .scaleBy(name, delta):
@@ -140,6 +148,7 @@ extension Supervisor {
             }
             removeReleasedSlots(name)
             resteer(name)  // the shell bound new sockets
+            recordStart(name, generation: generation, now: now)
             note(.notice, "\(name): replaced with a new config, generation \(generation)")
             addWaiter(Waiter(request: request, verb: "started", apps: [name], kind: .settled(since: since)))
             gcSpecs(name)
@@ -150,13 +159,15 @@ extension Supervisor {
             // A deleted app still stopping: its name is not free yet.
             return reply(request, .failure(.invalid("app '\(name)' is still being deleted; try again when its workers are gone")))
         }
-        apps[name] = App(name: name, specs: [1: spec], generation: 1, targetCount: spec.workers)
+        let first = firstGeneration(name)
+        apps[name] = App(name: name, specs: [first: spec], generation: first, targetCount: spec.workers)
         appOrder.append(name)
         stats[name] = AppStats()
+        recordStart(name, generation: first, now: now)
         let since = failureSeq
         for k in 0..<spec.workers {
-            appendSlot(name, generation: 1)
-            startWorker(name, slot: k, generation: 1, incoming: false, now: now)
+            appendSlot(name, generation: first)
+            startWorker(name, slot: k, generation: first, incoming: false, now: now)
         }
         resteer(name)
         note(.notice, "\(name): started with \(workerCount(spec.workers))")

@@ -31,17 +31,20 @@ extension Supervisor {
         return problems
     }
 
-    mutating func reload(_ requests: [ReloadRequest], request: RequestID, now: Instant) {
+    /// `restoring`: a `rollback` (one request) running generation `restoring`'s config again.
+    mutating func reload(_ requests: [ReloadRequest], request: RequestID, now: Instant, restoring: Int? = nil) {
         let problems = reloadProblems(requests)
         if problems.count == 1 { return reply(request, .failure(problems[0])) }
         if !problems.isEmpty {
             return reply(request, .failure(.invalid(problems.map(\.description).joined(separator: "\n"))))
         }
         var names: [String] = []
-        for spec in requests.map(\.spec) {
+        for req in requests {
+            let spec = req.spec
             let name = spec.name
             guard let (goal, generation, slotCount, running) = reloadFacts(name) else { continue }
             let to = allocateGeneration(name)
+            recordReloadBegan(name, digest: req.digest, restores: restoring, now: now)
             // A changed `workers` in the file wins; otherwise a `scale` done since stays.
             let target = spec.workers != running.workers ? spec.workers : (apps[name]?.targetCount ?? spec.workers)
             modifyApp(name) { $0.specs[to] = spec }
@@ -62,6 +65,7 @@ extension Supervisor {
                 removeReleasedSlots(name)
                 gcSpecs(name)
                 modifyApp(name) { $0.lastReload = ReloadOutcome(succeeded: true, message: "config updated while stopped", at: now) }
+                recordReloaded(name, from: generation, to: to, now: now)
                 continue
             }
             cancelHealthReplacements(name, now: now)
@@ -72,12 +76,14 @@ extension Supervisor {
             }
             names.append(name)
             let how = surge == 0 ? "surge 0: each old worker stops before its replacement starts" : "surge \(surge)"
+            let what = restoring.map { "rolling back to the config of generation \($0): " } ?? "reloading "
             progress(request, ReloadEvent(app: name, kind: .begin, generation: to,
-                                          message: "\(name): reloading \(slotCount) → \(target) workers, generation \(generation) → \(to), \(how)"))
-            note(.notice, "\(name): rolling reload to generation \(to) started")
+                                          message: "\(name): \(what)\(slotCount) → \(target) workers, generation \(generation) → \(to), \(how)"))
+            note(.notice, "\(name): rolling \(restoring == nil ? "reload" : "rollback") to generation \(to) started")
         }
         if names.isEmpty {
-            reply(request, .success(requests.map { "\($0.spec.name): config updated (app is stopped)" }.joined(separator: "\n")))
+            let done = restoring.map { "rolled back to the config of generation \($0) (app is stopped)" } ?? "config updated (app is stopped)"
+            reply(request, .success(requests.map { "\($0.spec.name): \(done)" }.joined(separator: "\n")))
             out.append(.appsChanged)
             return
         }
@@ -145,7 +151,10 @@ extension Supervisor {
             $0.targetCount = r.targetCount
         }
         gcSpecs(name)
-        let message = "\(name): reloaded \(workerCount(r.targetCount)) to generation \(r.to)"
+        let restored = generationBook.inFlight[name]?.restores
+        let message = restored.map { "\(name): rolled back \(workerCount(r.targetCount)) to the config of generation \($0) (now generation \(r.to))" }
+            ?? "\(name): reloaded \(workerCount(r.targetCount)) to generation \(r.to)"
+        recordReloaded(name, from: r.from, to: r.to, now: now)
         modifyApp(name) { $0.lastReload = ReloadOutcome(succeeded: true, message: message, at: now) }
         note(.notice, message)
         if let req = r.requester {
@@ -226,6 +235,7 @@ extension Supervisor {
             }
         }
         removeReleasedSlots(name)
+        recordReloadFailed(name, to: r.to, now: now)
         let message = "\(name): reload to generation \(r.to) failed: \(reason); rolled back to generation \(r.from)"
         modifyApp(name) { $0.lastReload = ReloadOutcome(succeeded: false, message: message, at: now) }
         note(.error, message)
@@ -248,6 +258,7 @@ extension Supervisor {
             }
         }
         removeReleasedSlots(name)
+        recordReloadFailed(name, to: r.to, now: now)
         let message = "\(name): reload to generation \(r.to) cancelled: \(reason)"
         modifyApp(name) { $0.lastReload = ReloadOutcome(succeeded: false, message: message, at: now) }
         note(.warning, message)

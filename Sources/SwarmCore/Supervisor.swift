@@ -74,6 +74,8 @@ public struct Supervisor: Sendable {
     var lastNow: Instant = .zero
     /// Probe results, queue watches and replacements per app (Supervisor+Health.swift); not persisted.
     var healthBook = HealthBooks()
+    /// Generation history not yet attached to an app (Supervisor+Rollback.swift); not persisted.
+    var generationBook = GenerationBook()
     /// Numbers start failures, so waiters compare against the number at their request.
     var failureSeq: UInt64 = 0
     /// Slots and workers examined, for the tests that bound the work per event.

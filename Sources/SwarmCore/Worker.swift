@@ -234,6 +234,9 @@ public struct App: Codable, Hashable, Sendable {
     /// reused, not even a rolled-back reload's once its workers are gone.
     /// (Optional: a snapshot from a swarmd before it decodes without it.)
     public internal(set) var lastGeneration: Int?
+    /// The last `Supervisor.generationsKept` config generations, oldest first
+    /// (Supervisor+Rollback.swift). Optional: a snapshot from a swarmd before it decodes without it.
+    public internal(set) var history: [GenerationRecord]?
 
     /// The spec in force. A missing one is a broken core invariant (checked by
     /// `invariantViolations`); the lowest spec left stands in rather than trap.

@@ -279,7 +279,7 @@ final class EventDeriver {
                 if restartedApps.contains(name) {
                     add(LifecycleDraft(kind: "restarted", app: name, generation: gen, message: "replacing every worker at once"))
                 }
-            case .add, .reload, .shutdown:
+            case .add, .reload, .rollback, .history, .shutdown:
                 break
             }
         }
@@ -311,7 +311,7 @@ final class EventDeriver {
         case let .start(spec, _), let .add(spec): return [spec.name]
         case let .stop(sel), let .resume(sel), let .restart(sel), let .delete(sel): return names(sel)
         case let .scale(n, _), let .scaleBy(n, _): return [n]
-        case .reload, .shutdown: return []
+        case .reload, .rollback, .history, .shutdown: return []
         }
     }
 

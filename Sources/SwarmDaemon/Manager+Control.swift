@@ -102,6 +102,8 @@ extension Manager: ControlHandler {
             submit([.shutdown], for: request, client)
         case .drain, .undrain:
             setDrained(request, client)
+        case .rollback:
+            rollback(request, client)
         case .events:
             subscribeEvents(request, client)
         case .daemonReexec:
@@ -164,6 +166,7 @@ extension Manager: ControlHandler {
         for (spec, s) in bound {
             forgetBroken(spec.name)
             sockets.install(s, for: spec.name)
+            announceStart(spec)
             commands.append(.start(spec, replace: replace))
         }
         submit(commands, for: request, client)
@@ -231,6 +234,7 @@ extension Manager: ControlHandler {
         }
         forgetBroken(spec.name)
         sockets.install(bound, for: spec.name)
+        announceStart(spec)
         submit([.start(spec, replace: replace)], for: request, client, note: "\(spec.name): config \(spec.sourcePath)")
     }
 
@@ -250,7 +254,8 @@ extension Manager: ControlHandler {
         for name in names {
             guard let app = supervisor.apps[name] else { continue }
             do {
-                requests.append(ReloadRequest(app: name, spec: try AppConfig.load(path: app.spec.sourcePath, environment: configEnvironment)))
+                let spec = try AppConfig.load(path: app.spec.sourcePath, environment: configEnvironment)
+                requests.append(ReloadRequest(app: name, spec: spec, digest: digest(of: spec)))
             } catch {
                 errors.append((name, error.description))
                 shellEvent(LifecycleDraft(kind: "config-error", app: name, message: error.description,
@@ -297,7 +302,8 @@ extension Manager: ControlHandler {
         case let .success(bound):
             forgetBroken(name)
             sockets.install(bound, for: name)
-            var commands: [Command] = [entry.stopped ? .add(spec) : .start(spec, replace: false)]
+            let startSpec = restoreGenerations(name, fileSpec: spec)
+            var commands: [Command] = [entry.stopped ? .add(startSpec) : .start(startSpec, replace: false)]
             if let n = entry.workers, n != spec.workers { commands.append(.scale(name, n)) }
             submit(commands, for: request, client)
         }

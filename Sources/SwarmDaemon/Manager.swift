@@ -114,6 +114,8 @@ public final class Manager {
     var eventsHead = 0
     var feeding = false
     var stateDirty = false
+    /// Config generations' files and what each generations file holds (Manager+Rollback.swift).
+    let generationKeeper = GenerationKeeper()
     /// Why the last save of the remembered apps failed (nil: it worked).
     var lastSaveError: String?
     var saveFailures = 0
@@ -302,13 +304,13 @@ public final class Manager {
         log.notice("swarmd \(swarmVersion) pid \(getpid()) control socket \(controlSocketPath)\(controlFromSystemd ? " (passed by systemd, fd \(controlFD))" : ""), state \(options.stateDir)")
         let startup = Requester(.startup)
         for name in order {
-            let (spec, entry) = byName[name]!
+            let (fileSpec, entry) = byName[name]!
             let fromCommandLine = specs.contains { $0.name == name }
-            switch sockets.bind(spec) {
+            switch sockets.bind(fileSpec) {
             case let .failure(error):
-                if fromCommandLine { throw DaemonError.config(["\(spec.sourcePath): \(error)"]) }
+                if fromCommandLine { throw DaemonError.config(["\(fileSpec.sourcePath): \(error)"]) }
                 if let entry {
-                    markBroken(entry, reason: "\(spec.sourcePath): cannot listen: \(error)")
+                    markBroken(entry, reason: "\(fileSpec.sourcePath): cannot listen: \(error)")
                 } else {
                     log.error("Failed to start \(name): \(error), ignoring")
                 }
@@ -316,6 +318,7 @@ public final class Manager {
             case let .success(bound):
                 sockets.install(bound, for: name)
             }
+            let spec = restoreGenerations(name, fileSpec: fileSpec)
             if entry?.stopped == true && !fromCommandLine {
                 feed(.command(newRequest(nil), .add(spec)))
             } else {
@@ -515,6 +518,7 @@ public final class Manager {
         case let .appRemoved(name):
             sockets.remove(name)
             health.forgetApp(name)
+            forgetGenerations(name)
             output.forget(app: name)
             cgroups.forget(app: name)
         case .appsChanged:
@@ -574,6 +578,7 @@ public final class Manager {
         do {
             try store.save(apps)
             lastSaveError = nil
+            saveGenerations()
         } catch {
             if lastSaveError == nil { log.error("Failed to write \(store.path): \(error); the change is in force but will be forgotten at the next start") }
             lastSaveError = "\(error)"

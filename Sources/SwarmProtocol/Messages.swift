@@ -26,6 +26,8 @@ public enum Verb: String, Codable, Sendable, CaseIterable {
     /// HAProxy's agent (swarmd --agent) says `drain` for the app until `undrain`.
     case drain, undrain
     case daemonReexec = "daemon-reexec"
+    /// A rolling reload back to the config of the previous generation (`name`: an app or "all").
+    case rollback
     /// Lifecycle events as they happen (`EventRecord`), after the last `lines` kept ones.
     case events
 
@@ -361,9 +363,11 @@ public struct AppStatus: Codable, Sendable, Equatable {
     public var problem: String?
     /// Drained by the operator: swarmd's HAProxy agent answers `drain` for it.
     public var drained: Bool?
+    /// The last config generations swarmd keeps, oldest first (`rollback` goes back through them).
+    public var generations: [GenerationStatus]?
 
     enum CodingKeys: String, CodingKey {
-        case name, state, config, generation, workers, sockets, drained
+        case name, state, config, generation, workers, sockets, drained, generations
         case problem = "error"
         case logThrottledS = "log_throttled_s"
         case logWriteErrors = "log_write_errors"
@@ -384,6 +388,27 @@ public struct AppStatus: Codable, Sendable, Equatable {
         self.lastReload = lastReload
         self.sockets = sockets
         self.workers = workers
+    }
+}
+
+/// One kept config generation of an app in `status --json`.
+public struct GenerationStatus: Codable, Sendable, Equatable {
+    public var generation: Int
+    /// When its reload (or start) began, RFC 3339 UTC.
+    public var time: String
+    /// running | replaced | rolled back | failed
+    public var outcome: String
+    /// "sha256:<hex>" of the config file and its env files as read (README: generation history); nil: not known.
+    public var digest: String?
+    /// A rollback: the generation whose config this one runs again.
+    public var restores: Int?
+
+    public init(generation: Int, time: String, outcome: String, digest: String?, restores: Int?) {
+        self.generation = generation
+        self.time = time
+        self.outcome = outcome
+        self.digest = digest
+        self.restores = restores
     }
 }
 

@@ -8,23 +8,77 @@ import SwarmSystem
 /// per host, labelled; `reload` is a rollout: host by host (`--parallel N` at
 /// a time), stopping at the first host whose reload fails (that host has
 /// already rolled itself back), with `--canary-wait` watching the first host
-/// before going on.
+/// before going on. When a host fails, the hosts already reloaded are
+/// rolled back (`swarmctl rollback`) and the summary says so per host.
 enum Fleet {
     static let readVerbs: Set<String> = ["status", "logs", "ping", "version"]
 
-    /// The hosts of `--host`/`SWARM_HOST` when there are several; nil otherwise (one host or none: no fleet).
+    /// The hosts of `--host`/`SWARM_HOST` when there are several, or of
+    /// `--hosts-file` (one or more); nil otherwise (one host or none: no fleet).
     static func hosts(in args: [String]) throws -> [RemoteHost]? {
         var text: String?
+        var file: String?
         var i = 0
         while i < args.count, args[i] != "--" {
             if args[i] == "--host", i + 1 < args.count { text = args[i + 1]; i += 1 }
             else if args[i].hasPrefix("--host=") { text = String(args[i].dropFirst(7)) }
+            else if args[i] == "--hosts-file", i + 1 < args.count { file = args[i + 1]; i += 1 }
+            else if args[i].hasPrefix("--hosts-file=") { file = String(args[i].dropFirst(13)) }
             i += 1
+        }
+        if let file {
+            guard text == nil else { throw CtlError(description: "--host and --hosts-file: give the hosts one way", exitCode: 64) }
+            return try hostsFile(file)
         }
         guard let list = text ?? Environment.nonEmpty(GlobalOptions.hostVariable), list.contains(",") else { return nil }
         do { return try RemoteHost.parseList(list) } catch let e as RemoteHost.ParseError {
             throw CtlError(description: e.description, exitCode: 64)
         }
+    }
+
+    static let hostsFileLimit = 1 << 20
+
+    /// One host per line; blank lines and everything after a '#' are ignored.
+    static func hostsFile(_ path: String) throws -> [RemoteHost] {
+        let shown = TerminalText.escape(path)
+        let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY)
+        guard fd >= 0 else { throw CtlError(description: "--hosts-file \(shown): cannot open: \(String(cString: strerror(errno)))", exitCode: 66) }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG else {
+            throw CtlError(description: "--hosts-file \(shown): not a regular file", exitCode: 66)
+        }
+        var bytes: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            guard n >= 0 else { throw CtlError(description: "--hosts-file \(shown): read: \(String(cString: strerror(errno)))", exitCode: 66) }
+            if n == 0 { break }
+            bytes += buf[0..<n]
+            guard bytes.count <= hostsFileLimit else { throw CtlError(description: "--hosts-file \(shown): larger than \(hostsFileLimit) bytes", exitCode: 65) }
+        }
+        var words: [String] = []
+        for (number, raw) in String(decoding: bytes, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = trimSpaces(String(raw.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""))
+            guard !line.isEmpty else { continue }
+            guard !line.contains(",") && !line.contains(" ") && !line.contains("\t") else {
+                throw CtlError(description: "--hosts-file \(shown):\(number + 1): one host per line, got '\(TerminalText.escape(line))'", exitCode: 65)
+            }
+            do { _ = try RemoteHost.parse(line) } catch let e as RemoteHost.ParseError {
+                throw CtlError(description: "--hosts-file \(shown):\(number + 1): \(e.description)", exitCode: 65)
+            }
+            words.append(line)
+        }
+        guard !words.isEmpty else { throw CtlError(description: "--hosts-file \(shown): no hosts in it", exitCode: 65) }
+        do { return try RemoteHost.parseList(words.joined(separator: ",")) } catch let e as RemoteHost.ParseError {
+            throw CtlError(description: "--hosts-file \(shown): \(e.description)", exitCode: 65)
+        }
+    }
+
+    static func trimSpaces(_ s: String) -> String {
+        let isSpace: (Character) -> Bool = { $0 == " " || $0 == "\t" || $0 == "\r" }
+        return String(s.drop(while: isSpace).reversed().drop(while: isSpace).reversed())
     }
 
     struct Options {
@@ -49,6 +103,7 @@ enum Fleet {
             if rest { o.perHost.append(a) }
             else if a == "--" { rest = true; o.perHost.append(a) }
             else if a == "--host" || a.hasPrefix("--host=") { _ = try value("--host") }
+            else if a == "--hosts-file" || a.hasPrefix("--hosts-file=") { _ = try value("--hosts-file") }
             else if a == "--parallel" || a.hasPrefix("--parallel=") {
                 let v = try value("--parallel")
                 guard let n = Int(v), n >= 1, n <= 64 else { throw CtlError(description: "--parallel '\(TerminalText.escape(v))': a number of hosts from 1 to 64", exitCode: 64) }
@@ -88,7 +143,8 @@ enum Fleet {
                 return readAll(o.perHost, hosts: hosts)
             }
             if verb == "reload" { return try rollout(o, hosts: hosts) }
-            throw CtlError(description: "'\(TerminalText.escape(verb))' goes to one host at a time; with several hosts swarmctl runs \(readVerbs.sorted().joined(separator: ", ")) and reload", exitCode: 64)
+            if verb == "rollback" { return rollBackAll(o.perHost, hosts: hosts) }
+            throw CtlError(description: "'\(TerminalText.escape(verb))' goes to one host at a time; with several hosts swarmctl runs \(readVerbs.sorted().joined(separator: ", ")), reload and rollback", exitCode: 64)
         } catch let e as CtlError {
             printErr("swarmctl: \(e.description)")
             return e.exitCode
@@ -142,7 +198,7 @@ enum Fleet {
             for r in runs {
                 if r.exitCode == 0 { done.append(r.host); printOut("[\(r.host)] reload done") }
                 else {
-                    let why = String(decoding: r.errors, as: UTF8.self).split(separator: "\n").last.map(String.init) ?? "exit \(r.exitCode)"
+                    let why = reason(r.errors) ?? "exit \(r.exitCode)"
                     failure = failure ?? (r.host, why)
                 }
             }
@@ -151,20 +207,61 @@ enum Fleet {
                 if let problem = watch(hosts[0], seconds: o.canaryWait) { failure = (hosts[0], "canary: " + problem) }
             }
         }
+        // The failed host rolled itself back; the ones done (the canary too, when watching it
+        // failed) go back to their previous generation, the last reloaded first.
+        var rolledBack: [String: String?] = [:]
+        if let failure {
+            for h in done.reversed() {
+                printOut("[\(h)] rolling back (the rollout stopped at \(failure.0))")
+                rolledBack[h.description] = rollBack(h, o.perHost)
+            }
+        }
         printOut("rollout summary:")
         for h in hosts {
             let state: String
-            if let f = failure, f.0 == h { state = "FAILED: \(f.1)" }
-            else if done.contains(h) { state = "reloaded" }
+            let back = rolledBack[h.description].map { $0.map { "; ROLLBACK FAILED: \($0)" } ?? ", then rolled back to its previous generation" }
+            if let f = failure, f.0 == h {
+                state = done.contains(h) ? "FAILED: \(f.1)" + (back ?? "") : "FAILED: \(f.1) (it rolled itself back)"
+            } else if done.contains(h) { state = "reloaded" + (back ?? "") }
             else { state = "not started (untouched)" }
             printOut("  \(h): \(state)")
         }
         guard let failure else { return 0 }
-        if !done.isEmpty {
-            printOut("  the hosts already reloaded keep the new version: roll them back by restoring the previous config there and running reload")
-        }
         printErr("swarmctl: rollout stopped at \(failure.0): \(failure.1)")
         return 1
+    }
+
+    /// `rollback` on several hosts: host by host (each a rolling reload of its own), all of them
+    /// even when one fails, with a per-host summary.
+    static func rollBackAll(_ args: [String], hosts: [RemoteHost]) -> Int32 {
+        var results: [(RemoteHost, String?)] = []
+        for h in hosts {
+            printOut("[\(h)] rollback started")
+            results.append((h, rollBack(h, args)))
+        }
+        printOut("rollback summary:")
+        for (h, why) in results { printOut("  \(h): " + (why.map { "FAILED: \($0)" } ?? "rolled back to its previous generation")) }
+        return results.contains { $0.1 != nil } ? 1 : 0
+    }
+
+    /// `swarmctl rollback` on one host with the reload's arguments; nil when it worked, else why not.
+    static func rollBack(_ host: RemoteHost, _ reloadArgs: [String]) -> String? {
+        var args = reloadArgs
+        if let i = args.firstIndex(of: "reload") { args[i] = "rollback" }
+        do {
+            let run = try HostRun(host, args, echoPrefix: "[\(host)] ")
+            HostRun.pumpAll([run])
+            guard run.exitCode != 0 else { return nil }
+            return reason(run.errors) ?? "exit \(run.exitCode)"
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    /// A host's swarmctl's error: its last "swarmctl: " line (the failed worker's log lines follow it), else its last line.
+    static func reason(_ stderr: [UInt8]) -> String? {
+        let lines = String(decoding: stderr, as: UTF8.self).split(separator: "\n").map(String.init)
+        return lines.last { $0.hasPrefix("swarmctl: ") }.map { String($0.dropFirst(10)) } ?? lines.last
     }
 
     static func fmtSeconds(_ s: Double) -> String { s == s.rounded() ? "\(Int(s))s" : "\(s)s" }

@@ -35,7 +35,7 @@ enum Main {
         }
     }
 
-    static let globalOptionsWithValue: Set<String> = ["--socket", "--trust-uid", "--host"]
+    static let globalOptionsWithValue: Set<String> = ["--socket", "--trust-uid", "--host", "--hosts-file"]
 
     static func arrange(_ input: [String]) -> [String] {
         var args = input
@@ -146,7 +146,7 @@ struct SwarmCtl: ParsableCommand {
         abstract: "Drive swarmd over its control socket.",
         version: SwarmVersion.current,
         subcommands: [Start.self, Stop.self, Restart.self, Delete.self, Reload.self, Scale.self, Status.self, Logs.self, Events.self,
-                      Ping.self, Version.self, Shutdown.self, DaemonReexec.self, Drain.self, Undrain.self, DialStdio.self])
+                      Ping.self, Version.self, Shutdown.self, DaemonReexec.self, Drain.self, Undrain.self, DialStdio.self, Rollback.self])
 }
 
 struct GlobalOptions: ParsableArguments {
@@ -161,6 +161,10 @@ struct GlobalOptions: ParsableArguments {
     @Option(help: ArgumentHelp("A swarmd on another host, through ssh: ssh://[user@]host[:port][/path/to/swarmd.sock] (env SWARM_HOST; ssh is $SWARM_SSH or 'ssh'; the host's swarmctl is $SWARM_REMOTE_SWARMCTL or 'swarmctl').",
                                valueName: "ssh://host"))
     var host: String?
+
+    @Option(name: .customLong("hosts-file"),
+            help: ArgumentHelp("Hosts to run on, one ssh://… per line ('#' starts a comment), like a comma-separated --host.", valueName: "file"))
+    var hostsFile: String?
 
     static let hostVariable = "SWARM_HOST"
 

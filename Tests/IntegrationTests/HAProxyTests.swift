@@ -80,6 +80,19 @@ struct HAProxyTests {
                 return st.count == 3 && st.values.allSatisfy { $0 == "UP" }
             }
 
+            // UP needs one worker answering /health; full weight needs every worker ready, which a
+            // loaded machine (or swarmd's start-up saves) can delay past UP: wait for that, then
+            // for HAProxy to take the agent's 100% within two agent intervals.
+            for h in fleet.hosts {
+                try await waitUntil(timeout: 20, "both workers on \(h.name) to be ready") { try await remoteStatus(fleet, h.url)?.workersReady == 2 }
+            }
+            let readyAt = Date()
+            try await waitUntil(timeout: 10, "HAProxy to give every host full weight (\((try? HAProxyTests.stat(admin, column: "weight")) ?? [:]))") {
+                let w = try HAProxyTests.stat(admin, column: "weight")
+                return w.count == 3 && w.values.allSatisfy { $0 == "100" }
+            }
+            let weightAfter = Date().timeIntervalSince(readyAt)
+            #expect(weightAfter < 2 * HAProxyTests.agentInterval + 1, "full weight \(weightAfter)s after every worker was ready")
             let weights = try HAProxyTests.stat(admin, column: "weight")
             #expect(weights.count == 3 && weights.values.allSatisfy { $0 == "100" }, "agent: up ready 100%: \(weights)")
 

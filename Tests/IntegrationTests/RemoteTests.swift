@@ -113,8 +113,8 @@ struct RemoteTests {
        .enabled(if: getuid() == 0, "needs root to make network namespaces and run sshd"),
        .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/sbin/sshd"), "needs Debian's openssh-server (scripts/deps.sh installs it)"))
 struct FleetTests {
-    static func conf(_ command: [String]) -> String {
-        Conf.app("talker", command: command, workers: 2, extra: "[ready]\nmode = \"delay\"\ndelay = \"200ms\"")
+    static func conf(_ command: [String], version: String = "1") -> String {
+        Conf.app("talker", command: command, workers: 2, env: ["VERSION": version], extra: "[ready]\nmode = \"delay\"\ndelay = \"200ms\"")
     }
 
     @Test("status on 3 hosts, a rollout on all 3, a broken version stopping at host 2, a canary that restarts stopping after host 1")
@@ -149,15 +149,32 @@ struct FleetTests {
             #expect(ok.out.contains("rollout summary"), "\(ok.out)")
             #expect(try await generations() == before.map { $0 + 1 }, "every host reloaded once")
 
-            // A broken new version on host 2 only: host 1 reloads, host 2 fails and rolls itself back, host 3 is not touched.
-            try s.write("host2.conf", FleetTests.conf(["/bin/sh", "-c", "echo broken version; exit 1"]))
+            // Version 2, broken on host 2 only: host 1 reloads, host 2 fails and rolls itself back, host 1 is then
+            // rolled back to its previous generation (version 1 again, new pids), host 3 is not touched.
+            func pids(_ h: Int) async throws -> [Int32] { try await remoteStatus(fleet, fleet.hosts[h].url)?.workers.compactMap(\.pid).sorted() ?? [] }
+            func versions(_ h: Int) async throws -> [String] { try await pids(h).map { environmentValue($0, "VERSION") ?? "?" } }
+            try s.write("host1.conf", FleetTests.conf(["/bin/sleep", "1000"], version: "2"))
+            try s.write("host2.conf", FleetTests.conf(["/bin/sh", "-c", "echo broken version; exit 1"], version: "2"))
+            try s.write("host3.conf", FleetTests.conf(["/bin/sleep", "1000"], version: "2"))
             let mid = try await generations()
+            let host1Before = try await pids(0), host3Before = try await pids(2)
+            #expect(try await versions(0) == ["1", "1"])
             let broken = try await fleet.ctl(["reload", "talker", "--host", all], timeout: 120)
+            print("[fleet] broken rollout output:\n\(broken.out)\(broken.err)")
             #expect(broken.code == 1, "\(broken)")
-            #expect(broken.out.contains("\(fleet.hosts[1].url): FAILED") && broken.out.contains("\(fleet.hosts[2].url): not started"), "\(broken.out)")
+            #expect(broken.out.contains("\(fleet.hosts[1].url): FAILED") && broken.out.contains("(it rolled itself back)"), "\(broken.out)")
+            #expect(broken.out.contains("\(fleet.hosts[0].url): reloaded, then rolled back to its previous generation"), "\(broken.out)")
+            #expect(broken.out.contains("\(fleet.hosts[2].url): not started"), "\(broken.out)")
             #expect(broken.err.contains("rollout stopped at \(fleet.hosts[1].url)"), "\(broken.err)")
             let after = try await generations()
-            #expect(after[0] == mid[0] + 1 && after[2] == mid[2], "host 1 reloaded, host 3 untouched: \(mid) → \(after)")
+            #expect(after[0] == mid[0] + 2 && after[1] == mid[1] && after[2] == mid[2],
+                    "host 1 reloaded then rolled back, hosts 2 and 3 on their generation: \(mid) → \(after)")
+            try await waitUntil(timeout: 20, "host 1 to serve version 1 again") { try await remoteStatus(fleet, fleet.hosts[0].url)?.workersReady == 2 }
+            #expect(try await versions(0) == ["1", "1"], "host 1 runs its previous generation's config again")
+            #expect(Set(try await pids(0)).isDisjoint(with: host1Before), "host 1's workers were replaced twice (reload, rollback)")
+            let host1 = try await remoteStatus(fleet, fleet.hosts[0].url)
+            #expect(host1?.generations?.suffix(2).map(\.outcome) == ["rolled back", "running"], "\(String(describing: host1?.generations))")
+            #expect(try await pids(2) == host3Before, "host 3 untouched")
             try await waitUntil(timeout: 20, "host 2 to serve its old version again") { try await remoteStatus(fleet, fleet.hosts[1].url)?.workersReady == 2 }
 
             // A version that becomes ready, then crashes: the canary watch on host 1 stops the rollout.
@@ -167,6 +184,20 @@ struct FleetTests {
             let canary = try await fleet.ctl(["reload", "talker", "--host", all, "--canary-wait", "6s"], timeout: 120)
             #expect(canary.code == 1 && canary.out.contains("canary"), "\(canary)")
             #expect(canary.err.contains("rollout stopped at \(fleet.hosts[0].url)"), "\(canary.err)")
+            #expect(canary.out.contains("\(fleet.hosts[0].url): FAILED: canary") && canary.out.contains("then rolled back to its previous generation"), "\(canary.out)")
+            try await waitUntil(timeout: 20, "host 1 to run its previous generation again") {
+                let st = try await remoteStatus(fleet, fleet.hosts[0].url)
+                return st?.generations?.last?.outcome == "running" && st?.workersReady == 2
+            }
+
+            // --hosts-file: one host per line, comments.
+            let list = try s.write("hosts.txt", "# the fleet\n" + fleet.hosts.map { "\($0.url)  # \($0.name)" }.joined(separator: "\n") + "\n\n")
+            let fromFile = try await fleet.ctl(["status", "--hosts-file", list])
+            #expect(fromFile.code == 0, "\(fromFile)")
+            for h in fleet.hosts { #expect(fromFile.out.contains("== \(h.url) =="), "\(fromFile.out)") }
+            let badList = try s.write("bad-hosts.txt", "\(fleet.hosts[0].url)\nnot a host\n")
+            let bad = try await fleet.ctl(["status", "--hosts-file", badList])
+            #expect(bad.code == 65 && bad.err.contains("bad-hosts.txt:2"), "\(bad)")
             let post = try await generations()
             #expect(post[1] == pre[1] && post[2] == pre[2], "hosts 2 and 3 untouched: \(pre) → \(post)")
             print("[fleet] canary rollout output:\n\(canary.out)\(canary.err)")
