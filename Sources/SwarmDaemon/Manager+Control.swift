@@ -102,6 +102,12 @@ extension Manager: ControlHandler {
             submit([.shutdown], for: request, client)
         case .drain, .undrain:
             setDrained(request, client)
+        case .describe:
+            describe(request, client)
+        case .signal:
+            signalWorkers(request, client)
+        case .reopenLogs:
+            reopenLogs(request, client)
         case .daemonReexec:
             if let why = reexec(reply: (client, id)) { control.send(client, .failure(id, "cannot re-execute now: \(why)")) }
         }

@@ -157,6 +157,10 @@ extension Manager {
                 lastReload: app.lastReload.map { ReloadStatus(ok: $0.succeeded, message: $0.message, ageS: ((now - $0.at).seconds * 10).rounded() / 10) },
                 sockets: sockets, workers: workers)
             a.logThrottledS = output.throttledSeconds(n)
+            a.command = SecretMask.arguments(app.spec.command)
+            a.cwd = app.spec.cwd
+            let logSink = output.sink(for: n)
+            a.logPath = logSink.journal == nil ? logSink.path : "journal"
             if drained.contains(n) { a.drained = true }
             if let sink = output.sinks[n], sink.writeErrors > 0 {
                 a.logWriteErrors = sink.writeErrors

@@ -360,7 +360,7 @@ public final class Manager {
         }
     }
 
-    static let handledSignals = [SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR2]
+    static let handledSignals = [SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR2, SIGUSR1]
 
     func onSignal(_ sig: Int32) {
         switch sig {
@@ -381,6 +381,9 @@ public final class Manager {
         case SIGUSR2:
             log.notice("received SIGUSR2: re-executing \(executablePath)")
             if let why = reexec(reply: nil) { log.error("Failed to re-execute: \(why)") }
+        case SIGUSR1:
+            let paths = reopenLogFiles()
+            log.notice("received SIGUSR1: reopened \(paths.count) log files")
         default:
             break
         }
