@@ -124,7 +124,7 @@ struct OperatorTests {
             // The workers themselves got the real values: only what is shown is masked.
             let environ = readText("/proc/\(pids[0])/environ").split(separator: "\0").map(String.init)
             #expect(environ.contains("DB_PASSWORD=envfile-pw-111") && environ.contains("API_TOKEN=cfg-token-333"))
-            #expect(text.contains("DB_PASSWORD=********") && text.contains("sha256     \(sum ?? "?")"), text)
+            #expect(text.contains("DB_PASSWORD=********") && text.contains("sha256     \(sum ?? "?")"), "\(text)")
 
             // status --json: command (masked like describe), cwd, config and log path.
             let report = try decodeJSON(StatusReport.self, status)
@@ -270,12 +270,12 @@ struct OperatorTests {
             #expect(ticks(log + ".b") == b)
 
             // 3: logrotate itself, with the shipped config pointed at this state dir.
-            guard let logrotate = ["/usr/sbin/logrotate", "/usr/bin/logrotate"].first(where: { access($0, X_OK) == 0 }) else {
+            guard let logrotate = ([String])(["/usr/sbin/logrotate", "/usr/bin/logrotate"]).first(where: { access($0, X_OK) == 0 }) else {
                 Issue.record("logrotate is not installed (scripts/deps.sh installs it)")
                 return
             }
             let shipped = readText(Paths.root + "/etc/logrotate/swarm")
-            #expect(shipped.contains("/var/lib/swarm/logs/*.log") && shipped.contains("create"), shipped)
+            #expect(shipped.contains("/var/lib/swarm/logs/*.log") && shipped.contains("create"), "\(shipped)")
             let rotateConf = try s.write("logrotate.conf", shipped
                 .replacingOccurrences(of: "/var/lib/swarm/logs/", with: dir + "/")
                 .replacingOccurrences(of: "swarmctl", with: "SWARM_SOCKET=\(s.socket) \(Paths.swarmctl)"))
@@ -283,7 +283,7 @@ struct OperatorTests {
             #expect(rotated.code == 0, "logrotate: \(rotated.out)")
             try await linesArrive(log)
             let c = ticks(log + ".1")
-            #expect(c.count >= 5, "logrotate should have moved tick.log to tick.log.1: \(try FileManager.default.contentsOfDirectory(atPath: dir))")
+            #expect(c.count >= 5, "logrotate should have moved tick.log to tick.log.1: \((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [])")
             try await Task.sleep(nanoseconds: 300_000_000)
             #expect(ticks(log + ".1") == c)
             let mode = try FileSystem.status(log).permissions
@@ -327,12 +327,12 @@ struct OperatorTests {
             comp swarmctl l
             """
         let bash = try runSync("/bin/bash", ["-c", "PATH=\(Paths.binDir):$PATH\n" + script])
-        #expect(bash.code == 0, bash.out)
-        #expect(bash.out.contains("-F _swarmctl swarmctl"), bash.out)
-        #expect(bash.out.contains("swarmctl des: describe\n"), bash.out)
-        #expect(bash.out.contains("swarmctl si: signal\n"), bash.out)
-        #expect(bash.out.contains("swarmctl logs --re: --reopen\n"), bash.out)
-        #expect(bash.out.contains("swarmctl l: logs ls list\n") || bash.out.contains("swarmctl l: logs\n"), bash.out)
+        #expect(bash.code == 0, "\(bash.out)")
+        #expect(bash.out.contains("-F _swarmctl swarmctl"), "\(bash.out)")
+        #expect(bash.out.contains("swarmctl des: describe\n"), "\(bash.out)")
+        #expect(bash.out.contains("swarmctl si: signal\n"), "\(bash.out)")
+        #expect(bash.out.contains("swarmctl logs --re: --reopen\n"), "\(bash.out)")
+        #expect(bash.out.contains("swarmctl l: logs ls list\n") || bash.out.contains("swarmctl l: logs\n"), "\(bash.out)")
 
         // man: groff renders both pages with no warning, and they list the new commands.
         for page in ["swarmctl", "swarmd"] {
@@ -340,11 +340,11 @@ struct OperatorTests {
             let check = try runSync("/bin/sh", ["-c", "groff -mandoc -Tutf8 -ww -z \(path) 2>&1"])
             #expect(check.code == 0 && check.out.isEmpty, "groff warnings for \(page).1: \(check.out)")
             let shown = try runSync("/bin/sh", ["-c", "MANWIDTH=100 man -l \(path) 2>&1 | col -b"])
-            #expect(shown.code == 0 && shown.out.contains(page), shown.out)
+            #expect(shown.code == 0 && shown.out.contains(page), "\(shown.out)")
             if page == "swarmctl" {
                 for word in ["describe", "signal", "top", "--reopen", "status"] { #expect(shown.out.contains(word), "\(word) in swarmctl.1") }
             } else {
-                #expect(shown.out.contains("--metrics"), shown.out)
+                #expect(shown.out.contains("--metrics"), "\(shown.out)")
             }
         }
     }

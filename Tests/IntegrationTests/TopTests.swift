@@ -11,7 +11,7 @@ final class Tmux {
     let tmux: String
 
     init(dir: String) throws {
-        guard let t = ["/usr/bin/tmux", "/bin/tmux"].first(where: { access($0, X_OK) == 0 }) else {
+        guard let t = ([String])(["/usr/bin/tmux", "/bin/tmux"]).first(where: { access($0, X_OK) == 0 }) else {
             throw HarnessError("tmux is not installed (scripts/deps.sh installs it)")
         }
         tmux = t
@@ -85,7 +85,7 @@ struct TopTests {
             let first = try await tmux.waitFor("top", "top to show web and its two workers") { pane in
                 pane.contains("> web") && pane.contains("Workers of web") && web.allSatisfy { pane.contains(" \($0) ") } ? pane : nil
             }
-            #expect(first.contains("ticker") && first.contains("q quit"), first)
+            #expect(first.contains("ticker") && first.contains("q quit"), "\(first)")
 
             // kill -9 one worker: the view refreshes with the new pid and a restart.
             kill(web[0], SIGKILL)
@@ -137,8 +137,8 @@ struct TopTests {
             // q quits, and the shell gets its terminal back as it was.
             try tmux.keys("top", "q")
             let after = try await tmux.waitFor("top", "top to exit and stty to report") { $0.contains("STTY-DONE") ? $0 : nil }
-            #expect(after.contains("TOP-EXIT=0"), after)
-            #expect(after.contains("isig icanon echo") && !after.contains("-icanon") && !after.contains("-echo"), after)
+            #expect(after.contains("TOP-EXIT=0"), "\(after)")
+            #expect(after.contains("isig icanon echo") && !after.contains("-icanon") && !after.contains("-echo"), "\(after)")
             #expect(!after.contains("Workers of"), "the alternate screen was not left: \(after)")
 
             // SIGTERM while it runs: the same restore.
@@ -147,7 +147,7 @@ struct TopTests {
             let pid = try #require(try tmux.programPid("term"))
             kill(pid, SIGTERM)
             let termed = try await tmux.waitFor("term", "top to exit on SIGTERM") { $0.contains("STTY-DONE") ? $0 : nil }
-            #expect(termed.contains("TOP-EXIT=0") && termed.contains("isig icanon echo") && !termed.contains("-icanon"), termed)
+            #expect(termed.contains("TOP-EXIT=0") && termed.contains("isig icanon echo") && !termed.contains("-icanon"), "\(termed)")
         }
     }
 
@@ -160,10 +160,10 @@ struct TopTests {
             let pids = try await s.waitReady("web", workers: 2)
             let one = try await s.ctlOK("top").out
             #expect(!one.contains("\u{1b}"), "escape codes in plain output")
-            #expect(one.components(separatedBy: "swarmd pid").count == 2, one)
-            #expect(one.contains("web  running  2/2") && pids.allSatisfy { one.contains(" \($0) ") }, one)
+            #expect(one.components(separatedBy: "swarmd pid").count == 2, "\(one)")
+            #expect(one.contains("web  running  2/2") && pids.allSatisfy { one.contains(" \($0) ") }, "\(one)")
             let three = try await s.ctlOK("top", "--interval", "0.2", "--count", "3").out
-            #expect(three.components(separatedBy: "swarmd pid").count == 4, three)
+            #expect(three.components(separatedBy: "swarmd pid").count == 4, "\(three)")
             let bad = try await s.ctl("top", "--interval", "0")
             #expect(bad.code == 64 && bad.err.contains("--interval"), "\(bad)")
         }
