@@ -389,7 +389,8 @@ final class TopScreen {
         let size = RawTerminal.size(of: 1) ?? (24, 80)
         var footer = TopView.keysHelp
         if case let .confirmReload(app) = mode { footer = "Reload \(app)? Rolling restart of every worker. y/N" }
-        if !message.isEmpty, case .apps = mode { footer = message + "   |   " + footer }
+        // The keys first: a long message is what gets cut at the right edge.
+        if !message.isEmpty, case .apps = mode { footer += "   |   " + message }
         let lines: [String]
         if case let .log(app) = mode {
             lines = TopView.logScreen(app, logLines, rows: size.rows, columns: size.columns, footer: TerminalText.escape("q back  |  " + message))

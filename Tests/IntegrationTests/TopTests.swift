@@ -131,7 +131,7 @@ struct TopTests {
             try await tmux.waitFor("top", "a redraw at 90x20") { pane in
                 let lines = pane.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
                 let visible = lines.last == "" ? Array(lines.dropLast()) : lines
-                return visible.count == 20 && visible.last?.contains("q quit") == true && visible.allSatisfy { $0.count <= 90 } ? true : nil
+                return visible.count == 20 && visible.last?.contains("up/down") == true && visible.allSatisfy { $0.count <= 90 } ? true : nil
             }
 
             // q quits, and the shell gets its terminal back as it was.
