@@ -52,6 +52,7 @@ extension Manager {
             if let at = slot.restartAt { h.restartInS = max(0, ((at - now).seconds * 10).rounded() / 10) }
             let others = ([slot.incoming].compactMap { $0 } + slot.retiring).compactMap { supervisor.workers[$0]?.pid }
             if !others.isEmpty { h.others = others }
+            if let exits = exitHistory[name]?[slot.index], !exits.isEmpty { h.exits = exits }
             slots.append(h)
         }
         let sink = output.sink(for: name)
@@ -92,6 +93,24 @@ extension Manager {
         }
         return d
     }
+
+    /// Called as a worker is reaped, before the core hears of it: the slot's
+    /// history for `describe`, at most `SlotExit.kept` per slot. Apps that are
+    /// gone are dropped once more than `maxHistoryApps` names are kept.
+    func recordExit(pid: Int32, _ status: SwarmCore.ExitStatus) {
+        guard let w = supervisor.worker(pid: pid) else { return }
+        let up = max(0, (Instant(nanoseconds: kernel.now()) - w.startedAt).seconds)
+        var exits = exitHistory[w.app]?[w.slot] ?? []
+        exits.append(SlotExit(at: rfc3339(Posix.realtimeNanoseconds()), pid: pid, generation: w.generation, status: status.description,
+                              uptimeS: (up * 1000).rounded() / 1000))
+        if exits.count > SlotExit.kept { exits.removeFirst(exits.count - SlotExit.kept) }
+        exitHistory[w.app, default: [:]][w.slot] = exits
+        if exitHistory.count > Manager.maxHistoryApps {
+            for app in exitHistory.keys where supervisor.apps[app] == nil { exitHistory[app] = nil }
+        }
+    }
+
+    static let maxHistoryApps = 1024
 
     static func secondsText(_ d: Duration) -> String {
         let ms = d.nanoseconds / 1_000_000

@@ -116,6 +116,7 @@ extension Manager {
             case let .signaled(p, s, core): (pid, status) = (p, .signaled(s, coreDumped: core))
             }
             output.drain(pid: pid)
+            recordExit(pid: pid, status)
             feed(.exited(pid: pid, status))
         }
         reapContinuation?.trigger()

@@ -126,6 +126,8 @@ public final class Manager {
     /// The CPUs swarmd was started with: `cpu_affinity` is checked against them.
     let allowedCPUs: [Int]
     var signalSources: [EventLoop.Source] = []
+    /// Issue 16: each app's slots' last exits, for `describe` (not handed over by a re-exec).
+    var exitHistory: [String: [Int: [SlotExit]]] = [:]
     var reapContinuation: EventLoop.Deferred?
     var housekeeping: EventLoop.Source?
     var sweepSource: EventLoop.Source?

@@ -121,9 +121,11 @@ public struct SlotHistory: Codable, Sendable, Equatable {
     public var health: String?
     /// Pids of the slot's workers being stopped, and of a reload's incoming one.
     public var others: [Int32]?
+    /// The slot's last exits, oldest first (at most `SlotExit.kept`; since swarmd started or last re-executed).
+    public var exits: [SlotExit]?
 
     enum CodingKeys: String, CodingKey {
-        case slot, generation, pid, state, restarts, health, others
+        case slot, generation, pid, state, restarts, health, others, exits
         case uptimeS = "uptime_s"
         case lastExit = "last_exit"
         case lastFailure = "last_failure"
@@ -136,6 +138,32 @@ public struct SlotHistory: Codable, Sendable, Equatable {
         self.pid = pid
         self.state = state
         self.restarts = restarts
+    }
+}
+
+/// One worker's end, as swarmd reaped it.
+public struct SlotExit: Codable, Sendable, Equatable {
+    public static let kept = 5
+    /// RFC 3339, UTC.
+    public var at: String
+    public var pid: Int32
+    public var generation: Int
+    /// "exited with status 1", "killed by SIGKILL".
+    public var status: String
+    /// How long the worker ran.
+    public var uptimeS: Double
+
+    enum CodingKeys: String, CodingKey {
+        case at, pid, generation, status
+        case uptimeS = "uptime_s"
+    }
+
+    public init(at: String, pid: Int32, generation: Int, status: String, uptimeS: Double) {
+        self.at = at
+        self.pid = pid
+        self.generation = generation
+        self.status = status
+        self.uptimeS = uptimeS
     }
 }
 

@@ -68,6 +68,13 @@ enum DescribeText {
                     "\(s.restarts)", s.health ?? "-", last]
         }
         out += Columns.format([header] + rows, indent: 4)
+        let exits = d.slots.flatMap { s in (s.exits ?? []).map { (s.slot, $0) } }
+        if !exits.isEmpty {
+            out.append("  last exits")
+            out += Columns.format([["SLOT", "AT", "PID", "GEN", "RAN", "HOW"]] + exits.map { slot, e in
+                ["\(slot)", e.at, "\(e.pid)", "\(e.generation)", StatusTable.duration(e.uptimeS), e.status]
+            }, indent: 4)
+        }
         return out
     }
 

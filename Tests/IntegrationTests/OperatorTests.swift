@@ -145,6 +145,9 @@ struct OperatorTests {
             let after = try decodeJSON(AppDescription.self, try await s.ctlOK("describe", "web", "--json").out)
             #expect(after.slots[0].restarts == 1 && after.slots[0].lastExit == "killed by SIGKILL", "\(after.slots[0])")
             #expect(after.slots[1].pid == pids[1] && after.slots[1].restarts == 0)
+            let exit = try #require(after.slots[0].exits?.last, "\(after.slots[0])")
+            #expect(exit.pid == pids[0] && exit.status == "killed by SIGKILL" && exit.generation == 1 && exit.uptimeS > 0, "\(exit)")
+            #expect(after.slots[1].exits == nil)
 
             // The file changed on disk: describe says a reload would change the app. The env_file is re-read by reload.
             _ = try s.write("web.conf", config(mode: "two"))

@@ -25,6 +25,10 @@ import Testing
         #expect(d.logs.path == f.dir.path + "/state/logs/web.log")
         let app = try #require(try f.manager.statusReport(only: "web").apps.first)
         #expect(app.command == ["/bin/true", "serve"] && app.cwd == f.dir.path && app.logPath == d.logs.path)
+        // A reaped worker's exit is kept for its slot (restart "never": the slot then stays empty).
+        f.exit(pids[1], code: 3)
+        let slot1 = try #require(try f.call { Request(id: $0, verb: .describe, name: "web") }.describe?.slots[1])
+        #expect(slot1.exits?.map(\.pid) == [pids[1]] && slot1.exits?.first?.status == "exited with status 3", "\(slot1)")
         let unknown = try f.call { Request(id: $0, verb: .describe, name: "nope") }
         #expect(unknown.ok == false && unknown.error == "no app named 'nope'")
     }
