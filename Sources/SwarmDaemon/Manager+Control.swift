@@ -108,6 +108,8 @@ extension Manager: ControlHandler {
             signalWorkers(request, client)
         case .reopenLogs:
             reopenLogs(request, client)
+        case .events:
+            subscribeEvents(request, client)
         case .daemonReexec:
             if let why = reexec(reply: (client, id)) { control.send(client, .failure(id, "cannot re-execute now: \(why)")) }
         }
@@ -117,6 +119,7 @@ extension Manager: ControlHandler {
         let key = ObjectIdentifier(client)
         for name in client.following { output.sinks[name]?.followers[key] = nil }
         client.following = []
+        lifecycle.unsubscribe(client)
     }
 
     func selector(_ request: Request, _ client: ControlClient) -> AppSelector? {
@@ -256,6 +259,8 @@ extension Manager: ControlHandler {
                 requests.append(ReloadRequest(app: name, spec: try AppConfig.load(path: app.spec.sourcePath, environment: configEnvironment)))
             } catch {
                 errors.append((name, error.description))
+                shellEvent(LifecycleDraft(kind: "config-error", app: name, message: error.description,
+                                          details: ["config": app.spec.sourcePath]))
             }
         }
         return (requests, errors)
