@@ -5,9 +5,10 @@
 # systemd-socket-activate, util-linux for setpriv, golang-go for the static
 # Go server of the bind-interception tests, prometheus for promtool and the
 # server the metrics tests scrape swarmd with, openssh-server, iproute2 and
-# haproxy for the test hosts; rustc and a Python venv with the PyPI servers
-# the recipe tests run (gunicorn, uvicorn, hypercorn, waitress) in
-# SWARM_TEST_VENV (default /var/tmp/swarm-venv).
+# haproxy for the test hosts; tmux, logrotate, groff, man and col for the
+# operator commands' tests (top, logs --reopen, the man pages); rustc and a
+# Python venv with the PyPI servers the recipe tests run (gunicorn, uvicorn,
+# hypercorn, waitress) in SWARM_TEST_VENV (default /var/tmp/swarm-venv).
 set -euo pipefail
 need=()
 dpkg -s libsystemd-dev >/dev/null 2>&1 || need+=(libsystemd-dev)
@@ -26,6 +27,12 @@ python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ip >/dev/null || need+=(iproute2)
 [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+# swarmctl top runs under tmux in its tests; logrotate, groff and man for logs --reopen and the man pages.
+command -v tmux >/dev/null || need+=(tmux)
+[ -x /usr/sbin/logrotate ] || need+=(logrotate)
+command -v groff >/dev/null || need+=(groff-base)
+command -v man >/dev/null || need+=(man-db)
+command -v col >/dev/null || need+=(bsdextrautils)
 if [ ${#need[@]} -gt 0 ]; then
     echo "deps.sh: installing ${need[*]}"
     sudo_cmd=""

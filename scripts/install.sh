@@ -14,7 +14,14 @@
 #   $UNITDIR/swarmd.service (ExecStart= pointing at $PREFIX/bin/swarmd), swarmd.socket
 #   /etc/swarm/apps.d/                     created empty
 #   $PREFIX/share/swarm/examples/          node-web.conf, python-web.conf, apps/,
-#                                          systemd/ (swarm-web.socket, notify-reload variant)
+#                                          systemd/ (swarm-web.socket, notify-reload variant),
+#                                          logrotate/swarm (for /etc/logrotate.d)
+#   $PREFIX/share/man/man1/swarmd.1, swarmctl.1          generated from the argument parser
+#   $PREFIX/share/bash-completion/completions/swarmd, swarmctl
+#   $PREFIX/share/zsh/site-functions/_swarmd, _swarmctl
+#   $PREFIX/share/fish/vendor_completions.d/swarmd.fish, swarmctl.fish
+#   (by scripts/gen-docs.sh, which asks the built binaries; it builds
+#   swift-argument-parser's generate-manual once, offline)
 #
 # apps.d is left empty on purpose: whatever is in it runs as soon as swarmd
 # starts, and an example app would take port 8080 on a real host. The examples
@@ -78,6 +85,20 @@ copy_tree etc/apps "$DESTDIR$exampledir/apps"
 install -m 0644 systemd/swarm-web.socket "$DESTDIR$exampledir/systemd/swarm-web.socket"
 install -m 0644 "$(rewrite_unit systemd/swarmd-notify-reload.service.example)" \
     "$DESTDIR$exampledir/systemd/swarmd-notify-reload.service.example"
+
+echo "install.sh: man pages and shell completions"
+BUILD_DIR=$BUILD_DIR scripts/gen-docs.sh "$tmp/docs" >/dev/null
+sharedir=$PREFIX/share
+install -d -m 0755 "$DESTDIR$sharedir/man/man1" "$DESTDIR$sharedir/bash-completion/completions" \
+    "$DESTDIR$sharedir/zsh/site-functions" "$DESTDIR$sharedir/fish/vendor_completions.d"
+for b in swarmd swarmctl; do
+    install -m 0644 "$tmp/docs/man/$b.1" "$DESTDIR$sharedir/man/man1/$b.1"
+    install -m 0644 "$tmp/docs/completions/$b.bash" "$DESTDIR$sharedir/bash-completion/completions/$b"
+    install -m 0644 "$tmp/docs/completions/_$b" "$DESTDIR$sharedir/zsh/site-functions/_$b"
+    install -m 0644 "$tmp/docs/completions/$b.fish" "$DESTDIR$sharedir/fish/vendor_completions.d/$b.fish"
+done
+install -d -m 0755 "$DESTDIR$exampledir/logrotate"
+install -m 0644 etc/logrotate/swarm "$DESTDIR$exampledir/logrotate/swarm"
 
 if [ -d "$DESTDIR$appsdir" ]; then
     echo "install.sh: $DESTDIR$appsdir exists, left as it is"

@@ -136,6 +136,13 @@ final class LogSink {
         file?.close()
         file = nil
     }
+
+    /// After an outside rotation (logrotate's `create` mode renamed the file):
+    /// the next lines go to a file of this name again, not to the renamed one.
+    func reopen() {
+        close()
+        openFile()
+    }
 }
 
 /// Splits a pipe's bytes into lines, bounding a line's length.

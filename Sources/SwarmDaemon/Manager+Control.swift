@@ -104,6 +104,12 @@ extension Manager: ControlHandler {
             setDrained(request, client)
         case .rollback:
             rollback(request, client)
+        case .describe:
+            describe(request, client)
+        case .signal:
+            signalWorkers(request, client)
+        case .reopenLogs:
+            reopenLogs(request, client)
         case .events:
             subscribeEvents(request, client)
         case .daemonReexec:

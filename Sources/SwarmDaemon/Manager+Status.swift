@@ -158,6 +158,10 @@ extension Manager {
                 sockets: sockets, workers: workers)
             a.logThrottledS = output.throttledSeconds(n)
             a.generations = generationStatus(app)
+            a.command = SecretMask.arguments(app.spec.command)
+            a.cwd = app.spec.cwd
+            let logSink = output.sink(for: n)
+            a.logPath = logSink.journal == nil ? logSink.path : "journal"
             if drained.contains(n) { a.drained = true }
             if let sink = output.sinks[n], sink.writeErrors > 0 {
                 a.logWriteErrors = sink.writeErrors

@@ -119,6 +119,7 @@ extension Manager {
             // An exec health probe: its result goes to the health checker, not the core.
             if health.exec.reaped(pid: pid, status: status) { continue }
             output.drain(pid: pid)
+            recordExit(pid: pid, status)
             feed(.exited(pid: pid, status))
         }
         reapContinuation?.trigger()

@@ -128,6 +128,8 @@ public final class Manager {
     /// The CPUs swarmd was started with: `cpu_affinity` is checked against them.
     let allowedCPUs: [Int]
     var signalSources: [EventLoop.Source] = []
+    /// Issue 16: each app's slots' last exits, for `describe` (not handed over by a re-exec).
+    var exitHistory: [String: [Int: [SlotExit]]] = [:]
     var reapContinuation: EventLoop.Deferred?
     var housekeeping: EventLoop.Source?
     var sweepSource: EventLoop.Source?
@@ -366,7 +368,7 @@ public final class Manager {
         }
     }
 
-    static let handledSignals = [SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR2]
+    static let handledSignals = [SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR2, SIGUSR1]
 
     func onSignal(_ sig: Int32) {
         switch sig {
@@ -387,6 +389,9 @@ public final class Manager {
         case SIGUSR2:
             log.notice("received SIGUSR2: re-executing \(executablePath)")
             if let why = reexec(reply: nil) { log.error("Failed to re-execute: \(why)") }
+        case SIGUSR1:
+            let paths = reopenLogFiles()
+            log.notice("received SIGUSR1: reopened \(paths.count) log files")
         default:
             break
         }

@@ -28,6 +28,12 @@ public enum Verb: String, Codable, Sendable, CaseIterable {
     case daemonReexec = "daemon-reexec"
     /// A rolling reload back to the config of the previous generation (`name`: an app or "all").
     case rollback
+    /// Issue 16: everything known about one app (secrets masked by swarmd).
+    case describe
+    /// Issue 16: a signal to an app's workers (`name`, `slot`, `signal`, `group`).
+    case signal
+    /// Issue 16: close and reopen every app's log file (after logrotate renamed it); also SIGUSR1.
+    case reopenLogs = "reopen-logs"
     /// Lifecycle events as they happen (`EventRecord`), after the last `lines` kept ones.
     case events
 
@@ -55,6 +61,12 @@ public struct Request: Codable, Sendable, Equatable {
     public var follow: Bool?
     /// `start` without a config file (instead of `files`): swarmd writes one into its state dir.
     public var quickStart: QuickStartRequest?
+    /// `signal`: one slot of the app (nil: every worker of it).
+    public var slot: Int?
+    /// `signal`: a name ("TERM", "SIGTERM") or a number ("15"); swarmd checks it.
+    public var signal: String?
+    /// `signal`: to the worker's process group, not only the worker.
+    public var group: Bool?
 
     public init(id: UInt64, verb: Verb, files: [String]? = nil, name: String? = nil, replace: Bool? = nil,
                 count: Int? = nil, delta: Int? = nil, lines: Int? = nil, follow: Bool? = nil,
@@ -75,6 +87,7 @@ public struct Request: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey {
         case v, id, verb, files, name, replace, count, delta, lines, follow
         case quickStart = "quick_start"
+        case slot, signal, group
     }
 }
 
@@ -155,6 +168,8 @@ public struct Response: Codable, Sendable, Equatable {
     public var version: String?
     /// kind `part`: some of an app's workers.
     public var part: StatusPart?
+    /// `describe`.
+    public var describe: AppDescription?
     /// kind `record`: one lifecycle event.
     public var record: EventRecord?
 
@@ -365,6 +380,12 @@ public struct AppStatus: Codable, Sendable, Equatable {
     public var drained: Bool?
     /// The last config generations swarmd keeps, oldest first (`rollback` goes back through them).
     public var generations: [GenerationStatus]?
+    /// argv as configured (secret-looking arguments masked, as in `describe`).
+    public var command: [String]?
+    /// The workers' directory.
+    public var cwd: String?
+    /// The app's log file, or "journal".
+    public var logPath: String?
 
     enum CodingKeys: String, CodingKey {
         case name, state, config, generation, workers, sockets, drained, generations
@@ -375,6 +396,8 @@ public struct AppStatus: Codable, Sendable, Equatable {
         case workersWanted = "workers_wanted"
         case workersReady = "workers_ready"
         case lastReload = "last_reload"
+        case command, cwd
+        case logPath = "log_path"
     }
 
     public init(name: String, state: String, config: String, generation: Int, workersWanted: Int, workersReady: Int,

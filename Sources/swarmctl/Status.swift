@@ -3,7 +3,7 @@ import SwarmProtocol
 import SwarmSystem
 
 struct Status: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Show apps and workers (a table, or --json).")
+    static let configuration = CommandConfiguration(abstract: "Show apps and workers (a table, or --json).", aliases: ["ls", "list"])
     @OptionGroup var global: GlobalOptions
     @Flag(help: "Print the documented JSON schema instead of a table.") var json = false
     @Flag(help: "Exit 3 unless every app (or NAME) has all its workers ready: for exec probes and scripts.") var check = false

@@ -146,7 +146,9 @@ struct SwarmCtl: ParsableCommand {
         abstract: "Drive swarmd over its control socket.",
         version: SwarmVersion.current,
         subcommands: [Start.self, Stop.self, Restart.self, Delete.self, Reload.self, Scale.self, Status.self, Logs.self, Events.self,
-                      Ping.self, Version.self, Shutdown.self, DaemonReexec.self, Drain.self, Undrain.self, DialStdio.self, Rollback.self])
+                      Ping.self, Version.self, Shutdown.self, DaemonReexec.self, Drain.self, Undrain.self, DialStdio.self, Rollback.self,
+                      // Issue 16's operator commands.
+                      Top.self, Describe.self, SignalCommand.self])
 }
 
 struct GlobalOptions: ParsableArguments {
