@@ -32,7 +32,7 @@ extension Manager {
                                        cwd: "", inheritEnv: false, envFiles: [], env: [], sockets: [], workersWanted: broken.remembered.workers ?? 0,
                                        workersReady: 0, restart: "", stop: "", slots: [], logs: LogFiles(target: "file", path: nil, files: [], maxSizeBytes: 0, keep: 0))
                 d.configProblem = broken.reason
-                d.configSHA256 = try? SHA256.hex(Posix.readFile(broken.remembered.config, limit: AppConfig.maxFileSize))
+                d.configSHA256 = try? Digest.sha256Hex(Posix.readFile(broken.remembered.config, limit: AppConfig.maxFileSize))
                 return d
             }
             throw DaemonError.control(CommandError.unknownApp(name).description)
@@ -83,7 +83,7 @@ extension Manager {
         d.memoryLimitBytes = spec.memoryLimit
         d.lastReload = status.lastReload
         do {
-            d.configSHA256 = SHA256.hex(try Posix.readFile(spec.sourcePath, limit: AppConfig.maxFileSize))
+            d.configSHA256 = Digest.sha256Hex(try Posix.readFile(spec.sourcePath, limit: AppConfig.maxFileSize))
             var onDisk = try AppConfig.load(path: spec.sourcePath, environment: configEnvironment)
             // `scale` changes the count without touching the file: not a change a reload would make.
             onDisk.workers = spec.workers

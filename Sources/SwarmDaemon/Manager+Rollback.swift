@@ -47,7 +47,7 @@ extension Manager {
             hash.update(data: bytes)
             files.append(ConfigSource.File(path: path, text: String(decoding: bytes, as: UTF8.self)))
         }
-        let digest = "sha256:" + hash.finalize().map { String(format: "%02x", $0) }.joined()
+        let digest = "sha256:" + Digest.hex(hash.finalize())
         let source = ConfigSource(files: files, digest: digest)
         generationKeeper.remember(source)
         return source

@@ -1,14 +1,14 @@
 @testable import SwarmDaemon
 import Testing
 
-@Suite struct SHA256Tests {
+@Suite struct DigestTests {
     /// FIPS 180-4 examples, and lengths around the 55/56/64-byte padding edges.
     @Test func knownDigests() {
-        #expect(SHA256.hex([]) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
-        #expect(SHA256.hex(Array("abc".utf8)) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
-        #expect(SHA256.hex(Array("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq".utf8))
+        #expect(Digest.sha256Hex([]) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        #expect(Digest.sha256Hex(Array("abc".utf8)) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        #expect(Digest.sha256Hex(Array("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq".utf8))
             == "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1")
-        #expect(SHA256.hex([UInt8](repeating: UInt8(ascii: "a"), count: 1_000_000))
+        #expect(Digest.sha256Hex([UInt8](repeating: UInt8(ascii: "a"), count: 1_000_000))
             == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0")
         let edges: [(Int, String)] = [
             (55, "d5e285683cd4efc02d021a5c62014694958901005d6f71e89e0989fac77e4072"),
@@ -18,6 +18,6 @@ import Testing
             (65, "9537c5fdf120482f7d58d25e9ed583f52c02b4e304ea814db1633ad565aed7e9"),
             (119, "000b48d4edf0fa7bee3c6236ecd2785baa5db4eeb8bb54341b029e0d9fa5fb0c"),
         ]
-        for (n, digest) in edges { #expect(SHA256.hex([UInt8](repeating: UInt8(ascii: "x"), count: n)) == digest, "\(n) bytes") }
+        for (n, digest) in edges { #expect(Digest.sha256Hex([UInt8](repeating: UInt8(ascii: "x"), count: n)) == digest, "\(n) bytes") }
     }
 }
