@@ -34,11 +34,22 @@ public enum ListenerProbe {
         return r < 0 && errno == EADDRINUSE
     }
 
-    /// The process listening on TCP port `port` ("pid 123 (node)"), if this
-    /// process may see it: the socket's inode from /proc/net/tcp{,6}, then the
-    /// /proc/PID/fd link naming it. Only on the error path: it reads every process.
-    public static func owner(port: UInt16) -> String? {
-        var inodes: Set<String> = []
+    /// What holds TCP port `port` when a bind to it failed with EADDRINUSE.
+    /// Only on the error path: it reads /proc/net/tcp{,6} and may read every process.
+    public enum Holder: Equatable, Sendable {
+        /// A listener: "pid 123 (node)", or nil when its process is not visible to us.
+        case listener(String?)
+        /// No listener, but a connection's local end: the kernel gives ports of
+        /// its ephemeral range to outgoing connections, so an app's port inside
+        /// that range is taken whenever some client happens to draw it.
+        case connection(ephemeral: ClosedRange<Int>?)
+        /// Nothing in /proc/net/tcp: a socket bound without listening or connecting.
+        case unknown
+    }
+
+    public static func holder(port: UInt16) -> Holder {
+        var listening: Set<String> = []
+        var connected = false
         let hexPort = String(port, radix: 16, uppercase: true)
         let padded = String(repeating: "0", count: max(0, 4 - hexPort.count)) + hexPort
         for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
@@ -46,11 +57,35 @@ public enum ListenerProbe {
             for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n").dropFirst() {
                 let f = line.split(separator: " ", omittingEmptySubsequences: true)
                 // local_address is ADDR:PORT, st 0A is LISTEN, inode is the 10th field.
-                guard f.count > 9, f[1].hasSuffix(":" + padded), f[3] == "0A" else { continue }
-                inodes.insert(String(f[9]))
+                guard f.count > 9, f[1].hasSuffix(":" + padded) else { continue }
+                if f[3] == "0A" { listening.insert(String(f[9])) } else { connected = true }
             }
         }
-        guard !inodes.isEmpty else { return nil }
+        if !listening.isEmpty { return .listener(owner(ofInodes: listening)) }
+        if connected {
+            let range = ephemeralRange().flatMap { $0.contains(Int(port)) ? $0 : nil }
+            return .connection(ephemeral: range)
+        }
+        return .unknown
+    }
+
+    /// net.ipv4.ip_local_port_range, if readable.
+    public static func ephemeralRange() -> ClosedRange<Int>? {
+        guard let bytes = try? Posix.readFile("/proc/sys/net/ipv4/ip_local_port_range", limit: 64) else { return nil }
+        let f = String(decoding: bytes, as: UTF8.self).split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" })
+        guard f.count == 2, let lo = Int(f[0]), let hi = Int(f[1]), lo <= hi else { return nil }
+        return lo...hi
+    }
+
+    /// The process listening on TCP port `port` ("pid 123 (node)"), if this
+    /// process may see it: the socket's inode from /proc/net/tcp{,6}, then the
+    /// /proc/PID/fd link naming it.
+    public static func owner(port: UInt16) -> String? {
+        if case .listener(let who) = holder(port: port) { return who }
+        return nil
+    }
+
+    private static func owner(ofInodes inodes: Set<String>) -> String? {
         for pid in ProcFS.listDirectory("/proc") ?? [] where pid.first?.isNumber == true {
             for fd in ProcFS.listDirectory("/proc/\(pid)/fd") ?? [] {
                 guard let link = ProcFS.readLink("/proc/\(pid)/fd/\(fd)"), link.hasPrefix("socket:[") else { continue }

@@ -127,7 +127,7 @@ struct BalanceTests {
             let port = try Ports.free()
             let conf = try s.write("web.conf", Conf.python("web", workers: 2, port: port,
                                                            extra: handOver ? "" : "[reload]\nhand_over = false"))
-            try await s.startDaemon([conf])
+            try await s.startDaemon([conf], args: ["--verbose"])
             var pids = try await s.waitReady("web", workers: 2)
             let load = Traffic(port: port, keepAlive: 20, fresh: 0, pause: 0.005)
             let (_, report) = try await withTraffic(load) {
@@ -145,7 +145,8 @@ struct BalanceTests {
                     spreads.append(try await settled(on: pids))
                 }
                 if handOver {
-                    #expect(spreads.allSatisfy { $0 == [10, 10] }, "clients per worker after each reload: \(spreads)")
+                    let steering = s.daemonLog.split(separator: "\n").filter { $0.contains("connections to") || $0.contains("ready") || $0.contains("stop") }
+                    #expect(spreads.allSatisfy { $0 == [10, 10] }, "clients per worker after each reload: \(spreads); swarmd's steering: \(steering.joined(separator: "\n"))")
                 } else {
                     // The first swap's 10 clients split 5/5 (15 on the old worker), the second's 15 split 7/8.
                     #expect(spreads.allSatisfy { $0 != [10, 10] }, "round-robin: clients per worker after each reload: \(spreads)")

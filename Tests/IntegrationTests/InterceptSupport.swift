@@ -75,26 +75,34 @@ enum InterceptApps {
         return nil
     }
 
-    /// Builds `goSource` with CGO_ENABLED=0 into `dir`; the build cache is shared
-    /// between test runs (a first build of net/http takes a minute on a busy machine).
+    /// Builds `goSource` with CGO_ENABLED=0 into `dir`.
     static func buildGoServer(in dir: String) async throws -> String {
+        try await buildStaticGo(goSource, in: dir, name: "goserver")
+    }
+
+    /// Builds `source` into `dir/name`, a static binary (CGO_ENABLED=0, Debian's
+    /// golang-go, GOPATH mode), executable whatever the umask. The build cache is
+    /// shared between test runs (a first build of net/http takes a minute on a busy machine).
+    static func buildStaticGo(_ source: String, in dir: String, name: String) async throws -> String {
         guard let go = goTool else {
             throw HarnessError("no go tool: run scripts/deps.sh (it installs Debian's golang-go)")
         }
-        let src = dir + "/main.go"
-        try goSource.write(toFile: src, atomically: true, encoding: .utf8)
+        let src = dir + "/" + name + ".go"
+        try source.write(toFile: src, atomically: true, encoding: .utf8)
         let cache = "/tmp/swarm-it-gocache"
         mkdir(cache, 0o700)
-        let out = dir + "/goserver"
+        let out = dir + "/" + name
         let env = childEnvironment(["CGO_ENABLED": "0", "GO111MODULE": "off", "GOCACHE": cache,
                                     "GOPATH": dir + "/gopath", "HOME": dir, "GOFLAGS": ""])
-        let build = try Child.spawn(go, ["build", "-o", out, src], env: env, dir: dir, label: "go-build")
-        let code = try await build.wait(timeout: 300, "go build of the static test server")
-        guard code == 0 else { throw HarnessError("go build failed (\(code)): \(build.stderr)") }
+        let build = try Child.spawn(go, ["build", "-o", out, src], env: env, dir: dir, label: "go-build-" + name)
+        let code = try await build.wait(timeout: 300, "go build of \(src)")
+        guard code == 0 else { throw HarnessError("go build of \(src) failed (\(code)): \(build.stderr)") }
         let binary = FileManager.default.contents(atPath: out) ?? Data()
         guard !binary.isEmpty, binary.range(of: Data("ld-linux".utf8)) == nil else {
             throw HarnessError("\(out) is not statically linked")
         }
+        // go build makes the file 0777 & ~umask: under CI's umask 0177 that is 0600.
+        chmod(out, 0o755)
         return out
     }
 

@@ -74,25 +74,6 @@ enum ReadyBySocket {
 
     """
 
-    /// Builds `source` into a static binary (CGO_ENABLED=0, Debian's golang-go, GOPATH mode).
-    static func buildGo(_ source: String, in s: Swarm, name: String) async throws -> String {
-        let toolchains: [String] = ["/usr/bin/go", "/usr/lib/go/bin/go", "/usr/local/go/bin/go"]
-        guard let go = toolchains.first(where: { access($0, X_OK) == 0 }) else {
-            throw HarnessError("no go toolchain: run scripts/deps.sh (it installs Debian's golang-go)")
-        }
-        let src = try s.write(name + ".go", source)
-        let out = s.dir + "/" + name
-        // A cache shared by test runs: the first static build compiles the standard library (tens of seconds).
-        let cache = NSTemporaryDirectory() + "swarm-it-gocache"
-        let env = childEnvironment(["CGO_ENABLED": "0", "GO111MODULE": "off", "GOCACHE": cache, "GOFLAGS": "",
-                                    "HOME": ProcessInfo.processInfo.environment["HOME"] ?? s.dir])
-        let c = try Child.spawn(go, ["build", "-o", out, src], env: env, dir: s.dir, label: s.label("go-build"))
-        let code = try await c.wait(timeout: 300, "go build of \(src)")
-        guard code == 0 else { throw HarnessError("go build \(src) exited \(code): \(c.stderr)") }
-        chmod(out, 0o755)
-        return out
-    }
-
     /// Whether `pid` is `ancestor` or descends from it (parent links in /proc).
     static func descends(_ pid: Int32, from ancestor: Int32) -> Bool {
         var p = pid
@@ -168,7 +149,7 @@ struct ReadyBySocketTests {
     @Test("Go net.FileListener(os.NewFile(3, …)), static (CGO_ENABLED=0), is ready on the first start of every slot")
     func goFileListener() async throws {
         try await withSwarm { s in
-            let binary = try await ReadyBySocket.buildGo(ReadyBySocket.goServer, in: s, name: "filelistener")
+            let binary = try await InterceptApps.buildStaticGo(ReadyBySocket.goServer, in: s.dir, name: "filelistener")
             try await ReadyBySocket.expectReadyOnFirstStart(s, "gofl", command: [binary], preFork: false)
         }
     }

@@ -281,6 +281,61 @@ struct ManagerTests {
         #expect(f.manager.sockets["web"] == nil)
     }
 
+    @Test func aPortHeldByAListenerNamesItsProcess() throws {
+        let f = try ManagerFixture()
+        let port = try Ports.free()
+        let squatter = try Sockets.listenTCP(host: "127.0.0.1", port: port, backlog: 1, reusePort: false)
+        defer { Posix.close(squatter) }
+        let r = try f.call { Request(id: $0, verb: .start, files: [try! f.config(port: port)]) }
+        let comm = String(decoding: try Posix.readFile("/proc/self/comm", limit: 64), as: UTF8.self)
+            .trimmingCharacters(in: .newlines)
+        #expect(r.error?.contains("127.0.0.1:\(port) is already served by pid \(getpid()) (\(comm))") == true, "error: \(r.error ?? "nil")")
+    }
+
+    /// Nothing listens, yet the bind fails: a connection's local end holds the
+    /// port (what a client's ephemeral port does to an app port inside that range).
+    @Test func aPortHeldByAConnectionSaysSoAndNamesTheEphemeralRange() throws {
+        let f = try ManagerFixture()
+        let server = try Sockets.listenTCP(host: "127.0.0.1", port: try Ports.free(), backlog: 4, reusePort: false)
+        defer { Posix.close(server) }
+        let port = try Ports.free()
+        // A client bound to `port` before it connects: its local end is 127.0.0.1:port.
+        let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        #expect(client >= 0)
+        defer { close(client) }
+        var local = sockaddr_in()
+        local.sin_family = sa_family_t(AF_INET)
+        local.sin_port = port.bigEndian
+        local.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var peer = sockaddr_in()
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &peer) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(server, $0, &len) } }
+        let bound = withUnsafePointer(to: &local) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(client, $0, len) } }
+        let connected = withUnsafePointer(to: &peer) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(client, $0, len) } }
+        try #require(bound == 0 && connected == 0, "client bind/connect: \(String(cString: strerror(errno)))")
+
+        let r = try f.call { Request(id: $0, verb: .start, files: [try! f.config(port: port)]) }
+        let error = r.error ?? ""
+        #expect(error.contains("127.0.0.1:\(port) is in use by a connection's local end, not by a listener"), "error: \(error)")
+        // The test's port is below the ephemeral range, so no range is blamed.
+        if let range = ListenerProbe.ephemeralRange(), range.contains(Int(port)) {
+            #expect(error.contains("ephemeral range \(range.lowerBound)-\(range.upperBound)"), "error: \(error)")
+        } else {
+            #expect(!error.contains("ephemeral"), "error: \(error)")
+        }
+        #expect(f.kernel.spawned.isEmpty)
+        #expect(f.manager.sockets["web"] == nil)
+    }
+
+    @Test func theEphemeralRangeIsRead() throws {
+        let range = try #require(ListenerProbe.ephemeralRange(), "/proc/sys/net/ipv4/ip_local_port_range is readable here")
+        #expect(range.lowerBound >= 1 && range.upperBound <= 65535)
+        // A port inside it, held by a connection, is explained by the range.
+        let text = SocketTableError.held(socket: "http", address: "127.0.0.1:\(range.lowerBound)", port: UInt16(range.lowerBound),
+                                         by: .connection(ephemeral: range)).description
+        #expect(text.contains("choose a port below \(range.lowerBound)"), "\(text)")
+    }
+
     @Test func theAppsAreRememberedInTheStateFile() throws {
         let f = try ManagerFixture()
         let path = try f.config()
