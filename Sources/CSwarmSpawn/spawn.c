@@ -52,6 +52,9 @@
    touch an fd, so it never changes swarmd's table. After the child has exec'd
    (CLONE_VFORK), swarmd puts the placeholders back. Cost per spawn: a few
    dozen fds, whatever N.
+   Limit: the slots are the lowest numbers free when LinuxKernel is made. After
+   daemon-reexec the inherited worker pipes hold the low numbers, so the slots
+   land above them and each child copies those too, until the next fresh start.
 
    Considered and not taken: a spawner process with a small table receiving
    the fds over SCM_RIGHTS and cloning with CLONE_PARENT. It would also take
