@@ -115,6 +115,7 @@ extension Manager {
             case let .exited(p, code): (pid, status) = (p, .exited(code))
             case let .signaled(p, s, core): (pid, status) = (p, .signaled(s, coreDumped: core))
             }
+            if lifecycle.hooks.reaped(pid, status) { continue }
             output.drain(pid: pid)
             feed(.exited(pid: pid, status))
         }
