@@ -27,15 +27,19 @@ let package = Package(
         .target(name: "SwarmProtocol"),
         .target(name: "SwarmConfig", dependencies: ["SwarmCore", .product(name: "TOMLKit", package: "TOMLKit")]),
         // The only modules that touch the kernel.
-        .target(name: "SwarmSystem", dependencies: ["CSwarmSpawn", "CSystemd"],
+        .target(name: "SwarmSystem", dependencies: ["CSwarmSpawn"],
                 swiftSettings: [.swiftLanguageMode(.v5)]),
-        .target(name: "SwarmDaemon", dependencies: ["SwarmCore", "SwarmConfig", "SwarmProtocol", "SwarmSystem",
+        // libsystemd (sd-event, sd-daemon) for swarmd only: swarmctl links SwarmSystem, and loading
+        // libsystemd and its six dependencies was a third of its start-up.
+        .target(name: "SwarmSystemd", dependencies: ["SwarmSystem", "CSystemd"],
+                swiftSettings: [.swiftLanguageMode(.v5)]),
+        .target(name: "SwarmDaemon", dependencies: ["SwarmCore", "SwarmConfig", "SwarmProtocol", "SwarmSystem", "SwarmSystemd",
                                                   .product(name: "Logging", package: "swift-log"),
                                                   .product(name: "DequeModule", package: "swift-collections"),
                                                   .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: [.swiftLanguageMode(.v5)]),
         .executableTarget(name: "swarmd", dependencies: [
-            "SwarmDaemon", "SwarmSystem", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "SwarmDaemon", "SwarmSystem", "SwarmSystemd", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: [.swiftLanguageMode(.v5)]),
         .executableTarget(name: "swarmctl", dependencies: [
             "SwarmProtocol", "SwarmSystem", .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -48,12 +52,12 @@ let package = Package(
         .testTarget(name: "SwarmCoreTests", dependencies: ["SwarmCore"]),
         .testTarget(name: "SwarmConfigTests", dependencies: ["SwarmConfig"]),
         .testTarget(name: "SwarmProtocolTests", dependencies: ["SwarmProtocol"]),
-        .testTarget(name: "SwarmSystemTests", dependencies: ["SwarmSystem"], swiftSettings: [.swiftLanguageMode(.v5)]),
+        .testTarget(name: "SwarmSystemTests", dependencies: ["SwarmSystem", "SwarmSystemd"], swiftSettings: [.swiftLanguageMode(.v5)]),
         // Real processes in real cgroups, real seccomp notifications (root only).
         .testTarget(name: "SwarmKernelTests", dependencies: ["SwarmSystem"],
                     swiftSettings: [.swiftLanguageMode(.v5)]),
         // The shell against a fake kernel: no process is started.
-        .testTarget(name: "SwarmDaemonTests", dependencies: ["SwarmDaemon", "SwarmCore", "SwarmProtocol", "SwarmSystem"],
+        .testTarget(name: "SwarmDaemonTests", dependencies: ["SwarmDaemon", "SwarmCore", "SwarmProtocol", "SwarmSystem", "SwarmSystemd"],
                     swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "IntegrationTests", dependencies: ["SwarmProtocol", "SwarmSystem"],
                     swiftSettings: [.swiftLanguageMode(.v5)]),

@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <pthread.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -31,6 +32,42 @@
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
+#ifndef CLOSE_RANGE_UNSHARE
+#define CLOSE_RANGE_UNSHARE (1U << 1)
+#endif
+
+/* Why the child shares swarmd's fd table and then takes a copy of its low end
+   only (see swarm_spawn_reserve_slots):
+
+   A plain clone copies swarmd's whole fd table (the kernel's dup_fd), and the
+   exec then walks it again to close every close-on-exec fd. swarmd holds two
+   pipes per live worker, so both grew with N, in swarmd's own time (the copy)
+   and in the child's (the close), for every spawn, probe and hook.
+
+   Instead, the fds a child needs are dup'ed onto reserved low numbers (slots
+   held by /dev/null placeholders), the child is cloned with CLONE_FILES (no
+   copy), and its very first call, close_range(ceiling, ~0, CLOSE_RANGE_UNSHARE),
+   gives it a private table holding only the fds below the slot ceiling: the
+   kernel copies fds [0, ceiling) and nothing above. Only then does the child
+   touch an fd, so it never changes swarmd's table. After the child has exec'd
+   (CLONE_VFORK), swarmd puts the placeholders back. Cost per spawn: a few
+   dozen fds, whatever N.
+   Limit: the slots are the lowest numbers free when LinuxKernel is made. After
+   daemon-reexec the inherited worker pipes hold the low numbers, so the slots
+   land above them and each child copies those too, until the next fresh start.
+
+   Considered and not taken: a spawner process with a small table receiving
+   the fds over SCM_RIGHTS and cloning with CLONE_PARENT. It would also take
+   the exec off swarmd's loop, but every caller of spawn (workers, exec probes,
+   hooks, the bind-interception hand-back) expects the pid, or the exec's
+   errno, when spawn returns; the fd-table cost, which is what grew with N, is
+   removed here without changing that contract. */
+#define SWARM_SPAWN_SLOTS 64
+static pthread_mutex_t slot_lock = PTHREAD_MUTEX_INITIALIZER;
+static int slots[SWARM_SPAWN_SLOTS];
+static int nslots;
+static int slot_ceiling;    /* highest slot + 1: the child copies fds below it */
+static int placeholder = -1;
 
 struct child_report {
     int err;
@@ -57,7 +94,8 @@ static void write_pid(char *slot) {
 }
 
 static void child(const struct swarm_spawn_request *req, int report_fd, pid_t parent) {
-    /* Dispositions first: a signal arriving now must not run the daemon's handlers. */
+    /* Dispositions first: a signal arriving now must not run the daemon's handlers.
+       (No fd is touched here: with a shared table, see unshare_table.) */
     struct sigaction dfl;
     memset(&dfl, 0, sizeof dfl);
     dfl.sa_handler = SIG_DFL;
@@ -147,13 +185,76 @@ struct child_args {
     int report_fd;
     int report_read_fd;
     pid_t parent;
+    int shared_table;    /* cloned with CLONE_FILES: unshare before touching any fd */
+    int ceiling;
 };
 
 static int child_entry(void *arg) {
     struct child_args *a = arg;
-    close(a->report_read_fd);
+    if (a->shared_table) {
+        /* Copies fds [0, ceiling) into a table of the child's own. Should the
+           kernel refuse (before 5.9), take a full copy rather than share. */
+        if (syscall(SYS_close_range, (unsigned)a->ceiling, ~0U, CLOSE_RANGE_UNSHARE) < 0 && unshare(CLONE_FILES) < 0) {
+            /* Still shared: report through the pipe (a write only) and leave. */
+            child_fail(a->report_fd, SWARM_STEP_FORK);
+        }
+    } else {
+        close(a->report_read_fd);
+    }
     child(a->req, a->report_fd, a->parent);
     return 127;
+}
+
+int swarm_spawn_reserve_slots(void) {
+    pthread_mutex_lock(&slot_lock);
+    int r = 0;
+    if (placeholder < 0) {
+        int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (null_fd < 0) {
+            r = -errno;
+        } else {
+            /* The lowest free numbers: at start-up, just above swarmd's first few fds. */
+            int n = 0, ceiling = null_fd + 1;
+            for (; n < SWARM_SPAWN_SLOTS; n++) {
+                int fd = fcntl(null_fd, F_DUPFD_CLOEXEC, 0);
+                if (fd < 0) break;
+                slots[n] = fd;
+                if (fd + 1 > ceiling) ceiling = fd + 1;
+            }
+            if (n < SWARM_SPAWN_SLOTS) {
+                r = -errno;
+                for (int i = 0; i < n; i++) close(slots[i]);
+                close(null_fd);
+            } else {
+                nslots = n;
+                slot_ceiling = ceiling;
+                placeholder = null_fd;
+            }
+        }
+    }
+    pthread_mutex_unlock(&slot_lock);
+    return r;
+}
+
+int swarm_spawn_slot_ceiling(void) {
+    pthread_mutex_lock(&slot_lock);
+    int c = placeholder >= 0 ? slot_ceiling : -1;
+    pthread_mutex_unlock(&slot_lock);
+    return c;
+}
+
+/* Puts fd on the next free slot; -1 (errno set) when none is left. */
+static int to_slot(int fd, int *used) {
+    if (fd < 0) return fd;
+    if (*used >= nslots) { errno = EMFILE; return -1; }
+    int slot = slots[*used];
+    if (dup3(fd, slot, O_CLOEXEC) < 0) return -1;
+    (*used)++;
+    return slot;
+}
+
+static void release_slots(int used) {
+    for (int i = 0; i < used; i++) (void)dup3(placeholder, slots[i], O_CLOEXEC);
 }
 
 /* clone(CLONE_VM | CLONE_VFORK) on a stack of its own, like posix_spawn: no
@@ -175,7 +276,39 @@ pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step) {
         close(pipefd[1]);
         return -1;
     }
-    struct child_args args = { req, pipefd[1], pipefd[0], parent };
+    struct child_args args = { req, pipefd[1], pipefd[0], parent, 0, 0 };
+
+    /* The child's view of the request: the same, with every fd it needs on a slot. */
+    pthread_mutex_lock(&slot_lock);
+    struct swarm_spawn_request slotted = *req;
+    int slot_fds[SWARM_SPAWN_SLOTS];
+    int used = 0;
+    int needed = 4 + req->nfds + (req->join_cgroup ? 1 : 0) + (req->intercept_bind ? 1 : 0);
+    if (!SWARM_SPAWN_WITH_FORK && placeholder >= 0 && needed <= nslots) {
+        int ok = 1;
+        int report = to_slot(pipefd[1], &used);
+        ok = ok && report >= 0;
+        for (int i = 0; ok && i < req->nfds; i++) {
+            slot_fds[i] = to_slot(req->fds[i], &used);
+            ok = slot_fds[i] >= 0 || req->fds[i] < 0;
+        }
+        if (ok) { slotted.stdin_fd = to_slot(req->stdin_fd, &used); ok = req->stdin_fd < 0 || slotted.stdin_fd >= 0; }
+        if (ok) { slotted.stdout_fd = to_slot(req->stdout_fd, &used); ok = req->stdout_fd < 0 || slotted.stdout_fd >= 0; }
+        if (ok) { slotted.stderr_fd = to_slot(req->stderr_fd, &used); ok = req->stderr_fd < 0 || slotted.stderr_fd >= 0; }
+        if (ok && req->join_cgroup) { slotted.cgroup_procs_fd = to_slot(req->cgroup_procs_fd, &used); ok = slotted.cgroup_procs_fd >= 0; }
+        if (ok && req->intercept_bind) { slotted.intercept_sock = to_slot(req->intercept_sock, &used); ok = slotted.intercept_sock >= 0; }
+        if (ok) {
+            slotted.fds = slot_fds;
+            args.req = &slotted;
+            args.report_fd = report;
+            args.shared_table = 1;
+            args.ceiling = slot_ceiling;
+        } else {
+            /* A bad fd in the request (EBADF): the copying path reports it as before. */
+            release_slots(used);
+            used = 0;
+        }
+    }
 
     /* Block every signal across clone so the child never runs a handler
        inherited from the daemon before it resets dispositions. */
@@ -187,10 +320,13 @@ pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step) {
     pid_t pid = fork();
     if (pid == 0) child_entry(&args);
 #else
-    pid_t pid = clone(child_entry, (char *)stack + stack_size, CLONE_VM | CLONE_VFORK | SIGCHLD, &args);
+    int flags = CLONE_VM | CLONE_VFORK | SIGCHLD | (args.shared_table ? CLONE_FILES : 0);
+    pid_t pid = clone(child_entry, (char *)stack + stack_size, flags, &args);
 #endif
     int fork_errno = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+    release_slots(used);
+    pthread_mutex_unlock(&slot_lock);
     munmap(stack, stack_size);
     close(pipefd[1]);
     if (pid < 0) {

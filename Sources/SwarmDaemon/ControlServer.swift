@@ -370,6 +370,9 @@ final class ControlServer {
         handler?.clientClosed(client)
     }
 
+    /// Whether `sweep` has anything to watch: swarmd arms its 1 s sweep only then.
+    var needsSweep: Bool { !clients.isEmpty || acceptPausedUntil != nil }
+
     /// Time limits, once a second.
     func sweep() {
         let now = kernel.now()

@@ -147,3 +147,25 @@ extension Manager {
         events.append(.ready(pid: pid))
     }
 }
+
+extension Manager {
+    /// Runs the 1 s sweep only while something needs it: output budgets to
+    /// refill, control clients to time out, accepts to resume, or code pages
+    /// to give back after a busy spell. An idle swarmd then sleeps until a
+    /// deadline the core asked for (or an fd event), not once a second.
+    /// Called after every dispatch; the checks are O(1).
+    func armSweep() {
+        let busy = max(lastBusyAt ?? 0, control.lastBusyAt ?? 0)
+        let needed = output.needsRefill || control.needsSweep || (busy > 0 && busy != pagedOutAt)
+        if needed, sweepSource == nil {
+            do {
+                sweepSource = try loop.addPeriodic(every: 1_000_000_000) { [weak self] in self?.everySecond() }
+            } catch {
+                log.error("Failed to arm the 1 s sweep: \(error); output budgets and control time limits wait for the next event")
+            }
+        } else if !needed, let s = sweepSource {
+            s.cancel()
+            sweepSource = nil
+        }
+    }
+}

@@ -249,7 +249,7 @@ public final class Manager {
         try setUpControlSocket(adopting: adopted)
         try output.openNotifySocket(adopting: notifySocket)
         housekeeping = try loop.addPost { [weak self] in self?.afterDispatch() }
-        sweepSource = try loop.addPeriodic(every: 1_000_000_000) { [weak self] in self?.everySecond() }
+        // The 1 s sweep is armed by afterDispatch only while it has work (armSweep).
         reapContinuation = loop.addDeferred { [weak self] in self?.reapChildren() }
         if let a = options.agent {
             do {
@@ -554,6 +554,7 @@ public final class Manager {
     func afterDispatch() {
         flushState()
         updateSystemdStatus()
+        armSweep()
     }
 
     func everySecond() {

@@ -1,5 +1,8 @@
 import SwarmCore
 import SwarmSystem
+// The event loop and the service-manager calls live in SwarmSystemd (swarmctl must not link libsystemd);
+// exported here so every file of the daemon sees them as before the split.
+@_exported import SwarmSystemd
 
 /// A cgroup per worker, so that nothing a worker starts outlives it: a child
 /// that calls setsid, double-forks or changes its process group is still in

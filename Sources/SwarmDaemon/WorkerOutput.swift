@@ -243,6 +243,9 @@ final class WorkerOutput {
     }
 
     /// Every second: a new budget for the apps that spent some, and reading resumes.
+    /// Whether a budget was charged since the last refill: swarmd arms its 1 s sweep only then.
+    var needsRefill: Bool { !chargedApps.isEmpty }
+
     func refillBudgets() {
         let now = kernel.now()
         for app in chargedApps {

@@ -281,6 +281,22 @@ public enum Cgroups {
         return readAll(fd)
     }
 
+    /// `readSmall` of `name` under an open directory: status reads three
+    /// files per worker, and walking eight path components for each
+    /// (/sys/fs/cgroup/…/APP/SLOT.ID/FILE) was most of their cost.
+    static func readSmall(at dir: Int32, _ name: String) -> [UInt8]? {
+        let fd = openat(dir, name, O_RDONLY | O_CLOEXEC)
+        if fd < 0 { return nil }
+        defer { Glibc.close(fd) }
+        return readAll(fd)
+    }
+
+    /// O_PATH (Glibc does not export it to Swift): a handle for *at() calls, no read access checked.
+    static let openPath: Int32 = 0o10000000
+
+    /// /proc, opened once: `PID/statm` from it is two path components.
+    static let procDirectory: Int32 = Glibc.open("/proc", Cgroups.openPath | O_DIRECTORY | O_CLOEXEC)
+
     static func readAll(_ fd: Int32, from offset: Int = -1) -> [UInt8]? {
         withUnsafeTemporaryAllocation(byteCount: 4096, alignment: 8) { raw -> [UInt8]? in
             var out: [UInt8] = []
@@ -299,7 +315,8 @@ public enum Cgroups {
 
     /// Resident set size from /proc/PID/statm (its second field, in pages).
     static func residentBytes(pid: pid_t) -> Int64? {
-        guard let bytes = readSmall("/proc/\(pid)/statm"), let space = bytes.firstIndex(of: 0x20) else { return nil }
+        let statm = procDirectory >= 0 ? readSmall(at: procDirectory, "\(pid)/statm") : readSmall("/proc/\(pid)/statm")
+        guard let bytes = statm, let space = bytes.firstIndex(of: 0x20) else { return nil }
         var pages: Int64 = 0
         var j = space + 1
         var digits = false
@@ -422,6 +439,18 @@ public final class CgroupRoot {
         self.notes = notes
     }
 
+    /// One O_PATH fd per app directory, shared by its workers' cgroups (an fd
+    /// per worker would be an fd per worker more in swarmd's table).
+    private var appDirectories: [String: CgroupDirectory] = [:]
+
+    /// The app's directory, opened once; opened again after it was removed and made anew.
+    func appDirectory(_ app: String, fresh: Bool = false) -> CgroupDirectory? {
+        if !fresh, let d = appDirectories[app] { return d }
+        let d = CgroupDirectory(path: path + "/" + app)
+        appDirectories[app] = d
+        return d
+    }
+
     /// Makes `<root>/<app>/<slot>.<worker>` and opens its files. A leftover
     /// of the same name (ids restart with swarmd) is killed and replaced, so
     /// the new worker's counters start at zero.
@@ -430,9 +459,11 @@ public final class CgroupRoot {
         guard slot >= 0 else { throw SystemError("cgroup name", errno: EINVAL, subject: "slot \(slot)") }
         let appDir = path + "/" + app
         // Made (and its controllers enabled) once; made again if it was removed when it emptied.
+        var madeNow = false
         if mkdir(appDir, 0o755) == 0 {
             var notes: [String] = []
             Cgroups.enableControllers(in: appDir, notes: &notes)
+            madeNow = true
         } else if errno != EEXIST {
             throw SystemError("mkdir", errno: errno, subject: appDir)
         }
@@ -444,13 +475,15 @@ public final class CgroupRoot {
             try Cgroups.removeTree(dir)
             try Cgroups.makeDirectory(dir)
         }
-        return try WorkerCgroup(path: dir, hasMemory: controllers.contains("memory"))
+        return try WorkerCgroup(path: dir, hasMemory: controllers.contains("memory"),
+                                in: appDirectory(app, fresh: madeNow), name: "\(slot).\(worker)")
     }
 
     /// The cgroup of a worker that already runs (after a re-exec).
     public func openWorker(app: String, slot: Int, worker: UInt64) throws -> WorkerCgroup {
         try Cgroups.validateName(app)
-        return try WorkerCgroup(path: path + "/\(app)/\(slot).\(worker)", openProcs: false, hasMemory: controllers.contains("memory"))
+        return try WorkerCgroup(path: path + "/\(app)/\(slot).\(worker)", openProcs: false, hasMemory: controllers.contains("memory"),
+                                in: appDirectory(app), name: "\(slot).\(worker)")
     }
 
     /// The cgroup a running process is in, if it is one of this root's worker
@@ -459,8 +492,10 @@ public final class CgroupRoot {
     public func openWorker(pid: pid_t) -> WorkerCgroup? {
         guard let text = ProcFS.read("/proc/\(pid)/cgroup"), let own = Cgroups.parseOwnCgroup(text) else { return nil }
         let dir = hierarchy.directory(own)
-        guard dir.hasPrefix(path + "/"), dir.dropFirst(path.count + 1).split(separator: "/").count == 2 else { return nil }
-        return try? WorkerCgroup(path: dir, openProcs: false, hasMemory: controllers.contains("memory"))
+        let parts = dir.dropFirst(path.count + 1).split(separator: "/")
+        guard dir.hasPrefix(path + "/"), parts.count == 2 else { return nil }
+        return try? WorkerCgroup(path: dir, openProcs: false, hasMemory: controllers.contains("memory"),
+                                 in: appDirectory(String(parts[0])), name: String(parts[1]))
     }
 
     /// The worker cgroups that exist now, as "app/slot.worker".
@@ -538,9 +573,24 @@ public struct CgroupUsage: Equatable {
     public var processes: Int
 }
 
+/// An app's cgroup directory held open (O_PATH): its workers' files are
+/// read relative to it. Closed when the last worker cgroup using it goes.
+final class CgroupDirectory {
+    let path: String
+    let fd: Int32
+    init(path: String) {
+        self.path = path
+        fd = Glibc.open(path, Cgroups.openPath | O_DIRECTORY | O_CLOEXEC)
+    }
+    deinit { if fd >= 0 { Glibc.close(fd) } }
+}
+
 /// One worker's cgroup. Not thread-safe: owned by the event loop.
 public final class WorkerCgroup {
     public let path: String
+    /// The app's directory and this cgroup's name in it ("SLOT.ID"), for reads relative to it.
+    let parent: CgroupDirectory?
+    let name: String
     /// Open O_WRONLY on cgroup.procs, for `SpawnPlan.cgroupProcsFD`. Close it
     /// (`closeProcsFD`) once the worker is spawned: everything it starts is
     /// in the cgroup by inheritance. -1 once closed.
@@ -560,9 +610,11 @@ public final class WorkerCgroup {
     /// a reused cgroup's counter includes its earlier workers.
     public private(set) var cpuBaseline: UInt64 = 0
 
-    init(path: String, openProcs: Bool = true, hasMemory: Bool = false) throws {
+    init(path: String, openProcs: Bool = true, hasMemory: Bool = false, in parent: CgroupDirectory? = nil, name: String = "") throws {
         self.path = path
         self.hasMemory = hasMemory
+        self.parent = (parent.map { $0.fd >= 0 } ?? false) && !name.isEmpty ? parent : nil
+        self.name = name
         if openProcs {
             procsFD = Glibc.open(path + "/cgroup.procs", O_WRONLY | O_CLOEXEC)
             if procsFD < 0 { throw SystemError("open", errno: errno, subject: path + "/cgroup.procs") }
@@ -622,14 +674,32 @@ public final class WorkerCgroup {
             procsFD = Glibc.open(path + "/cgroup.procs", O_WRONLY | O_CLOEXEC)
             if procsFD < 0 { throw SystemError("open", errno: errno, subject: path + "/cgroup.procs") }
         }
-        cpuBaseline = Cgroups.readSmall(path + "/cpu.stat").flatMap { Cgroups.value(of: "usage_usec ", in: $0) } ?? 0
+        cpuBaseline = read("cpu.stat").flatMap { Cgroups.value(of: "usage_usec ", in: $0) } ?? 0
+    }
+
+    /// One of the cgroup's files: relative to the app's directory fd, or by
+    /// the full path if that is gone (the app directory removed and made again).
+    func read(_ file: String) -> [UInt8]? {
+        if let parent, let bytes = Cgroups.readSmall(at: parent.fd, name + "/" + file) { return bytes }
+        return Cgroups.readSmall(path + "/" + file)
+    }
+
+    /// The tree's processes: cgroup.procs, and the child cgroups' only if
+    /// there are any (a cgroup directory's link count is 2 + its
+    /// subdirectories: one fstatat instead of listing ~30 interface files).
+    func treeMembers() -> [pid_t] {
+        guard let parent else { return members() }
+        var st = stat()
+        guard fstatat(parent.fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0, st.st_nlink <= 2,
+              let procs = Cgroups.readSmall(at: parent.fd, name + "/cgroup.procs") else { return members() }
+        return Cgroups.parsePids(procs)
     }
 
     public func usage() -> CgroupUsage {
-        let total = Cgroups.readSmall(path + "/cpu.stat").flatMap { Cgroups.value(of: "usage_usec ", in: $0) } ?? 0
+        let total = read("cpu.stat").flatMap { Cgroups.value(of: "usage_usec ", in: $0) } ?? 0
         let cpu = total >= cpuBaseline ? total - cpuBaseline : total
-        let pids = members()
-        if hasMemory, let bytes = Cgroups.readSmall(path + "/memory.current").flatMap({ Cgroups.value(of: "", in: $0) }) {
+        let pids = treeMembers()
+        if hasMemory, let bytes = read("memory.current").flatMap({ Cgroups.value(of: "", in: $0) }) {
             return CgroupUsage(cpuMicroseconds: cpu, memoryBytes: Int64(bytes), memorySource: .memoryCurrent, processes: pids.count)
         }
         let rss = pids.reduce(Int64(0)) { $0 + (Cgroups.residentBytes(pid: $1) ?? 0) }

@@ -1,5 +1,4 @@
 import CSwarmSpawn
-import CSystemd
 import Glibc
 
 /// What swarmd's shell asks of the kernel about processes, time and the
@@ -100,7 +99,8 @@ public final class LinuxKernel: Kernel {
     /// The listening probe keeps where its thread and descendant windows stand, per process.
     private let prober = ListeningProber()
 
-    public init() {}
+    /// Reserves the spawner's fd slots now, before swarmd opens its sockets and pipes (Spawner.swift).
+    public init() { Spawner.reserveDescriptorSlots() }
 
     public func now() -> Int64 { Posix.monotonicNanoseconds() }
     public func wallClock() -> Int64 { Posix.realtimeNanoseconds() }
@@ -140,5 +140,5 @@ public final class LinuxKernel: Kernel {
         if let error = Steering.attach(to: fd, liveSockets: n, ipv6: ipv6) { throw error }
     }
 
-    public func notify(_ state: String) -> Bool { Systemd.notify(state) }
+    public func notify(_ state: String) -> Bool { swarm_notify(state) > 0 }
 }

@@ -131,6 +131,22 @@ public enum Spawner {
         return pid
     }
 
+    /// Reserves the low fd numbers a child's fds are placed on, so that a
+    /// spawn copies a few dozen fds instead of the caller's whole table (two
+    /// pipes per live worker in swarmd): spawn.c says how. Call once, early,
+    /// before the process opens many fds; later calls do nothing. Without it
+    /// (or if it fails) spawning works as before, copying the table.
+    @discardableResult
+    public static func reserveDescriptorSlots() -> Bool {
+        swarm_spawn_reserve_slots() == 0
+    }
+
+    /// The fds every child copies, [0, ceiling); nil before `reserveDescriptorSlots`.
+    public static var descriptorCeiling: Int32? {
+        let c = swarm_spawn_slot_ceiling()
+        return c >= 0 ? c : nil
+    }
+
     public static func setChildSubreaper() throws {
         try Posix.check("prctl(PR_SET_CHILD_SUBREAPER)") { swarm_set_child_subreaper() }
     }

@@ -1,5 +1,6 @@
 import Glibc
 import SwarmSystem
+import SwarmSystemd
 import Testing
 
 @Suite("EventLoop sources")

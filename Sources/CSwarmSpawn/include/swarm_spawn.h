@@ -67,6 +67,14 @@ pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step);
 
 int swarm_set_child_subreaper(void);
 
+/// Reserves the low fd numbers swarm_spawn places a child's fds on, so that
+/// the child copies only those instead of the caller's whole fd table (see
+/// spawn.c). Call early, while the lowest free numbers are small; idempotent.
+/// Without it swarm_spawn copies the table as fork does. 0 or -errno.
+int swarm_spawn_reserve_slots(void);
+/// The fds a child copies: [0, ceiling); -1 before swarm_spawn_reserve_slots.
+int swarm_spawn_slot_ceiling(void);
+
 /* The other concerns of this target, each in its own file. */
 #include "swarm_misc.h"
 #include "swarm_bpf.h"

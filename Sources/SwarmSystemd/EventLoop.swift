@@ -1,5 +1,6 @@
 import CSystemd
 import Glibc
+import SwarmSystem
 
 /// The daemon's one reactor, on libsystemd's sd-event: signals, fds, one
 /// timer, and the service watchdog, all dispatched on the calling thread.
