@@ -348,7 +348,7 @@ struct Reader {
     mutating func app(_ root: TOMLTable) throws(ConfigError) -> AppSpec {
         checkKeys(root, allowed: ["name", "command", "workers", "cwd", "env", "env_file", "inherit_env", "user", "group",
                                   "no_new_privs", "cpu_affinity", "socket", "restart", "stop", "ready", "reload", "logs", "limits",
-                                  "health", "recycle"], at: "")
+                                  "health", "recycle", "hooks"], at: "")
         // Each check below stands alone: its error is recorded and the next one still runs,
         // so one load reports every problem of the file. Checks that need an earlier
         // value (the executable needs command, cwd and env) are skipped when it failed.
@@ -423,6 +423,7 @@ struct Reader {
             spec.recycle = recycle(t, sockets: sockets, socketsComplete: socketsComplete)
         }
         checkReadyProbe(spec, root: root)
+        if let t = check({ () throws(ConfigError) -> TOMLTable? in try table(root, "hooks", at: "") }) { spec.hooks = hooks(t) }
 
         spec.user = check { () throws(ConfigError) -> String? in
             guard let user = try string(root, "user", at: "") else { return nil }

@@ -207,6 +207,30 @@ public struct ResourceLimit: Codable, Hashable, Sendable {
     }
 }
 
+/// `[hooks]`: commands swarmd runs when lifecycle events happen, each with the
+/// event as JSON on stdin and in `SWARM_*` variables, as the app's user.
+public struct HooksPolicy: Codable, Hashable, Sendable {
+    /// Hook name (`on_exit`, …) → argv (argv[0] absolute; never run through a shell).
+    public var commands: [String: [String]] = [:]
+    /// A hook still running after this is killed (SIGKILL to its process group).
+    public var timeout: Duration = .seconds(10)
+    /// Hooks of the app running at once; an event finding them all busy runs none (counted, logged).
+    public var maxConcurrent: Int = 4
+    public init() {}
+
+    /// The hooks an app may set, and the event kinds (`EventRecord.kind`) each runs on.
+    public static let events: [String: Set<String>] = [
+        "on_exit": ["exited", "spawn-failed"],
+        "on_restart": ["restart-scheduled"],
+        "on_crash_loop": ["crash-loop-entered"],
+        "on_unhealthy": ["unhealthy", "hung"],
+        "on_reload": ["reload-finished"],
+        "on_reload_failed": ["reload-rolled-back"],
+        "on_ready": ["ready"],
+        "on_config_error": ["config-error"],
+    ]
+}
+
 /// Which CPU a slot's worker is pinned to.
 public enum CPUAffinity: Codable, Hashable, Sendable {
     /// Slot k on the k-th CPU swarmd may use (modulo their number).
@@ -264,6 +288,8 @@ public struct AppSpec: Codable, Hashable, Sendable {
     public var health = HealthPolicy()
     /// `[recycle]`: start-first replacement by age.
     public var recycle = RecyclePolicy()
+    /// `[hooks]`: commands run on lifecycle events.
+    public var hooks = HooksPolicy()
     /// Absolute path of the config file, re-read on reload.
     public var sourcePath: String
 
@@ -282,6 +308,7 @@ public struct AppSpec: Codable, Hashable, Sendable {
     enum CodingKeys: String, CodingKey {
         case name, command, executable, workers, cwd, env, envFiles, inheritEnvironment, sockets, restart, stop, ready, reload,
              logs, limits, memoryLimit, user, group, noNewPrivileges, cpuAffinity, health, recycle, sourcePath
+        case hooks
     }
 
     /// A spec encoded before `envFiles` existed (the state a re-exec hands over
@@ -310,6 +337,7 @@ public struct AppSpec: Codable, Hashable, Sendable {
         cpuAffinity = try c.decodeIfPresent(CPUAffinity.self, forKey: .cpuAffinity)
         health = try c.decodeIfPresent(HealthPolicy.self, forKey: .health) ?? HealthPolicy()
         recycle = try c.decodeIfPresent(RecyclePolicy.self, forKey: .recycle) ?? RecyclePolicy()
+        hooks = try c.decodeIfPresent(HooksPolicy.self, forKey: .hooks) ?? HooksPolicy()
         sourcePath = try c.decode(String.self, forKey: .sourcePath)
     }
 }

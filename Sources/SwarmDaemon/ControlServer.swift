@@ -32,6 +32,8 @@ final class ControlClient {
     /// Apps whose log lines this client follows.
     var following: Set<String> = []
     var droppedLogLines = 0
+    /// Streams lifecycle events (`events`): not idle while it waits for them.
+    var subscribedToEvents = false
     /// Requests whose answer is still to come.
     var outstanding = 0
 
@@ -382,7 +384,7 @@ final class ControlServer {
             } else if let since = client.partialSince, now - since > ControlServer.requestTimeout {
                 send(client, Response.failure(0, "request not completed within \(ControlServer.requestTimeout / 1_000_000_000)s; closing"))
                 closeAfterFlush(client)
-            } else if client.outstanding == 0 && client.following.isEmpty && client.queuedBytes == 0
+            } else if client.outstanding == 0 && client.following.isEmpty && !client.subscribedToEvents && client.queuedBytes == 0
                         && now - client.lastActivity > ControlServer.idleTimeout {
                 drop(client)
             }

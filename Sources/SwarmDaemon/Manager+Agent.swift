@@ -26,7 +26,10 @@ extension Manager {
             names = [name]
         }
         let drain = request.verb == .drain
-        for n in names { if drain { drained.insert(n) } else { drained.remove(n) } }
+        for n in names {
+            let changed = drain ? drained.insert(n).inserted : drained.remove(n) != nil
+            if changed { shellEvent(LifecycleDraft(kind: drain ? "drained" : "undrained", app: n, message: drain ? "drained: the HAProxy agent answers 'drain'" : "undrained")) }
+        }
         // Forget apps that are gone, so a later app of the same name starts undrained.
         drained.formIntersection(supervisor.appOrder)
         let failuresBefore = saveFailures

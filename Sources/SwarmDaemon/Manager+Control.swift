@@ -102,6 +102,8 @@ extension Manager: ControlHandler {
             submit([.shutdown], for: request, client)
         case .drain, .undrain:
             setDrained(request, client)
+        case .events:
+            subscribeEvents(request, client)
         case .daemonReexec:
             if let why = reexec(reply: (client, id)) { control.send(client, .failure(id, "cannot re-execute now: \(why)")) }
         }
@@ -111,6 +113,7 @@ extension Manager: ControlHandler {
         let key = ObjectIdentifier(client)
         for name in client.following { output.sinks[name]?.followers[key] = nil }
         client.following = []
+        lifecycle.unsubscribe(client)
     }
 
     func selector(_ request: Request, _ client: ControlClient) -> AppSelector? {
@@ -250,6 +253,8 @@ extension Manager: ControlHandler {
                 requests.append(ReloadRequest(app: name, spec: try AppConfig.load(path: app.spec.sourcePath, environment: configEnvironment)))
             } catch {
                 errors.append((name, error.description))
+                shellEvent(LifecycleDraft(kind: "config-error", app: name, message: error.description,
+                                          details: ["config": app.spec.sourcePath]))
             }
         }
         return (requests, errors)

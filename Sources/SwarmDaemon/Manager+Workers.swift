@@ -117,6 +117,7 @@ extension Manager {
             }
             // An exec health probe: its result goes to the health checker, not the core.
             if health.exec.reaped(pid: pid, status: status) { continue }
+            if lifecycle.hooks.reaped(pid, status) { continue }
             output.drain(pid: pid)
             feed(.exited(pid: pid, status))
         }

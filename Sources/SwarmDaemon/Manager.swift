@@ -135,6 +135,8 @@ public final class Manager {
     var lastBusyAt: Int64?
     /// `/metrics`, `/healthz`, `/readyz`; nil when not asked for.
     var metrics: DaemonMetrics?
+    /// Lifecycle events (`swarmctl events`) and the `[hooks]` they run.
+    lazy var lifecycle = LifecycleEvents(loop: loop, kernel: kernel)
 
     /// Reaps per dispatch before the loop serves other sources.
     static let reapsPerTurn = 64
@@ -199,6 +201,7 @@ public final class Manager {
         output.isWorker = { [weak self] pid in self?.supervisor.worker(pid: pid) != nil }
         health.report = report
         wireHealth()
+        setUpLifecycle()
     }
 
     // MARK: - Start-up
@@ -332,6 +335,7 @@ public final class Manager {
     /// A remembered app that cannot run now is kept, not forgotten.
     func markBroken(_ entry: RememberedApp, reason: String) {
         log.error("Failed to start remembered app '\(entry.name)': \(reason); keeping it (state error) until it is fixed or deleted")
+        shellEvent(LifecycleDraft(kind: "config-error", app: entry.name, message: reason, details: ["config": entry.config]))
         if brokenApps[entry.name] == nil { brokenOrder.append(entry.name) }
         brokenApps[entry.name] = (entry, reason)
     }
@@ -409,6 +413,7 @@ public final class Manager {
         }
         output.closeAll()
         health.closeAll()
+        lifecycle.hooks.stopAll()
         cgroups.removeAll()
     }
 
@@ -428,8 +433,11 @@ public final class Manager {
             let e = events[eventsHead]
             eventsHead += 1
             metrics?.recorder.before(e, supervisor)
+            lifecycle.deriver.before(e, supervisor)
             for action in supervisor.handle(e, now: now()) { perform(action) }
             metrics?.recorder.after(e, supervisor)
+            lifecycle.deriver.after(e, supervisor, now: now())
+            publishLifecycle()
             #if DEBUG
             checkInvariants(after: e)
             #endif
@@ -462,6 +470,7 @@ public final class Manager {
             m.recorder.performed(action, supervisor, now: kernel.now())
             if case let .spawn(r) = action { countLogLines(of: r.app) }
         }
+        lifecycle.deriver.performed(action, supervisor)
         switch action {
         case let .spawn(request):
             spawn(request)

@@ -26,6 +26,8 @@ public enum Verb: String, Codable, Sendable, CaseIterable {
     /// HAProxy's agent (swarmd --agent) says `drain` for the app until `undrain`.
     case drain, undrain
     case daemonReexec = "daemon-reexec"
+    /// Lifecycle events as they happen (`EventRecord`), after the last `lines` kept ones.
+    case events
 
     /// Verbs a peer that is neither root nor swarmd's own uid may use.
     public var isReadOnly: Bool { self == .ping || self == .version || self == .status }
@@ -133,6 +135,8 @@ public struct Response: Codable, Sendable, Equatable {
         /// then list only the workers not sent before. `StatusAssembler` puts
         /// them back together.
         case part
+        /// One lifecycle event (`events`).
+        case record
     }
 
     public var v: Int
@@ -149,6 +153,8 @@ public struct Response: Codable, Sendable, Equatable {
     public var version: String?
     /// kind `part`: some of an app's workers.
     public var part: StatusPart?
+    /// kind `record`: one lifecycle event.
+    public var record: EventRecord?
 
     public init(id: UInt64, kind: Kind) {
         self.v = ControlProtocol.version
@@ -187,6 +193,49 @@ public struct ProgressEvent: Codable, Sendable, Equatable {
         self.pid = pid
         self.generation = generation
         self.message = message
+    }
+}
+
+/// One lifecycle event, as `events` streams it and hooks get it on stdin.
+/// Kinds: spawned, spawn-failed, ready, exited, restart-scheduled,
+/// crash-loop-entered, crash-loop-left, unhealthy, hung, replaced, recycled,
+/// reload-started, reload-step, reload-finished, reload-rolled-back,
+/// started, stopped, restarted, deleted, scaled, config-error, drained,
+/// undrained, and `dropped` (`details.count` events this subscriber missed
+/// because it read too slowly). Fields may be added within a protocol
+/// version, never removed; `details` keys are lower_snake_case.
+public struct EventRecord: Codable, Sendable, Equatable {
+    /// Numbers every event swarmd derived since it started (a gap: events missed).
+    public var seq: UInt64
+    /// RFC 3339 with microseconds, UTC.
+    public var time: String
+    public var kind: String
+    public var app: String
+    public var slot: Int?
+    public var pid: Int32?
+    public var generation: Int?
+    /// What happened, in words.
+    public var message: String
+    /// Kind-specific values: exit_status, exit_code, signal, reason, delay_s, from, to, …
+    public var details: [String: String]?
+
+    public init(seq: UInt64, time: String, kind: String, app: String, slot: Int? = nil, pid: Int32? = nil,
+                generation: Int? = nil, message: String, details: [String: String]? = nil) {
+        self.seq = seq
+        self.time = time
+        self.kind = kind
+        self.app = app
+        self.slot = slot
+        self.pid = pid
+        self.generation = generation
+        self.message = message
+        self.details = details
+    }
+
+    /// One line for people: `TIME app[slot] pid kind: message`.
+    public var formatted: String {
+        let who = app.isEmpty ? "swarmd" : slot.map { "\(app)[\($0)]" } ?? app
+        return "\(time) \(who)\(pid.map { " \($0)" } ?? "") \(kind): \(TerminalText.escape(message))"
     }
 }
 

@@ -145,7 +145,7 @@ struct SwarmCtl: ParsableCommand {
         commandName: "swarmctl",
         abstract: "Drive swarmd over its control socket.",
         version: SwarmVersion.current,
-        subcommands: [Start.self, Stop.self, Restart.self, Delete.self, Reload.self, Scale.self, Status.self, Logs.self,
+        subcommands: [Start.self, Stop.self, Restart.self, Delete.self, Reload.self, Scale.self, Status.self, Logs.self, Events.self,
                       Ping.self, Version.self, Shutdown.self, DaemonReexec.self, Drain.self, Undrain.self, DialStdio.self])
 }
 

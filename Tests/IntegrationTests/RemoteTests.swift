@@ -50,6 +50,15 @@ struct RemoteTests {
                 return follow.stdout.contains("hello from host1")
             }
 
+            // events streams through the tunnel too: a restart's exit, spawn and readiness arrive.
+            let events = try fleet.ctlInBackground(["events", "talker", "--json", "--host", h1.url])
+            defer { events.signal(SIGTERM) }
+            try await waitUntil(timeout: 15, "events through ssh to show a restart (so far: \(events.stdout) \(events.stderr))") {
+                _ = try await fleet.ctl(["restart", "talker", "--host", h1.url])
+                let kinds = events.stdout.split(separator: "\n").compactMap { try? JSONDecoder().decode(EventRecord.self, from: Data($0.utf8)).kind }
+                return kinds.contains("restarted") && kinds.contains("spawned") && kinds.contains("ready")
+            }
+
             let reload = try await fleet.ctl(["reload", "talker", "--host", h1.url], timeout: 90)
             #expect(reload.code == 0, "\(reload)")
         }
