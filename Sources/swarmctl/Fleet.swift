@@ -11,7 +11,7 @@ import SwarmSystem
 /// before going on. When a host fails, the hosts already reloaded are
 /// rolled back (`swarmctl rollback`) and the summary says so per host.
 enum Fleet {
-    static let readVerbs: Set<String> = ["status", "logs", "ping", "version"]
+    static let readVerbs: Set<String> = ["status", "ls", "list", "describe", "logs", "ping", "version"]
 
     /// The hosts of `--host`/`SWARM_HOST` when there are several, or of
     /// `--hosts-file` (one or more); nil otherwise (one host or none: no fleet).

@@ -142,6 +142,12 @@ struct FleetTests {
             #expect(st.code == 0, "\(st)")
             for h in fleet.hosts { #expect(st.out.contains("== \(h.url) =="), "\(st.out)") }
             #expect(st.out.components(separatedBy: "talker").count - 1 >= 3, "\(st.out)")
+            // ls and describe read every host too, labelled.
+            for verb in [["ls"], ["describe", "talker"]] {
+                let r = try await fleet.ctl(verb + ["--host", all])
+                #expect(r.code == 0, "\(verb): \(r)")
+                for h in fleet.hosts { #expect(r.out.contains("== \(h.url) =="), "\(verb): \(r.out)") }
+            }
 
             let before = try await generations()
             let ok = try await fleet.ctl(["reload", "talker", "--host", all, "--parallel", "2"], timeout: 120)
