@@ -385,8 +385,16 @@ final class ControlServer {
                 report(.warning, "control client pid \(client.pid) (uid \(client.uid)) does not read its replies: none taken for \(ControlServer.stallTimeout / 1_000_000_000)s, \(client.queuedBytes >> 10) KiB unread; closing it")
                 drop(client)
             } else if let since = client.partialSince, now - since > ControlServer.requestTimeout {
-                send(client, Response.failure(0, "request not completed within \(ControlServer.requestTimeout / 1_000_000_000)s; closing"))
-                closeAfterFlush(client)
+                // A client that stopped reading also stops being read (its replies back up),
+                // so its half-read frame can time out first: it is the reader that failed.
+                if client.stalledSince != nil {
+                    report(.warning, "control client pid \(client.pid) (uid \(client.uid)) does not read its replies (\(client.queuedBytes >> 10) KiB unread); closing it")
+                    drop(client)
+                } else {
+                    report(.warning, "control client pid \(client.pid) (uid \(client.uid)) did not complete its request within \(ControlServer.requestTimeout / 1_000_000_000)s; closing it")
+                    send(client, Response.failure(0, "request not completed within \(ControlServer.requestTimeout / 1_000_000_000)s; closing"))
+                    closeAfterFlush(client)
+                }
             } else if client.outstanding == 0 && client.following.isEmpty && !client.subscribedToEvents && client.queuedBytes == 0
                         && now - client.lastActivity > ControlServer.idleTimeout {
                 drop(client)

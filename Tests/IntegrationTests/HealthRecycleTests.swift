@@ -342,7 +342,7 @@ struct HealthRecycleIntegrationTests {
             _ = try await s.waitReady("web", workers: 2)
             let pids = [try #require(try readyPid(s, "web", slot: 0)), try #require(try readyPid(s, "web", slot: 1))]
             FileManager.default.createFile(atPath: "\(s.dir)/sick.\(pids[0])", contents: nil)
-            try await waitUntil(timeout: 10, "slot 0 failing") { (try? workerLine(s, "web", slot: 0))?.health == "failing" }
+            try await waitUntil(timeout: 30, "slot 0 failing") { (try? workerLine(s, "web", slot: 0))?.health == "failing" }
             try await s.ctlOK("daemon-reexec")
             #expect(daemon.running, "the same swarmd process")
             let after = try #require(try workerLine(s, "web", slot: 0))
