@@ -17,20 +17,26 @@ struct Reload: ParsableCommand {
     func validate() throws { try validateName(name) }
 
     func run() throws {
-        try execute {
-            let client = try Client(global)
-            do {
-                var printed = false
-                let r = try client.call(client.request(.reload, name: name)) { event in
-                    guard let e = event.event else { return }
-                    printed = true
-                    if json { printJSONLine(e) } else { printOut(TerminalText.escape(e.message)) }
-                }
-                if json { printOut(#"{"ok":true}"#) } else if !printed, let m = r.message { printOut(m) }
-            } catch let e as CtlError {
-                if json { printJSONLine(["ok": "false", "error": e.description]) }
-                throw e
+        try runRollingVerb(.reload, name: name, json: json, global: global)
+    }
+}
+
+/// Runs a rolling verb (reload, rollback) on one swarmd, printing its progress
+/// events as they come (JSON lines with `json`), then its outcome.
+func runRollingVerb(_ verb: Verb, name: String, json: Bool, global: GlobalOptions) throws {
+    try execute {
+        let client = try Client(global)
+        do {
+            var printed = false
+            let r = try client.call(client.request(verb, name: name)) { event in
+                guard let e = event.event else { return }
+                printed = true
+                if json { printJSONLine(e) } else { printOut(TerminalText.escape(e.message)) }
             }
+            if json { printOut(#"{"ok":true}"#) } else if !printed, let m = r.message { printOut(m) }
+        } catch let e as CtlError {
+            if json { printJSONLine(["ok": "false", "error": e.description]) }
+            throw e
         }
     }
 }

@@ -18,20 +18,6 @@ struct Rollback: ParsableCommand {
     func validate() throws { try validateName(name) }
 
     func run() throws {
-        try execute {
-            let client = try Client(global)
-            do {
-                var printed = false
-                let r = try client.call(client.request(.rollback, name: name)) { event in
-                    guard let e = event.event else { return }
-                    printed = true
-                    if json { printJSONLine(e) } else { printOut(TerminalText.escape(e.message)) }
-                }
-                if json { printOut(#"{"ok":true}"#) } else if !printed, let m = r.message { printOut(m) }
-            } catch let e as CtlError {
-                if json { printJSONLine(["ok": "false", "error": e.description]) }
-                throw e
-            }
-        }
+        try runRollingVerb(.rollback, name: name, json: json, global: global)
     }
 }
