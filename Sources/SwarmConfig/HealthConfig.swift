@@ -106,9 +106,16 @@ extension Reader {
     }
 
     func execProbe(_ v: TOMLValueConvertible) throws(ConfigError) -> HealthCheck {
-        let key = "health.exec"
+        .exec(try absoluteArgv(v, key: "health.exec", example: "[\"/usr/local/bin/check\", \"--quick\"]",
+                               why: "a probe is run on every interval, with no PATH search"))
+    }
+
+    /// An argv array run without a shell or PATH search (exec probes, hooks):
+    /// strings only, no NUL, each under Linux's argument limit, an absolute,
+    /// executable program.
+    func absoluteArgv(_ v: TOMLValueConvertible, key: String, example: String, why: String) throws(ConfigError) -> [String] {
         guard let items = v.array else {
-            throw fail(key, "expected an array of strings like [\"/usr/local/bin/check\", \"--quick\"] (never run through a shell), found \(v.type)")
+            throw fail(key, "expected an array of strings like \(example) (never run through a shell), found \(v.type)")
         }
         var argv: [String] = []
         for (i, item) in items.enumerated() {
@@ -120,11 +127,9 @@ extension Reader {
             argv.append(s)
         }
         guard let program = argv.first, !program.isEmpty else { throw fail(key, "must not be empty") }
-        guard program.hasPrefix("/") else {
-            throw fail(key, "'\(program)' must be an absolute path: a probe is run on every interval, with no PATH search")
-        }
+        guard program.hasPrefix("/") else { throw fail(key, "'\(program)' must be an absolute path: \(why)") }
         guard environment.isExecutable(program) else { throw fail(key, "'\(program)' does not exist or is not executable") }
-        return .exec(argv)
+        return argv
     }
 
     /// `expect = 200`, `"200-299"`, `"2xx"`.
