@@ -106,8 +106,28 @@ final class WorkerCgroups {
     /// The worker's cgroup directory (the listening probe reads its cgroup.procs), if it has one.
     func path(of id: WorkerID) -> String? { byWorker[id]?.path }
 
+    /// What the worker's tree uses. The files read stay open for the next
+    /// status (a third of the cost of opening them again) while the workers
+    /// holding them are within `usageFilesBudget`; beyond it they are opened per read.
     func usage(ofPid pid: Int32) -> CgroupUsage? {
-        workerByPid[pid].flatMap { byWorker[$0] }?.usage()
+        guard let cg = workerByPid[pid].flatMap({ byWorker[$0] }) else { return nil }
+        let held = cg.holdsUsageFiles
+        let usage = cg.usage(keepingFilesOpen: held || usageFilesHeld < usageFilesBudget, mainPid: pid)
+        if !held && cg.holdsUsageFiles { usageFilesHeld += 1 }
+        return usage
+    }
+
+    /// Workers whose usage files are held open now.
+    private(set) var usageFilesHeld = 0
+    /// At most a quarter of the fd limit goes to usage files (3 per worker):
+    /// the workers' pipes and sockets need the rest. Read once, after swarmd
+    /// raised its soft limit.
+    lazy var usageFilesBudget: Int = Int(clamping: (Posix.fileLimit() ?? 1024) / 12)
+
+    private func releaseUsageFiles(_ cg: WorkerCgroup) {
+        guard cg.holdsUsageFiles else { return }
+        cg.closeUsageFiles()
+        usageFilesHeld -= 1
     }
 
     /// The worker is gone: whatever is left in its cgroup is killed, and the
@@ -115,6 +135,7 @@ final class WorkerCgroups {
     func gone(_ id: WorkerID, pid: Int32?) {
         if let pid { workerByPid[pid] = nil }
         guard let cg = byWorker.removeValue(forKey: id) else { return }
+        releaseUsageFiles(cg)
         if (try? cg.populated()) == false {
             recycle(cg)
             return

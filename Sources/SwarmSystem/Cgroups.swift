@@ -308,6 +308,11 @@ public enum Cgroups {
                 }
                 if n == 0 { break }
                 out.append(contentsOf: UnsafeRawBufferPointer(rebasing: raw[0..<n]))
+                // A kept fd is re-read at 0 on every status: a seq_file fills the
+                // buffer unless the next record does not fit, and these files'
+                // records are single short lines, so a read that leaves more than
+                // a line's room unused is the end (and saves the EOF read).
+                if offset >= 0 && n < raw.count - 256 { break }
             }
             return out
         }
@@ -315,7 +320,10 @@ public enum Cgroups {
 
     /// Resident set size from /proc/PID/statm (its second field, in pages).
     static func residentBytes(pid: pid_t) -> Int64? {
-        let statm = procDirectory >= 0 ? readSmall(at: procDirectory, "\(pid)/statm") : readSmall("/proc/\(pid)/statm")
+        residentBytes(statm: procDirectory >= 0 ? readSmall(at: procDirectory, "\(pid)/statm") : readSmall("/proc/\(pid)/statm"))
+    }
+
+    static func residentBytes(statm: [UInt8]?) -> Int64? {
         guard let bytes = statm, let space = bytes.firstIndex(of: 0x20) else { return nil }
         var pages: Int64 = 0
         var j = space + 1
@@ -569,8 +577,8 @@ public struct CgroupUsage: Equatable {
         case residentSum
     }
     public var memorySource: MemorySource
-    /// Processes in the tree now.
-    public var processes: Int
+    /// Processes in the tree now (nil: not counted, memory.current needs no list).
+    public var processes: Int?
 }
 
 /// An app's cgroup directory held open (O_PATH): its workers' files are
@@ -609,6 +617,25 @@ public final class WorkerCgroup {
     /// cpu.stat usage_usec when the cgroup was last handed to a new worker:
     /// a reused cgroup's counter includes its earlier workers.
     public private(set) var cpuBaseline: UInt64 = 0
+    /// The files `usage(keepingFilesOpen: true)` reads, held open between
+    /// status requests: opening and closing three files per worker was three
+    /// quarters of a 1,000-worker status (kernfs and /proc lookups, issue 18);
+    /// a pread at offset 0 of a kept fd costs a third of that.
+    private var usageFiles: UsageFiles?
+    private struct UsageFiles {
+        var procs: Int32 = -1
+        var cpuStat: Int32 = -1
+        var memoryCurrent: Int32 = -1
+        /// /proc/PID/statm of the worker's main process (a pid's proc fd stays that process's).
+        var statm: (pid: pid_t, fd: Int32)?
+
+        mutating func close() {
+            for fd in [procs, cpuStat, memoryCurrent, statm?.fd ?? -1] where fd >= 0 { Glibc.close(fd) }
+            self = UsageFiles()
+        }
+    }
+    /// Whether `usage` holds files open now (the caller budgets fds by it).
+    public var holdsUsageFiles: Bool { usageFiles != nil }
 
     init(path: String, openProcs: Bool = true, hasMemory: Bool = false, in parent: CgroupDirectory? = nil, name: String = "") throws {
         self.path = path
@@ -628,6 +655,12 @@ public final class WorkerCgroup {
 
     deinit { close() }
 
+    /// Closes what `usage(keepingFilesOpen: true)` kept open.
+    public func closeUsageFiles() {
+        usageFiles?.close()
+        usageFiles = nil
+    }
+
     public func closeProcsFD() {
         if procsFD >= 0 { Glibc.close(procsFD) }
         procsFD = -1
@@ -636,6 +669,7 @@ public final class WorkerCgroup {
     /// Closes both fds (remove the eventsFD source from the loop first).
     public func close() {
         closeProcsFD()
+        closeUsageFiles()
         if eventsFDStorage >= 0 { Glibc.close(eventsFDStorage) }
         eventsFDStorage = -1
     }
@@ -691,19 +725,54 @@ public final class WorkerCgroup {
         guard let parent else { return members() }
         var st = stat()
         guard fstatat(parent.fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0, st.st_nlink <= 2,
-              let procs = Cgroups.readSmall(at: parent.fd, name + "/cgroup.procs") else { return members() }
+              let procs = usageFiles != nil ? file("cgroup.procs", \.procs) : Cgroups.readSmall(at: parent.fd, name + "/cgroup.procs")
+        else { return members() }
         return Cgroups.parsePids(procs)
     }
 
-    public func usage() -> CgroupUsage {
-        let total = read("cpu.stat").flatMap { Cgroups.value(of: "usage_usec ", in: $0) } ?? 0
+    /// CPU and memory of the whole tree. With `keepingFilesOpen` the files
+    /// read stay open for the next call (closed by `closeUsageFiles`, `reuse`
+    /// and `close`); `mainPid` is the worker's own process, whose statm is kept.
+    public func usage(keepingFilesOpen: Bool = false, mainPid: pid_t? = nil) -> CgroupUsage {
+        if keepingFilesOpen && usageFiles == nil { usageFiles = UsageFiles() }
+        let total = file("cpu.stat", \.cpuStat).flatMap { Cgroups.value(of: "usage_usec ", in: $0) } ?? 0
         let cpu = total >= cpuBaseline ? total - cpuBaseline : total
-        let pids = treeMembers()
-        if hasMemory, let bytes = read("memory.current").flatMap({ Cgroups.value(of: "", in: $0) }) {
-            return CgroupUsage(cpuMicroseconds: cpu, memoryBytes: Int64(bytes), memorySource: .memoryCurrent, processes: pids.count)
+        if hasMemory, let bytes = file("memory.current", \.memoryCurrent).flatMap({ Cgroups.value(of: "", in: $0) }) {
+            return CgroupUsage(cpuMicroseconds: cpu, memoryBytes: Int64(bytes), memorySource: .memoryCurrent, processes: nil)
         }
-        let rss = pids.reduce(Int64(0)) { $0 + (Cgroups.residentBytes(pid: $1) ?? 0) }
+        let pids = treeMembers()
+        let rss = pids.reduce(Int64(0)) { $0 + ((($1 == mainPid) ? mainResidentBytes($1) : Cgroups.residentBytes(pid: $1)) ?? 0) }
         return CgroupUsage(cpuMicroseconds: cpu, memoryBytes: rss, memorySource: .residentSum, processes: pids.count)
+    }
+
+    /// One usage file: by its kept fd (opened now if usage files are kept), or opened for this read.
+    private func file(_ name: String, _ kept: WritableKeyPath<UsageFiles, Int32>) -> [UInt8]? {
+        guard usageFiles != nil else { return read(name) }
+        if usageFiles![keyPath: kept] < 0 { usageFiles![keyPath: kept] = openFile(name) }
+        let fd = usageFiles![keyPath: kept]
+        return fd >= 0 ? Cgroups.readAll(fd, from: 0) : read(name)
+    }
+
+    private func openFile(_ name: String) -> Int32 {
+        if let parent {
+            let fd = openat(parent.fd, self.name + "/" + name, O_RDONLY | O_CLOEXEC)
+            if fd >= 0 { return fd }
+        }
+        return Glibc.open(path + "/" + name, O_RDONLY | O_CLOEXEC)
+    }
+
+    private func mainResidentBytes(_ pid: pid_t) -> Int64? {
+        guard usageFiles != nil else { return Cgroups.residentBytes(pid: pid) }
+        if let kept = usageFiles!.statm, kept.pid != pid {
+            Glibc.close(kept.fd)
+            usageFiles!.statm = nil
+        }
+        if usageFiles!.statm == nil {
+            let fd = Cgroups.procDirectory >= 0 ? openat(Cgroups.procDirectory, "\(pid)/statm", O_RDONLY | O_CLOEXEC) : -1
+            guard fd >= 0 else { return Cgroups.residentBytes(pid: pid) }
+            usageFiles!.statm = (pid, fd)
+        }
+        return Cgroups.residentBytes(statm: Cgroups.readAll(usageFiles!.statm!.fd, from: 0))
     }
 
     /// rmdir of the tree (children first), then of the app directory if it

@@ -140,6 +140,13 @@ public enum Posix {
         return out
     }
 
+    /// RLIMIT_NOFILE's soft limit now (nil: getrlimit failed).
+    public static func fileLimit() -> UInt64? {
+        var rl = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &rl) == 0 else { return nil }
+        return UInt64(rl.rlim_cur)
+    }
+
     /// Raises RLIMIT_NOFILE's soft limit to its hard limit; returns the limits before.
     @discardableResult
     public static func raiseFileLimit() -> (soft: UInt64, hard: UInt64)? {

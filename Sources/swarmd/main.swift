@@ -8,7 +8,11 @@ struct Swarmd: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "swarmd",
         abstract: "Run N copies of any server behind shared listening sockets, and keep them alive.",
-        discussion: "Stays in the foreground. SIGTERM/SIGINT: graceful stop of every worker. SIGHUP: rolling reload of every app.",
+        discussion: """
+            Stays in the foreground. SIGTERM/SIGINT/SIGQUIT: graceful stop of every worker (a second one kills them at once). \
+            SIGHUP: rolling reload of every app. SIGUSR1: reopen every app's log file (after logrotate moved it). \
+            SIGUSR2: re-execute swarmd in place, keeping the workers and their sockets (daemon-reexec).
+            """,
         version: swarmVersion)
 
     @Option(help: ArgumentHelp("Control socket path (env SWARM_SOCKET).", valueName: "path"))

@@ -301,6 +301,59 @@ struct CgroupsTests {
             try cg.remove()
         }
     }
+
+    @Test(.enabled(if: isRoot, "\(rootOnly)"))
+    func usageThroughKeptFilesFollowsTheTreeAndClosesThem() throws {
+        // The master waits for "go", then forks a child that holds 40 MB and
+        // burns 0.3 s of CPU: what the kept fds read must change with the tree.
+        let script = """
+        import os, sys, time
+        while not os.path.exists(sys.argv[1] + "/go"): time.sleep(0.01)
+        if os.fork() == 0:
+            block = bytearray(40 * 1024 * 1024)
+            for j in range(0, len(block), 4096): block[j] = 1
+            while time.process_time() < 0.3: pass
+            open(sys.argv[1] + "/ready", "w").close()
+            time.sleep(1000)
+        time.sleep(1000)
+        """
+        // Only this cgroup's and this worker's files: other tests open fds meanwhile.
+        func openUsageFiles(_ cg: WorkerCgroup, _ pid: pid_t) -> Int {
+            let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+            return fds.filter { fd in
+                let target = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(fd)")) ?? ""
+                return target.hasPrefix(cg.path + "/") || target == "/proc/\(pid)/statm"
+            }.count
+        }
+        try withTestRoot { root, scratch in
+            let cg = try root.createWorker(app: "kept", slot: 0, worker: 1)
+            let w = try Worker([python, "-c", script, scratch.path], scratch: scratch, cgroup: cg)
+            defer { w.stop() }
+            try waitFor("the master in \(cg.path)") { cg.members() == [w.pid] }
+            #expect(openUsageFiles(cg, w.pid) == 0)
+            let alone = cg.usage(keepingFilesOpen: true, mainPid: w.pid)
+            #expect(cg.holdsUsageFiles)
+            #expect(openUsageFiles(cg, w.pid) >= 2, "cpu.stat and statm or memory.current stay open")
+            if !root.controllers.contains("memory") { #expect(alone.processes == 1) }
+            #expect(alone.memoryBytes > 0)
+            FileManager.default.createFile(atPath: scratch.file("go"), contents: nil)
+            try waitFor("the child ready (output: \(w.output))", seconds: 30) { FileManager.default.fileExists(atPath: scratch.file("ready")) }
+            let kept = cg.usage(keepingFilesOpen: true, mainPid: w.pid)
+            let fresh = cg.usage()
+            if !root.controllers.contains("memory") { #expect(kept.processes == 2 && fresh.processes == 2) }
+            #expect(kept.cpuMicroseconds >= 300_000, "the child's 0.3 s of CPU: \(kept)")
+            #expect(kept.memoryBytes >= alone.memoryBytes + 40 * 1024 * 1024, "the child's 40 MB: \(alone) then \(kept)")
+            #expect(kept.cpuMicroseconds <= fresh.cpuMicroseconds, "a later fresh read sees at least as much CPU")
+            #expect(abs(kept.memoryBytes - fresh.memoryBytes) < 4 * 1024 * 1024, "kept \(kept) vs fresh \(fresh)")
+            cg.closeUsageFiles()
+            #expect(!cg.holdsUsageFiles)
+            #expect(openUsageFiles(cg, w.pid) == 0, "every usage file closed")
+            try cg.kill()
+            #expect(cg.waitUntilEmpty(timeoutNanoseconds: 5_000_000_000))
+            w.reap()
+            try cg.remove()
+        }
+    }
 }
 
 @Suite("Cgroups: spawn")
