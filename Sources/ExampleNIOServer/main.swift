@@ -8,7 +8,8 @@
 // worker after its current request instead of having its connection cut between
 // two requests); connections still open after IDLE_GRACE_MS (1000) are asked to
 // quiesce (NIO closes the idle ones, the busy ones after their response); exit 0
-// once the last connection is gone, at the latest after STOP_GRACE_MS (10000).
+// once the last connection is gone, at the latest after DRAIN_TIMEOUT_MS (9000,
+// under swarmd's default [stop] timeout of 10 s).
 // Without LISTEN_FDS it listens on 127.0.0.1:$PORT (8080) itself.
 import Dispatch
 import Glibc
@@ -107,14 +108,14 @@ func milliseconds(_ name: String, default value: Int64) -> TimeAmount {
     .milliseconds(getenv(name).flatMap { Int64(String(cString: $0)) } ?? value)
 }
 let idleGrace = milliseconds("IDLE_GRACE_MS", default: 1000)
-let stopGrace = milliseconds("STOP_GRACE_MS", default: 10_000)
+let drainTimeout = milliseconds("DRAIN_TIMEOUT_MS", default: 9000)
 signal(SIGTERM, SIG_IGN)
 let term = DispatchSource.makeSignalSource(signal: SIGTERM)
 term.setEventHandler {
     loop.execute {
         channel.close(promise: nil)
         connections.drain(idleGrace: idleGrace)
-        loop.scheduleTask(in: stopGrace) { exit(0) }
+        loop.scheduleTask(in: drainTimeout) { exit(0) }
     }
 }
 term.resume()

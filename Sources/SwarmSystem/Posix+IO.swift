@@ -271,5 +271,24 @@ public enum Console {
         }
     }
 
+    /// Writes all of `bytes` like `write(_:to:)`, except that a write a signal
+    /// interrupted (a handler installed without `SA_RESTART`) ends it when
+    /// `stop()` says so. False when it stopped or could not write.
+    public static func write(_ bytes: [UInt8], to stream: Stream, unless stop: () -> Bool) -> Bool {
+        bytes.withUnsafeBytes { buf in
+            var offset = 0
+            while offset < buf.count {
+                let n = Glibc.write(stream.fd, buf.baseAddress! + offset, buf.count - offset)
+                if n < 0 && errno == EINTR {
+                    if stop() { return false }
+                    continue
+                }
+                if n <= 0 { return false }
+                offset += n
+            }
+            return true
+        }
+    }
+
     public static func isTerminal(_ stream: Stream) -> Bool { isatty(stream.fd) == 1 }
 }

@@ -49,7 +49,11 @@ public final class SignalDescriptor {
     public let fd: Int32
     private let writeFD: Int32
 
-    public init(_ signals: [Int32]) throws {
+    /// `interruptingSystemCalls`: the handler is installed without `SA_RESTART`,
+    /// so a blocking call it interrupts (a `write` to a terminal that does not
+    /// read) fails with `EINTR` and the caller can look at the signal instead
+    /// of staying blocked.
+    public init(_ signals: [Int32], interruptingSystemCalls: Bool = false) throws {
         let fds = try Posix.pipe(nonBlockingRead: true)
         // A full pipe drops the byte rather than block the handler.
         try Posix.setNonBlocking(fds.write)
@@ -57,10 +61,14 @@ public final class SignalDescriptor {
         writeFD = fds.write
         signalPipeWriteFD = fds.write
         for s in signals {
-            _ = Glibc.signal(s) { sig in
+            var action = sigaction()
+            action.__sigaction_handler.sa_handler = { sig in
                 var byte = UInt8(truncatingIfNeeded: sig)
                 _ = Glibc.write(signalPipeWriteFD, &byte, 1)
             }
+            sigemptyset(&action.sa_mask)
+            action.sa_flags = interruptingSystemCalls ? 0 : SA_RESTART
+            _ = sigaction(s, &action, nil)
         }
     }
 

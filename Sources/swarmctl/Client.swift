@@ -109,6 +109,12 @@ final class Client {
         return try Codec.decodeResponse(frame)
     }
 
+    /// The next response already read from the socket, if a whole one is buffered; never reads.
+    func bufferedResponse() throws -> Response? {
+        guard let frame = try reader.next() else { return nil }
+        return try Codec.decodeResponse(frame)
+    }
+
     /// The next line as received (without its newline); nil at EOF.
     func receiveLine() throws -> [UInt8]? {
         var buf = [UInt8](repeating: 0, count: 65536)

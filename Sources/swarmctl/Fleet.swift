@@ -142,9 +142,10 @@ enum Fleet {
                 }
                 return readAll(o.perHost, hosts: hosts)
             }
+            if verb == "events" { return FleetEvents.run(o.perHost, hosts: hosts) }
             if verb == "reload" { return try rollout(o, hosts: hosts) }
             if verb == "rollback" { return rollBackAll(o.perHost, hosts: hosts) }
-            throw CtlError(description: "'\(TerminalText.escape(verb))' goes to one host at a time; with several hosts swarmctl runs \(readVerbs.sorted().joined(separator: ", ")), reload and rollback", exitCode: 64)
+            throw CtlError(description: "'\(TerminalText.escape(verb))' goes to one host at a time; with several hosts swarmctl runs \(readVerbs.sorted().joined(separator: ", ")), events, reload and rollback", exitCode: 64)
         } catch let e as CtlError {
             printErr("swarmctl: \(e.description)")
             return e.exitCode
@@ -314,20 +315,27 @@ final class HostRun {
     init(_ host: RemoteHost, _ args: [String], echoPrefix: String? = nil) throws {
         self.host = host
         self.echoPrefix = echoPrefix
+        (pid, out, err) = try HostRun.spawn(host, args)
+    }
+
+    /// This swarmctl again with `args`, `SWARM_HOST` set to `host`, stdin
+    /// /dev/null, stdout and stderr the read ends returned (non-blocking). It is
+    /// in a process group of its own (so a terminal's ^C reaches only us, which
+    /// decide) and gets SIGTERM if we die.
+    static func spawn(_ host: RemoteHost, _ args: [String]) throws -> (pid: pid_t, out: Int32, err: Int32) {
         let me = try FileSystem.readLink("/proc/self/exe")
         let o = try Posix.pipe(nonBlockingRead: true)
         let e: (read: Int32, write: Int32)
         do { e = try Posix.pipe(nonBlockingRead: true) } catch { Posix.close(o.read); Posix.close(o.write); throw error }
-        let devNull = try FileSystem.openDevNull()
+        let devNull: Int32
+        do { devNull = try FileSystem.openDevNull() } catch { [o.read, o.write, e.read, e.write].forEach(Posix.close); throw error }
         defer { Posix.close(devNull); Posix.close(o.write); Posix.close(e.write) }
         var env = Environment.all.filter { !$0.hasPrefix(GlobalOptions.hostVariable + "=") && !$0.hasPrefix("NO_COLOR=") }
         env += [GlobalOptions.hostVariable + "=" + host.description, "NO_COLOR=1"]
         var plan = SpawnPlan(executable: me, argv: [me] + args, environment: env, setListenPID: false, cwd: nil, fds: [],
                              stdin: devNull, stdout: o.write, stderr: e.write)
         plan.parentDeathSignal = SIGTERM
-        do { pid = try Spawner.spawn(plan) } catch { Posix.close(o.read); Posix.close(e.read); throw error }
-        out = o.read
-        err = e.read
+        do { return (try Spawner.spawn(plan), o.read, e.read) } catch { Posix.close(o.read); Posix.close(e.read); throw error }
     }
 
     deinit {

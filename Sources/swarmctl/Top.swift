@@ -368,15 +368,22 @@ final class TopScreen {
     func reloadAnswered() {
         guard let (client, app) = reload else { return }
         do {
-            guard let r = try client.receive() else {
+            guard var r = try client.receive() else {
                 reload = nil
                 message = "reload of \(app): swarmd closed the connection"
                 return draw()
             }
-            if let e = r.event { message = "reload \(app): \(e.message)" }
-            if r.kind == .result {
-                reload = nil
-                message = r.ok == true ? (r.message ?? "\(app): reloaded") : "reload of \(app) failed: \(r.error ?? "?")"
+            // One read may have brought the last progress line and the result together: the
+            // socket then stays quiet, so whatever is already buffered is handled now.
+            while true {
+                if let e = r.event { message = "reload \(app): \(e.message)" }
+                if r.kind == .result {
+                    reload = nil
+                    message = r.ok == true ? (r.message ?? "\(app): reloaded") : "reload of \(app) failed: \(r.error ?? "?")"
+                    break
+                }
+                guard let next = try client.bufferedResponse() else { break }
+                r = next
             }
         } catch {
             reload = nil

@@ -215,4 +215,93 @@ struct FleetTests {
             }
         }
     }
+
+    /// A record of `events --json` on several hosts: an `EventRecord` plus the host it came from.
+    struct HostEvent: Decodable {
+        let host: String
+        let seq: UInt64
+        let kind: String
+        let app: String
+    }
+
+    @Test("events on 3 hosts: merged as they arrive, text lines labelled with the host, JSON records with a host field; a host whose sshd stops mid-stream is reported while the others go on, and the exit is non-zero")
+    func eventsFromEveryHost() async throws {
+        try await withSwarm { s in
+            let fleet = try TestFleet(hosts: 3, dir: s.dir)
+            defer { fleet.close() }
+            try await fleet.waitForSSH()
+            for (i, h) in fleet.hosts.enumerated() {
+                let conf = try s.write("\(h.name).conf", FleetTests.conf(["/bin/sleep", "1000"]))
+                try await fleet.startSwarmd(i, configs: [conf])
+            }
+            for h in fleet.hosts {
+                try await waitUntil(timeout: 20, "talker on \(h.name) to be ready") { try await remoteStatus(fleet, h.url)?.workersReady == 2 }
+            }
+            let all = fleet.hosts.map(\.url).joined(separator: ",")
+            func records(_ c: Child) -> [HostEvent] {
+                c.stdout.split(separator: "\n").compactMap { try? JSONDecoder().decode(HostEvent.self, from: Data($0.utf8)) }
+            }
+            func spawned(_ c: Child, _ h: TestFleet.Host) -> Int { records(c).filter { $0.host == h.url && $0.kind == "spawned" }.count }
+            func textLines(_ out: String, _ h: TestFleet.Host) -> [Substring] {
+                out.split(separator: "\n").filter { $0.hasPrefix("[\(h.address)] ") }
+            }
+
+            // -n 2: each host's last events come first, which shows its stream is connected.
+            let json = try fleet.ctlInBackground(["events", "talker", "--json", "-n", "2", "--host", all])
+            let text = try fleet.ctlInBackground(["events", "talker", "-n", "2", "--host", all])
+            defer { json.signal(SIGKILL); text.signal(SIGKILL) }
+            try await waitUntil(timeout: 30, "every host's past events in both merged streams (so far: \(json.stdout) \(text.stdout) \(json.stderr))") {
+                fleet.hosts.allSatisfy { h in records(json).contains { $0.host == h.url } && textLines(text.stdout, h).count >= 2 }
+            }
+            var before = fleet.hosts.map { spawned(json, $0) }
+            for h in fleet.hosts {
+                let r = try await fleet.ctl(["restart", "talker", "--host", h.url])
+                #expect(r.code == 0, "\(r)")
+            }
+            try await waitUntil(timeout: 30, "every host's restart in the merged JSON stream (so far: \(json.stdout))") {
+                fleet.hosts.indices.allSatisfy { spawned(json, fleet.hosts[$0]) >= before[$0] + 2 }
+            }
+            // Every line is a record with its host: the EventRecord fields are all there.
+            for line in json.stdout.split(separator: "\n") {
+                #expect((try? JSONDecoder().decode(HostEvent.self, from: Data(line.utf8))) != nil, "not a record with a host: \(line)")
+                #expect((try? JSONDecoder().decode(EventRecord.self, from: Data(line.utf8))) != nil, "not an event record: \(line)")
+            }
+            try await waitUntil(timeout: 30, "every host's restart in the merged text stream (so far: \(text.stdout))") {
+                fleet.hosts.allSatisfy { h in textLines(text.stdout, h).filter { $0.contains("spawned") }.count >= 2 }
+            }
+            #expect(!text.stdout.split(separator: "\n").contains { !$0.hasPrefix("[") }, "every text line is labelled: \(text.stdout)")
+            // ^C with every host still streaming: exit 0.
+            text.signal(SIGINT)
+            let textCode = try await text.wait(timeout: 15, "the text stream to end on SIGINT")
+            #expect(textCode == 0, "SIGINT with no host failed: exit 0; stderr: \(text.stderr)")
+
+            // Host 2's sshd goes (its sessions with it): reported, naming the host; hosts 1 and 3 go on.
+            let h2 = fleet.hosts[1]
+            try fleet.stopSSH(1)
+            try await waitUntil(timeout: 30, "the stream to report host 2's loss (stderr: \(json.stderr))") {
+                json.stderr.contains("host \(h2.url): events stopped")
+            }
+            #expect(json.running, "the others go on: \(json.stderr)")
+            print("[fleet] events stderr after host 2's sshd stopped:\n\(json.stderr)")
+            before = fleet.hosts.map { spawned(json, $0) }
+            for i in [0, 2] {
+                let r = try await fleet.ctl(["restart", "talker", "--host", fleet.hosts[i].url])
+                #expect(r.code == 0, "\(r)")
+            }
+            try await waitUntil(timeout: 30, "hosts 1 and 3's restarts after host 2 was lost (so far: \(json.stdout))") {
+                spawned(json, fleet.hosts[0]) >= before[0] + 2 && spawned(json, fleet.hosts[2]) >= before[2] + 2
+            }
+            #expect(json.running)
+            json.signal(SIGINT)
+            let code = try await json.wait(timeout: 15, "the JSON stream to end on SIGINT")
+            #expect(code == 3, "a host failed: exit 3 (ssh's failure); stderr: \(json.stderr)")
+            #expect(json.stderr.contains("events failed on 1 of 3 hosts: \(h2.url)"), "\(json.stderr)")
+
+            // The streams end by themselves with --no-follow: host 2 is unreachable now, the others answer.
+            let past = try await fleet.ctl(["events", "talker", "-n", "3", "--no-follow", "--host", all])
+            #expect(past.code == 3, "\(past)")
+            #expect(textLines(past.out, fleet.hosts[0]).count == 3 && textLines(past.out, fleet.hosts[2]).count == 3, "\(past)")
+            #expect(past.err.contains(h2.url) && past.err.contains("unreachable"), "\(past.err)")
+        }
+    }
 }

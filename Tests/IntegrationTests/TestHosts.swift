@@ -186,6 +186,19 @@ final class TestFleet {
                         dir: dir, label: label("ctl-bg"))
     }
 
+    /// Stops host `i`'s sshd as a crash or `systemctl stop ssh` plus a dropped
+    /// network would: the listener and every session it serves (sshd's
+    /// per-connection processes) are SIGKILLed; swarmd and its workers run on.
+    func stopSSH(_ i: Int) throws {
+        let h = hosts[i]
+        h.sshd?.signal(SIGKILL)
+        for pid in try run(["ip", "netns", "pids", h.namespace]).split(separator: "\n").compactMap({ Int32($0) }) {
+            let comm = (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)) ?? ""
+            if comm.hasPrefix("sshd") { Glibc.kill(pid, SIGKILL) }
+        }
+        _ = h.sshd?.poll()
+    }
+
     /// Stops every swarmd and sshd this fleet started, deletes the namespaces and the bridge.
     func close() {
         for h in hosts {

@@ -19,9 +19,13 @@
 //                          wrong pid. Use the Python worker, or "listening"/"fd" here.
 //   VERBOSE=1              log each request to stderr.
 //
-// SIGTERM/SIGINT: server.close() (stop accepting); responses from then on carry
-// "Connection: close"; keep-alive connections still idle after STOP_GRACE_MS
-// (1000) are closed; exit 0 once every connection is gone.
+// SIGTERM/SIGINT: a graceful stop that fails no request, keep-alive ones included:
+// stop accepting (net.Server's close); answer every request from then on with
+// "Connection: close" (Node closes the connection once that answer is written;
+// the client reconnects, to another worker); close keep-alive connections still
+// idle after IDLE_GRACE_MS (1000: one closed at once can cross a request the
+// client is already sending); exit 0 once every connection is gone, or at
+// DRAIN_TIMEOUT_MS (9000, under swarmd's default [stop] timeout of 10 s).
 'use strict';
 
 const fs = require('fs');
@@ -109,7 +113,8 @@ server.on('error', (err) => {
 // keep-alive client is told to reconnect (to another worker) after its current
 // request instead of having its connection cut between two requests. Connections
 // that stay idle through the grace period are closed then.
-const STOP_GRACE_MS = parseInt(process.env.STOP_GRACE_MS || '1000', 10);
+const IDLE_GRACE_MS = parseInt(process.env.IDLE_GRACE_MS || '1000', 10);
+const DRAIN_TIMEOUT_MS = parseInt(process.env.DRAIN_TIMEOUT_MS || '9000', 10);
 
 function stop() {
   if (stopping) return;
@@ -119,7 +124,11 @@ function stop() {
   net.Server.prototype.close.call(server, () => process.exit(0)); // once every connection is gone
   setTimeout(() => {
     if (typeof server.closeIdleConnections === 'function') server.closeIdleConnections();
-  }, STOP_GRACE_MS).unref();
+  }, IDLE_GRACE_MS).unref();
+  setTimeout(() => {
+    log(`drain deadline (${DRAIN_TIMEOUT_MS} ms): exiting with connections still open`);
+    process.exit(0);
+  }, DRAIN_TIMEOUT_MS).unref();
 }
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);

@@ -19,9 +19,13 @@ Environment:
   READY_MODE=fd          write "\\n" to fd $SWARM_READY_FD, then close it.
   VERBOSE=1              print an access log line per request to stderr.
 
-SIGTERM/SIGINT: stop accepting, let in-flight requests finish (busy keep-alive
-connections get "Connection: close"; idle ones are closed after STOP_GRACE_MS,
-default 1000), then exit 0.
+SIGTERM/SIGINT: a graceful stop that fails no request, keep-alive ones included:
+stop accepting; answer the next request on every open connection with
+"Connection: close" and close it once that answer is written (the client
+reconnects, to another worker); close a connection only after it stayed idle
+for IDLE_GRACE_MS (default 1000: a request may be on its way on it right now);
+exit 0 once every connection is done, or at DRAIN_TIMEOUT_MS (default 9000,
+under swarmd's default [stop] timeout of 10 s) with whatever is still open.
 The main thread runs serve_forever(), i.e. sits in poll() on fd 3.
 """
 import http.server
@@ -36,7 +40,8 @@ import urllib.parse
 
 SD_LISTEN_FDS_START = 3
 CPU_ITERATIONS = 823543
-STOP_GRACE_S = float(os.environ.get("STOP_GRACE_MS", "1000")) / 1000
+IDLE_GRACE_S = float(os.environ.get("IDLE_GRACE_MS", "1000")) / 1000
+DRAIN_TIMEOUT_S = float(os.environ.get("DRAIN_TIMEOUT_MS", "9000")) / 1000
 FIRST_REQUEST_GRACE_S = 1.0  # during a stop: how long a new connection may take to send its request
 
 
@@ -80,12 +85,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
         # Track whether this connection is idle (waiting for a request line) so a
         # graceful stop can close idle keep-alive connections without cutting busy ones.
         # A new connection is served at least once, even during a stop.
+        #
+        # A connection is never closed the moment it becomes idle, even during a stop:
+        # its last answer may have gone out without "Connection: close" (the stop came
+        # while it was being written), so the client may be sending the next request
+        # right now, and closing would fail it (wrk counts a read error; no client
+        # retries a non-idempotent request). The next request is answered, with
+        # "Connection: close"; only silence for IDLE_GRACE_MS closes it.
         self.close_connection = True
         self.server.track(self, True)
         try:
             self.handle_one_request()
-            while not self.close_connection and not self.server.set_idle(self, True):
-                self.handle_one_request()
+            while not self.close_connection:
+                self.server.set_idle(self, True)
+                self.handle_one_request()  # during a stop: times out after IDLE_GRACE_MS
         finally:
             self.server.track(self, False)
 
@@ -156,14 +169,22 @@ class Server(http.server.ThreadingHTTPServer):
         with self._lock:
             if alive:
                 self._conns[handler] = None
+                if self.stopping:  # accepted during the stop: its first request gets the same grace
+                    handler.connection.settimeout(FIRST_REQUEST_GRACE_S)
             else:
                 self._conns.pop(handler, None)
 
     def set_idle(self, handler, idle):
-        """Mark a connection idle/busy; returns True if it should close now."""
+        """Mark a connection idle (waiting for its next request) or busy.
+
+        During a stop, an idle connection's wait for its next request is bounded
+        by IDLE_GRACE_MS (a socket timeout: the read fails and the handler closes
+        the connection). Connections already waiting when the stop began are in a
+        read without a timeout: close_idle_connections() wakes them instead."""
         with self._lock:
             self._conns[handler] = idle
-            return idle and self.stopping
+            if self.stopping:
+                handler.connection.settimeout(IDLE_GRACE_S if idle else None)
 
     def close_idle_connections(self):
         """Start the stop: busy connections close after their response, idle ones now.
@@ -176,10 +197,10 @@ class Server(http.server.ThreadingHTTPServer):
             idle = [h for h, state in self._conns.items() if state is True]
             fresh = [h for h, state in self._conns.items() if state is None]
         # An idle keep-alive connection may have a request on its way right now:
-        # closing it at once would fail that request. Give it STOP_GRACE_S; if a
+        # closing it at once would fail that request. Give it IDLE_GRACE_S; if a
         # request comes, its response carries "Connection: close".
         if idle:
-            timer = threading.Timer(STOP_GRACE_S, self._close_if_still_idle, args=(idle,))
+            timer = threading.Timer(IDLE_GRACE_S, self._close_if_still_idle, args=(idle,))
             timer.daemon = True
             timer.start()
         if fresh:
@@ -191,6 +212,10 @@ class Server(http.server.ThreadingHTTPServer):
         with self._lock:
             still = [h for h in handlers if self._conns.get(h) is True]
         self._shutdown_read(still)
+
+    def open_connections(self):
+        with self._lock:
+            return len(self._conns)
 
     def _close_if_still_fresh(self, handlers):
         with self._lock:
@@ -256,9 +281,15 @@ def signal_ready():
 def main(handle_term=True):
     server = None
 
+    stop_started = False
+
     def on_stop(signum, frame):
+        nonlocal stop_started
         if server is None:  # still starting up
             sys.exit(0)
+        if stop_started:  # a second signal: the stop is already under way
+            return
+        stop_started = True
         if os.environ.get("READY_MODE") == "notify":
             try:
                 notify("STOPPING=1")
@@ -268,6 +299,12 @@ def main(handle_term=True):
         def stop():
             server.close_idle_connections()
             server.shutdown()
+
+        def deadline():
+            time.sleep(DRAIN_TIMEOUT_S)
+            log(f"drain deadline ({DRAIN_TIMEOUT_S:g} s): exiting with {server.open_connections()} connection(s) still open")
+            os._exit(0)
+        threading.Thread(target=deadline, daemon=True).start()
         # shutdown() waits for serve_forever() to return, so it can't run on the
         # main thread (which is inside serve_forever()).
         threading.Thread(target=stop, daemon=True).start()
