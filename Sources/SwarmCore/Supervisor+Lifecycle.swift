@@ -40,10 +40,12 @@ extension Supervisor {
         case .http, .tcp, .exec: probeAt = now
         }
         let memoryAt = spec.memoryLimit != nil ? now + memoryInterval : nil
+        let priorityAt = w.niced ? now + Supervisor.backgroundStartLimit(readyTimeout: spec.ready.timeout) : nil
         modifyWorker(id) {
             $0.pid = pid
             $0.startedAt = now
-            $0.state = .starting(readyBy: now + spec.ready.timeout, probeAt: probeAt, delayReadyAt: delayReadyAt, memoryAt: memoryAt)
+            $0.state = .starting(readyBy: now + spec.ready.timeout, probeAt: probeAt, delayReadyAt: delayReadyAt,
+                                 memoryAt: memoryAt, priorityAt: priorityAt)
         }
         byPid[pid] = id
         note(.info, "\(label(w))\(" pid \(pid)") started (generation \(w.generation))")
@@ -77,7 +79,7 @@ extension Supervisor {
     }
 
     mutating func markReady(_ id: WorkerID, now: Instant) {
-        guard let w = workers[id], case let .starting(_, _, _, memoryAt) = w.state, let spec = spec(of: w) else { return }
+        guard let w = workers[id], case let .starting(_, _, _, memoryAt, _) = w.state, let spec = spec(of: w) else { return }
         let name = w.app
         let k = w.slot
         let incoming = slot(name, k)?.incoming == id

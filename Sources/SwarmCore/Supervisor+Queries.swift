@@ -103,6 +103,9 @@ extension Supervisor {
             if references[id] != 1 { v.append("\(id) (\(w.app)[\(w.slot)] \(w.phase)) is referenced by \(references[id] ?? 0) slot fields") }
             if let pid = w.pid, byPid[pid] != id { v.append("pid \(pid) of \(id) not indexed") }
             if case .queued = w.state { queuedSeen += 1 }
+            if case let .starting(_, _, _, _, priorityAt?) = w.state, !w.niced {
+                v.append("\(id) waits to get its priority back at \(priorityAt) but was not started niced")
+            }
             if deadlines.priority(of: .worker(id))?.time != deadline(of: w) {
                 v.append("\(id): deadline index has \(String(describing: deadlines.priority(of: .worker(id))?.time)), the worker waits for \(String(describing: deadline(of: w)))")
             }

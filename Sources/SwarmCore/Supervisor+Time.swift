@@ -6,8 +6,8 @@ extension Supervisor {
         switch w.state {
         case .queued, .spawning, .killing:
             return nil
-        case let .starting(readyBy, probeAt, delayReadyAt, memoryAt):
-            return earliest(readyBy, probeAt, delayReadyAt, memoryAt)
+        case let .starting(readyBy, probeAt, delayReadyAt, memoryAt, priorityAt):
+            return earliest(readyBy, probeAt, delayReadyAt, memoryAt, priorityAt)
         case let .ready(watchdogBy, healthyAt, swapAt, memoryAt):
             return earliest(watchdogBy, healthyAt, swapAt, memoryAt)
         case let .stopping(killAt):
@@ -27,6 +27,30 @@ extension Supervisor {
 
     /// The longest wait between two probes of a starting worker.
     public static let maxProbeInterval: Duration = .milliseconds(250)
+
+    /// How long a background-started worker (nice 19) may be starting before it
+    /// gets swarmd's priority back anyway: 2 s, at most a quarter of its
+    /// readiness timeout. Nice 19 costs a worker nothing while a core is idle
+    /// (the scheduler hands spare time to anyone), so a worker still not ready
+    /// after 2 s is slow or starved: with every core busy it gets about 1.5 % of
+    /// one and may never reach listen() before its timeout, which would roll
+    /// back every reload on a saturated machine. 2 s covers the start-up of
+    /// the servers the tests run (Python, Node, NIO: 0.1–0.5 s) with room to
+    /// spare, so on a machine with spare CPU background start still does what
+    /// it is for; the quarter leaves a starved worker at least three quarters
+    /// of a short timeout at full priority.
+    public static func backgroundStartLimit(readyTimeout: Duration) -> Duration {
+        min(.seconds(2), .nanoseconds(readyTimeout.nanoseconds / 4))
+    }
+
+    /// A background-started worker is not ready within `backgroundStartLimit`:
+    /// its process group gets swarmd's priority back now (readiness will not do it again).
+    mutating func restoreStarvedPriority(_ w: Worker, now: Instant) {
+        guard w.niced, let pid = w.pid else { return }
+        modifyWorker(w.id) { $0.niced = false }
+        out.append(.restorePriority(pid: pid))
+        note(.info, "\(label(w)) not ready \((now - w.startedAt).humanReadable) after its background start; giving it swarmd's priority")
+    }
 
     /// When an empty slot starts its next worker, or nil.
     func deadline(ofSlot slot: Slot, in app: App) -> Instant? {
@@ -89,10 +113,14 @@ extension Supervisor {
         switch w.state {
         case .queued, .spawning, .killing:
             break
-        case let .starting(readyBy, probeAt, delayReadyAt, memoryAt):
+        case let .starting(readyBy, probeAt, delayReadyAt, memoryAt, priorityAt):
             if let t = delayReadyAt, t <= now { return markReady(id, now: now) }
             if readyBy <= now { return readinessTimedOut(id, now: now) }
-            var probe = probeAt, memory = memoryAt
+            var probe = probeAt, memory = memoryAt, priority = priorityAt
+            if let t = priorityAt, t <= now {
+                priority = nil
+                restoreStarvedPriority(w, now: now)
+            }
             if let t = probeAt, t <= now, let pid = w.pid {
                 if let action = readinessProbe(w, pid: pid, now: now) {
                     probe = action.next
@@ -106,7 +134,9 @@ extension Supervisor {
                 memory = now + memoryInterval
                 out.append(.sampleMemory(pid: pid))
             }
-            modifyWorker(id) { $0.state = .starting(readyBy: readyBy, probeAt: probe, delayReadyAt: delayReadyAt, memoryAt: memory) }
+            modifyWorker(id) {
+                $0.state = .starting(readyBy: readyBy, probeAt: probe, delayReadyAt: delayReadyAt, memoryAt: memory, priorityAt: priority)
+            }
         case let .ready(watchdogBy, healthyAt, swapAt, memoryAt):
             if let t = watchdogBy, t <= now { return watchdogExpired(id, now: now) }
             var healthy = healthyAt, swap = swapAt, memory = memoryAt
@@ -168,9 +198,20 @@ extension Supervisor {
         }
     }
 
+    /// Whether `w` starts while the app's workers serve on (what background
+    /// start is for): a reload's new worker, or a recycling replacement (its
+    /// slot's old worker serves until it is ready). Not the replacement of an
+    /// unhealthy or hung worker: its slot is out of the steering set and the
+    /// clients queued on it wait for that replacement.
+    func startsBesideServingWorkers(_ w: Worker) -> Bool {
+        if apps[w.app]?.reload?.to == w.generation { return true }
+        guard slot(w.app, w.slot)?.incoming == w.id, let verdict = healthBook[w.app]?.slots[w.slot]?.verdict else { return false }
+        return !verdict.unsteers
+    }
+
     mutating func emitSpawn(_ id: WorkerID) {
         guard let w = workers[id], let spec = apps[w.app]?.specs[w.generation] else { return }
-        let background = spec.reload.backgroundStart && canRaisePriority && apps[w.app]?.reload?.to == w.generation
+        let background = spec.reload.backgroundStart && canRaisePriority && startsBesideServingWorkers(w)
         let nice: Int32? = background ? 19 : nil
         modifyWorker(id) {
             $0.state = .spawning

@@ -29,8 +29,10 @@ public enum WorkerState: Codable, Hashable, Sendable {
     /// Asked of the shell; no pid yet.
     case spawning
     /// Running, not yet ready: failed at `readyBy`, probed (listening mode) at
-    /// `probeAt`, ready by delay at `delayReadyAt`, memory sampled at `memoryAt`.
-    case starting(readyBy: Instant, probeAt: Instant?, delayReadyAt: Instant?, memoryAt: Instant?)
+    /// `probeAt`, ready by delay at `delayReadyAt`, memory sampled at `memoryAt`;
+    /// started at nice 19 (background start), given its priority back at
+    /// `priorityAt` if it is not ready by then (`Supervisor.backgroundStartLimit`).
+    case starting(readyBy: Instant, probeAt: Instant?, delayReadyAt: Instant?, memoryAt: Instant?, priorityAt: Instant?)
     /// Serving: killed if no WATCHDOG=1 by `watchdogBy`; resets its slot's backoff
     /// at `healthyAt`; as a reload's incoming worker, replaces its slot's old one at
     /// `swapAt` ([reload] min_ready); memory sampled at `memoryAt`.
@@ -54,7 +56,8 @@ public struct Worker: Hashable, Sendable {
     /// The last STATUS= the worker sent.
     public internal(set) var status: String?
     public internal(set) var stopReason: StopReason?
-    /// Spawned with a `nice`: its priority is restored when it becomes ready.
+    /// Spawned with a `nice`: its priority is restored when it becomes ready, or
+    /// at its starting state's `priorityAt`, whichever comes first.
     var niced = false
 
     init(id: WorkerID, app: String, slot: Int, generation: Int, startedAt: Instant) {
@@ -81,7 +84,7 @@ public struct Worker: Hashable, Sendable {
     public var isReady: Bool { if case .ready = state { return true } else { return false } }
 
     public var readyDeadline: Instant? {
-        if case let .starting(readyBy, _, _, _) = state { return readyBy } else { return nil }
+        if case let .starting(readyBy, _, _, _, _) = state { return readyBy } else { return nil }
     }
     public var healthyAt: Instant? {
         if case let .ready(_, healthyAt, _, _) = state { return healthyAt } else { return nil }
@@ -120,7 +123,7 @@ extension Worker: Codable {
         case .spawning: state = .spawning
         case .starting:
             state = .starting(readyBy: try t(.readyDeadline) ?? startedAt, probeAt: try t(.nextProbe),
-                              delayReadyAt: try t(.delayReadyAt), memoryAt: try t(.nextMemorySample))
+                              delayReadyAt: try t(.delayReadyAt), memoryAt: try t(.nextMemorySample), priorityAt: nil)
         case .ready:
             state = .ready(watchdogBy: try t(.watchdogDeadline), healthyAt: try t(.healthyAt), swapAt: nil,
                            memoryAt: try t(.nextMemorySample))

@@ -292,7 +292,16 @@ actor Gate {
     private var available: Int
     private var waiters: [CheckedContinuation<Void, Never>] = []
 
-    init(limit: Int) { available = max(1, limit) }
+    private let limit: Int
+    /// A test that wants every place: places freed go to it first.
+    private var gathering: (needed: Int, resume: CheckedContinuation<Void, Never>)?
+    private var exclusiveHeld = false
+    private var exclusiveWaiters: [CheckedContinuation<Void, Never>] = []
+
+    init(limit: Int) {
+        self.limit = max(1, limit)
+        available = self.limit
+    }
 
     func acquire() async {
         if available > 0 {
@@ -303,7 +312,31 @@ actor Gate {
     }
 
     func release() {
+        if var g = gathering {
+            g.needed -= 1
+            gathering = g.needed == 0 ? nil : g
+            if g.needed == 0 { g.resume.resume() }
+            return
+        }
         if waiters.isEmpty { available += 1 } else { waiters.removeFirst().resume() }
+    }
+
+    /// Every place at once, for a test that loads the whole machine (it would
+    /// make its neighbours' timing assertions meaningless): it waits for the
+    /// tests running now, and none starts until it is done.
+    func acquireAll() async {
+        while exclusiveHeld { await withCheckedContinuation { exclusiveWaiters.append($0) } }
+        exclusiveHeld = true
+        let free = available
+        available = 0
+        guard free < limit else { return }
+        await withCheckedContinuation { gathering = (limit - free, $0) }
+    }
+
+    func releaseAll() {
+        exclusiveHeld = false
+        for _ in 0..<limit { release() }
+        if !exclusiveWaiters.isEmpty { exclusiveWaiters.removeFirst().resume() }
     }
 }
 
@@ -500,12 +533,16 @@ final class Swarm: @unchecked Sendable {
 
 /// Runs one test's session: its own `Swarm`, bounded parallelism, cleanup
 /// that checks for leftover workers on success and kills them on failure.
-func withSwarm(_ body: (Swarm) async throws -> Void) async throws {
+/// `exclusive`: no other test runs meanwhile (one that saturates the CPU).
+func withSwarm(exclusive: Bool = false, _ body: (Swarm) async throws -> Void) async throws {
     try Paths.requireBinaries()
-    await Gate.shared.acquire()
+    if exclusive { await Gate.shared.acquireAll() } else { await Gate.shared.acquire() }
+    func release() async {
+        if exclusive { await Gate.shared.releaseAll() } else { await Gate.shared.release() }
+    }
     let swarm: Swarm
     do { swarm = try Swarm() } catch {
-        await Gate.shared.release()
+        await release()
         throw error
     }
     do {
@@ -514,10 +551,10 @@ func withSwarm(_ body: (Swarm) async throws -> Void) async throws {
     } catch {
         let log = swarm.daemonLog
         swarm.abort()
-        await Gate.shared.release()
+        await release()
         throw HarnessError("\(error)\n(test dir \(swarm.dir) kept; swarmd log tail:\n\(log.suffix(2500)))")
     }
-    await Gate.shared.release()
+    await release()
 }
 
 // MARK: - Configs

@@ -208,3 +208,43 @@ func withTraffic<T>(_ load: Traffic, _ body: () async throws -> T) async throws 
     }
     return (value, try await load.stop())
 }
+
+/// Busy loops that saturate every core (`perCore` per online CPU), for tests of
+/// behaviour on a machine whose CPU other processes use up. Each loop runs
+/// under `timeout -s KILL` in its own process group, so it dies within
+/// `lifetime` even if the test process itself dies; `stop()` (call it in a
+/// `defer`) kills every group at once.
+final class CPUHogs: CustomStringConvertible {
+    let groups: [Int32]
+
+    init(perCore: Int, dir: String, lifetime: Int = 300) throws {
+        let cores = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+        var groups: [Int32] = []
+        do {
+            for i in 0..<(perCore * cores) {
+                let c = try Child.spawn("/usr/bin/timeout", ["-s", "KILL", "\(lifetime)", "/bin/sh", "-c", "while :; do :; done"],
+                                        dir: dir, label: "hog-\(i)")
+                groups.append(c.pid)  // the spawner makes each child a process group leader
+            }
+        } catch {
+            for g in groups { kill(-g, SIGKILL) }
+            throw error
+        }
+        self.groups = groups
+    }
+
+    /// Whether every loop is there and burning CPU (state R in /proc/PID/stat, the shell child of `timeout`).
+    var allRunning: Bool {
+        groups.allSatisfy { g in
+            let children = readText("/proc/\(g)/task/\(g)/children").split(separator: " ").compactMap { Int32($0) }
+            return children.contains { ProcState.read($0)?.state == "R" }
+        }
+    }
+
+    func stop() {
+        for g in groups { kill(-g, SIGKILL) }
+        for g in groups { waitpid(g, nil, 0) }
+    }
+
+    var description: String { "\(groups.count) busy loops (groups \(groups))" }
+}

@@ -341,6 +341,67 @@ struct ReloadTests {
         }
     }
 
+    // MARK: background_start
+
+    @Test("background_start: a reload's new worker runs at nice 19 from its spawn on an idle machine; still starting 2 s later, its whole process group gets swarmd's priority back",
+          .enabled(if: getuid() == 0, "needs root: background_start is root only"))
+    func backgroundStartAndItsStarvationGuard() async throws {
+        try await withSwarm { s in
+            let port = try Ports.free()
+            let conf = try s.write("web.conf", Conf.python("web", workers: 1, port: port))
+            let d = try await s.startDaemon([conf])
+            let before = try await s.waitReady("web", workers: 1)
+            let own = try #require(niceOf(d.pid))
+            // The new generation forks a child into its process group, then takes 5 s before it serves.
+            try s.write("web.conf", Conf.app("web", command: ["/bin/sh", "-c", "sleep 60 & sleep 5; exec \"$0\" \"$1\"",
+                                                              Paths.python, Paths.pythonApps + "/server.py"], workers: 1, port: port))
+            async let reload = s.ctl("reload", "web")
+            let fresh = try await waitUntil(timeout: 10, "the reload's new worker to be spawned") { () -> Int32? in
+                try reloadApp(try s.quickStatus(), "web").workers.first { $0.generation == 2 }?.pid
+            }
+            let seen = Date()
+            #expect(niceOf(fresh) == 19, "the new worker right after its spawn: nice \(niceOf(fresh) ?? 99)")
+            let child = try await waitUntil(timeout: 5, "the new worker's child (sleep 60)") { () -> Int32? in
+                readText("/proc/\(fresh)/task/\(fresh)/children").split(separator: " ").compactMap { Int32($0) }.first
+            }
+            #expect(niceOf(child) == 19, "a child forked before the limit inherits nice 19")
+            try await waitUntil(timeout: 6, "the new worker \(fresh) and its child \(child) to get nice \(own) back: \(niceOf(fresh) ?? 99), \(niceOf(child) ?? 99)") {
+                niceOf(fresh) == own && niceOf(child) == own
+            }
+            let restoredAfter = elapsed(since: seen)
+            #expect(restoredAfter > 1.5, "restored \(restoredAfter) s after the spawn was seen: not before the 2 s limit")
+            let state = try reloadApp(try s.quickStatus(), "web").workers.first { $0.pid == fresh }?.state
+            #expect(state == "starting", "restored by the limit, not by readiness (state \(state ?? "gone"))")
+            #expect(s.daemonLog.contains("after its background start; giving it swarmd's priority"), "\(s.daemonLog.suffix(1500))")
+            let r = try await reload
+            #expect(r.code == 0, "\(r)")
+            try await expectReplaced(s, "web", workers: 1, before: before, generation: 2)
+            #expect(niceOf(fresh) == own)
+        }
+    }
+
+    @Test("background_start under CPU saturation (3 busy loops per core): a reload succeeds, the new workers get their priority back in time",
+          .enabled(if: getuid() == 0, "needs root: background_start is root only"))
+    func reloadUnderCPUSaturation() async throws {
+        try await withSwarm(exclusive: true) { s in
+            let port = try Ports.free()
+            let conf = try s.write("web.conf", Conf.python("web", workers: 2, port: port))
+            let d = try await s.startDaemon([conf])
+            let before = try await s.waitReady("web", workers: 2)
+            let own = try #require(niceOf(d.pid))
+            let hogs = try CPUHogs(perCore: 3, dir: s.dir)
+            defer { hogs.stop() }
+            try await waitUntil(timeout: 10, "\(hogs) to be running") { hogs.allRunning }
+            let started = Date()
+            try await s.ctlOK("reload", "web")
+            let after = try await expectReplaced(s, "web", workers: 2, before: before, generation: 2)
+            print("reload of 2 workers under \(hogs): \(elapsed(since: started)) s")
+            #expect(after.allSatisfy { niceOf($0) == own }, "new workers' nice: \(after.map { niceOf($0) ?? 99 })")
+            // At nice 19 beside 3 busy loops a core, a worker gets ~0.5 % of it: the limit, not readiness, restored it.
+            #expect(s.daemonLog.contains("after its background start; giving it swarmd's priority"), "\(s.daemonLog.suffix(1500))")
+        }
+    }
+
     @Test("SIGHUP to swarmd reloads every app")
     func sighupReloadsEveryApp() async throws {
         try await withSwarm { s in

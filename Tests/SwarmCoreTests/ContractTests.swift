@@ -300,7 +300,7 @@ struct SnapshotTests {
              "startedAt":{"nanoseconds":1000},"readyDeadline":{"nanoseconds":5000},"nextProbe":{"nanoseconds":2000}}
             """
         let w = try JSONDecoder().decode(Worker.self, from: Data(legacy.utf8))
-        #expect(w.state == .starting(readyBy: Instant(nanoseconds: 5000), probeAt: Instant(nanoseconds: 2000), delayReadyAt: nil, memoryAt: nil))
+        #expect(w.state == .starting(readyBy: Instant(nanoseconds: 5000), probeAt: Instant(nanoseconds: 2000), delayReadyAt: nil, memoryAt: nil, priorityAt: nil))
         #expect(w.phase == .starting && w.pid == 4242)
         let again = try JSONDecoder().decode(Worker.self, from: try JSONEncoder().encode(w))
         #expect(again == w)

@@ -113,7 +113,7 @@ struct WorkerStateTests {
         #expect(h.sup.deadline(of: h.sup.workers[id]!) == nil, "a spawning worker waits for the shell, not for a time")
         h.completeSpawns()
         let memoryAt = at(.milliseconds(500))
-        #expect(h.sup.workers[id]?.state == .starting(readyBy: at(.seconds(30)), probeAt: nil, delayReadyAt: nil, memoryAt: memoryAt))
+        #expect(h.sup.workers[id]?.state == .starting(readyBy: at(.seconds(30)), probeAt: nil, delayReadyAt: nil, memoryAt: memoryAt, priorityAt: nil))
         #expect(h.sup.nextDeadline() == memoryAt)
         h.ready(h.pid("web", 0))
         #expect(h.sup.workers[id]?.state == .ready(watchdogBy: at(.seconds(3)), healthyAt: at(.seconds(30)), swapAt: nil, memoryAt: memoryAt))
