@@ -194,11 +194,11 @@ final class WorkerOutput {
     /// the other pending sources had their turn. A pipe whose writers are all gone
     /// is read to its end and closed in this one call: a dying worker's last lines
     /// reach the log, and its pipe leaves the epoll set at once.
-    func service(_ key: ObjectIdentifier, reads: Int) {
+    func service(_ key: ObjectIdentifier, reads: Int, heedingBudget: Bool = true) {
         for _ in 0..<reads {
             guard read(key) else { return }
             // Paused by the app's budget: re-enabling re-registers the fd, and epoll reports what is left then.
-            if let pipe = pipes[key], budgets[pipe.app]?.pausedAt != nil { return }
+            if heedingBudget, let pipe = pipes[key], budgets[pipe.app]?.pausedAt != nil { return }
         }
         if let source = pipes[key]?.source { loop.setIOEvents(source, WorkerOutput.pipeEvents) }
     }
@@ -212,12 +212,7 @@ final class WorkerOutput {
             if (error as? SystemError)?.errno == EAGAIN { return false }
             n = 0
         }
-        let sink = self.sink(for: pipe.app)
-        let time = rfc3339(kernel.wallClock())
-        let emit: (String) -> Void = { text in
-            let (priority, message) = splitPriority(text)
-            sink.append(LogLine(time: time, app: pipe.app, slot: pipe.slot, pid: pipe.pid, stream: pipe.stream, text: message), priority: priority)
-        }
+        let emit = emitter(for: pipe)
         if n == 0 {
             pipe.splitter.flush(emit)
             close(key)
@@ -226,6 +221,16 @@ final class WorkerOutput {
         readBuffer.withUnsafeBytes { pipe.splitter.feed(UnsafeRawBufferPointer(rebasing: $0[0..<n]), emit) }
         charge(app: pipe.app, bytes: n)
         return true
+    }
+
+    /// Where a pipe's complete lines go: its app's sink, stamped now.
+    private func emitter(for pipe: OutputPipe) -> (String) -> Void {
+        let sink = self.sink(for: pipe.app)
+        let time = rfc3339(kernel.wallClock())
+        return { text in
+            let (priority, message) = splitPriority(text)
+            sink.append(LogLine(time: time, app: pipe.app, slot: pipe.slot, pid: pipe.pid, stream: pipe.stream, text: message), priority: priority)
+        }
     }
 
     private func close(_ key: ObjectIdentifier) {
@@ -246,7 +251,7 @@ final class WorkerOutput {
     /// the log show its last lines. Bounded: 16 × 64 KiB per pipe (a grandchild
     /// may still hold the write end and keep writing).
     func drain(pid: Int32) {
-        for key in pipesByPid[pid] ?? [] { service(key, reads: 16) }
+        for key in pipesByPid[pid] ?? [] { service(key, reads: 16, heedingBudget: false) }
     }
 
     /// Counts output against the app's `[logs] rate`; over it, stops reading the
@@ -315,7 +320,16 @@ final class WorkerOutput {
         sinks.removeValue(forKey: app)?.close()
     }
 
+    /// swarmd is exiting: what the pipes still hold is read and a last line
+    /// without its newline logged (a worker's child may still hold its pipe
+    /// open when the last worker is reaped), then the sinks close.
     func closeAll() {
+        for key in Array(pipes.keys) {
+            service(key, reads: 16, heedingBudget: false)
+            guard let pipe = pipes[key] else { continue }
+            pipe.splitter.flush(emitter(for: pipe))
+            close(key)
+        }
         for sink in sinks.values { sink.close() }
     }
 

@@ -264,11 +264,11 @@ struct HardeningTests {
             let n = 200
             // On SIGTERM each worker says goodbye on both streams and exits; swarmd's shutdown
             // signals all of them in one turn, so all their pipes hang up together.
-            let script = """
-                trap 'echo "last line of slot $SWARM_WORKER"; printf "stderr tail of slot %s" "$SWARM_WORKER" >&2; exit 0' TERM
-                echo "up $SWARM_WORKER"
-                while :; do sleep 60 & wait $!; done
-                """
+            let script = [
+                #"trap 'echo "last line of slot $SWARM_WORKER"; printf "stderr tail of slot %s" "$SWARM_WORKER" >&2; exit 0' TERM"#,
+                #"echo "up $SWARM_WORKER""#,
+                "while :; do sleep 60 & wait $!; done",
+            ].joined(separator: "; ")
             let conf = try s.write("last.conf", Conf.app("last", command: ["/bin/sh", "-c", script], workers: n,
                                                          extra: "[ready]\nmode = \"delay\"\ndelay = \"0s\"\n[logs]\ntarget = \"file\"\n"))
             try await s.startDaemon([conf])
