@@ -24,8 +24,12 @@ final class OutputFixture {
     let loop: EventLoop
     let output: WorkerOutput
     let reports = Reports()
-    var policy = LogPolicy()
-    private(set) var delivered: [String] = []
+    /// Held apart from the fixture: its deinit's `closeAll` still asks for the
+    /// policy and may deliver, and an unowned self cannot be read while deiniting.
+    private final class Shared { var policy = LogPolicy(); var delivered: [String] = [] }
+    private let shared = Shared()
+    var policy: LogPolicy { get { shared.policy } set { shared.policy = newValue } }
+    var delivered: [String] { shared.delivered }
     private var opened: [Int32] = []
 
     nonisolated(unsafe) static var counter = 0
@@ -38,8 +42,8 @@ final class OutputFixture {
         output = WorkerOutput(loop: loop, kernel: kernel, logDirectory: try TrustedDirectory(path: dir.path + "/logs"),
                               notifyPath: "@swarmd-tests-\(getpid())-\(OutputFixture.counter)-\(UInt32.random(in: 0...UInt32.max))")
         policy.target = "file"
-        output.policy = { [unowned self] _ in self.policy }
-        output.deliver = { [unowned self] e in self.delivered.append(describe(e)) }
+        output.policy = { [shared] _ in shared.policy }
+        output.deliver = { [shared] e in shared.delivered.append(describe(e)) }
         output.report = reports.sink
     }
 
