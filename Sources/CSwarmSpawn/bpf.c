@@ -231,6 +231,17 @@ static int swarm_rr_update_state(int state_map, int set_count, unsigned count, u
     return (int)swarm_bpf(BPF_MAP_UPDATE_ELEM, &attr);
 }
 
+int swarm_rr_read_state(int state_map, struct swarm_rr_state *out) {
+    uint32_t key = 0;
+    memset(out, 0, sizeof *out);
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.map_fd = (uint32_t)state_map;
+    attr.key = (uint64_t)(uintptr_t)&key;
+    attr.value = (uint64_t)(uintptr_t)out;
+    return (int)swarm_bpf(BPF_MAP_LOOKUP_ELEM, &attr);
+}
+
 int swarm_rr_set_count(int state_map, unsigned count) {
     /* The socket array changed: a pending hand-over's index may name another slot now. */
     return swarm_rr_update_state(state_map, 1, count, 0, 0);

@@ -59,14 +59,28 @@ public final class RoundRobinSteering {
         if countMap >= 0 { Posix.close(countMap) }
     }
 
+    /// The counters as last read, and the program's state then.
+    private var lastRead: (counts: [UInt64], counter: UInt64, target: UInt32, quota: Int64)?
+
     /// The counters of indices 0..<n (each counts from the program's creation), or nil without a count map.
+    ///
+    /// swarmd reads them at every change of an app's steering (thousands while
+    /// a big app starts), so the counters are read again only when the program
+    /// may have counted since: every counted connection moves the state's
+    /// round-robin counter or its hand-over quota, one lookup instead of n.
     public func connectionCounts(upTo n: Int) throws -> [UInt64]? {
         guard countMap >= 0 else { return nil }
+        guard n > 0 else { return [] }
+        var state = swarm_rr_state()
+        try Posix.check("bpf(BPF_MAP_LOOKUP_ELEM)", subject: "steering state") { swarm_rr_read_state(stateMap, &state) }
+        if let last = lastRead, last.counts.count == n, last.counter == state.counter, last.target == state.target, last.quota == state.quota {
+            return last.counts
+        }
         var out = [UInt64](repeating: 0, count: n)
-        guard n > 0 else { return out }
-        try Posix.check("bpf(BPF_MAP_LOOKUP_ELEM)", subject: "connection counters") {
+        try Posix.check("bpf(BPF_MAP_LOOKUP_BATCH)", subject: "connection counters") {
             out.withUnsafeMutableBufferPointer { swarm_rr_read_counts(countMap, UInt32(n), $0.baseAddress) }
         }
+        lastRead = (out, state.counter, state.target, state.quota)
         return out
     }
 

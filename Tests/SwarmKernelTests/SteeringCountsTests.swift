@@ -47,5 +47,16 @@ struct SteeringCountsTests {
         #expect(counts[3...].allSatisfy { $0 == 0 }, "indices nobody sits at counted connections")
         // Fewer than all: the first ones only.
         #expect(try rr.connectionCounts(upTo: 2) == [3, 3])
+        // Read again with nothing new (one state lookup), then after one more connection.
+        #expect(try rr.connectionCounts(upTo: 1500) == counts)
+        clients.append(try connect(to: p))
+        let tenth = try #require(try rr.connectionCounts(upTo: 3))
+        #expect(tenth.reduce(0, +) == 10 && tenth.sorted() == [3, 3, 4], "the 10th connection counted: \(tenth)")
+        // A hand-over's connections move its quota, not the round-robin counter: they are seen too.
+        try rr.handOver(toIndex: 2, quota: 2)
+        #expect(try rr.connectionCounts(upTo: 3) == tenth)
+        for _ in 0..<2 { clients.append(try connect(to: p)) }
+        let handed = try #require(try rr.connectionCounts(upTo: 3))
+        #expect(handed == [tenth[0], tenth[1], tenth[2] + 2], "two handed-over connections at index 2: \(tenth) → \(handed)")
     }
 }
