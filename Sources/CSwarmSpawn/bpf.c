@@ -264,7 +264,8 @@ int swarm_rr_clear_socket(int sock_map, unsigned index) {
 /* One BPF_MAP_LOOKUP_BATCH for the whole array (Linux >= 5.6): swarmd reads
    the counters whenever an app's steering changes, and one lookup per index
    made that O(slots) system calls per change (4,096 slots starting: 16 M).
-   Older kernels (EINVAL, ENOTSUPP) get the per-index loop. */
+   Older kernels (EINVAL, ENOTSUPP) get the per-index loop. Indices past the
+   map's end read as 0. */
 int swarm_rr_read_counts(int count_map, unsigned n, uint64_t *out) {
     static int batch_unsupported;
     if (n > 0 && !batch_unsupported) {
@@ -307,7 +308,11 @@ int swarm_rr_read_counts(int count_map, unsigned n, uint64_t *out) {
         attr.map_fd = (uint32_t)count_map;
         attr.key = (uint64_t)(uintptr_t)&key;
         attr.value = (uint64_t)(uintptr_t)&out[i];
-        if (swarm_bpf(BPF_MAP_LOOKUP_ELEM, &attr) < 0) return -1;
+        if (swarm_bpf(BPF_MAP_LOOKUP_ELEM, &attr) < 0) {
+            if (errno != ENOENT) return -1;
+            for (; i < n; i++) out[i] = 0;  /* past the map's end */
+            return 0;
+        }
     }
     return 0;
 }
