@@ -58,6 +58,7 @@ extension Manager {
             names = [name]
         }
         let perPart = max(1, perPart)
+        cgroups.beginUsageRound()
         let streaming = emit != nil && names.reduce(0) { $0 + (supervisor.apps[$1]?.slots.count ?? 0) } > perPart
         var apps: [AppStatus] = []
         for n in names {

@@ -137,6 +137,8 @@ public final class Manager {
     /// Apps the operator drained (`swarmctl drain`): the agent says `drain` for them.
     var drained: Set<String> = []
     var lastBusyAt: Int64?
+    /// swarmd's environment, which workers inherit (read once: Foundation parses environ anew at every call).
+    lazy var ownEnvironment: [String: String] = ProcessInfo.processInfo.environment
     /// `/metrics`, `/healthz`, `/readyz`; nil when not asked for.
     var metrics: DaemonMetrics?
     /// Lifecycle events (`swarmctl events`) and the `[hooks]` they run.
