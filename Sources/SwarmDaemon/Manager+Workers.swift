@@ -76,6 +76,9 @@ extension Manager {
         }
         let cgroup = cgroups.create(for: r)
         plan.cgroupProcsFD = cgroup?.procsFD ?? -1
+        let cgroupDirectory = cgroup?.openDirectory() ?? -1
+        defer { if cgroupDirectory >= 0 { Posix.close(cgroupDirectory) } }
+        plan.cgroupDirFD = cgroupDirectory
         // Before the spawn: a worker alone on its sockets finds O_NONBLOCK off.
         interception.flags.spawning(r.worker, fds: listenFDs)
         let pid: pid_t

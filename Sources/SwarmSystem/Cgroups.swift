@@ -483,8 +483,10 @@ public final class CgroupRoot {
             try Cgroups.removeTree(dir)
             try Cgroups.makeDirectory(dir)
         }
-        return try WorkerCgroup(path: dir, hasMemory: controllers.contains("memory"),
-                                in: appDirectory(app, fresh: madeNow), name: "\(slot).\(worker)")
+        let cgroup = try WorkerCgroup(path: dir, hasMemory: controllers.contains("memory"),
+                                      in: appDirectory(app, fresh: madeNow), name: "\(slot).\(worker)")
+        cgroup.neverKilled = true
+        return cgroup
     }
 
     /// The cgroup of a worker that already runs (after a re-exec).
@@ -655,6 +657,25 @@ public final class WorkerCgroup {
 
     deinit { close() }
 
+    /// Made by this swarmd and never killed since. Linux 6.18 (seen on
+    /// 6.18.44) SIGKILLs every child created by clone3(CLONE_INTO_CGROUP) in a
+    /// cgroup that once had `cgroup.kill` written, even long after and with
+    /// the cgroup empty (a kill sequence count compared against the wrong
+    /// cgroup's), while a child that joins by writing cgroup.procs is spared.
+    public internal(set) var neverKilled = false
+
+    /// The cgroup's directory, opened for a spawn to create its child in
+    /// (the caller closes it); -1 when it cannot be opened, or the cgroup may
+    /// have been killed (the child then joins by cgroup.procs).
+    public func openDirectory() -> Int32 {
+        guard neverKilled else { return -1 }
+        if let parent {
+            let fd = openat(parent.fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if fd >= 0 { return fd }
+        }
+        return Glibc.open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    }
+
     /// Closes what `usage(keepingFilesOpen: true)` kept open.
     public func closeUsageFiles() {
         usageFiles?.close()
@@ -690,11 +711,17 @@ public final class WorkerCgroup {
     /// Kills every process in the tree (see `Cgroups.killTree`). Returns at
     /// once: wait for `eventsFD` (populated 0) before `remove()`.
     @discardableResult
-    public func kill() throws -> Cgroups.KillMethod { try Cgroups.killTree(path) }
+    public func kill() throws -> Cgroups.KillMethod {
+        neverKilled = false
+        return try Cgroups.killTree(path)
+    }
 
     /// The fallback of `kill()`, callable on its own (kernels before 5.14 have no cgroup.kill).
     @discardableResult
-    public func killBySignals() throws -> Cgroups.KillMethod { try Cgroups.killTree(path, useCgroupKill: false) }
+    public func killBySignals() throws -> Cgroups.KillMethod {
+        neverKilled = false
+        return try Cgroups.killTree(path, useCgroupKill: false)
+    }
 
     /// Blocks until empty or the timeout: for clean-up paths and tests, not the event loop.
     public func waitUntilEmpty(timeoutNanoseconds: Int64) -> Bool { Cgroups.waitEmpty(path, timeoutNanoseconds: timeoutNanoseconds) }
@@ -704,6 +731,8 @@ public final class WorkerCgroup {
     /// kernel work per restart): cgroup.procs is opened again and the CPU
     /// counter so far becomes the baseline `usage()` subtracts.
     public func reuse() throws {
+        // Its worker is gone: swarmd killed what was left of its tree.
+        neverKilled = false
         if procsFD < 0 {
             procsFD = Glibc.open(path + "/cgroup.procs", O_WRONLY | O_CLOEXEC)
             if procsFD < 0 { throw SystemError("open", errno: errno, subject: path + "/cgroup.procs") }

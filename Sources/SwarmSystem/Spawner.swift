@@ -26,6 +26,9 @@ public struct SpawnPlan {
     // Kernel mechanisms (Cgroups.swift, BindInterceptor.swift).
     /// `WorkerCgroup.procsFD`: the child joins that cgroup before anything else. -1: stay in swarmd's.
     public var cgroupProcsFD: Int32 = -1
+    /// The same cgroup's directory (`WorkerCgroup.openDirectory()`): the child is
+    /// created in it (clone3 CLONE_INTO_CGROUP) instead of joining it. -1: it joins.
+    public var cgroupDirFD: Int32 = -1
     /// Intercept the worker's bind() calls; spawn with `Spawner.spawnWorker` to get the notification fd.
     public var interceptBind = false
     /// Set by `spawnWorker`: the child's end of the socketpair the notification fd comes back on.
@@ -117,6 +120,7 @@ public enum Spawner {
                         req.cpu = plan.cpu ?? -1
                         req.join_cgroup = plan.cgroupProcsFD >= 0 ? 1 : 0
                         req.cgroup_procs_fd = plan.cgroupProcsFD
+                        req.cgroup_dir_fd = plan.cgroupDirFD
                         req.intercept_bind = plan.interceptBind ? 1 : 0
                         req.intercept_sock = plan.interceptSocket
                         return swarm_spawn(&req, &err, &step)

@@ -118,6 +118,39 @@ struct CgroupsTests {
         #expect(why.description.contains("Delegate=yes"), "\(why)")
     }
 
+    @Test("a child is created in a fresh cgroup (clone3); in a cgroup once killed it joins by cgroup.procs instead, and lives",
+          .enabled(if: isRoot, "\(rootOnly)"))
+    func aChildIsCreatedInAFreshCgroupAndJoinsAKilledOne() throws {
+        try withTestRoot { root, scratch in
+            let cg = try root.createWorker(app: "web", slot: 0, worker: 1)
+            #expect(cg.neverKilled)
+            let dir = cg.openDirectory()
+            #expect(dir >= 0, "a fresh cgroup's directory opens")
+            if dir >= 0 { close(dir) }
+            // The bind interceptor's handshake too: the child must get as far as exec.
+            let first = try Worker(["/bin/sleep", "1000"], scratch: scratch, cgroup: cg, createdInCgroup: true, interceptBind: true)
+            defer { first.stop() }
+            let own = try String(contentsOfFile: "/proc/\(first.pid)/cgroup", encoding: .utf8)
+            #expect(own.hasSuffix("/web/0.1\n"), "created in its cgroup: \(own)")
+            try cg.kill()
+            #expect(cg.waitUntilEmpty(timeoutNanoseconds: 5_000_000_000))
+            first.reap()
+            #expect(!cg.neverKilled)
+            #expect(cg.openDirectory() == -1, "a killed cgroup is joined, not created in (Linux SIGKILLs such children)")
+            try cg.reuse()
+            let second = try Worker(["/bin/sleep", "1000"], scratch: scratch, cgroup: cg, createdInCgroup: true)
+            defer { second.stop() }
+            try waitFor("the second worker to be in its cgroup") {
+                (try? String(contentsOfFile: "/proc/\(second.pid)/cgroup", encoding: .utf8))?.hasSuffix("/web/0.1\n") == true
+            }
+            #expect(!second.reap(), "the worker in the once-killed cgroup lives")
+            try cg.kill()
+            #expect(cg.waitUntilEmpty(timeoutNanoseconds: 5_000_000_000))
+            second.reap()
+            try cg.remove()
+        }
+    }
+
     @Test(.enabled(if: isRoot, "\(rootOnly)"))
     func aDelegatedCgroupHoldsTheWorkersBelowItAndSurvivesTheSupervisorLeaf() throws {
         // A cgroup standing in for systemd's Delegate=yes service cgroup (no

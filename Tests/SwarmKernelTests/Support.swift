@@ -78,7 +78,8 @@ final class Worker {
     var interceptor: BindInterceptor?
     private(set) var reaped = false
 
-    init(_ argv: [String], scratch: Scratch, cgroup: WorkerCgroup? = nil, interceptBind: Bool = false,
+    /// `createdInCgroup`: the child is made in the cgroup (clone3 CLONE_INTO_CGROUP) when the cgroup allows it, as swarmd's spawns are.
+    init(_ argv: [String], scratch: Scratch, cgroup: WorkerCgroup? = nil, createdInCgroup: Bool = false, interceptBind: Bool = false,
          ids: (uid: uid_t, gid: gid_t)? = nil, env: [String] = []) throws {
         log = scratch.file("worker-\(counter.next()).log")
         let out = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
@@ -88,6 +89,9 @@ final class Worker {
         var plan = SpawnPlan(executable: argv[0], argv: argv, environment: environment, setListenPID: false,
                              cwd: scratch.path, fds: [], stdin: devNull, stdout: out, stderr: out)
         plan.cgroupProcsFD = cgroup?.procsFD ?? -1
+        let directory = createdInCgroup ? cgroup?.openDirectory() ?? -1 : -1
+        defer { if directory >= 0 { close(directory) } }
+        plan.cgroupDirFD = directory
         plan.interceptBind = interceptBind
         plan.ids = ids
         if ids != nil { chmod(log, 0o666) }

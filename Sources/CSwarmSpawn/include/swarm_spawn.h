@@ -38,6 +38,8 @@ struct swarm_spawn_request {
     /* kernel mechanisms (swarm_kernel.h) */
     int join_cgroup;             ///< 1: write "0" to cgroup_procs_fd first thing in the child
     int cgroup_procs_fd;         ///< the worker cgroup's cgroup.procs, opened O_WRONLY by the parent
+    int cgroup_dir_fd;           ///< the worker cgroup's directory (O_PATH), or -1: with it the child is
+                                 ///< created in the cgroup (clone3 CLONE_INTO_CGROUP) and joins nothing
     int intercept_bind;          ///< 1: install the bind() filter, send its listener over intercept_sock
     int intercept_sock;          ///< child end of a socketpair (CLOEXEC)
 };
