@@ -152,7 +152,10 @@ struct MetricsTests {
             }
             #expect((metricValue(text, "process_resident_memory_bytes") ?? 0) > 1_048_576)
             #expect(metricValue(text, "process_open_fds").map { $0 > 5 } == true)
-            #expect(metricValue(text, "swarm_event_loop_lag_seconds_count").map { $0 >= 1 } == true, "the lag probe runs 4 times a second")
+            // The lag probe samples 4 times a second from the start: a scrape in the first 250 ms may come before the first.
+            try await waitUntil(timeout: 5, "the event-loop lag probe's first sample (it runs 4 times a second)") {
+                metricValue(try Metrics.scrape(mport), "swarm_event_loop_lag_seconds_count").map { $0 >= 1 } == true
+            }
 
             kill(pids[0], SIGKILL)
             try await waitReplaced(s, "web", slot: 0, pid: pids[0])
