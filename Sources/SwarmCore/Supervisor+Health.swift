@@ -44,6 +44,8 @@ extension Supervisor {
         switch event {
         case let .probeResult(id, ok, detail):
             probeResult(id, ok: ok, detail: detail, now: now)
+        case let .probeResults(outcomes):
+            for o in outcomes { probeResult(o.worker, ok: o.ok, detail: o.detail, now: now) }
         case let .acceptQueues(name, lengths):
             acceptQueues(name, lengths, now: now)
         case let .connections(name, counts):
@@ -392,12 +394,8 @@ extension Supervisor {
     /// Changes the book entry of slot `k` for `worker` (a fresh one when the slot's worker changed).
     @discardableResult
     mutating func updateHealth<R>(_ name: String, _ k: Int, worker: WorkerID, _ body: (inout SlotHealth) -> R) -> R {
-        var book = healthBook[name] ?? AppHealthBook()
-        var h = book.slots[k].flatMap { $0.worker == worker ? $0 : nil } ?? SlotHealth(worker: worker)
-        let r = body(&h)
-        book.slots[k] = h
-        healthBook[name] = book
-        return r
+        // In place: a copy of the app's book would copy every slot's entry, for each probe result.
+        healthBook.apps[name, default: AppHealthBook()].update(k, worker: worker, body)
     }
 }
 
@@ -488,6 +486,8 @@ struct HealthBooks: Hashable, Sendable {
     subscript(name: String) -> AppHealthBook? {
         get { apps[name] }
         set { apps[name] = newValue }
+        // In place: `healthBook[name]?.slots[k]?.x = …` must not copy every slot's entry.
+        _modify { yield &apps[name] }
     }
 
     /// What a re-executed swarmd gets: everything but the timers (a restore arms
@@ -525,6 +525,12 @@ struct AppHealthBook: Codable, Hashable, Sendable {
     var sampleAt: Instant?
     var recycleAt: Instant?
     var countAt: Instant?
+
+    /// Changes slot `k`'s entry in place, a fresh one if it was another worker's.
+    mutating func update<R>(_ k: Int, worker: WorkerID, _ body: (inout SlotHealth) -> R) -> R {
+        if slots[k]?.worker != worker { slots[k] = SlotHealth(worker: worker) }
+        return body(&slots[k]!)
+    }
 
     var deadline: Instant? {
         var t = earliest(probeAt, sampleAt, recycleAt, countAt)
@@ -580,8 +586,26 @@ public struct HealthProbeRequest: Equatable, Sendable {
 public enum HealthEvent: Sendable {
     /// A probe's outcome; `detail` is "200", "503", "timeout", "refused", "exit 1".
     case probeResult(WorkerID, ok: Bool, detail: String)
+    /// The outcomes of the probes that ended together (in one turn of the
+    /// shell's loop), in the order they ended: one `handle` for a round of
+    /// probes, not one each with its deadlines, steering and waiters.
+    case probeResults([ProbeOutcome])
     /// Accept-queue lengths by slot index (slots not read are left out).
     case acceptQueues(app: String, [Int: Int])
     /// New connections per slot index since the last `.countConnections` answer.
     case connections(app: String, [Int: Int])
+}
+
+/// One probe's outcome, as `.probeResults` carries it.
+public struct ProbeOutcome: Equatable, Sendable {
+    public var worker: WorkerID
+    public var ok: Bool
+    /// "200", "503", "timeout", "refused", "exit 1".
+    public var detail: String
+
+    public init(worker: WorkerID, ok: Bool, detail: String) {
+        self.worker = worker
+        self.ok = ok
+        self.detail = detail
+    }
 }
