@@ -106,6 +106,11 @@ final class HealthChecker {
     /// probes would otherwise cost 100 passes over deadlines, steering and waiters).
     private var outcomes: [ProbeOutcome] = []
     private var batching = false
+    /// Outcomes that come outside a dispatch of the probe sockets or the timer
+    /// (a probe that fails at once while the core's actions are performed, an
+    /// exec probe's reap) go together at the next loop turn: a round of
+    /// readiness probes of 100 starting workers is one event too.
+    private lazy var flushLater = loop.addDeferred { [weak self] in self?.flush() }
 
     init(loop: EventLoop, sockets: SocketTable) {
         self.loop = loop
@@ -330,7 +335,12 @@ final class HealthChecker {
         batching = true
         body()
         batching = outer
-        guard !outer, !outcomes.isEmpty else { return }
+        if !outer { flush() }
+    }
+
+    private func flush() {
+        flushLater.cancel()
+        guard !outcomes.isEmpty else { return }
         let all = outcomes
         outcomes.removeAll(keepingCapacity: true)
         deliver(.health(.probeResults(all)))
@@ -432,8 +442,8 @@ final class HealthChecker {
     }
 
     private func finish(_ r: HealthProbeRequest, ok: Bool, detail: String) {
-        if batching { return outcomes.append(ProbeOutcome(worker: r.worker, ok: ok, detail: detail)) }
-        deliver(.health(.probeResult(r.worker, ok: ok, detail: detail)))
+        outcomes.append(ProbeOutcome(worker: r.worker, ok: ok, detail: detail))
+        if !batching { flushLater.trigger() }
     }
 
     // MARK: - Timeouts
@@ -487,6 +497,7 @@ final class HealthChecker {
         deadlineTimer.cancel()
         probeSockets?.source.cancel()
         probeSockets = nil
+        flushLater.cancel()
         outcomes.removeAll()
     }
 
