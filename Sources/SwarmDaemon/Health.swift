@@ -87,8 +87,11 @@ final class HealthChecker {
     let exec: ExecProbes
     /// Readiness probes: whether the starting worker itself is seen listening on its slot's sockets.
     var isListening: (WorkerID, Int32) -> Bool = { _, _ in true }
-    /// "app/socket" → socket-array index → the counter as last read.
-    private var lastCounts: [String: [Int: UInt64]] = [:]
+    /// "app/socket" → the counters as last read, by socket-array index. An
+    /// array, compared whole: they are read at every change of the app's
+    /// steering, and with thousands of slots a dictionary per index was most
+    /// of swarmd's start-up.
+    private var lastCounts: [String: [UInt64]] = [:]
     /// app → slot → new connections steered to it (since the app's sockets were made).
     private(set) var connectionTotals: [String: [Int: UInt64]] = [:]
     /// app → slot → read but not yet told the core.
@@ -147,18 +150,19 @@ final class HealthChecker {
                 continue
             }
             let key = "\(app)/\(entry.spec.name)"
-            var last = lastCounts[key] ?? [:]
+            let last = lastCounts[key] ?? []
+            if last.count >= counts.count, last[..<counts.count].elementsEqual(counts) { continue }
             for (i, c) in counts.enumerated() where i < entry.steeredSlots.count {
-                let before = last[i] ?? 0
+                let before = i < last.count ? last[i] : 0
+                guard c != before else { continue }
                 // A smaller value: a new program (the app's sockets were made anew) counts from 0.
                 let d = c >= before ? c - before : c
-                last[i] = c
-                guard d > 0 else { continue }
                 let slot = entry.steeredSlots[i]
                 connectionTotals[app, default: [:]][slot, default: 0] += d
                 pendingCounts[app, default: [:]][slot, default: 0] += Int(clamping: d)
             }
-            lastCounts[key] = last
+            // Indices past the steered ones keep their last value: a slot steered there again counts on from it.
+            lastCounts[key] = last.count > counts.count ? counts + last[counts.count...] : counts
         }
     }
 
@@ -574,11 +578,18 @@ struct HealthHandover: Codable {
 }
 
 extension HealthChecker {
-    var forHandover: HealthHandover { HealthHandover(lastCounts: lastCounts, totals: connectionTotals) }
+    var forHandover: HealthHandover {
+        HealthHandover(lastCounts: lastCounts.mapValues { Dictionary(uniqueKeysWithValues: $0.enumerated().map { ($0.offset, $0.element) }) },
+                       totals: connectionTotals)
+    }
 
     func resume(_ h: HealthHandover?) {
         guard let h else { return }
-        lastCounts = h.lastCounts
+        lastCounts = h.lastCounts.mapValues { byIndex in
+            var counts = [UInt64](repeating: 0, count: (byIndex.keys.max() ?? -1) + 1)
+            for (i, c) in byIndex where i >= 0 { counts[i] = c }
+            return counts
+        }
         connectionTotals = h.totals
     }
 }

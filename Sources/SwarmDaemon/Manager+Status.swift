@@ -58,6 +58,7 @@ extension Manager {
             names = [name]
         }
         let perPart = max(1, perPart)
+        cgroups.beginUsageRound()
         let streaming = emit != nil && names.reduce(0) { $0 + (supervisor.apps[$1]?.slots.count ?? 0) } > perPart
         var apps: [AppStatus] = []
         for n in names {
@@ -88,6 +89,15 @@ extension Manager {
                     guard let w = supervisor.workers[wid] else { continue }
                     var u = Usage(slot: slot.index, worker: wid)
                     if let pid = w.pid {
+                        if let recent = cpuSamples[pid], nowNS - recent.at < Manager.usageMaxAge {
+                            // Read less than usageMaxAge ago: the same figures (and no file read).
+                            u.rss = recent.rss
+                            u.cpuSeconds = Double(recent.ticks) / Double(ProcFS.clockTicks)
+                            u.cpuPercent = recent.percent
+                            cpuTotal += u.cpuSeconds ?? 0
+                            usages.append(u)
+                            continue
+                        }
                         // The whole tree where there is a cgroup (a pre-fork server's children too).
                         let usage = cgroups.usage(ofPid: pid).map { u in
                             (cpuTicks: Int64(u.cpuMicroseconds) * Int64(ProcFS.clockTicks) / 1_000_000, rss: u.memoryBytes)
@@ -103,7 +113,7 @@ extension Manager {
                                 let up = max((now - w.startedAt).seconds, 0.001)
                                 u.cpuPercent = secs / up * 100
                             }
-                            cpuSamples[pid] = (ticks, nowNS)
+                            cpuSamples[pid] = (ticks, nowNS, u.rss, u.cpuPercent)
                         }
                     }
                     usages.append(u)

@@ -48,9 +48,11 @@ extension Manager {
             throw error
         }
         opened += [err.write]
+        // The lowest free fds are handed out: this one's number is about how many swarmd holds.
+        cgroups.openedForWorker(err.write)
 
         let home = spec.user.flatMap { Users.record(named: $0)?.home }
-        let host = WorkerLaunch.Host(environment: ProcessInfo.processInfo.environment, notifySocket: output.notifyPath, home: home)
+        let host = WorkerLaunch.Host(environment: ownEnvironment, notifySocket: output.notifyPath, home: home)
         var plan = SpawnPlan(
             executable: spec.executable,
             argv: WorkerLaunch.argv(spec, sockets: passed),

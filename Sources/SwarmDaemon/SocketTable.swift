@@ -41,6 +41,9 @@ final class AppSockets {
 
     private(set) var entries: [Entry] = []
     static let maxSlots = 4096
+    /// The slots last steered to (ascending), when every entry took them all;
+    /// nil: not known, and the next steering compares every entry with the set.
+    var lastSteer: [Int]?
 
     /// Binds every socket of `spec`, reusing `adoptable` fds (systemd's, or
     /// those of an app being replaced) that match by name and address.
@@ -211,26 +214,47 @@ final class SocketTable {
     /// Round-robin: one map write per slot that joins or leaves (a leaving
     /// slot's place is taken by the last entry, so the array stays compact).
     /// Hash steering cannot choose slots: it spreads over the first n sockets.
+    /// `slots` ascending, as the core gives them. Against the set steered last
+    /// time only what changed is touched (one slot per event while an app of
+    /// thousands starts or restarts), so a change costs a walk of two sorted
+    /// arrays, not a hash of every slot.
     func steer(_ app: String, to slots: [Int]) {
         guard let sockets = apps[app] else { return }
+        let change: (joining: [Int], leaving: [Int])?
+        if let last = sockets.lastSteer {
+            let d = sortedDifference(from: last, to: slots)
+            guard !d.joining.isEmpty || !d.leaving.isEmpty else { return }
+            change = d
+        } else {
+            change = nil
+        }
+        sockets.lastSteer = slots
         // A slot steered to before its first worker was spawned gets its socket now.
-        for slot in slots where sockets.entries.contains(where: { $0.reuseport && $0.fd(ofSlot: slot) == nil }) {
+        for slot in change?.joining ?? slots where sockets.entries.contains(where: { $0.reuseport && $0.fd(ofSlot: slot) == nil }) {
             do { _ = try sockets.bindSlot(slot) } catch {
+                sockets.lastSteer = nil
                 report(.warning, "Failed to bind \(app)[\(slot)]'s socket: \(error), ignoring")
             }
         }
         for entry in sockets.entries where entry.reuseport {
             if let rr = entry.roundRobin {
                 do {
-                    try update(entry, rr, to: slots)
+                    if let change {
+                        try update(entry, rr, leaving: change.leaving, joining: change.joining.filter { entry.fd(ofSlot: $0) != nil })
+                    } else {
+                        let wanted = Set(slots.filter { entry.fd(ofSlot: $0) != nil })
+                        try update(entry, rr, leaving: entry.steeredSlots.filter { !wanted.contains($0) },
+                                   joining: slots.filter { wanted.contains($0) && entry.steeredIndex[$0] == nil })
+                    }
                 } catch {
                     entry.steeredSlots = []
                     entry.steeredIndex = [:]
+                    sockets.lastSteer = nil
                     report(.warning, "Failed to steer \(app)/\(entry.spec.name) over slots \(slots): \(error), ignoring")
                 }
             } else {
                 // Sockets sit in the group in slot order: the live slots are the first n.
-                let live = max(1, (slots.max() ?? 0) + 1)
+                let live = max(1, (slots.last ?? 0) + 1)
                 guard entry.hashedOver != live else { continue }
                 do {
                     try kernel.attachHashSteering(to: entry.shared, liveSockets: live, ipv6: entry.spec.listen.description.hasPrefix("["))
@@ -242,11 +266,10 @@ final class SocketTable {
         }
     }
 
-    private func update(_ entry: AppSockets.Entry, _ rr: ReuseportSteering, to slots: [Int]) throws {
-        let wanted = Set(slots.filter { entry.fd(ofSlot: $0) != nil })
+    private func update(_ entry: AppSockets.Entry, _ rr: ReuseportSteering, leaving: [Int], joining: [Int]) throws {
         let before = entry.steeredSlots.count
         // Leaving slots first: a socket may sit at one index only.
-        for slot in entry.steeredSlots where !wanted.contains(slot) {
+        for slot in leaving {
             guard let i = entry.steeredIndex.removeValue(forKey: slot) else { continue }
             let last = entry.steeredSlots.count - 1
             try rr.clearSocket(at: last)
@@ -258,7 +281,7 @@ final class SocketTable {
             }
             entry.steeredSlots.removeLast()
         }
-        for slot in slots where wanted.contains(slot) && entry.steeredIndex[slot] == nil {
+        for slot in joining where entry.steeredIndex[slot] == nil {
             let i = entry.steeredSlots.count
             try rr.setSocket(entry.fd(ofSlot: slot)!, at: i)
             entry.steeredSlots.append(slot)
@@ -336,4 +359,20 @@ extension ListenAddress {
             return false
         }
     }
+}
+
+/// What changed from one ascending list of slots to another: one walk of both.
+func sortedDifference(from old: [Int], to new: [Int]) -> (joining: [Int], leaving: [Int]) {
+    var joining: [Int] = [], leaving: [Int] = []
+    var i = 0, j = 0
+    while i < old.count || j < new.count {
+        if j == new.count || (i < old.count && old[i] < new[j]) {
+            leaving.append(old[i]); i += 1
+        } else if i == old.count || new[j] < old[i] {
+            joining.append(new[j]); j += 1
+        } else {
+            i += 1; j += 1
+        }
+    }
+    return (joining, leaving)
 }

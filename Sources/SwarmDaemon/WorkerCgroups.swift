@@ -112,7 +112,7 @@ final class WorkerCgroups {
     func usage(ofPid pid: Int32) -> CgroupUsage? {
         guard let cg = workerByPid[pid].flatMap({ byWorker[$0] }) else { return nil }
         let held = cg.holdsUsageFiles
-        let usage = cg.usage(keepingFilesOpen: held || usageFilesHeld < usageFilesBudget, mainPid: pid)
+        let usage = cg.usage(keepingFilesOpen: held || (mayKeepMoreUsageFiles && usageFilesHeld < usageFilesBudget), mainPid: pid)
         if !held && cg.holdsUsageFiles { usageFilesHeld += 1 }
         return usage
     }
@@ -122,7 +122,35 @@ final class WorkerCgroups {
     /// At most a quarter of the fd limit goes to usage files (3 per worker):
     /// the workers' pipes and sockets need the rest. Read once, after swarmd
     /// raised its soft limit.
-    lazy var usageFilesBudget: Int = Int(clamping: (Posix.fileLimit() ?? 1024) / 12)
+    lazy var usageFilesBudget: Int = fileLimit / 12
+    /// RLIMIT_NOFILE, read once after swarmd raised its soft limit.
+    lazy var fileLimit: Int = Int(clamping: Posix.fileLimit() ?? 1024)
+
+    /// Whether this status round may open usage files to keep: only while
+    /// fewer than half the fd limit are open. 4,096 workers with a socket each
+    /// hold 4 fds apiece (two pipes, the socket, the bind interceptor's
+    /// listener); kept usage files on top of that ran a 20,000 limit out, and
+    /// the control socket's next accept failed with EMFILE.
+    private(set) var mayKeepMoreUsageFiles = true
+
+    /// Called before a status reads every worker's usage.
+    func beginUsageRound() {
+        mayKeepMoreUsageFiles = Posix.lowestFreeDescriptor() < fileLimit / 2
+    }
+
+    /// A new fd numbered `fd` was just opened for a worker: past three quarters
+    /// of the limit, the kept usage files make room.
+    func openedForWorker(_ fd: Int32) {
+        if Int(fd) >= fileLimit / 4 * 3 { releaseAllUsageFiles() }
+    }
+
+    /// Workers need the fds more: every kept usage file is closed (status
+    /// reads them per request until the next round finds room again).
+    func releaseAllUsageFiles() {
+        guard usageFilesHeld > 0 else { return }
+        for cg in byWorker.values { releaseUsageFiles(cg) }
+        mayKeepMoreUsageFiles = false
+    }
 
     private func releaseUsageFiles(_ cg: WorkerCgroup) {
         guard cg.holdsUsageFiles else { return }

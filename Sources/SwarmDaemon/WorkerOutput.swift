@@ -163,7 +163,9 @@ final class WorkerOutput {
         let pipe = OutputPipe(fd: fd, app: app, slot: slot, pid: pid, stream: stream)
         let key = ObjectIdentifier(pipe)
         do {
-            pipe.source = try loop.addReader(fd, priority: EventLoop.Priority.output) { [weak self] _ in _ = self?.read(key) }
+            pipe.source = try loop.addReader(fd, events: WorkerOutput.pipeEvents, priority: EventLoop.Priority.output) { [weak self] _ in
+                self?.service(key, reads: WorkerOutput.readsPerDispatch)
+            }
         } catch {
             report(.error, "Failed to watch output of \(app)[\(slot)]: \(error), ignoring")
             Posix.close(fd)
@@ -175,6 +177,32 @@ final class WorkerOutput {
         if budgets[app]?.pausedAt != nil { pipe.source?.setEnabled(false) }
     }
 
+    /// Edge-triggered: epoll reports a pipe once per change (a write, the last
+    /// writer gone), not at every loop iteration while it stays readable or hung
+    /// up. Level-triggered, the 8,192 pipes of 4,096 workers killed at once were
+    /// all returned by every `epoll_wait` until each had its turn to be closed,
+    /// one dispatch per iteration: O(N) per iteration, O(N²) per storm. The price
+    /// is that a pipe is read until it is empty (EAGAIN) or at its end, and one
+    /// left with data (its turn's reads spent) is re-armed to be reported again.
+    static let pipeEvents = IOEvents.readable | IOEvents.edgeTriggered
+    /// Reads (64 KiB each) of one pipe per dispatch: a chatty worker gets no more
+    /// than this before the other pending sources had their turn.
+    static let readsPerDispatch = 4
+
+    /// Reads the pipe until it is empty or closed, at most `reads` times; a pipe
+    /// still holding data after that is re-armed, so epoll reports it again once
+    /// the other pending sources had their turn. A pipe whose writers are all gone
+    /// is read to its end and closed in this one call: a dying worker's last lines
+    /// reach the log, and its pipe leaves the epoll set at once.
+    func service(_ key: ObjectIdentifier, reads: Int, heedingBudget: Bool = true) {
+        for _ in 0..<reads {
+            guard read(key) else { return }
+            // Paused by the app's budget: re-enabling re-registers the fd, and epoll reports what is left then.
+            if heedingBudget, let pipe = pipes[key], budgets[pipe.app]?.pausedAt != nil { return }
+        }
+        if let source = pipes[key]?.source { loop.setIOEvents(source, WorkerOutput.pipeEvents) }
+    }
+
     /// Reads what the pipe holds (at most 64 KiB); false once it is empty (EAGAIN) or closed.
     @discardableResult
     func read(_ key: ObjectIdentifier) -> Bool {
@@ -184,12 +212,7 @@ final class WorkerOutput {
             if (error as? SystemError)?.errno == EAGAIN { return false }
             n = 0
         }
-        let sink = self.sink(for: pipe.app)
-        let time = rfc3339(kernel.wallClock())
-        let emit: (String) -> Void = { text in
-            let (priority, message) = splitPriority(text)
-            sink.append(LogLine(time: time, app: pipe.app, slot: pipe.slot, pid: pipe.pid, stream: pipe.stream, text: message), priority: priority)
-        }
+        let emit = emitter(for: pipe)
         if n == 0 {
             pipe.splitter.flush(emit)
             close(key)
@@ -198,6 +221,16 @@ final class WorkerOutput {
         readBuffer.withUnsafeBytes { pipe.splitter.feed(UnsafeRawBufferPointer(rebasing: $0[0..<n]), emit) }
         charge(app: pipe.app, bytes: n)
         return true
+    }
+
+    /// Where a pipe's complete lines go: its app's sink, stamped now.
+    private func emitter(for pipe: OutputPipe) -> (String) -> Void {
+        let sink = self.sink(for: pipe.app)
+        let time = rfc3339(kernel.wallClock())
+        return { text in
+            let (priority, message) = splitPriority(text)
+            sink.append(LogLine(time: time, app: pipe.app, slot: pipe.slot, pid: pipe.pid, stream: pipe.stream, text: message), priority: priority)
+        }
     }
 
     private func close(_ key: ObjectIdentifier) {
@@ -218,9 +251,7 @@ final class WorkerOutput {
     /// the log show its last lines. Bounded: 16 × 64 KiB per pipe (a grandchild
     /// may still hold the write end and keep writing).
     func drain(pid: Int32) {
-        for key in pipesByPid[pid] ?? [] {
-            for _ in 0..<16 { if !read(key) { break } }
-        }
+        for key in pipesByPid[pid] ?? [] { service(key, reads: 16, heedingBudget: false) }
     }
 
     /// Counts output against the app's `[logs] rate`; over it, stops reading the
@@ -289,7 +320,16 @@ final class WorkerOutput {
         sinks.removeValue(forKey: app)?.close()
     }
 
+    /// swarmd is exiting: what the pipes still hold is read and a last line
+    /// without its newline logged (a worker's child may still hold its pipe
+    /// open when the last worker is reaped), then the sinks close.
     func closeAll() {
+        for key in Array(pipes.keys) {
+            service(key, reads: 16, heedingBudget: false)
+            guard let pipe = pipes[key] else { continue }
+            pipe.splitter.flush(emitter(for: pipe))
+            close(key)
+        }
         for sink in sinks.values { sink.close() }
     }
 

@@ -140,6 +140,16 @@ public enum Posix {
         return out
     }
 
+    /// The number the next new fd would get: the kernel hands out the lowest
+    /// free one, so with few holes this is about how many are open (one
+    /// open and close instead of listing /proc/self/fd). At the limit: the limit.
+    public static func lowestFreeDescriptor() -> Int {
+        let fd = Glibc.open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { return Int(clamping: fileLimit() ?? 0) }
+        Glibc.close(fd)
+        return Int(fd)
+    }
+
     /// RLIMIT_NOFILE's soft limit now (nil: getrlimit failed).
     public static func fileLimit() -> UInt64? {
         var rl = rlimit()

@@ -29,12 +29,16 @@ public final class RoundRobinSteering {
     /// New connections per socket-array index (`[recycle] max_connections`, metrics); -1: none.
     public let countMap: Int32
 
+    /// The socket array's size, when this process made it.
+    let capacity: Int?
+
     /// Maps and program handed over by a re-executed swarmd (one before the counters passes no count map).
     public init(adopting program: Int32, stateMap: Int32, socketMap: Int32, countMap: Int32 = -1) {
         self.program = program
         self.stateMap = stateMap
         self.socketMap = socketMap
         self.countMap = countMap
+        capacity = nil
     }
 
     public init(maxSlots: Int) throws {
@@ -47,6 +51,7 @@ public final class RoundRobinSteering {
             throw SystemError("bpf(BPF_PROG_LOAD)", errno: e, subject: text.isEmpty ? nil : "verifier: \(text.suffix(300))")
         }
         program = fd
+        capacity = maxSlots
         stateMap = state
         socketMap = socks
         countMap = counts
@@ -59,15 +64,32 @@ public final class RoundRobinSteering {
         if countMap >= 0 { Posix.close(countMap) }
     }
 
+    /// The counters as last read, and the program's state then.
+    private var lastRead: (counts: [UInt64], counter: UInt64, target: UInt32, quota: Int64)?
+
     /// The counters of indices 0..<n (each counts from the program's creation), or nil without a count map.
+    ///
+    /// swarmd reads them at every change of an app's steering (thousands while
+    /// a big app starts), so the counters are read again only when the program
+    /// may have counted since: every counted connection moves the state's
+    /// round-robin counter or its hand-over quota, one lookup instead of n.
     public func connectionCounts(upTo n: Int) throws -> [UInt64]? {
         guard countMap >= 0 else { return nil }
-        var out = [UInt64](repeating: 0, count: n)
-        guard n > 0 else { return out }
-        try Posix.check("bpf(BPF_MAP_LOOKUP_ELEM)", subject: "connection counters") {
-            out.withUnsafeMutableBufferPointer { swarm_rr_read_counts(countMap, UInt32(n), $0.baseAddress) }
+        guard n > 0 else { return [] }
+        var state = swarm_rr_state()
+        try Posix.check("bpf(BPF_MAP_LOOKUP_ELEM)", subject: "steering state") { swarm_rr_read_state(stateMap, &state) }
+        if let last = lastRead, last.counts.count >= n, last.counter == state.counter, last.target == state.target, last.quota == state.quota {
+            return last.counts.count == n ? last.counts : Array(last.counts[..<n])
         }
-        return out
+        // Read ahead (indices past the map's end read as 0): an app that grows one
+        // ready slot at a time asks for one more index at every change.
+        let read = max(n, min(max(2 * (lastRead?.counts.count ?? 0), 64), capacity ?? n))
+        var out = [UInt64](repeating: 0, count: read)
+        try Posix.check("bpf(BPF_MAP_LOOKUP_BATCH)", subject: "connection counters") {
+            out.withUnsafeMutableBufferPointer { swarm_rr_read_counts(countMap, UInt32(read), $0.baseAddress) }
+        }
+        lastRead = (out, state.counter, state.target, state.quota)
+        return read == n ? out : Array(out[..<n])
     }
 
     /// Attaching to one socket applies to its whole group.

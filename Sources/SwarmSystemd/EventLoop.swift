@@ -311,6 +311,10 @@ public enum IOEvents {
     public static let readable = UInt32(EPOLLIN.rawValue)
     public static let writable = UInt32(EPOLLOUT.rawValue)
     public static let hangup = UInt32(EPOLLHUP.rawValue)
+    /// Edge-triggered (EPOLLET): reported once per change of the fd's state, not
+    /// while it stays ready. The reader must read until EAGAIN (or end of file), or
+    /// re-arm with `setIOEvents` (sd-event never skips an edge-triggered update).
+    public static let edgeTriggered = UInt32(EPOLLET.rawValue)
     public static let error = UInt32(EPOLLERR.rawValue)
     /// Urgent data; for cgroup.events, "populated" changed.
     public static let priority = UInt32(EPOLLPRI.rawValue)

@@ -138,11 +138,11 @@ enum Fleet {
             }
             if readVerbs.contains(verb) {
                 if verb == "logs", o.perHost.contains(where: { $0 == "-f" || $0 == "--follow" }) {
-                    throw CtlError(description: "logs -f follows one host: name one with --host", exitCode: 64)
+                    return FleetStreams.run(o.perHost, hosts: hosts, verb: "logs -f")
                 }
                 return readAll(o.perHost, hosts: hosts)
             }
-            if verb == "events" { return FleetEvents.run(o.perHost, hosts: hosts) }
+            if verb == "events" { return FleetStreams.run(o.perHost, hosts: hosts, verb: "events") }
             if verb == "reload" { return try rollout(o, hosts: hosts) }
             if verb == "rollback" { return rollBackAll(o.perHost, hosts: hosts) }
             throw CtlError(description: "'\(TerminalText.escape(verb))' goes to one host at a time; with several hosts swarmctl runs \(readVerbs.sorted().joined(separator: ", ")), events, reload and rollback", exitCode: 64)

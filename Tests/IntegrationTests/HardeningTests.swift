@@ -258,6 +258,36 @@ struct HardeningTests {
         }
     }
 
+    @Test("workers that all die at once: each one's last lines (stdout, and stderr without a newline) are logged")
+    func lastLinesOfWorkersDyingTogether() async throws {
+        try await withSwarm { s in
+            let n = 200
+            // On SIGTERM each worker says goodbye on both streams and exits; swarmd's shutdown
+            // signals all of them in one turn, so all their pipes hang up together.
+            let script = [
+                #"trap 'echo "last line of slot $SWARM_WORKER"; printf "stderr tail of slot %s" "$SWARM_WORKER" >&2; exit 0' TERM"#,
+                #"echo "up $SWARM_WORKER""#,
+                "while :; do sleep 60 & wait $!; done",
+            ].joined(separator: "; ")
+            let conf = try s.write("last.conf", Conf.app("last", command: ["/bin/sh", "-c", script], workers: n,
+                                                         extra: "[ready]\nmode = \"delay\"\ndelay = \"0s\"\n[logs]\ntarget = \"file\"\n"))
+            try await s.startDaemon([conf])
+            try await s.waitReady("last", workers: n, timeout: 60)
+            let log = s.stateDir + "/logs/last.log"
+            try await waitUntil(timeout: 20, "every worker's first line in \(log)") {
+                readText(log).components(separatedBy: "\n").filter { $0.contains(" up ") }.count == n
+            }
+            let code = try await s.stopDaemon(timeout: 60)
+            #expect(code == 0, "swarmd exit code after SIGTERM; log:\n\(s.daemonLog.suffix(2000))")
+            let lines = readText(log).components(separatedBy: "\n")
+            let stdout = Set(lines.compactMap { l in l.range(of: "last line of slot ").map { String(l[$0.upperBound...]) } })
+            let stderr = Set(lines.compactMap { l in l.range(of: "stderr tail of slot ").map { String(l[$0.upperBound...]) } })
+            let slots = Set((0..<n).map(String.init))
+            #expect(stdout == slots, "slots whose last stdout line is missing: \(slots.subtracting(stdout).sorted())")
+            #expect(stderr == slots, "slots whose unterminated stderr line is missing: \(slots.subtracting(stderr).sorted())")
+        }
+    }
+
     @Test("[limits] nofile = 1234 is the worker's RLIMIT_NOFILE")
     func nofileLimit() async throws {
         try await withSwarm { s in

@@ -209,7 +209,7 @@ struct FleetTests {
             print("[fleet] canary rollout output:\n\(canary.out)\(canary.err)")
 
             for bad in [["reload", "talker", "--host", all, "--parallel", "0"], ["reload", "talker", "--host", all, "--canary-wait", "soon"],
-                        ["scale", "talker", "3", "--host", all], ["logs", "talker", "-f", "--host", all]] {
+                        ["scale", "talker", "3", "--host", all]] {
                 let r = try await fleet.ctl(bad)
                 #expect(r.code == 64, "\(bad): \(r)")
             }
@@ -224,14 +224,15 @@ struct FleetTests {
         let app: String
     }
 
-    @Test("events on 3 hosts: merged as they arrive, text lines labelled with the host, JSON records with a host field; a host whose sshd stops mid-stream is reported while the others go on, and the exit is non-zero")
+    @Test("events and logs -f on 3 hosts: merged as they arrive, text lines labelled with the host, JSON records with a host field; a host whose sshd stops mid-stream is reported while the others go on, and the exit is non-zero")
     func eventsFromEveryHost() async throws {
         try await withSwarm { s in
             let fleet = try TestFleet(hosts: 3, dir: s.dir)
             defer { fleet.close() }
             try await fleet.waitForSSH()
             for (i, h) in fleet.hosts.enumerated() {
-                let conf = try s.write("\(h.name).conf", FleetTests.conf(["/bin/sleep", "1000"]))
+                // Each worker says where it runs, so logs -f shows which host a line came from.
+                let conf = try s.write("\(h.name).conf", FleetTests.conf(["/bin/sh", "-c", "echo \"talking on \(h.name) slot $SWARM_WORKER\"; exec sleep 1000"]))
                 try await fleet.startSwarmd(i, configs: [conf])
             }
             for h in fleet.hosts {
@@ -249,7 +250,10 @@ struct FleetTests {
             // -n 2: each host's last events come first, which shows its stream is connected.
             let json = try fleet.ctlInBackground(["events", "talker", "--json", "-n", "2", "--host", all])
             let text = try fleet.ctlInBackground(["events", "talker", "-n", "2", "--host", all])
-            defer { json.signal(SIGKILL); text.signal(SIGKILL) }
+            let logs = try fleet.ctlInBackground(["logs", "talker", "-f", "-n", "0", "--host", all])
+            defer { json.signal(SIGKILL); text.signal(SIGKILL); logs.signal(SIGKILL) }
+            /// Lines of the merged logs -f that say they came from host `h`, labelled as `h`.
+            func talking(_ h: TestFleet.Host) -> [Substring] { textLines(logs.stdout, h).filter { $0.contains("talking on \(h.name) slot") } }
             try await waitUntil(timeout: 30, "every host's past events in both merged streams (so far: \(json.stdout) \(text.stdout) \(json.stderr))") {
                 fleet.hosts.allSatisfy { h in records(json).contains { $0.host == h.url } && textLines(text.stdout, h).count >= 2 }
             }
@@ -270,6 +274,14 @@ struct FleetTests {
                 fleet.hosts.allSatisfy { h in textLines(text.stdout, h).filter { $0.contains("spawned") }.count >= 2 }
             }
             #expect(!text.stdout.split(separator: "\n").contains { !$0.hasPrefix("[") }, "every text line is labelled: \(text.stdout)")
+            // logs -f: the restarted workers' first lines, each host's under its own label and no other's.
+            try await waitUntil(timeout: 30, "every host's restarted workers in the merged logs -f (so far: \(logs.stdout) \(logs.stderr))") {
+                fleet.hosts.allSatisfy { talking($0).count >= 2 }
+            }
+            for h in fleet.hosts {
+                let labelled = textLines(logs.stdout, h)
+                #expect(labelled.allSatisfy { $0.contains("talking on \(h.name) ") }, "host \(h.name)'s label on another host's line: \(labelled)")
+            }
             // ^C with every host still streaming: exit 0.
             text.signal(SIGINT)
             let textCode = try await text.wait(timeout: 15, "the text stream to end on SIGINT")
@@ -282,8 +294,13 @@ struct FleetTests {
                 json.stderr.contains("host \(h2.url): events stopped")
             }
             #expect(json.running, "the others go on: \(json.stderr)")
+            try await waitUntil(timeout: 30, "logs -f to report host 2's loss (stderr: \(logs.stderr))") {
+                logs.stderr.contains("host \(h2.url): logs -f stopped")
+            }
+            #expect(logs.running, "logs -f goes on with the others: \(logs.stderr)")
             print("[fleet] events stderr after host 2's sshd stopped:\n\(json.stderr)")
             before = fleet.hosts.map { spawned(json, $0) }
+            let talked = fleet.hosts.map { talking($0).count }
             for i in [0, 2] {
                 let r = try await fleet.ctl(["restart", "talker", "--host", fleet.hosts[i].url])
                 #expect(r.code == 0, "\(r)")
@@ -292,6 +309,13 @@ struct FleetTests {
                 spawned(json, fleet.hosts[0]) >= before[0] + 2 && spawned(json, fleet.hosts[2]) >= before[2] + 2
             }
             #expect(json.running)
+            try await waitUntil(timeout: 30, "hosts 1 and 3's restarted workers in logs -f after host 2 was lost (so far: \(logs.stdout))") {
+                talking(fleet.hosts[0]).count >= talked[0] + 2 && talking(fleet.hosts[2]).count >= talked[2] + 2
+            }
+            logs.signal(SIGINT)
+            let logsCode = try await logs.wait(timeout: 15, "logs -f to end on SIGINT")
+            #expect(logsCode == 3, "a host failed: exit 3; stderr: \(logs.stderr)")
+            #expect(logs.stderr.contains("logs -f failed on 1 of 3 hosts: \(h2.url)"), "\(logs.stderr)")
             json.signal(SIGINT)
             let code = try await json.wait(timeout: 15, "the JSON stream to end on SIGINT")
             #expect(code == 3, "a host failed: exit 3 (ssh's failure); stderr: \(json.stderr)")

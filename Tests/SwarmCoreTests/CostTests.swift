@@ -87,7 +87,7 @@ struct CostTests {
         let h = FakeShell()
         h.checkEveryEvent = false
         h.start(makeSpec(workers: 4096))
-        #expect(h.largestSpawnBatch == 32)
+        #expect(h.largestSpawnBatch == Supervisor().spawnBatch)
         #expect(h.spawns.count == 4096, "every worker was spawned")
         #expect(h.spawns.map(\.slot) == Array(0..<4096), "in slot order")
         #expect(h.sup.invariantViolations() == [])
@@ -100,10 +100,10 @@ struct CostTests {
         h.deferSpawns = true
         h.start(makeSpec(workers: 40))
         let first = h.actions.prefix { if case .armTimer = $0 { return false } else { return true } }
-        #expect(first.filter { if case .spawn = $0 { return true } else { return false } }.count == 32)
+        #expect(first.filter { if case .spawn = $0 { return true } else { return false } }.count == Supervisor().spawnBatch)
         #expect(h.actions.contains(.armTimer(.zero)), "the rest continue at once, on the timer")
         #expect(h.spawns.count == 40)
-        #expect(h.largestSpawnBatch == 32)
+        #expect(h.largestSpawnBatch == Supervisor().spawnBatch)
     }
 
     @Test func aChurnOfInstantlyExitingWorkersNeverExceedsTheBatch() {
@@ -144,7 +144,7 @@ struct CostTests {
         h.advance(by: .milliseconds(100))
         let restarts = clock.now - t1
         #expect(h.spawns.count == 2 * n)
-        #expect(h.largestSpawnBatch <= 32)
+        #expect(h.largestSpawnBatch <= Supervisor().spawnBatch)
         #expect(worstExit <= 8, "an exit visited \(worstExit)")
         #expect(h.sup.invariantViolations() == [])
         let perExit = exits / n, perRestart = restarts / n

@@ -101,6 +101,29 @@ struct SocketTableTests {
         }
     }
 
+    @Test func theDifferenceOfTwoAscendingSlotListsIsWhatJoinedAndWhatLeft() {
+        #expect(sortedDifference(from: [], to: []) == ([], []))
+        #expect(sortedDifference(from: [], to: [0, 3]) == ([0, 3], []))
+        #expect(sortedDifference(from: [1, 2], to: []) == ([], [1, 2]))
+        #expect(sortedDifference(from: [0, 1, 2, 5], to: [1, 3, 5, 9]) == ([3, 9], [0, 2]))
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<200 {
+            let a = Set((0..<40).filter { _ in Bool.random(using: &rng) }), b = Set((0..<40).filter { _ in Bool.random(using: &rng) })
+            let d = sortedDifference(from: a.sorted(), to: b.sorted())
+            #expect(d.joining == b.subtracting(a).sorted() && d.leaving == a.subtracting(b).sorted(), "\(a.sorted()) → \(b.sorted())")
+        }
+    }
+
+    @Test func withoutALastSetTheSteeringIsComparedWithTheWholeMap() throws {
+        let f = try SocketFixture()
+        f.table.steer("web", to: [0, 1, 2, 3])
+        // What a failed write leaves: not knowing what the map holds.
+        f.table["web"]?.lastSteer = nil
+        f.table.steer("web", to: [1, 3])
+        f.checkMap([1, 3])
+        #expect(f.table["web"]?.lastSteer == [1, 3])
+    }
+
     @Test func withAllSlotsSteeredOneChangeCostsAConstantNumberOfWrites() throws {
         let f = try SocketFixture()
         let all = Array(0..<AppSockets.maxSlots)

@@ -24,8 +24,12 @@ final class OutputFixture {
     let loop: EventLoop
     let output: WorkerOutput
     let reports = Reports()
-    var policy = LogPolicy()
-    private(set) var delivered: [String] = []
+    /// Held apart from the fixture: its deinit's `closeAll` still asks for the
+    /// policy and may deliver, and an unowned self cannot be read while deiniting.
+    private final class Shared { var policy = LogPolicy(); var delivered: [String] = [] }
+    private let shared = Shared()
+    var policy: LogPolicy { get { shared.policy } set { shared.policy = newValue } }
+    var delivered: [String] { shared.delivered }
     private var opened: [Int32] = []
 
     nonisolated(unsafe) static var counter = 0
@@ -38,8 +42,8 @@ final class OutputFixture {
         output = WorkerOutput(loop: loop, kernel: kernel, logDirectory: try TrustedDirectory(path: dir.path + "/logs"),
                               notifyPath: "@swarmd-tests-\(getpid())-\(OutputFixture.counter)-\(UInt32.random(in: 0...UInt32.max))")
         policy.target = "file"
-        output.policy = { [unowned self] _ in self.policy }
-        output.deliver = { [unowned self] e in self.delivered.append(describe(e)) }
+        output.policy = { [shared] _ in shared.policy }
+        output.deliver = { [shared] e in shared.delivered.append(describe(e)) }
         output.report = reports.sink
     }
 
@@ -156,6 +160,54 @@ struct WorkerOutputTests {
         #expect(f.output.pipesForHandover.isEmpty, "a closed pipe would be handed to a re-executed swarmd")
     }
 
+    @Test func aHungUpPipeIsReadToItsEndAndClosedInItsFirstTurn() throws {
+        let f = try OutputFixture()
+        let w = try f.workerPipe(pid: 5)
+        try writeAll(w, "first\nlast words, no newline")
+        f.closeWriter(w)
+        // One iteration dispatches one source: the pipe's only one.
+        try f.loop.runOnce(timeout: 1_000_000_000)
+        #expect(f.output.pipeCount == 0, "a hung-up pipe stayed open after its turn: epoll would report it at every iteration")
+        #expect(f.tail().map(\.text) == ["first", "last words, no newline"])
+    }
+
+    @Test func aPipeLeftWithDataAfterItsTurnIsReportedAgain() throws {
+        let f = try OutputFixture()
+        let w = try f.workerPipe(pid: 5)
+        // More than one turn's reads (4 × 64 KiB) written before the loop runs, then nothing:
+        // no further edge comes from the writer, so only the re-arm brings the rest.
+        let size = fcntl(w, 1031 /* F_SETPIPE_SZ */, 1 << 20)
+        try #require(size >= 1 << 20, "F_SETPIPE_SZ: \(String(cString: strerror(errno)))")
+        let line = String(repeating: "x", count: 1023) + "\n"
+        let lines = WorkerOutput.readsPerDispatch * 64 + 64
+        try writeAll(w, String(repeating: line, count: lines))
+        try f.loop.runOnce(timeout: 1_000_000_000)
+        #expect(f.tail().count == WorkerOutput.readsPerDispatch * 64, "one turn reads at most its share")
+        try runLoop(f.loop, until: "\(lines) lines read, the last ones after the re-arm", within: 5) { f.tail().count == lines }
+        f.closeWriter(w)
+        try f.run(until: "the pipe closed") { f.output.pipeCount == 0 }
+    }
+
+    @Test func manyHungUpPipesCloseInTimeLinearInTheirNumber() throws {
+        // 4,096 workers killed at once hang up 8,192 pipes together. Level-triggered, every
+        // iteration's epoll_wait returned every one not yet closed (one closes per iteration): O(N²).
+        _ = Posix.raiseFileLimit()
+        func cpuToClose(_ n: Int) throws -> Double {
+            let f = try OutputFixture()
+            var writers: [Int32] = []
+            for i in 0..<n { writers.append(try f.workerPipe(slot: i, pid: Int32(1000 + i))) }
+            for w in writers { f.closeWriter(w) }
+            let start = threadCPUSeconds()
+            try runLoop(f.loop, until: "\(n) hung-up pipes closed", within: 60) { f.output.pipeCount == 0 }
+            return threadCPUSeconds() - start
+        }
+        _ = try cpuToClose(64)  // warm-up: first-use costs out of the figures
+        let small = try cpuToClose(128)
+        let large = try cpuToClose(2048)
+        // Linear: 16×; quadratic: 256×. The bound leaves room for noise and cache effects.
+        #expect(large < 64 * max(small, 0.0005), "closing 2,048 hung-up pipes cost \(large) s of CPU, 128 cost \(small) s")
+    }
+
     @Test func notifyDatagramsBecomeCoreEvents() {
         let events = WorkerOutput.notifyEvents("READY=1\nSTATUS=serving 5 clients\nWATCHDOG=1\nSTOPPING=1\nERRNO=3\nREADY=0", pid: 7)
         #expect(events.map(describe) == ["ready 7", "status 7 serving 5 clients", "watchdog 7", "stopping 7"])
@@ -244,4 +296,11 @@ struct WorkerOutputTests {
         let logs = try FileManager.default.contentsOfDirectory(atPath: f.dir.path + "/logs").sorted()
         #expect(logs == ["web.log", "web.log.1", "web.log.2"])
     }
+}
+
+/// CPU time of the calling thread (the loop's, in these tests), in seconds.
+func threadCPUSeconds() -> Double {
+    var t = timespec()
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t)
+    return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
 }

@@ -5,6 +5,14 @@ import Testing
 
 @Suite("System call wrappers: one error convention")
 struct WrapperTests {
+    @Test func theLowestFreeDescriptorIsTheNumberTheNextOpenGets() throws {
+        let before = Posix.lowestFreeDescriptor()
+        let fd = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        defer { close(fd) }
+        #expect(Int(fd) == before, "open got \(fd), the probe said \(before)")
+        #expect(Posix.lowestFreeDescriptor() > Int(fd), "the open fd is not free any more")
+    }
+
     @Test("non-blocking read and write: wouldBlock is a value, EOF is .done(0)")
     func pipes() throws {
         let p = try Posix.pipe(nonBlockingRead: true)

@@ -26,6 +26,8 @@ int swarm_rr_create(unsigned max_slots, int *state_map, int *sock_map, char *log
 int swarm_rr_create_counted(unsigned max_slots, int *state_map, int *sock_map, int *count_map, char *log, unsigned log_size);
 /* Reads counters 0..n-1 of a count map into out. 0, or -1 and errno. */
 int swarm_rr_read_counts(int count_map, unsigned n, uint64_t *out);
+/// The program's state: its round-robin counter, live count and pending hand-over.
+int swarm_rr_read_state(int state_map, struct swarm_rr_state *out);
 int swarm_rr_attach(int prog, int sock);
 int swarm_rr_set_socket(int sock_map, unsigned index, int sock);
 int swarm_rr_set_count(int state_map, unsigned count);

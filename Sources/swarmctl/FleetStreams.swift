@@ -2,8 +2,8 @@ import Glibc
 import SwarmProtocol
 import SwarmSystem
 
-/// `events` on several hosts: one `swarmctl events` per host (through its
-/// own ssh), their lines merged as they arrive — text lines prefixed with
+/// A following verb (`events`, `logs -f`) on several hosts: the same
+/// `swarmctl` command line per host (through its own ssh), their lines merged as they arrive — text lines prefixed with
 /// the host's name, JSON records given a `host` field. A host whose stream
 /// fails or ends is reported on stderr, naming it, and the others go on.
 /// Exit 0 when every stream ended cleanly (or ^C/SIGTERM came with none
@@ -14,7 +14,7 @@ import SwarmSystem
 /// in the kernel's pipes, then in ssh's and swarmd's buffers, where swarmd's
 /// per-client limit turns a reader that falls too far behind into a `dropped`
 /// event. swarmctl holds at most one read and one unfinished line per host.
-enum FleetEvents {
+enum FleetStreams {
     static let readSize = 64 << 10
     /// A line longer than this (none is: swarmd bounds its records) is written out in pieces.
     static let lineLimit = 1 << 20
@@ -85,7 +85,8 @@ enum FleetEvents {
         return Array("{\"host\":".utf8) + quoted + separator + rest
     }
 
-    static func run(_ args: [String], hosts: [RemoteHost]) -> Int32 {
+    /// `verb` names the stream in what swarmctl says of a failed host ("events", "logs -f").
+    static func run(_ args: [String], hosts: [RemoteHost], verb: String) -> Int32 {
         let json = args.contains("--json")
         let signals: SignalDescriptor
         do { signals = try SignalDescriptor([SIGINT, SIGTERM, SIGHUP], interruptingSystemCalls: true) } catch {
@@ -137,7 +138,7 @@ enum FleetEvents {
             guard let code = s.exitCode, code != 0 else { return }
             failed.append((s.host, code))
             let others = streams.filter { $0 !== s && $0.exitCode == nil }.count
-            printErr("swarmctl: host \(s.host): events stopped (exit \(code))" + (others > 0 ? "; following the other \(others) host\(others == 1 ? "" : "s")" : ""))
+            printErr("swarmctl: host \(s.host): \(verb) stopped (exit \(code))" + (others > 0 ? "; following the other \(others) host\(others == 1 ? "" : "s")" : ""))
         }
 
         var buf = [UInt8](repeating: 0, count: readSize)
@@ -195,7 +196,7 @@ enum FleetEvents {
         }
         guard !failed.isEmpty else { return 0 }
         let list = failed.map { "\($0.host)" }.joined(separator: ", ")
-        printErr("swarmctl: events failed on \(failed.count) of \(hosts.count) hosts: \(list)")
+        printErr("swarmctl: \(verb) failed on \(failed.count) of \(hosts.count) hosts: \(list)")
         return failed.map(\.code).max() ?? 1
     }
 }
