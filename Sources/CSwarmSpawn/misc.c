@@ -1,5 +1,5 @@
 /* Small calls Swift cannot import or express: accept4, SO_PEERCRED,
-   SCM_CREDENTIALS, memfd_create, pipe2, sched_getaffinity. */
+   SCM_CREDENTIALS, memfd_create, pipe2, sched_getaffinity, the packed epoll_event. */
 #define _GNU_SOURCE
 #include "swarm_misc.h"
 
@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -87,4 +88,27 @@ int swarm_allowed_cpus(int *out, int max) {
 
 int swarm_memfd_create_flags(const char *name, int cloexec) {
     return (int)syscall(SYS_memfd_create, name, cloexec ? 1U /* MFD_CLOEXEC */ : 0U);
+}
+
+int swarm_epoll_create(void) {
+    return epoll_create1(EPOLL_CLOEXEC);
+}
+
+int swarm_epoll_watch(int epfd, int add, int fd, unsigned int events, unsigned long long token) {
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.events = events;
+    ev.data.u64 = token;
+    return epoll_ctl(epfd, add ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &ev);
+}
+
+int swarm_epoll_ready(int epfd, unsigned long long *tokens, unsigned int *events, int max) {
+    struct epoll_event evs[128];
+    if (max > 128) max = 128;
+    int n = epoll_wait(epfd, evs, max, 0);
+    for (int i = 0; i < n; i++) {
+        tokens[i] = evs[i].data.u64;
+        events[i] = evs[i].events;
+    }
+    return n;
 }

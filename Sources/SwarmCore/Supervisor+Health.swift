@@ -44,6 +44,8 @@ extension Supervisor {
         switch event {
         case let .probeResult(id, ok, detail):
             probeResult(id, ok: ok, detail: detail, now: now)
+        case let .probeResults(outcomes):
+            for o in outcomes { probeResult(o.worker, ok: o.ok, detail: o.detail, now: now) }
         case let .acceptQueues(name, lengths):
             acceptQueues(name, lengths, now: now)
         case let .connections(name, counts):
@@ -583,8 +585,26 @@ public struct HealthProbeRequest: Equatable, Sendable {
 public enum HealthEvent: Sendable {
     /// A probe's outcome; `detail` is "200", "503", "timeout", "refused", "exit 1".
     case probeResult(WorkerID, ok: Bool, detail: String)
+    /// The outcomes of the probes that ended together (in one turn of the
+    /// shell's loop), in the order they ended: one `handle` for a round of
+    /// probes, not one each with its deadlines, steering and waiters.
+    case probeResults([ProbeOutcome])
     /// Accept-queue lengths by slot index (slots not read are left out).
     case acceptQueues(app: String, [Int: Int])
     /// New connections per slot index since the last `.countConnections` answer.
     case connections(app: String, [Int: Int])
+}
+
+/// One probe's outcome, as `.probeResults` carries it.
+public struct ProbeOutcome: Equatable, Sendable {
+    public var worker: WorkerID
+    public var ok: Bool
+    /// "200", "503", "timeout", "refused", "exit 1".
+    public var detail: String
+
+    public init(worker: WorkerID, ok: Bool, detail: String) {
+        self.worker = worker
+        self.ok = ok
+        self.detail = detail
+    }
 }

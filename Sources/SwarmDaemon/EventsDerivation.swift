@@ -94,6 +94,8 @@ final class EventDeriver {
             switch h {
             case let .probeResult(id, _, _):
                 if let w = s.workers[id] { healthSlots.append(AppSlot(app: w.app, slot: w.slot)) }
+            case let .probeResults(outcomes):
+                for o in outcomes { if let w = s.workers[o.worker] { healthSlots.append(AppSlot(app: w.app, slot: w.slot)) } }
             case let .acceptQueues(name, lengths):
                 for k in lengths.keys.sorted() { healthSlots.append(AppSlot(app: name, slot: k)) }
             case let .connections(name, counts):

@@ -61,16 +61,15 @@ final class HealthChecker {
     static let probePortBase = Int(SWARM_PROBE_PORT_BASE)
     static let epollIn: UInt32 = 0x001
     static let epollOut: UInt32 = 0x004
-    /// How often probe deadlines are checked while probes are out.
-    static let timeoutResolution: Int64 = 25_000_000
     /// At most this much of a probe's answer is read: its status line.
     static let maxResponse = 1024
 
     final class Probe {
         let request: HealthProbeRequest
-        let fd: Int32
+        var fd: Int32
         let deadline: Int64
-        var source: EventLoop.Source?
+        /// In the probe sockets' epoll set (it leaves by itself when `fd` is closed).
+        var watched = false
         var connected = false
         var response: [UInt8] = []
         /// A readiness probe's temporary socket-array index, while it is there.
@@ -97,10 +96,24 @@ final class HealthChecker {
     private(set) var connectionTotals: [String: [Int: UInt64]] = [:]
     /// app → slot → read but not yet told the core.
     private var pendingCounts: [String: [Int: Int]] = [:]
-    private var timerSource: EventLoop.Source?
     private var warnedUnaimed: Set<String> = []
-    private var inTimer = false
-    private lazy var stopTimerLater = loop.addDeferred { [weak self] in self?.stopTimer() }
+    /// The http/tcp probes out, by deadline: the timer waits for the earliest.
+    private var deadlines = ProbeDeadlines()
+    /// One wake-up at the earliest deadline of every probe out (exec ones too), none while no probe is out.
+    private lazy var deadlineTimer = loop.addOneShotTimer { [weak self] in self?.onDeadline() }
+    /// The probe sockets, in an epoll set of their own: every probe that is
+    /// ready in a loop turn is handled in one dispatch (created with the first probe).
+    private var probeSockets: (set: EpollSet, source: EventLoop.Source)?
+    /// Outcomes of the dispatch being handled: they go to the core as one
+    /// `.probeResults` at its end, not one `handle` each (a round of 100
+    /// probes would otherwise cost 100 passes over deadlines, steering and waiters).
+    private var outcomes: [ProbeOutcome] = []
+    private var batching = false
+    /// Outcomes that come outside a dispatch of the probe sockets or the timer
+    /// (a probe that fails at once while the core's actions are performed, an
+    /// exec probe's reap) go together at the next loop turn: a round of
+    /// readiness probes of 100 starting workers is one event too.
+    private lazy var flushLater = loop.addDeferred { [weak self] in self?.flush() }
 
     init(loop: EventLoop, sockets: SocketTable) {
         self.loop = loop
@@ -109,7 +122,7 @@ final class HealthChecker {
         exec.finish = { [weak self] r, ok, detail in
             guard let self else { return }
             self.finish(r, ok: ok, detail: detail)
-            self.armTimer()
+            self.rearm()
         }
     }
 
@@ -213,7 +226,7 @@ final class HealthChecker {
             connectProbe(request)
         case .exec:
             exec.start(request)
-            armTimer()
+            rearm()
         }
     }
 
@@ -273,18 +286,68 @@ final class HealthChecker {
         let probe = Probe(request: r, fd: fd, deadline: now() + r.timeout.nanoseconds)
         probe.placed = placed
         probes[r.worker] = probe
+        deadlines.add(r.worker, at: Instant(nanoseconds: probe.deadline))
+        rearm()
+        // On loopback the handshake is usually done by the time connect returns:
+        // an http probe sends at once and waits only for the answer.
+        if case .http = r.check, trySend(probe) { return }
+        if probe.fd >= 0 && !probe.connected { watch(probe, HealthChecker.epollOut) }
+    }
+
+    /// Adds the probe's socket to the probe sockets' set, or changes what it waits for.
+    private func watch(_ p: Probe, _ events: UInt32) {
         do {
-            probe.source = try loop.addReader(fd, events: HealthChecker.epollOut) { [weak self, weak probe] events in
-                guard let self, let probe else { return }
-                self.onReady(probe, events: events)
+            let set = try probeSocketSet()
+            if p.watched {
+                try set.modify(p.fd, events: events, token: p.request.worker.raw)
+            } else {
+                try set.add(p.fd, events: events, token: p.request.worker.raw)
+                p.watched = true
             }
         } catch {
-            probes[r.worker] = nil
-            Posix.close(fd)
-            release(probe)
-            return fail(r, "\(error)")
+            done(p, ok: false, detail: "\(error)")
         }
-        armTimer()
+    }
+
+    private func probeSocketSet() throws -> EpollSet {
+        if let s = probeSockets { return s.set }
+        let set = try EpollSet()
+        let source = try loop.addReader(set.fd) { [weak self] _ in self?.onProbeSockets() }
+        probeSockets = (set, source)
+        return set
+    }
+
+    /// Every probe socket that is ready now (up to `EpollSet.batch`), then one event to the core.
+    private func onProbeSockets() {
+        guard let set = probeSockets?.set else { return }
+        let ready: [(token: UInt64, events: UInt32)]
+        do { ready = try set.ready() } catch {
+            report(.warning, "Failed to wait for the probe sockets: \(error), ignoring")
+            return
+        }
+        batch {
+            for (token, events) in ready {
+                guard let p = probes[WorkerID(token)] else { continue }
+                onReady(p, events: events)
+            }
+        }
+    }
+
+    /// Outcomes produced in `body` reach the core as one event at its end.
+    private func batch(_ body: () -> Void) {
+        let outer = batching
+        batching = true
+        body()
+        batching = outer
+        if !outer { flush() }
+    }
+
+    private func flush() {
+        flushLater.cancel()
+        guard !outcomes.isEmpty else { return }
+        let all = outcomes
+        outcomes.removeAll(keepingCapacity: true)
+        deliver(.health(.probeResults(all)))
     }
 
     /// Takes a readiness probe's temporary index out of the socket array.
@@ -307,13 +370,8 @@ final class HealthChecker {
             if p.aimLost { return done(p, ok: false, detail: "re-steered while connecting") }
             p.connected = true
             release(p)
-            guard case let .http(path, host, _) = p.request.check else { return done(p, ok: true, detail: "connected") }
-            let request = "GET \(path) HTTP/1.1\r\nHost: \(host ?? "localhost")\r\nUser-Agent: swarmd-health\r\nConnection: close\r\n\r\n"
-            let bytes = Array(request.utf8)
-            // Small enough for any socket buffer: one write, or the probe has failed.
-            let n = bytes.withUnsafeBytes { send(p.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            guard n == bytes.count else { return done(p, ok: false, detail: "send: \(String(cString: strerror(errno)))") }
-            if let s = p.source { loop.setIOEvents(s, HealthChecker.epollIn) }
+            guard case .http = p.request.check else { return done(p, ok: true, detail: "connected") }
+            if !trySend(p) { done(p, ok: false, detail: "send: not connected") }
             return
         }
         var buf = [UInt8](repeating: 0, count: 512)
@@ -332,6 +390,33 @@ final class HealthChecker {
         }
     }
 
+    /// Sends the http probe's request; false if the connection is not made yet
+    /// (the probe then waits to be writable). Sent, it waits for the answer.
+    private func trySend(_ p: Probe) -> Bool {
+        guard case let .http(path, host, _) = p.request.check else { return false }
+        let request = "GET \(path) HTTP/1.1\r\nHost: \(host ?? "localhost")\r\nUser-Agent: swarmd-health\r\nConnection: close\r\n\r\n"
+        // Small enough for any socket buffer: one write, or the probe has failed.
+        var bytes = request
+        let n = bytes.withUTF8 { send(p.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        if n < 0 {
+            let e = errno
+            if !p.connected && (e == EAGAIN || e == ENOTCONN) { return false }
+            if !p.connected { release(p) }
+            done(p, ok: false, detail: e == ECONNREFUSED ? "refused" : "send: \(String(cString: strerror(e)))")
+            return true
+        }
+        if !p.connected {
+            p.connected = true
+            release(p)
+        }
+        guard n == request.utf8.count else {
+            done(p, ok: false, detail: "send: \(n) of \(request.utf8.count) bytes")
+            return true
+        }
+        watch(p, HealthChecker.epollIn)
+        return true
+    }
+
     /// The status of an HTTP response's first line, once it is complete.
     static func status(of bytes: [UInt8]) -> Int? {
         guard let end = bytes.firstIndex(of: UInt8(ascii: "\n")) else { return nil }
@@ -342,13 +427,17 @@ final class HealthChecker {
     }
 
     private func done(_ p: Probe, ok: Bool, detail: String) {
+        guard p.fd >= 0 else { return }
         release(p)
-        p.source?.cancel()
-        p.source = nil
+        // Closing the socket takes it out of the probe sockets' set.
         Posix.close(p.fd)
-        probes[p.request.worker] = nil
+        p.fd = -1
+        if probes[p.request.worker] === p {
+            probes[p.request.worker] = nil
+            deadlines.remove(p.request.worker)
+        }
         finish(p.request, ok: ok, detail: detail)
-        armTimer()
+        rearm()
     }
 
     private func fail(_ r: HealthProbeRequest, _ why: String) {
@@ -357,50 +446,46 @@ final class HealthChecker {
     }
 
     private func finish(_ r: HealthProbeRequest, ok: Bool, detail: String) {
-        deliver(.health(.probeResult(r.worker, ok: ok, detail: detail)))
+        outcomes.append(ProbeOutcome(worker: r.worker, ok: ok, detail: detail))
+        if !batching { flushLater.trigger() }
     }
 
     // MARK: - Timeouts
 
-    /// A periodic check of the deadlines, only while probes are out.
-    private func armTimer() {
-        if probes.isEmpty && exec.earliestDeadline == nil {
-            // Not from within the periodic source's own dispatch: it touches its source after the handler.
-            if inTimer { stopTimerLater.trigger() } else { stopTimer() }
-            return
-        }
-        guard timerSource == nil else { return }
-        do {
-            timerSource = try loop.addPeriodic(every: HealthChecker.timeoutResolution) { [weak self] in self?.onTimer() }
-        } catch {
+    /// Moves the one timer to the earliest deadline of the probes out; with none out, no wake-up.
+    private func rearm() {
+        let next = earliest(deadlines.next?.nanoseconds, exec.earliestDeadline)
+        do { try deadlineTimer.set(at: next) } catch {
             report(.error, "Failed to arm the probe timer: \(error)")
         }
     }
 
-    private func stopTimer() {
-        guard probes.isEmpty && exec.earliestDeadline == nil else { return }
-        timerSource?.cancel()
-        timerSource = nil
+    private func earliest(_ a: Int64?, _ b: Int64?) -> Int64? {
+        guard let a else { return b }
+        guard let b else { return a }
+        return min(a, b)
     }
 
-    private func onTimer() {
-        inTimer = true
-        defer { inTimer = false }
-        let t = now()
-        for p in probes.values.sorted(by: { $0.request.worker < $1.request.worker }) where p.deadline <= t {
-            done(p, ok: false, detail: "timeout")
+    /// The earliest deadline passed: every probe due has timed out (one event for all).
+    private func onDeadline() {
+        batch {
+            for id in deadlines.due(at: Instant(nanoseconds: now())) {
+                if let p = probes[id] { done(p, ok: false, detail: "timeout") }
+            }
+            exec.expire()
         }
-        exec.expire()
-        armTimer()
+        rearm()
     }
 
     /// A worker is gone: its probe (if any) is dropped unanswered.
     func forget(_ id: WorkerID) {
         exec.forget(id)
+        defer { rearm() }
         guard let p = probes.removeValue(forKey: id) else { return }
+        deadlines.remove(id)
         release(p)
-        p.source?.cancel()
-        Posix.close(p.fd)
+        if p.fd >= 0 { Posix.close(p.fd) }
+        p.fd = -1
     }
 
     /// Before an exec of a new image: every probe ends unanswered (exec probes
@@ -413,9 +498,11 @@ final class HealthChecker {
     func closeAll() {
         for id in Array(probes.keys) { forget(id) }
         exec.closeAll()
-        stopTimerLater.cancel()
-        timerSource?.cancel()
-        timerSource = nil
+        deadlineTimer.cancel()
+        probeSockets?.source.cancel()
+        probeSockets = nil
+        flushLater.cancel()
+        outcomes.removeAll()
     }
 
     private func withAddress<R>(_ host: String, port: UInt16, v6: Bool, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {

@@ -60,6 +60,8 @@ final class ExecProbes {
 
     private(set) var runs: [pid_t: Run] = [:]
     private var byWorker: [WorkerID: pid_t] = [:]
+    /// The deadlines of the runs not answered yet, by worker.
+    private var deadlines = ProbeDeadlines()
     private var overCap = false
 
     init(loop: EventLoop) { self.loop = loop }
@@ -67,7 +69,7 @@ final class ExecProbes {
     var inFlight: Int { runs.count }
     /// Whether the worker has a probe running (not one killed and awaiting its reap).
     func running(_ id: WorkerID) -> Bool { byWorker[id].flatMap { runs[$0] }.map { !$0.answered } ?? false }
-    var earliestDeadline: Int64? { runs.values.filter { !$0.answered }.map(\.deadline).min() }
+    var earliestDeadline: Int64? { deadlines.next?.nanoseconds }
 
     func start(_ r: HealthProbeRequest) {
         guard case let .exec(argv) = r.check, let program = argv.first else { return }
@@ -102,6 +104,7 @@ final class ExecProbes {
         let run = Run(request: r, pid: pid, deadline: now() + r.timeout.nanoseconds, pipe: out.read)
         runs[pid] = run
         byWorker[r.worker] = pid
+        deadlines.add(r.worker, at: Instant(nanoseconds: run.deadline))
         do {
             run.source = try loop.addReader(out.read) { [weak self, weak run] _ in
                 guard let self, let run else { return }
@@ -174,7 +177,10 @@ final class ExecProbes {
     /// swarmd's reaper found `pid`: true if it was a probe (its result goes to the core).
     func reaped(pid: pid_t, status: SwarmCore.ExitStatus) -> Bool {
         guard let run = runs.removeValue(forKey: pid) else { return false }
-        if byWorker[run.request.worker] == pid { byWorker[run.request.worker] = nil }
+        if byWorker[run.request.worker] == pid {
+            byWorker[run.request.worker] = nil
+            deadlines.remove(run.request.worker)
+        }
         if run.pipe >= 0 {
             // Whatever is buffered now, without waiting for an EOF a grandchild may hold off.
             for _ in 0..<(ExecProbes.maxOutput / ExecProbes.readChunk) where run.pipe >= 0 {
@@ -199,8 +205,8 @@ final class ExecProbes {
 
     /// Kills every probe past its deadline (its whole group) and answers for it.
     func expire() {
-        let t = now()
-        for run in runs.values.sorted(by: { $0.pid < $1.pid }) where !run.answered && run.deadline <= t {
+        for id in deadlines.due(at: Instant(nanoseconds: now())) {
+            guard let pid = byWorker[id], let run = runs[pid], !run.answered else { continue }
             run.answered = true
             signalGroup(run.pid, SIGKILL)
             closePipe(run)
@@ -212,6 +218,7 @@ final class ExecProbes {
     /// The worker is gone: its probe is killed, unanswered; the reap still comes.
     func forget(_ id: WorkerID) {
         guard let pid = byWorker.removeValue(forKey: id), let run = runs[pid] else { return }
+        deadlines.remove(id)
         run.answered = true
         signalGroup(pid, SIGKILL)
         closePipe(run)
@@ -224,5 +231,6 @@ final class ExecProbes {
             closePipe(run)
         }
         byWorker = [:]
+        deadlines.removeAll()
     }
 }

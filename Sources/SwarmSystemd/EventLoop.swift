@@ -216,6 +216,52 @@ public final class EventLoop {
         timerSource = try addTime(at: usec, Handler(defer_: { [weak self] in self?.timerHandler?() }))
     }
 
+    /// A one-shot timer of a part's own (the core has `setTimer`): `set(at:)`
+    /// arms or moves it, nil disarms; it fires once per arming, and a part
+    /// with nothing to wait for costs no wake-up.
+    public final class OneShotTimer {
+        private unowned let loop: EventLoop
+        private let handler: () -> Void
+        private var source: Source?
+        /// What it is armed for (CLOCK_MONOTONIC ns), nil while disarmed.
+        public private(set) var deadline: Int64?
+
+        init(loop: EventLoop, handler: @escaping () -> Void) {
+            self.loop = loop
+            self.handler = handler
+        }
+
+        public func set(at deadline: Int64?) throws {
+            guard deadline != self.deadline else { return }
+            self.deadline = deadline
+            guard let deadline else {
+                source?.setEnabled(false)
+                return
+            }
+            let usec = UInt64(max(0, deadline + 999) / 1000)
+            if let s = source?.source {
+                _ = sd_event_source_set_time(s, usec)
+                _ = sd_event_source_set_enabled(s, Int32(SD_EVENT_ONESHOT))
+                return
+            }
+            source = try loop.addTime(at: usec, Handler(defer_: { [weak self] in
+                guard let self else { return }
+                self.deadline = nil
+                self.handler()
+            }))
+        }
+
+        public func cancel() {
+            deadline = nil
+            source?.cancel()
+            source = nil
+        }
+
+        deinit { source?.cancel() }
+    }
+
+    public func addOneShotTimer(_ handler: @escaping () -> Void) -> OneShotTimer { OneShotTimer(loop: self, handler: handler) }
+
     /// Calls `handler` every `interval` nanoseconds (housekeeping, not supervision).
     /// The handler may cancel its own source.
     public func addPeriodic(every interval: Int64, _ handler: @escaping () -> Void) throws -> Source {

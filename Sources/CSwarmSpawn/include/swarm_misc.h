@@ -18,4 +18,11 @@ int swarm_pipe_cloexec(int fds[2]);
 /* The CPUs this process may run on, ascending; how many were written, -1 on failure. */
 int swarm_allowed_cpus(int *out, int max);
 
+/* A private epoll set (epoll_event is packed on x86-64, so Swift goes through these). */
+int swarm_epoll_create(void);                  ///< epoll_create1(EPOLL_CLOEXEC)
+/// epoll_ctl ADD (add != 0) or MOD of `fd` for `events`, with `token` as its data.
+int swarm_epoll_watch(int epfd, int add, int fd, unsigned int events, unsigned long long token);
+/// epoll_wait without waiting: up to `max` ready (token, events); how many, -1 on failure.
+int swarm_epoll_ready(int epfd, unsigned long long *tokens, unsigned int *events, int max);
+
 #endif
