@@ -171,7 +171,8 @@ final class WorkerCgroups {
         try? cg.kill()
         let key = ObjectIdentifier(cg)
         do {
-            let source = try loop.addReader(cg.eventsFD, events: IOEvents.priority) { [weak self] _ in self?.check(key) }
+            // An fd that failed to open is reported as that, not handed to the loop as -1.
+            let source = try loop.addReader(try cg.openedEventsFD(), events: IOEvents.priority) { [weak self] _ in self?.check(key) }
             draining[key] = (cg, source)
         } catch {
             report(.warning, "Failed to watch \(cg.path): \(error); removing it later")

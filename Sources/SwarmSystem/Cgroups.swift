@@ -614,6 +614,14 @@ public final class WorkerCgroup {
         return eventsFDStorage
     }
     private var eventsFDStorage: Int32 = -1
+
+    /// `eventsFD` for the event loop to watch, or why it cannot be opened
+    /// (EMFILE near the fd limit, the cgroup gone).
+    public func openedEventsFD() throws -> Int32 {
+        let fd = eventsFD
+        if fd < 0 { throw SystemError("open", errno: errno, subject: path + "/cgroup.events") }
+        return fd
+    }
     /// The memory controller is enabled: memory.current is there to read.
     let hasMemory: Bool
     /// cpu.stat usage_usec when the cgroup was last handed to a new worker:
