@@ -358,6 +358,7 @@ pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step) {
     (void)child_entry;
     pid_t pid = fork();
     if (pid == 0) child_entry(&args);
+    int fork_errno = errno;
 #else
     pid_t pid = -1;
     int fork_errno = 0;
@@ -392,9 +393,6 @@ pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step) {
         pid = clone(child_entry, (char *)stack + stack_size, flags, &args);
         fork_errno = errno;
     }
-#endif
-#if SWARM_SPAWN_WITH_FORK
-    int fork_errno = errno;
 #endif
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     release_slots(used);

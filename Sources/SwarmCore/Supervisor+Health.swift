@@ -42,8 +42,6 @@ extension Supervisor {
 
     mutating func onHealthEvent(_ event: HealthEvent, now: Instant) {
         switch event {
-        case let .probeResult(id, ok, detail):
-            probeResult(id, ok: ok, detail: detail, now: now)
         case let .probeResults(outcomes):
             for o in outcomes { probeResult(o.worker, ok: o.ok, detail: o.detail, now: now) }
         case let .acceptQueues(name, lengths):
@@ -392,9 +390,9 @@ extension Supervisor {
     // MARK: - Helpers
 
     /// Changes the book entry of slot `k` for `worker` (a fresh one when the slot's worker changed).
-    @discardableResult
     /// In place: a copy of the book, changed and stored back, copied every
     /// slot's entry once per change (4,096 slots: 16 M copies per queue sample).
+    @discardableResult
     mutating func updateHealth<R>(_ name: String, _ k: Int, worker: WorkerID, _ body: (inout SlotHealth) -> R) -> R {
         let fresh = SlotHealth(worker: worker)
         func change(_ h: inout SlotHealth) -> R {
@@ -583,8 +581,6 @@ public struct HealthProbeRequest: Equatable, Sendable {
 
 /// What the shell's health part reports.
 public enum HealthEvent: Sendable {
-    /// A probe's outcome; `detail` is "200", "503", "timeout", "refused", "exit 1".
-    case probeResult(WorkerID, ok: Bool, detail: String)
     /// The outcomes of the probes that ended together (in one turn of the
     /// shell's loop), in the order they ended: one `handle` for a round of
     /// probes, not one each with its deadlines, steering and waiters.
@@ -593,6 +589,13 @@ public enum HealthEvent: Sendable {
     case acceptQueues(app: String, [Int: Int])
     /// New connections per slot index since the last `.countConnections` answer.
     case connections(app: String, [Int: Int])
+}
+
+extension HealthEvent {
+    /// One probe's outcome alone: a batch of one.
+    public static func probeResult(_ id: WorkerID, ok: Bool, detail: String) -> HealthEvent {
+        .probeResults([ProbeOutcome(worker: id, ok: ok, detail: detail)])
+    }
 }
 
 /// One probe's outcome, as `.probeResults` carries it.

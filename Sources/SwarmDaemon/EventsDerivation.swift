@@ -92,8 +92,6 @@ final class EventDeriver {
             if let w = s.worker(pid: pid) { noteLoss(w, reason: "memory", s) }
         case let .health(h):
             switch h {
-            case let .probeResult(id, _, _):
-                if let w = s.workers[id] { healthSlots.append(AppSlot(app: w.app, slot: w.slot)) }
             case let .probeResults(outcomes):
                 for o in outcomes { if let w = s.workers[o.worker] { healthSlots.append(AppSlot(app: w.app, slot: w.slot)) } }
             case let .acceptQueues(name, lengths):

@@ -198,22 +198,12 @@ public final class EventLoop {
         }
     }
 
-    private var timerSource: Source?
+    private lazy var coreTimer = OneShotTimer(loop: self) { [weak self] in self?.timerHandler?() }
 
     /// The one timer: fires `handler` at `deadline` (CLOCK_MONOTONIC ns); nil disarms.
     public func setTimer(at deadline: Int64?, _ handler: @escaping () -> Void) throws {
         timerHandler = handler
-        guard let deadline else {
-            timerSource?.setEnabled(false)
-            return
-        }
-        let usec = UInt64(max(0, deadline + 999) / 1000)
-        if let src = timerSource, let s = src.source {
-            _ = sd_event_source_set_time(s, usec)
-            _ = sd_event_source_set_enabled(s, Int32(SD_EVENT_ONESHOT))
-            return
-        }
-        timerSource = try addTime(at: usec, Handler(defer_: { [weak self] in self?.timerHandler?() }))
+        try coreTimer.set(at: deadline)
     }
 
     /// A one-shot timer of a part's own (the core has `setTimer`): `set(at:)`

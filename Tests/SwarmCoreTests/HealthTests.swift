@@ -2,7 +2,7 @@ import Testing
 @testable import SwarmCore
 
 /// A reuseport app with an http probe every second, 3 failures, hang detection after 10 s.
-private func healthSpec(workers: Int = 2, _ configure: (inout AppSpec) -> Void = { _ in }) -> AppSpec {
+func healthSpec(workers: Int = 2, _ configure: (inout AppSpec) -> Void = { _ in }) -> AppSpec {
     makeSpec("web", workers: workers) { s in
         s.sockets = [SocketSpec(name: "http", listen: .tcp(host: "127.0.0.1", port: 8080))]
         s.health.check = .http(path: "/healthz", host: nil, expect: 200...399)

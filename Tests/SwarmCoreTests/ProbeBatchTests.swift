@@ -1,16 +1,9 @@
 import Testing
 @testable import SwarmCore
 
-/// A reuseport app with an http probe every second, 3 failures.
+/// HealthTests' app (an http probe every second, 3 failures) without hang detection.
 private func probedSpec(workers: Int) -> AppSpec {
-    makeSpec("web", workers: workers) { s in
-        s.sockets = [SocketSpec(name: "http", listen: .tcp(host: "127.0.0.1", port: 8080))]
-        s.health.check = .http(path: "/healthz", host: nil, expect: 200...399)
-        s.health.interval = .seconds(1)
-        s.health.timeout = .milliseconds(500)
-        s.health.failures = 3
-        s.health.stuckAfter = .zero
-    }
+    healthSpec(workers: workers) { $0.health.stuckAfter = .zero }
 }
 
 /// What status shows of every slot's health.
