@@ -114,7 +114,7 @@ extension Manager {
     /// (control requests, timers, SIGTERM) had their turn.
     func reapChildren() {
         for _ in 0..<Manager.reapsPerTurn {
-            guard let r = kernel.reap() else { return }
+            guard let (r, cpu) = kernel.reapWithCPU() else { return }
             let (pid, status): (Int32, SwarmCore.ExitStatus)
             switch r {
             case let .exited(p, code): (pid, status) = (p, .exited(code))
@@ -123,6 +123,7 @@ extension Manager {
             if lifecycle.hooks.reaped(pid, status) { continue }
             // An exec health probe: its result goes to the health checker, not the core.
             if health.exec.reaped(pid: pid, status: status) { continue }
+            cgroups.reaped(pid: pid, cpuMicroseconds: cpu)
             output.drain(pid: pid)
             recordExit(pid: pid, status)
             feed(.exited(pid: pid, status))

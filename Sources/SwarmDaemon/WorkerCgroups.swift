@@ -77,12 +77,14 @@ final class WorkerCgroups {
     /// The worker runs in `cgroup` now.
     func spawned(_ id: WorkerID, pid: Int32, in cgroup: WorkerCgroup) {
         cgroup.closeProcsFD()
+        cgroup.spawnedAfterOrphans = orphansReaped
         byWorker[id] = cgroup
         workerByPid[pid] = id
     }
 
     /// The spawn failed: nothing runs in the new cgroup.
     func abandon(_ cgroup: WorkerCgroup) {
+        cgroup.forgetExitedCPU()
         recycle(cgroup)
     }
 
@@ -93,6 +95,22 @@ final class WorkerCgroups {
         appOf[ObjectIdentifier(cg)] = app
         byWorker[id] = cg
         workerByPid[pid] = id
+    }
+
+    /// Children of swarmd reaped that were no worker's main process (a
+    /// worker's orphans, which the subreaper inherits): their CPU was in some
+    /// worker's cgroup, but the rusage of that worker's main process misses it.
+    private(set) var orphansReaped: UInt64 = 0
+
+    /// A child of swarmd was reaped, with its CPU time (wait4's rusage) if
+    /// known: a worker's main process hands it to its cgroup, so a reuse
+    /// knows what the cgroup's counter holds without reading cpu.stat.
+    func reaped(pid: Int32, cpuMicroseconds: UInt64?) {
+        guard let cg = workerByPid[pid].flatMap({ byWorker[$0] }) else {
+            orphansReaped &+= 1
+            return
+        }
+        cg.mainExited(cpuMicroseconds: cpuMicroseconds, orphansSinceSpawn: orphansReaped != cg.spawnedAfterOrphans)
     }
 
     /// SIGKILL to a worker's process group reaches its whole tree.
@@ -168,6 +186,7 @@ final class WorkerCgroups {
             recycle(cg)
             return
         }
+        cg.forgetExitedCPU()
         try? cg.kill()
         let key = ObjectIdentifier(cg)
         do {

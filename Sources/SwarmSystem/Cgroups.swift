@@ -737,16 +737,44 @@ public final class WorkerCgroup {
     /// A cgroup whose last worker is gone (empty) is handed to a new worker
     /// instead of an rmdir and a mkdir (each a few hundred microseconds of
     /// kernel work per restart): cgroup.procs is opened again and the CPU
-    /// counter so far becomes the baseline `usage()` subtracts.
+    /// counter so far becomes the baseline `usage()` subtracts. A cgroup whose
+    /// workers all exited without swarmd's `kill()` (the common case: a worker
+    /// that dies is reaped with its cgroup already empty) keeps `neverKilled`,
+    /// so its next child is created in it by clone3 instead of joining it with
+    /// a cgroup.procs write while swarmd waits in vfork (issue 18: a kill -9
+    /// storm of 4,096 reuses 4,096 cgroups).
     public func reuse() throws {
-        // Its worker is gone: swarmd killed what was left of its tree.
-        neverKilled = false
         if procsFD < 0 {
             procsFD = Glibc.open(path + "/cgroup.procs", O_WRONLY | O_CLOEXEC)
             if procsFD < 0 { throw SystemError("open", errno: errno, subject: path + "/cgroup.procs") }
         }
-        cpuBaseline = read("cpu.stat").flatMap { Cgroups.value(of: "usage_usec ", in: $0) } ?? 0
+        if let exited = cpuSinceBaseline {
+            cpuBaseline &+= exited
+        } else {
+            cpuBaseline = read("cpu.stat").flatMap { Cgroups.value(of: "usage_usec ", in: $0) } ?? 0
+        }
+        cpuSinceBaseline = nil
     }
+
+    /// What the cgroup's CPU counter gained since `cpuBaseline`, when that is
+    /// known without reading cpu.stat: the last worker's main process was its
+    /// only process (or waited for every other), so its rusage at reap is it.
+    /// Reading cpu.stat makes the kernel flush the cgroup's per-CPU counters
+    /// (css_rstat_flush): 0.3 ms per reuse, a third of swarmd's CPU in a
+    /// 4,096-worker kill storm (issue 18). nil: unknown, cpu.stat is read.
+    public private(set) var cpuSinceBaseline: UInt64?
+    /// `WorkerCgroups`' count of reaped orphans when this cgroup's worker was spawned.
+    public var spawnedAfterOrphans: UInt64 = 0
+
+    /// The worker's main process was reaped. `orphansSinceSpawn`: swarmd
+    /// reaped some worker's orphans meanwhile, which may have run here.
+    public func mainExited(cpuMicroseconds: UInt64?, orphansSinceSpawn: Bool) {
+        cpuSinceBaseline = orphansSinceSpawn ? nil : cpuMicroseconds
+    }
+
+    /// Something other than one main process ran here (a failed spawn's
+    /// child, processes left behind): `reuse` reads cpu.stat.
+    public func forgetExitedCPU() { cpuSinceBaseline = nil }
 
     /// One of the cgroup's files: relative to the app's directory fd, or by
     /// the full path if that is gone (the app directory removed and made again).

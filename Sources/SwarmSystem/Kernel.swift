@@ -21,6 +21,9 @@ public protocol Kernel: AnyObject {
     func signal(_ pid: pid_t, _ signal: Int32, group: Bool) throws
     /// One exited child (waitpid WNOHANG), or nil when none is waiting.
     func reap() -> Posix.WaitResult?
+    /// `reap`, with the child's CPU time (its own and its waited-for
+    /// children's, microseconds) where the kernel tells it.
+    func reapWithCPU() -> (result: Posix.WaitResult, cpuMicroseconds: UInt64?)?
     /// Whether a thread of `pid` waits on one of `fds` (listening readiness).
     func isListening(pid: pid_t, fds: Set<Int32>) -> Bool
     /// Listening readiness: whether the worker or a process it started waits
@@ -48,6 +51,11 @@ public protocol Kernel: AnyObject {
 }
 
 extension Kernel {
+    /// A kernel that does not tell the CPU time (the shell's fake): cgroups read it from cpu.stat.
+    public func reapWithCPU() -> (result: Posix.WaitResult, cpuMicroseconds: UInt64?)? {
+        reap().map { ($0, nil) }
+    }
+
     /// A kernel that compares fd numbers only (the shell's fake): the worker itself, at the fds it was given.
     public func listening(_ query: ListeningQuery) -> ListeningProbeOutcome {
         let yes = isListening(pid: query.pid, fds: query.execFDs)
@@ -112,6 +120,10 @@ public final class LinuxKernel: Kernel {
     }
 
     public func reap() -> Posix.WaitResult? { Posix.reapOne() }
+
+    public func reapWithCPU() -> (result: Posix.WaitResult, cpuMicroseconds: UInt64?)? {
+        Posix.reapOneWithCPU().map { ($0.result, $0.cpuMicroseconds) }
+    }
 
     public func isListening(pid: pid_t, fds: Set<Int32>) -> Bool {
         let sockets = ListeningProber.identities(ofFDs: fds, in: pid)

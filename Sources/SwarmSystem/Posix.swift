@@ -80,13 +80,24 @@ public enum Posix {
     }
 
     /// Reaps one child without blocking; nil when none is waiting.
-    public static func reapOne() -> WaitResult? {
+    public static func reapOne() -> WaitResult? { reapOneWithCPU()?.result }
+
+    /// `reapOne`, with the CPU time of the child and of the children it
+    /// waited for (wait4's rusage, user + system, in microseconds).
+    public static func reapOneWithCPU() -> (result: WaitResult, cpuMicroseconds: UInt64)? {
         var status: Int32 = 0
+        var usage = rusage()
         while true {
-            let (pid, _) = retryingEINTR("waitpid", subject: "any child", trapProgrammingErrors: false) { waitpid(-1, &status, WNOHANG) }
+            let (pid, _) = retryingEINTR("wait4", subject: "any child", trapProgrammingErrors: false) { wait4(-1, &status, WNOHANG, &usage) }
             if pid <= 0 { return nil }
-            if let r = decode(pid: pid, status: status) { return r }
+            if let r = decode(pid: pid, status: status) { return (r, cpuMicroseconds(of: usage)) }
         }
+    }
+
+    /// User + system time of a wait4 rusage, in microseconds.
+    public static func cpuMicroseconds(of usage: rusage) -> UInt64 {
+        let micros = { (t: timeval) in UInt64(max(0, t.tv_sec)) * 1_000_000 + UInt64(max(0, t.tv_usec)) }
+        return micros(usage.ru_utime) + micros(usage.ru_stime)
     }
 
     /// mkdir -p. A relative path stays relative to the current directory.

@@ -151,6 +151,75 @@ struct CgroupsTests {
         }
     }
 
+    @Test("a cgroup whose worker died on its own is reused unkilled: the next child is created in it (clone3) and lives",
+          .enabled(if: isRoot, "\(rootOnly)"))
+    func aReusedCgroupThatWasNeverKilledCreatesItsNextChildInIt() throws {
+        try withTestRoot { root, scratch in
+            let cg = try root.createWorker(app: "web", slot: 0, worker: 1)
+            let first = try Worker(["/bin/sleep", "1000"], scratch: scratch, cgroup: cg, createdInCgroup: true)
+            defer { first.stop() }
+            _ = kill(first.pid, SIGKILL)   // as in a kill -9 storm: not swarmd's kill()
+            try waitFor("the first worker to be reaped") { first.reap() }
+            #expect(try cg.populated() == false, "the reaped worker left its cgroup empty")
+            try cg.reuse()
+            #expect(cg.neverKilled, "reuse alone does not count as a kill")
+            let dir = cg.openDirectory()
+            #expect(dir >= 0, "the reused, never-killed cgroup opens for clone3")
+            if dir >= 0 { close(dir) }
+            let second = try Worker(["/bin/sleep", "1000"], scratch: scratch, cgroup: cg, createdInCgroup: true)
+            defer { second.stop() }
+            let own = try String(contentsOfFile: "/proc/\(second.pid)/cgroup", encoding: .utf8)
+            #expect(own.hasSuffix("/web/0.1\n"), "created in its cgroup: \(own)")
+            // Linux SIGKILLs a clone3 child of a once-killed cgroup before it can exec: this one gets to sleep.
+            try waitFor("the child created in the reused cgroup to exec sleep") {
+                (try? String(contentsOfFile: "/proc/\(second.pid)/comm", encoding: .utf8)) == "sleep\n"
+            }
+            #expect(!second.reap(), "the child created in the reused cgroup lives")
+            try cg.kill()
+            #expect(!cg.neverKilled)
+            #expect(cg.waitUntilEmpty(timeoutNanoseconds: 5_000_000_000))
+            second.reap()
+            try cg.reuse()
+            #expect(!cg.neverKilled, "once killed, always joined by cgroup.procs")
+            #expect(cg.openDirectory() == -1)
+            try cg.remove()
+        }
+    }
+
+    @Test("a reused cgroup's CPU baseline from its last worker's rusage matches cpu.stat: the next worker starts near 0, not at the last one's CPU",
+          .enabled(if: isRoot, "\(rootOnly)"))
+    func aReusedCgroupsBaselineFromRusageMatchesCpuStat() throws {
+        try withTestRoot { root, scratch in
+            let cg = try root.createWorker(app: "web", slot: 0, worker: 1)
+            // About a quarter of a second of CPU, then exit: a worker that did some work.
+            let busy = try Worker(["/bin/sh", "-c", "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done"],
+                                  scratch: scratch, cgroup: cg, createdInCgroup: true)
+            var status: Int32 = 0
+            var usage = rusage()
+            while wait4(busy.pid, &status, 0, &usage) < 0 && errno == EINTR {}
+            busy.markReaped()
+            let fromRusage = Posix.cpuMicroseconds(of: usage)
+            let fromCgroup = cg.usage().cpuMicroseconds
+            #expect(fromRusage > 50_000, "the worker burned CPU: \(fromRusage) µs")
+            let slack = max(UInt64(5_000), fromCgroup / 50)
+            #expect(fromRusage + slack >= fromCgroup && fromCgroup + slack >= fromRusage,
+                    "rusage \(fromRusage) µs against cpu.stat \(fromCgroup) µs")
+            cg.mainExited(cpuMicroseconds: fromRusage, orphansSinceSpawn: false)
+            try cg.reuse()
+            #expect(cg.cpuSinceBaseline == nil, "used up by the reuse")
+            let next = try Worker(["/bin/sleep", "1000"], scratch: scratch, cgroup: cg, createdInCgroup: true)
+            defer { next.stop() }
+            #expect(cg.usage().cpuMicroseconds < slack + 20_000, "the new worker's CPU starts near 0: \(cg.usage().cpuMicroseconds) µs")
+            // Orphans reaped meanwhile (their CPU may be here): the baseline is read from cpu.stat.
+            next.stop()
+            cg.mainExited(cpuMicroseconds: 0, orphansSinceSpawn: true)
+            #expect(cg.cpuSinceBaseline == nil)
+            try cg.reuse()
+            #expect(cg.usage().cpuMicroseconds < 20_000)
+            try cg.remove()
+        }
+    }
+
     @Test(.enabled(if: isRoot, "\(rootOnly)"))
     func aDelegatedCgroupHoldsTheWorkersBelowItAndSurvivesTheSupervisorLeaf() throws {
         // A cgroup standing in for systemd's Delegate=yes service cgroup (no

@@ -113,6 +113,9 @@ final class Worker {
         return reaped
     }
 
+    /// The test reaped the process itself (wait4).
+    func markReaped() { reaped = true }
+
     func stop() {
         if !reaped {
             // The worker's own process group: the children it forked (the tests that escape it use a cgroup).
