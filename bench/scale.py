@@ -21,6 +21,12 @@ by delay 0 for swarm, startsecs = 0 for supervisord, warmup_delay = 0 for circus
            replaced worker
   shutdown SIGTERM to the daemon -> the daemon and all N workers gone
 
+`floor` is the least a supervisor can do (a C loop: posix_spawn, waitpid, respawn; see
+build_floor), measured the same way: what this machine allows at that moment.
+
+`swarm-noboost` is swarm started with `--priority-boost 0` (swarmd at its workers'
+priority), to measure what the boost does side by side.
+
 Plus `swarm-sock`: swarm with N workers of a tiny C server (blocking accept on its
 reuseport listening socket, fd 3) and listening readiness: the worker counts as up
 once /proc shows it blocked in accept (what swarm's own probe looks for).
@@ -38,7 +44,7 @@ SWARMCTL = os.environ.get("SWARMCTL", "")
 SIZES = [int(x) for x in os.environ.get("SIZES", "10 100 1000 4096").split()]
 RUNS = int(os.environ.get("RUNS", "3"))
 TIMEOUT = float(os.environ.get("TIMEOUT", "240"))
-SUPERVISORS = os.environ.get("SUPERVISORS", "swarm supervisord circus swarm-sock").split()
+SUPERVISORS = os.environ.get("SUPERVISORS", "floor swarm supervisord circus swarm-sock").split()
 RELOAD_SIZES = [int(x) for x in os.environ.get("RELOAD_SIZES", "100 1000").split()]
 SETTLE = float(os.environ.get("SETTLE", "2"))
 TMP = os.environ.get("BENCH_TMP") or tempfile.mkdtemp(prefix="swarm-scale-")
@@ -46,6 +52,7 @@ CIRCUSD = os.environ.get("CIRCUSD", shutil.which("circusd") or "")
 SUPERVISORD = os.environ.get("SUPERVISORD", shutil.which("supervisord") or "")
 HYPERFINE = shutil.which("hyperfine")
 TINYSRV = os.path.join(TMP, "tinysrv")
+FLOOR = os.path.join(TMP, "floor")
 
 STARTED = []   # Popen of every daemon started (each in its own session: pgid == pid)
 WORKERS = {}   # pid -> start time (jiffies) of every worker seen
@@ -134,6 +141,13 @@ class Workers:
         return self.known - exclude
 
 
+def scan_interval(n):
+    """How often to look for the daemon's workers: every 5 ms up to 1,000 workers, then
+    slower. A scan reads /proc for every child, and at 4,096 workers scanning every 5 ms
+    took a fifth of the 2-core machine from the daemon and workers being measured."""
+    return max(0.005, n / 200000.0)
+
+
 def wait_until(pred, timeout, interval=0.01):
     deadline = time.monotonic() + timeout
     while True:
@@ -160,7 +174,7 @@ def raw_request(sock, verb, timeout=60):
     try:
         s.connect(sock)
         s.sendall(json.dumps({"v": 1, "id": 1, "verb": verb}).encode() + b"\n")
-        buf = b""
+        buf = bytearray()  # appends in place: a 4,096-worker status is ~1 MiB in many chunks
         while True:
             chunk = s.recv(1 << 20)
             if not chunk:
@@ -168,7 +182,7 @@ def raw_request(sock, verb, timeout=60):
             buf += chunk
             nl = buf.rfind(b"\n")
             if nl >= 0 and b'"kind":"result"' in buf[buf.rfind(b"\n", 0, nl) + 1:nl]:
-                return time.perf_counter() - t0, buf
+                return time.perf_counter() - t0, bytes(buf)
     finally:
         s.close()
 
@@ -210,8 +224,8 @@ def write(path, text):
 
 def setup(sup, n, d):
     """Writes the config of sup with n workers in d; returns (argv, worker comm, env, socket)."""
-    if sup in ("swarm", "swarm-sock"):
-        if sup == "swarm":
+    if sup in ("swarm", "swarm-sock", "swarm-noboost"):
+        if sup in ("swarm", "swarm-noboost"):
             conf = ('name = "many"\ncommand = ["sleep", "100000"]\nworkers = %d\n'
                     '[ready]\nmode = "delay"\ndelay = "0s"\n' % n)
             wname = "sleep"
@@ -227,6 +241,8 @@ def setup(sup, n, d):
         path = write(os.path.join(d, "many.conf"), conf)
         sock = os.path.join(d, "swarmd.sock")
         argv = [SWARMD, "--socket", sock, "--state-dir", os.path.join(d, "state"), "--log-target", "file", path]
+        if sup == "swarm-noboost":
+            argv[1:1] = ["--priority-boost", "0"]
         return argv, wname, None, sock, conf
     if sup == "supervisord":
         # minfds just above what N programs need: every child of supervisord closes fds
@@ -250,7 +266,9 @@ def setup(sup, n, d):
                 "graceful_timeout = 10\n").format(d=d, n=n)
         path = write(os.path.join(d, "circus.ini"), conf)
         return [CIRCUSD, path], "sleep", None, None, conf
-    raise SystemExit("unknown supervisor %r (SUPERVISORS may name swarm, supervisord, circus, swarm-sock)" % sup)
+    if sup == "floor":
+        return [FLOOR, str(n)], "sleep", None, None, "(bench/scale.py build_floor: %d x sleep 100000)" % n
+    raise SystemExit("unknown supervisor %r (SUPERVISORS may name swarm, swarm-noboost, supervisord, circus, swarm-sock, floor)" % sup)
 
 
 def fmt_s(x):
@@ -271,7 +289,7 @@ def measure(sup, n, run):
     p = launch(argv, os.path.join(d, "daemon.log"), env)
     ws = Workers(p.pid, wname, need_accept=(sup == "swarm-sock"))
     try:
-        ok = wait_until(lambda: len(ws.scan()) >= n or p.poll() is not None, TIMEOUT, 0.005)
+        ok = wait_until(lambda: len(ws.scan()) >= n or p.poll() is not None, TIMEOUT, scan_interval(n))
         if p.poll() is not None:
             raise RuntimeError("%s exited with %s while starting; its log: %s" % (sup, p.returncode, os.path.join(d, "daemon.log")))
         r["start_s"] = time.monotonic() - t0 if ok else None
@@ -314,7 +332,7 @@ def measure(sup, n, run):
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            ok = wait_until(lambda: len(ws.scan(exclude=old)) >= n, TIMEOUT, 0.005)
+            ok = wait_until(lambda: len(ws.scan(exclude=old)) >= n, TIMEOUT, scan_interval(n))
             el = time.monotonic() - t0 if ok else None
             cpu = cpu_s(p.pid) - c0
             if sampler:
@@ -363,7 +381,7 @@ def measure(sup, n, run):
 
         def gone():
             return p.poll() is not None and not any(alive(w, s) for w, s in last.items())
-        ok = wait_until(gone, TIMEOUT, 0.005)
+        ok = wait_until(gone, TIMEOUT, scan_interval(n))
         r["shutdown_s"] = time.monotonic() - t0 if ok else None
         log("   SIGTERM -> daemon and %d workers gone: %s" % (len(last), fmt_s(r["shutdown_s"])))
         return r
@@ -451,6 +469,50 @@ def cleanup():
     kill_leftover_workers()
 
 
+def build_floor():
+    """The least a supervisor can do, as a yardstick for this machine at this moment (a
+    shared 2-core VM whose speed varies several-fold from day to day): posix_spawn N
+    children, respawn each one the moment waitpid reports it, SIGTERM all on SIGTERM.
+    No readiness, no logs, no cgroups, no control socket."""
+    src = write(os.path.join(TMP, "floor.c"), r"""
+#include <errno.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+extern char **environ;
+static volatile sig_atomic_t stopping;
+static void on_term(int sig) { (void)sig; stopping = 1; }
+static char *av[] = {"sleep", "100000", 0};
+static pid_t start(void) {
+    pid_t p;
+    return posix_spawn(&p, "/bin/sleep", 0, 0, av, environ) == 0 ? p : -1;
+}
+int main(int argc, char **argv) {
+    int n = argc > 1 ? atoi(argv[1]) : 1;
+    pid_t *kids = calloc(n, sizeof *kids);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_term;  /* no SA_RESTART: waitpid returns EINTR */
+    sigaction(SIGTERM, &sa, 0);
+    for (int i = 0; i < n && !stopping; i++) kids[i] = start();
+    while (!stopping) {
+        pid_t p = waitpid(-1, 0, 0);
+        if (p < 0) { if (errno == ECHILD) break; continue; }
+        for (int i = 0; i < n; i++)
+            if (kids[i] == p) { kids[i] = stopping ? -1 : start(); break; }
+    }
+    for (int i = 0; i < n; i++) if (kids[i] > 0) kill(kids[i], SIGTERM);
+    while (waitpid(-1, 0, 0) > 0 || errno == EINTR) {}
+    return 0;
+}
+""")
+    cmd = ["gcc", "-O2", "-o", FLOOR, src]
+    show(cmd)
+    subprocess.run(cmd, check=True)
+
+
 def build_tinysrv():
     src = write(os.path.join(TMP, "tinysrv.c"), r"""
 /* A minimal server for the scale bench: blocking accept() on the inherited listening
@@ -500,6 +562,8 @@ def main():
         raise SystemExit("scale.py: circusd not found (pip install circus into a venv and set CIRCUSD), or drop it from SUPERVISORS")
     if "swarm-sock" in SUPERVISORS:
         build_tinysrv()
+    if "floor" in SUPERVISORS:
+        build_floor()
     log("# sizes %s, %d run(s), supervisors %s, phase timeout %.0f s, scratch %s" % (SIZES, RUNS, SUPERVISORS, TIMEOUT, TMP))
     results = []
     for n in SIZES:

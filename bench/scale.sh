@@ -10,14 +10,16 @@
 # all N. For swarm also: raw-socket `status` latency idle and during a second storm
 # (median, max), raw-socket ping, `swarmctl ping` (hyperfine, median of 50), and the
 # daemon CPU per replaced worker in `swarmctl reload` at RELOAD_SIZES. `swarm-sock` is
-# swarm with N tiny C servers on a reuseport socket with listening readiness. What is
+# swarm with N tiny C servers on a reuseport socket with listening readiness; `floor`
+# a C loop that only spawns and respawns (this machine's speed at that moment);
+# `swarm-noboost` swarm with --priority-boost 0. What is
 # measured and how: bench/scale.py (its docstring). Prints every command line and a
 # markdown table of medians.
 #
 # Knobs (env):
 #   SIZES="10 100 1000 4096"   worker counts
 #   RUNS=3                     runs per size (interleaved: the supervisor order rotates)
-#   SUPERVISORS="swarm supervisord circus swarm-sock"
+#   SUPERVISORS="floor swarm supervisord circus swarm-sock"   (also: swarm-noboost)
 #   RELOAD_SIZES="100 1000"    sizes at which swarm's rolling reload is measured
 #   TIMEOUT=240                deadline of every phase in seconds (a miss is reported as "timeout")
 #   SETTLE=2                   seconds of quiet between phases
@@ -34,7 +36,7 @@ set -euo pipefail
 
 bench_init
 need_swarm
-SUPERVISORS="${SUPERVISORS:-swarm supervisord circus swarm-sock}"
+SUPERVISORS="${SUPERVISORS:-floor swarm supervisord circus swarm-sock}"
 if [[ " $SUPERVISORS " == *" supervisord "* ]]; then need_supervisor; fi
 if [[ " $SUPERVISORS " == *" circus "* ]]; then
     need_circus || { say "scale.sh: circus is needed (or leave it out of SUPERVISORS)"; exit 1; }

@@ -16,6 +16,9 @@
 #                    else .build/debug when only that exists)
 #   GENERATE_MANUAL  a generate-manual binary to use instead of building one
 set -eu
+# The build below runs the tools it compiles: under a strict umask (0177, as a
+# unit or a test may set) they would be written without execute permission.
+umask 022
 
 [ $# -eq 1 ] || { echo "usage: scripts/gen-docs.sh OUTDIR" >&2; exit 64; }
 out=$1

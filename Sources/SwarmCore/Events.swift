@@ -214,7 +214,7 @@ public enum Action: Equatable, Sendable {
     /// The worker is gone for good (reaped, its spawn failed, or it was dropped before
     /// the shell answered its spawn): free its records now. Once per spawned worker.
     case workerGone(WorkerID, pid: Int32?)
-    /// A worker spawned with a `nice` became ready: give its process group swarmd's own priority.
+    /// A worker spawned with a `nice` became ready: give its process group the workers' priority (the one swarmd was started with).
     case restorePriority(pid: Int32)
     /// kill(pid) or, with `group`, kill(-pid): workers lead their own process group.
     case signal(pid: Int32, Signal, group: Bool)

@@ -29,7 +29,7 @@ extension Supervisor {
     public static let maxProbeInterval: Duration = .milliseconds(250)
 
     /// How long a background-started worker (nice 19) may be starting before it
-    /// gets swarmd's priority back anyway: 2 s, at most a quarter of its
+    /// gets the workers' priority back anyway: 2 s, at most a quarter of its
     /// readiness timeout. Nice 19 costs a worker nothing while a core is idle
     /// (the scheduler hands spare time to anyone), so a worker still not ready
     /// after 2 s is slow or starved: with every core busy it gets about 1.5 % of
@@ -44,12 +44,12 @@ extension Supervisor {
     }
 
     /// A background-started worker is not ready within `backgroundStartLimit`:
-    /// its process group gets swarmd's priority back now (readiness will not do it again).
+    /// its process group gets the workers' priority back now (readiness will not do it again).
     mutating func restoreStarvedPriority(_ w: Worker, now: Instant) {
         guard w.niced, let pid = w.pid else { return }
         modifyWorker(w.id) { $0.niced = false }
         out.append(.restorePriority(pid: pid))
-        note(.info, "\(label(w)) not ready \((now - w.startedAt).humanReadable) after its background start; giving it swarmd's priority")
+        note(.info, "\(label(w)) not ready \((now - w.startedAt).humanReadable) after its background start; giving it the workers' priority")
     }
 
     /// When an empty slot starts its next worker, or nil.

@@ -51,13 +51,11 @@ extension Manager {
         // The lowest free fds are handed out: this one's number is about how many swarmd holds.
         cgroups.openedForWorker(err.write)
 
-        let home = spec.user.flatMap { Users.record(named: $0)?.home }
-        let host = WorkerLaunch.Host(environment: ownEnvironment, notifySocket: output.notifyPath, home: home)
         var plan = SpawnPlan(
             executable: spec.executable,
             argv: WorkerLaunch.argv(spec, sockets: passed),
-            environment: WorkerLaunch.environment(r, sockets: passed, host: host,
-                                                  readyFD: ready != nil ? Int32(3 + listenFDs.count) : nil),
+            environment: WorkerLaunch.environment(slot: r.slot, shared: sharedEnvironment(r, sockets: passed,
+                                                  readyFD: ready != nil ? Int32(3 + listenFDs.count) : nil)),
             setListenPID: !listenFDs.isEmpty, cwd: spec.cwd, fds: fds,
             stdin: devNull, stdout: out.write, stderr: err.write)
         if let user = spec.user, let ids = Users.lookupUser(user) {
@@ -173,5 +171,33 @@ extension Manager {
             s.cancel()
             sweepSource = nil
         }
+    }
+}
+
+/// A worker environment without SWARM_WORKER, and what it was built from.
+struct SharedEnvironment {
+    var generation: Int
+    var spec: AppSpec
+    var sockets: [String]
+    var readyFD: Int32?
+    var notifySocket: String
+    var entries: [String]
+}
+
+extension Manager {
+    /// `WorkerLaunch.sharedEnvironment`, built once per app generation (and
+    /// again if anything it is made of changes), not per spawn.
+    func sharedEnvironment(_ r: SpawnRequest, sockets: [WorkerLaunch.PassedSocket], readyFD: Int32?) -> [String] {
+        let socketKey = sockets.map { "\($0.name):\($0.port.map(String.init) ?? "-")" }
+        if let cached = sharedEnvironments[r.app], cached.generation == r.generation, cached.sockets == socketKey, cached.spec == r.spec,
+           cached.readyFD == readyFD, cached.notifySocket == output.notifyPath {
+            return cached.entries
+        }
+        let home = r.spec.user.flatMap { Users.record(named: $0)?.home }
+        let host = WorkerLaunch.Host(environment: ownEnvironment, notifySocket: output.notifyPath, home: home)
+        let entries = WorkerLaunch.sharedEnvironment(r.spec, generation: r.generation, sockets: sockets, host: host, readyFD: readyFD)
+        sharedEnvironments[r.app] = SharedEnvironment(generation: r.generation, spec: r.spec, sockets: socketKey, readyFD: readyFD,
+                                                      notifySocket: output.notifyPath, entries: entries)
+        return entries
     }
 }

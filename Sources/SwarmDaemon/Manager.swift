@@ -28,6 +28,8 @@ public struct DaemonOptions {
     public var metricsAddress: MetricsAddress?
     /// `--metrics-public`: a non-loopback metrics address is allowed.
     public var metricsPublic = false
+    /// `--priority-boost`: nice levels swarmd runs above its workers (0: none).
+    public var priorityBoost: Int32 = 10
 
     public init(socketPath: String, stateDir: String, appsDir: String?, configFiles: [String], logTarget: String = "auto",
                 journalSocket: String = "/run/systemd/journal/socket", socketGroup: String? = nil) {
@@ -125,6 +127,20 @@ public final class Manager {
     var lastSaveError: String?
     var saveFailures = 0
     var controlFD: Int32 = -1
+    /// `--priority-boost`: swarmd runs that many nice levels above the
+    /// priority it was started with, which its workers, hooks and checks keep
+    /// (`Spawner.raiseOwnPriority` says why).
+    func raiseOwnPriority(startedWith original: Int32?) {
+        let steps = options.priorityBoost
+        guard steps > 0 || original != nil else { return }
+        do {
+            let now = try Spawner.raiseOwnPriority(by: steps, original: original)
+            if original == nil { log.info("Running at nice \(now); workers start at nice \(kernel.workerPriority)") }
+        } catch {
+            log.info("Running at the workers' priority (nice \(kernel.workerPriority)): raising it by \(steps) failed: \(error); it needs root or CAP_SYS_NICE")
+        }
+    }
+
     /// The control socket in use: `--socket`, or the one systemd passed.
     var controlSocketPath: String
     var controlFromSystemd = false
@@ -144,6 +160,8 @@ public final class Manager {
     var lastBusyAt: Int64?
     /// swarmd's environment, which workers inherit (read once: Foundation parses environ anew at every call).
     lazy var ownEnvironment: [String: String] = ProcessInfo.processInfo.environment
+    /// Each app's last-built worker environment (`sharedEnvironment(_:sockets:readyFD:)`).
+    var sharedEnvironments: [String: SharedEnvironment] = [:]
     /// `/metrics`, `/healthz`, `/readyz`; nil when not asked for.
     var metrics: DaemonMetrics?
     /// Lifecycle events (`swarmctl events`) and the `[hooks]` they run.
@@ -244,7 +262,10 @@ public final class Manager {
         Posix.ignore(SIGPIPE)
         interception.probe(kernel: kernel)
 
-        if let handover = try Handover.take() {
+        let handover = try Handover.take()
+        if let n = handover?.originalNoFile, n.count == 2 { originalNoFile = (n[0], n[1]) }
+        raiseOwnPriority(startedWith: handover?.originalNice)
+        if let handover {
             try resume(from: handover)
         } else {
             try startFresh(commandLine: specs)
@@ -527,7 +548,7 @@ public final class Manager {
             health.forget(id)
             if let pid { cpuSamples[pid] = nil }
         case let .restorePriority(pid):
-            if !kernel.setGroupPriority(pid, to: kernel.ownPriority) {
+            if !kernel.setGroupPriority(pid, to: kernel.workerPriority) {
                 log.debug("Failed to restore the priority of group \(pid), ignoring")
             }
         case let .slotReleased(app, slot):
@@ -536,6 +557,7 @@ public final class Manager {
             sockets.remove(name)
             health.forgetApp(name)
             forgetGenerations(name)
+            sharedEnvironments[name] = nil
             output.forget(app: name)
             cgroups.forget(app: name)
         case .appsChanged:

@@ -63,6 +63,10 @@ struct Handover: Codable {
     var metrics: MetricsHandover?
     /// The health checker's connection counter readings and totals (version 4).
     var health: HealthHandover?
+    /// What swarmd was started with, before it raised its own: the new image
+    /// finds them raised, and its workers must get these.
+    var originalNice: Int32?
+    var originalNoFile: [UInt64]?
 
     static let variable = "SWARM_REEXEC_FD"
 
@@ -122,7 +126,8 @@ extension Manager {
                                 controlFD: controlFD, controlFromSystemd: controlFromSystemd, sockets: socketStates, outputs: outputs,
                                 readyPipes: ready, systemdFDs: named, sentReady: systemd.sentReady, logTails: tails,
                                 interceptors: interception.forHandover,
-                                metrics: metricsHandover, health: health.forHandover)
+                                metrics: metricsHandover, health: health.forHandover,
+                                originalNice: kernel.workerPriority, originalNoFile: originalNoFile.map { [$0.soft, $0.hard] })
         let memfd: Int32
         do { memfd = try Posix.memoryFile(name: "swarmd-handover", closeOnExec: true) } catch { return "\(error)" }
         do {

@@ -113,10 +113,11 @@ final class WorkerCgroups {
         cg.mainExited(cpuMicroseconds: cpuMicroseconds, orphansSinceSpawn: orphansReaped != cg.spawnedAfterOrphans)
     }
 
-    /// SIGKILL to a worker's process group reaches its whole tree.
+    /// SIGKILL to a worker's process group reaches its whole tree, if
+    /// anything is left in it (see `WorkerCgroup.killIfPopulated`).
     func killTree(ofPid pid: Int32) {
         guard let id = workerByPid[pid], let cg = byWorker[id] else { return }
-        do { try cg.kill() } catch {
+        do { try cg.killIfPopulated() } catch {
             report(.warning, "Failed to kill \(cg.path): \(error), ignoring")
         }
     }

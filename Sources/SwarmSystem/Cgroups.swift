@@ -724,6 +724,19 @@ public final class WorkerCgroup {
         return try Cgroups.killTree(path)
     }
 
+    /// Kills the tree if anything is left in it (nil: it was empty, nothing
+    /// written). A worker's main process that was reaped with nothing left
+    /// behind (every worker of a kill -9 storm) leaves an empty cgroup that
+    /// nothing but swarmd's next spawn can enter, and a `cgroup.kill` written
+    /// then would only cost it `neverKilled`: its next child would join by a
+    /// cgroup.procs write (a migration under the kernel's threadgroup lock,
+    /// while swarmd waits in vfork) instead of being created in it by clone3.
+    @discardableResult
+    public func killIfPopulated() throws -> Cgroups.KillMethod? {
+        if (try? populated()) == false { return nil }
+        return try kill()
+    }
+
     /// The fallback of `kill()`, callable on its own (kernels before 5.14 have no cgroup.kill).
     @discardableResult
     public func killBySignals() throws -> Cgroups.KillMethod {

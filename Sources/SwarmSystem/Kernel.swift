@@ -34,8 +34,9 @@ public protocol Kernel: AnyObject {
     /// Sets the niceness of every thread of every process in group `pgid`.
     @discardableResult
     func setGroupPriority(_ pgid: pid_t, to nice: Int32) -> Bool
-    /// swarmd's own niceness.
-    var ownPriority: Int32 { get }
+    /// The niceness workers run at: the one swarmd was started with (swarmd
+    /// itself may run above it, `Spawner.raiseOwnPriority`).
+    var workerPriority: Int32 { get }
     /// Established TCP connections `pid` holds on local port `port` (reload hand-over).
     func establishedConnections(pid: pid_t, localPort port: UInt16) throws -> Int
 
@@ -140,7 +141,7 @@ public final class LinuxKernel: Kernel {
         setpriority(__priority_which_t(PRIO_PGRP.rawValue), id_t(pgid), nice) == 0
     }
 
-    public var ownPriority: Int32 { getpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0) }
+    public var workerPriority: Int32 { Spawner.childPriority ?? Spawner.currentPriority }
 
     public func establishedConnections(pid: pid_t, localPort port: UInt16) throws -> Int {
         try ProcFS.establishedConnections(pid: pid, localPort: port)

@@ -19,7 +19,7 @@ public struct SpawnPlan {
     public var ids: (uid: uid_t, gid: gid_t)?
     public var noNewPrivileges = false
     public var limits: [(resource: Int32, soft: UInt64, hard: UInt64)] = []
-    /// Scheduling niceness to start with (nil: swarmd's own).
+    /// Scheduling niceness to start with (nil: `Spawner.childPriority`, else swarmd's own).
     public var nice: Int32?
     /// The one CPU the worker may run on (nil: any swarmd may use).
     public var cpu: Int32?
@@ -113,7 +113,7 @@ public enum Spawner {
                         req.no_new_privs = plan.noNewPrivileges ? 1 : 0
                         req.rlimits = UnsafePointer(limBuf.baseAddress)
                         req.nrlimits = Int32(limBuf.count)
-                        if let nice = plan.nice {
+                        if let nice = plan.nice ?? childPriority {
                             req.set_nice = 1
                             req.nice = nice
                         }
@@ -158,15 +158,49 @@ public enum Spawner {
 
 extension Spawner {
     /// Sets the niceness of every thread of `pid` (Linux niceness is per thread).
-    /// Lowering it needs CAP_SYS_NICE; returns false if any thread refused.
-    @discardableResult
-    public static func renice(pid: pid_t, to nice: Int32) -> Bool {
-        var ok = true
-        for tid in ProcFS.listDirectory("/proc/\(pid)/task") ?? [] {
+    /// Lowering it needs CAP_SYS_NICE (or RLIMIT_NICE); throws the first refusal.
+    public static func renice(pid: pid_t, to nice: Int32) throws(SystemError) {
+        var refused: SystemError?
+        for tid in ProcFS.listDirectory("/proc/\(pid)/task") ?? ["\(pid)"] {
             guard let t = UInt32(tid) else { continue }
-            if setpriority(__priority_which_t(PRIO_PROCESS.rawValue), t, nice) < 0 { ok = false }
+            if setpriority(__priority_which_t(PRIO_PROCESS.rawValue), t, nice) < 0, refused == nil {
+                refused = SystemError("setpriority", errno: errno, subject: "thread \(t) to nice \(nice)")
+            }
         }
-        return ok
+        if let refused { throw refused }
+    }
+
+    /// The niceness a child starts at when its plan names none, once
+    /// `raiseOwnPriority` has lifted this process above it; nil: the child
+    /// inherits this process's. Set at start-up, before any spawn.
+    nonisolated(unsafe) public private(set) static var childPriority: Int32?
+
+    /// Lifts this process `steps` nice levels above `original` (its niceness
+    /// now, unless a previous image of it, re-executed, says what it was
+    /// started with), at most to -20, and makes every child start at
+    /// `original` again. Returns the niceness it runs at; throws when the
+    /// kernel refused (no CAP_SYS_NICE, RLIMIT_NICE too low), and the process
+    /// keeps its niceness (its children then start at `original` all the same,
+    /// which a child may always lower itself to).
+    ///
+    /// Why a supervisor should outrank its workers: when every worker dies at
+    /// once (an OOM kill, a bad deploy) the daemon has to reap and respawn
+    /// thousands of them while the first replacements, at equal weight, take
+    /// the CPUs; a respawn that waits behind them is a worker not serving.
+    /// The daemon's own work is small and bounded, so the raise costs the
+    /// workers nothing in steady state.
+    @discardableResult
+    public static func raiseOwnPriority(by steps: Int32, original given: Int32? = nil) throws(SystemError) -> Int32 {
+        let original = given ?? currentPriority
+        let target = max(-20, original - max(0, steps))
+        if currentPriority != original || target != original { childPriority = original }
+        try renice(pid: getpid(), to: target)
+        return target
+    }
+
+    /// The calling thread's niceness (Linux keeps one per thread).
+    public static var currentPriority: Int32 {
+        getpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0)
     }
 
     /// Whether this process may make a niced child normal again.

@@ -43,6 +43,10 @@ struct Swarmd: ParsableCommand {
     @Option(help: ArgumentHelp("Answer HAProxy's agent-check on this address (HOST:PORT, e.g. 10.0.0.5:9999): up with a weight of ready/wanted workers, drain, or down.", valueName: "host:port"))
     var agent: String?
 
+    @Option(name: .customLong("priority-boost"),
+            help: ArgumentHelp("Run swarmd N nice levels above the priority it was started with, which its workers keep, so a mass restart is not starved by the workers it starts (0-39; 0: off; needs root or CAP_SYS_NICE).", valueName: "N"))
+    var priorityBoost: Int32 = 10
+
     @Flag(name: .shortAndLong, help: "Log debug messages.")
     var verbose = false
 
@@ -50,6 +54,9 @@ struct Swarmd: ParsableCommand {
     var configs: [String] = []
 
     func validate() throws {
+        guard (0...39).contains(priorityBoost) else {
+            throw ValidationError("--priority-boost must be 0 to 39 nice levels, not \(priorityBoost)")
+        }
         guard ["auto", "file", "journal"].contains(logTarget) else {
             throw ValidationError("--log-target must be auto, file or journal, not '\(logTarget)'")
         }
@@ -72,6 +79,7 @@ struct Swarmd: ParsableCommand {
             journalSocket: journalSocket, socketGroup: socketGroup)
         options.metricsAddress = try metrics.map(MetricsAddress.parse)
         options.metricsPublic = metricsPublic
+        options.priorityBoost = priorityBoost
         do {
             options.agent = try agent.map(DaemonOptions.agentAddress)
         } catch {

@@ -94,7 +94,7 @@ struct AttackCorrectnessTests {
         try await withSwarm { s in
             let port = try Ports.free()
             let conf = try s.write("web.conf", escapeApp("web", mode: "prefork", marker: marker, port: port))
-            let d = try await s.startDaemon([conf])
+            try await s.startDaemon([conf])
             let old = Set(try await s.waitReady("web", workers: 1))
             let oldProcs = Set(try await waitUntil(timeout: 10, "the first master and its 2 workers") { () -> [ProcessIdentity]? in
                 let m = processesMarked(marker)
@@ -103,8 +103,8 @@ struct AttackCorrectnessTests {
             try await s.ctlOK("reload", "web")
             let master = try #require(try await s.waitReady("web", workers: 1).first)
             #expect(!old.contains(master))
-            let own = try #require(niceOf(d.pid))
-            try await waitUntil(timeout: 5, "the new master \(master) and its workers to run at swarmd's nice \(own): \(processesMarked(marker).filter { !oldProcs.contains($0) }.map { "\($0.pid): nice \(niceOf($0.pid) ?? 99)" })") {
+            let own = try #require(niceOf(getpid()), "the test's own nice: swarmd's workers get the priority swarmd was started with")
+            try await waitUntil(timeout: 5, "the new master \(master) and its workers to run at the workers' nice \(own): \(processesMarked(marker).filter { !oldProcs.contains($0) }.map { "\($0.pid): nice \(niceOf($0.pid) ?? 99)" })") {
                 let fresh = processesMarked(marker).filter { !oldProcs.contains($0) }
                 return fresh.count >= 3 && fresh.allSatisfy { niceOf($0.pid) == own }
             }

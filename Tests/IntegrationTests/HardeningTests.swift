@@ -300,6 +300,61 @@ struct HardeningTests {
         }
     }
 
+    @Test("swarmd runs 10 nice levels above the priority it was started with; its workers keep that priority and RLIMIT_NOFILE, across a re-exec too",
+          .enabled(if: getuid() == 0, "needs root (CAP_SYS_NICE) to raise swarmd's priority"))
+    func priorityBoostAndOriginalLimitsAcrossReexec() async throws {
+        try await withSwarm { s in
+            // Started at nice +3 and a soft fd limit below the hard one, so both "raised" and "original" differ.
+            let own = try #require(niceOf(getpid())) + 3
+            var limit = rlimit()
+            getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+            let soft = min(1024, limit.rlim_max)
+            let ownFiles = [Int(soft), Int(limit.rlim_max)]
+            func files(_ pid: Int32) -> [Int] {
+                (ProcPeek.line(pid, file: "limits", prefix: "Max open files") ?? "").split(separator: " ").compactMap { Int($0) }
+            }
+            let conf = try s.write("calm.conf", Conf.app("calm", command: ["/bin/sleep", "600"], workers: 2))
+            let d = try s.launchDaemon(["--socket", s.socket, "--state-dir", s.stateDir, conf],
+                                       wrapper: ["/usr/bin/nice", "-n", "3", "/usr/bin/prlimit", "--nofile=\(soft):\(limit.rlim_max)", "--"])
+            try await waitUntil(timeout: 15, "swarmd (pid \(d.pid)) to answer ping") {
+                if let code = d.poll() { throw HarnessError("swarmd exited with \(code): \(d.stderr)") }
+                return (try? s.request(.ping))?.ok == true
+            }
+            let first = try await s.waitReady("calm", workers: 2)
+            #expect(niceOf(d.pid) == max(-20, own - 10), "swarmd's nice: \(niceOf(d.pid) ?? 99), started at \(own)")
+            #expect(first.allSatisfy { niceOf($0) == own }, "workers' nice: \(first.map { niceOf($0) ?? 99 })")
+            #expect(d.stderr.contains("Running at nice \(max(-20, own - 10)); workers start at nice \(own)"), "\(d.stderr.suffix(1500))")
+            #expect(first.allSatisfy { files($0) == ownFiles }, "workers' fd limits: \(first.map(files)), want \(ownFiles)")
+
+            try await s.ctlOK("daemon-reexec")
+            try await waitUntil(timeout: 15, "swarmd to log that it re-executed") { d.stderr.contains("re-executed as pid") }
+            _ = try await s.waitReady("calm", workers: 2)
+            kill(first[0], SIGKILL)
+            let replaced = try await waitUntil(timeout: 15, "a new worker for the killed \(first[0]) after the re-exec") { () -> Int32? in
+                try s.quickStatus().apps.first?.workers.first { $0.pid != nil && !first.contains($0.pid!) && $0.state == "ready" }?.pid
+            }
+            #expect(niceOf(d.pid) == max(-20, own - 10), "swarmd's nice after the re-exec: \(niceOf(d.pid) ?? 99)")
+            #expect(niceOf(replaced) == own, "a worker spawned by the re-executed image: nice \(niceOf(replaced) ?? 99), not swarmd's")
+            #expect(files(replaced) == ownFiles, "its RLIMIT_NOFILE is the one swarmd was started with, not the one it raised: \(files(replaced)) vs \(ownFiles)")
+            #expect(files(d.pid).first == Int(limit.rlim_max), "swarmd itself keeps its raised limit: \(files(d.pid))")
+        }
+    }
+
+    @Test("--priority-boost 0 leaves swarmd at the priority it was started with; a boost outside 0-39 is refused")
+    func priorityBoostOffAndOutOfRange() async throws {
+        try await withSwarm { s in
+            let own = try #require(niceOf(getpid()))
+            let refused = try Child.spawn(Paths.swarmd, ["--socket", s.socket, "--state-dir", s.stateDir, "--priority-boost", "40"],
+                                          dir: s.dir, label: "swarmd-boost-40")
+            #expect(try await refused.wait(timeout: 15) == 64)
+            #expect(refused.stderr.contains("--priority-boost must be 0 to 39"), "\(refused.stderr)")
+            let conf = try s.write("calm.conf", Conf.app("calm", command: ["/bin/sleep", "600"]))
+            let d = try await s.startDaemon([conf], args: ["--priority-boost", "0"])
+            let pid = try #require(try await s.waitReady("calm", workers: 1).first)
+            #expect(niceOf(d.pid) == own && niceOf(pid) == own, "swarmd \(niceOf(d.pid) ?? 99), worker \(niceOf(pid) ?? 99), started at \(own)")
+        }
+    }
+
     @Test("[limits] memory = \"30MiB\": a growing worker is replaced")
     func memoryCeiling() async throws {
         try await withSwarm { s in

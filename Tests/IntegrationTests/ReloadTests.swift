@@ -343,7 +343,7 @@ struct ReloadTests {
 
     // MARK: background_start
 
-    @Test("background_start: a reload's new worker runs at nice 19 from its spawn on an idle machine; still starting 2 s later, its whole process group gets swarmd's priority back",
+    @Test("background_start: a reload's new worker runs at nice 19 from its spawn on an idle machine; still starting 2 s later, its whole process group gets the workers' priority back",
           .enabled(if: getuid() == 0, "needs root: background_start is root only"))
     func backgroundStartAndItsStarvationGuard() async throws {
         try await withSwarm { s in
@@ -351,7 +351,7 @@ struct ReloadTests {
             let conf = try s.write("web.conf", Conf.python("web", workers: 1, port: port))
             let d = try await s.startDaemon([conf])
             let before = try await s.waitReady("web", workers: 1)
-            let own = try #require(niceOf(d.pid))
+            let own = try #require(niceOf(getpid()), "the test's own nice: swarmd's workers get the priority swarmd was started with")
             // The new generation forks a child into its process group, then takes 5 s before it serves.
             try s.write("web.conf", Conf.app("web", command: ["/bin/sh", "-c", "sleep 60 & sleep 5; exec \"$0\" \"$1\"",
                                                               Paths.python, Paths.pythonApps + "/server.py"], workers: 1, port: port))
@@ -372,7 +372,7 @@ struct ReloadTests {
             #expect(restoredAfter > 1.5, "restored \(restoredAfter) s after the spawn was seen: not before the 2 s limit")
             let state = try reloadApp(try s.quickStatus(), "web").workers.first { $0.pid == fresh }?.state
             #expect(state == "starting", "restored by the limit, not by readiness (state \(state ?? "gone"))")
-            #expect(s.daemonLog.contains("after its background start; giving it swarmd's priority"), "\(s.daemonLog.suffix(1500))")
+            #expect(s.daemonLog.contains("after its background start; giving it the workers' priority"), "\(s.daemonLog.suffix(1500))")
             let r = try await reload
             #expect(r.code == 0, "\(r)")
             try await expectReplaced(s, "web", workers: 1, before: before, generation: 2)
@@ -388,7 +388,7 @@ struct ReloadTests {
             let conf = try s.write("web.conf", Conf.python("web", workers: 2, port: port))
             let d = try await s.startDaemon([conf])
             let before = try await s.waitReady("web", workers: 2)
-            let own = try #require(niceOf(d.pid))
+            let own = try #require(niceOf(getpid()), "the test's own nice: swarmd's workers get the priority swarmd was started with")
             let hogs = try CPUHogs(perCore: 3, dir: s.dir)
             defer { hogs.stop() }
             try await waitUntil(timeout: 10, "\(hogs) to be running") { hogs.allRunning }
@@ -398,7 +398,7 @@ struct ReloadTests {
             print("reload of 2 workers under \(hogs): \(elapsed(since: started)) s")
             #expect(after.allSatisfy { niceOf($0) == own }, "new workers' nice: \(after.map { niceOf($0) ?? 99 })")
             // At nice 19 beside 3 busy loops a core, a worker gets ~0.5 % of it: the limit, not readiness, restored it.
-            #expect(s.daemonLog.contains("after its background start; giving it swarmd's priority"), "\(s.daemonLog.suffix(1500))")
+            #expect(s.daemonLog.contains("after its background start; giving it the workers' priority"), "\(s.daemonLog.suffix(1500))")
         }
     }
 

@@ -134,7 +134,7 @@ final class FakeKernel: Kernel {
         return rssOf[pid]
     }
 
-    var ownPriority: Int32 = 3
+    var workerPriority: Int32 = 3
     func setGroupPriority(_ pgid: pid_t, to nice: Int32) -> Bool {
         record(.setGroupPriority(pgid: pgid, nice: nice))
         return true

@@ -29,8 +29,26 @@ struct ManagerTests {
         #expect(f.manager.output.pipeCount == 2, "stdout and stderr are watched")
 
         f.manager.perform(.spawn(SpawnRequest(worker: WorkerID(78), app: "web", slot: 0, generation: 2, spec: spec)))
-        #expect(f.kernel.spawned.last?.nice == nil, "no nice asked, swarmd's own priority")
+        #expect(f.kernel.spawned.last?.nice == nil, "no nice asked: the workers' priority (Spawner.childPriority)")
         #expect(f.kernel.spawned.last?.cpu == nil)
+    }
+
+    @Test func theSharedEnvironmentIsBuiltOncePerGenerationAndAgainWhenItsSpecChanges() throws {
+        let f = try ManagerFixture()
+        var spec = makeSpec(workers: 4)
+        f.manager.perform(.spawn(SpawnRequest(worker: WorkerID(1), app: "web", slot: 0, generation: 1, spec: spec)))
+        f.manager.perform(.spawn(SpawnRequest(worker: WorkerID(2), app: "web", slot: 1, generation: 1, spec: spec)))
+        let first = f.kernel.spawned[f.kernel.spawned.count - 2].environment, second = f.kernel.spawned.last!.environment
+        #expect(first.contains("SWARM_WORKER=0") && !first.contains("SWARM_WORKER=1"))
+        #expect(second.contains("SWARM_WORKER=1") && !second.contains("SWARM_WORKER=0"))
+        #expect(first.filter { !$0.hasPrefix("SWARM_WORKER=") } == second.filter { !$0.hasPrefix("SWARM_WORKER=") })
+        // The same generation number with another spec (an app removed and started again) is not served from the cache.
+        spec.env["GREETING"] = "changed"
+        f.manager.perform(.spawn(SpawnRequest(worker: WorkerID(3), app: "web", slot: 2, generation: 1, spec: spec)))
+        #expect(f.kernel.spawned.last!.environment.contains("GREETING=changed"))
+        f.manager.perform(.spawn(SpawnRequest(worker: WorkerID(4), app: "web", slot: 3, generation: 2, spec: spec)))
+        #expect(f.kernel.spawned.last!.environment.contains("SWARM_GENERATION=2"))
+        #expect(f.manager.sharedEnvironments.count == 1, "one entry per app")
     }
 
     @Test func aSpawnPassesTheSlotsSocketAndItsReadinessPipe() throws {
@@ -136,9 +154,9 @@ struct ManagerTests {
 
     // MARK: - Priority
 
-    @Test func restorePriorityGivesTheWorkersGroupSwarmdsOwnPriority() throws {
+    @Test func restorePriorityGivesTheWorkersGroupTheWorkerPriority() throws {
         let f = try ManagerFixture()
-        f.kernel.ownPriority = -2
+        f.kernel.workerPriority = -2
         f.manager.perform(.restorePriority(pid: 4711))
         #expect(f.kernel.calls.contains(.setGroupPriority(pgid: 4711, nice: -2)))
     }
@@ -154,7 +172,7 @@ struct ManagerTests {
         #expect(f.kernel.spawned.last?.nice == 19)
         #expect(!f.kernel.calls.contains { if case .setGroupPriority = $0 { return true } else { return false } })
         f.ready(new)
-        #expect(f.kernel.calls.contains(.setGroupPriority(pgid: new, nice: f.kernel.ownPriority)))
+        #expect(f.kernel.calls.contains(.setGroupPriority(pgid: new, nice: f.kernel.workerPriority)))
         f.exit(old)
         let r = try f.waitForResult(of: id, "the reload's answer")
         #expect(r.ok == true, "reload: \(r.error ?? "")")

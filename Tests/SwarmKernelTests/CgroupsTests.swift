@@ -151,7 +151,7 @@ struct CgroupsTests {
         }
     }
 
-    @Test("a cgroup whose worker died on its own is reused unkilled: the next child is created in it (clone3) and lives",
+    @Test("a cgroup whose worker died on its own is not written cgroup.kill and is reused unkilled: the next child is created in it (clone3) and lives",
           .enabled(if: isRoot, "\(rootOnly)"))
     func aReusedCgroupThatWasNeverKilledCreatesItsNextChildInIt() throws {
         try withTestRoot { root, scratch in
@@ -161,6 +161,9 @@ struct CgroupsTests {
             _ = kill(first.pid, SIGKILL)   // as in a kill -9 storm: not swarmd's kill()
             try waitFor("the first worker to be reaped") { first.reap() }
             #expect(try cg.populated() == false, "the reaped worker left its cgroup empty")
+            // What swarmd does after every exit: the empty cgroup gets no cgroup.kill, so it stays clone3-able.
+            #expect(try cg.killIfPopulated() == nil, "nothing to kill in an empty cgroup")
+            #expect(cg.neverKilled, "an empty cgroup is not written cgroup.kill")
             try cg.reuse()
             #expect(cg.neverKilled, "reuse alone does not count as a kill")
             let dir = cg.openDirectory()
@@ -175,7 +178,7 @@ struct CgroupsTests {
                 (try? String(contentsOfFile: "/proc/\(second.pid)/comm", encoding: .utf8)) == "sleep\n"
             }
             #expect(!second.reap(), "the child created in the reused cgroup lives")
-            try cg.kill()
+            #expect(try cg.killIfPopulated() != nil, "a populated cgroup is killed")
             #expect(!cg.neverKilled)
             #expect(cg.waitUntilEmpty(timeoutNanoseconds: 5_000_000_000))
             second.reap()
