@@ -10,7 +10,7 @@ public enum WorkerLaunch {
     ]
 
     /// One passed socket as the worker sees it.
-    public struct PassedSocket: Sendable {
+    public struct PassedSocket: Equatable, Sendable {
         public var name: String
         /// The bound TCP port (the config may say 0: the kernel chose).
         public var port: UInt16?

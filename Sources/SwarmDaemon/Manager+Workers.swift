@@ -178,7 +178,7 @@ extension Manager {
 struct SharedEnvironment {
     var generation: Int
     var spec: AppSpec
-    var sockets: [String]
+    var sockets: [WorkerLaunch.PassedSocket]
     var readyFD: Int32?
     var notifySocket: String
     var entries: [String]
@@ -188,15 +188,14 @@ extension Manager {
     /// `WorkerLaunch.sharedEnvironment`, built once per app generation (and
     /// again if anything it is made of changes), not per spawn.
     func sharedEnvironment(_ r: SpawnRequest, sockets: [WorkerLaunch.PassedSocket], readyFD: Int32?) -> [String] {
-        let socketKey = sockets.map { "\($0.name):\($0.port.map(String.init) ?? "-")" }
-        if let cached = sharedEnvironments[r.app], cached.generation == r.generation, cached.sockets == socketKey, cached.spec == r.spec,
+        if let cached = sharedEnvironments[r.app], cached.generation == r.generation, cached.sockets == sockets, cached.spec == r.spec,
            cached.readyFD == readyFD, cached.notifySocket == output.notifyPath {
             return cached.entries
         }
         let home = r.spec.user.flatMap { Users.record(named: $0)?.home }
         let host = WorkerLaunch.Host(environment: ownEnvironment, notifySocket: output.notifyPath, home: home)
         let entries = WorkerLaunch.sharedEnvironment(r.spec, generation: r.generation, sockets: sockets, host: host, readyFD: readyFD)
-        sharedEnvironments[r.app] = SharedEnvironment(generation: r.generation, spec: r.spec, sockets: socketKey, readyFD: readyFD,
+        sharedEnvironments[r.app] = SharedEnvironment(generation: r.generation, spec: r.spec, sockets: sockets, readyFD: readyFD,
                                                       notifySocket: output.notifyPath, entries: entries)
         return entries
     }

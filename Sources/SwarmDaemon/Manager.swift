@@ -127,20 +127,6 @@ public final class Manager {
     var lastSaveError: String?
     var saveFailures = 0
     var controlFD: Int32 = -1
-    /// `--priority-boost`: swarmd runs that many nice levels above the
-    /// priority it was started with, which its workers, hooks and checks keep
-    /// (`Spawner.raiseOwnPriority` says why).
-    func raiseOwnPriority(startedWith original: Int32?) {
-        let steps = options.priorityBoost
-        guard steps > 0 || original != nil else { return }
-        do {
-            let now = try Spawner.raiseOwnPriority(by: steps, original: original)
-            if original == nil { log.info("Running at nice \(now); workers start at nice \(kernel.workerPriority)") }
-        } catch {
-            log.info("Running at the workers' priority (nice \(kernel.workerPriority)): raising it by \(steps) failed: \(error); it needs root or CAP_SYS_NICE")
-        }
-    }
-
     /// The control socket in use: `--socket`, or the one systemd passed.
     var controlSocketPath: String
     var controlFromSystemd = false
@@ -263,7 +249,7 @@ public final class Manager {
         interception.probe(kernel: kernel)
 
         let handover = try Handover.take()
-        if let n = handover?.originalNoFile, n.count == 2 { originalNoFile = (n[0], n[1]) }
+        if let n = handover?.originalNoFile { originalNoFile = (n.soft, n.hard) }
         raiseOwnPriority(startedWith: handover?.originalNice)
         if let handover {
             try resume(from: handover)
@@ -485,6 +471,20 @@ public final class Manager {
         }
         events.removeAll(keepingCapacity: true)
         eventsHead = 0
+    }
+
+    /// `--priority-boost`: swarmd runs that many nice levels above the
+    /// priority it was started with, which its workers, hooks and checks keep
+    /// (`Spawner.raiseOwnPriority` says why).
+    func raiseOwnPriority(startedWith original: Int32?) {
+        let steps = options.priorityBoost
+        guard steps > 0 || original != nil else { return }
+        do {
+            let now = try Spawner.raiseOwnPriority(by: steps, original: original)
+            if original == nil { log.info("Running at nice \(now); workers start at nice \(kernel.workerPriority)") }
+        } catch {
+            log.info("Running at the workers' priority (nice \(kernel.workerPriority)): raising it by \(steps) failed: \(error); it needs root or CAP_SYS_NICE")
+        }
     }
 
     #if DEBUG

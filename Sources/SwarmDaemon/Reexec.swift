@@ -66,7 +66,11 @@ struct Handover: Codable {
     /// What swarmd was started with, before it raised its own: the new image
     /// finds them raised, and its workers must get these.
     var originalNice: Int32?
-    var originalNoFile: [UInt64]?
+    var originalNoFile: FileLimit?
+    struct FileLimit: Codable {
+        var soft: UInt64
+        var hard: UInt64
+    }
 
     static let variable = "SWARM_REEXEC_FD"
 
@@ -127,7 +131,7 @@ extension Manager {
                                 readyPipes: ready, systemdFDs: named, sentReady: systemd.sentReady, logTails: tails,
                                 interceptors: interception.forHandover,
                                 metrics: metricsHandover, health: health.forHandover,
-                                originalNice: kernel.workerPriority, originalNoFile: originalNoFile.map { [$0.soft, $0.hard] })
+                                originalNice: kernel.workerPriority, originalNoFile: originalNoFile.map { Handover.FileLimit(soft: $0.soft, hard: $0.hard) })
         let memfd: Int32
         do { memfd = try Posix.memoryFile(name: "swarmd-handover", closeOnExec: true) } catch { return "\(error)" }
         do {

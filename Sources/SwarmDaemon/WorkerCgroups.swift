@@ -105,19 +105,22 @@ final class WorkerCgroups {
     /// A child of swarmd was reaped, with its CPU time (wait4's rusage) if
     /// known: a worker's main process hands it to its cgroup, so a reuse
     /// knows what the cgroup's counter holds without reading cpu.stat.
+    /// The pid names the worker no more: what is left in its cgroup is
+    /// `gone`'s to kill, which follows in the same batch of the core's actions
+    /// (the exit's group SIGKILL does not reach `killTree`, so the cgroup is
+    /// looked at once per exit, and an empty one is never written cgroup.kill).
     func reaped(pid: Int32, cpuMicroseconds: UInt64?) {
-        guard let cg = workerByPid[pid].flatMap({ byWorker[$0] }) else {
+        guard let cg = workerByPid.removeValue(forKey: pid).flatMap({ byWorker[$0] }) else {
             orphansReaped &+= 1
             return
         }
         cg.mainExited(cpuMicroseconds: cpuMicroseconds, orphansSinceSpawn: orphansReaped != cg.spawnedAfterOrphans)
     }
 
-    /// SIGKILL to a worker's process group reaches its whole tree, if
-    /// anything is left in it (see `WorkerCgroup.killIfPopulated`).
+    /// SIGKILL to a live worker's process group reaches its whole tree.
     func killTree(ofPid pid: Int32) {
         guard let id = workerByPid[pid], let cg = byWorker[id] else { return }
-        do { try cg.killIfPopulated() } catch {
+        do { try cg.kill() } catch {
             report(.warning, "Failed to kill \(cg.path): \(error), ignoring")
         }
     }
@@ -183,12 +186,13 @@ final class WorkerCgroups {
         if let pid { workerByPid[pid] = nil }
         guard let cg = byWorker.removeValue(forKey: id) else { return }
         releaseUsageFiles(cg)
-        if (try? cg.populated()) == false {
+        let killed: Bool
+        do { killed = try cg.killIfPopulated() != nil } catch { killed = true }  // a failed kill still waits for empty
+        guard killed else {
             recycle(cg)
             return
         }
         cg.forgetExitedCPU()
-        try? cg.kill()
         let key = ObjectIdentifier(cg)
         do {
             // An fd that failed to open is reported as that, not handed to the loop as -1.

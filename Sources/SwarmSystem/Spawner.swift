@@ -193,7 +193,7 @@ extension Spawner {
     public static func raiseOwnPriority(by steps: Int32, original given: Int32? = nil) throws(SystemError) -> Int32 {
         let original = given ?? currentPriority
         let target = max(-20, original - max(0, steps))
-        if currentPriority != original || target != original { childPriority = original }
+        childPriority = original
         try renice(pid: getpid(), to: target)
         return target
     }
