@@ -14,7 +14,12 @@ by delay 0 for swarm, startsecs = 0 for supervisord, warmup_delay = 0 for circus
   storm    kill -9 of all N workers at once -> N new workers exec'd; daemon CPU
   status   swarm only: raw-socket `status` (one framed request on the control
            socket, timed to the end of the answer line): idle median, and during a
-           second storm (a request every 50 ms) median and max
+           second storm (a request every 50 ms) median and max. Beside it a
+           separate process at the bench's own priority sleeps 1 ms at a time and
+           records its largest gaps: when 4,096 workers die at once their exits
+           can keep every process of ordinary priority off the CPU for a few
+           hundred ms. "status in storm, max outside stalls" leaves out the answers
+           whose time overlaps a gap of that process longer than 50 ms.
   ping     swarm only: `swarmctl ping`, median of 50 (hyperfine if installed) and the
            raw-socket ping median (what is left is swarmctl's own start-up)
   reload   swarm, N in RELOAD_SIZES: `swarmctl reload APP`: time and daemon CPU per
@@ -191,12 +196,14 @@ class StatusSampler(threading.Thread):
     def __init__(self, sock, gap=0.05):
         super().__init__(daemon=True)
         self.sock, self.gap, self.stop_flag = sock, gap, False
-        self.samples, self.errors = [], []
+        self.samples, self.starts, self.errors = [], [], []
 
     def run(self):
         while not self.stop_flag:
             try:
+                t = time.monotonic()
                 self.samples.append(raw_request(self.sock, "status", timeout=TIMEOUT)[0])
+                self.starts.append(t)
             except OSError as e:
                 self.errors.append(str(e))
             time.sleep(self.gap)
@@ -204,6 +211,38 @@ class StatusSampler(threading.Thread):
     def finish(self):
         self.stop_flag = True
         self.join(TIMEOUT + 5)
+
+
+STALL_TICKER = r"""
+import json, sys, time
+gaps, last = [], time.monotonic()
+try:
+    while True:
+        time.sleep(0.001)
+        now = time.monotonic()
+        if now - last > 0.02:
+            gaps.append((last, now))
+        last = now
+except KeyboardInterrupt:
+    print(json.dumps(gaps), flush=True)
+"""
+
+
+class StallTicker:
+    """A separate process (no GIL shared with the bench) at the bench's priority that
+    sleeps 1 ms at a time and reports every gap longer than 20 ms as (from, to) on the
+    same clock as time.monotonic()."""
+
+    def __init__(self):
+        self.p = subprocess.Popen([sys.executable, "-c", STALL_TICKER], stdout=subprocess.PIPE, text=True)
+
+    def finish(self):
+        self.p.send_signal(signal.SIGINT)
+        out, _ = self.p.communicate(timeout=30)
+        try:
+            return [tuple(g) for g in json.loads(out or "[]")]
+        except ValueError:
+            return []
 
 
 # ------------------------------------------------------------------ daemons
@@ -322,6 +361,7 @@ def measure(sup, n, run):
             if len(old) < n:
                 log("   only %d of %d workers before the storm" % (len(old), n))
             sampler = StatusSampler(sock) if probed else None
+            ticker = StallTicker() if probed else None
             c0 = cpu_s(p.pid)
             if sampler:
                 sampler.start()
@@ -338,15 +378,24 @@ def measure(sup, n, run):
             if sampler:
                 time.sleep(0.1)
                 sampler.finish()
+                gaps = ticker.finish()
                 sm = sampler.samples
+                stalls = [(a, b) for a, b in gaps if b - a > 0.05]
+                calm = [x for t, x in zip(sampler.starts, sm) if not any(a < t + x and t < b for a, b in stalls)]
+                worst = max(gaps, key=lambda g: g[1] - g[0], default=None)
                 r["storm_probed_s"] = el
                 r["status_storm_med_ms"] = statistics.median(sm) * 1000 if sm else None
                 r["status_storm_max_ms"] = max(sm) * 1000 if sm else None
+                r["status_storm_calm_max_ms"] = max(calm) * 1000 if calm else None
+                r["stall_max_ms"] = (worst[1] - worst[0]) * 1000 if worst else 0.0
                 r["status_storm_samples"] = len(sm)
                 log("   storm with status probe: %s; status during it: %d answers, median %s ms, max %s ms%s" % (
                     fmt_s(el), len(sm), "%.1f" % r["status_storm_med_ms"] if sm else "-",
                     "%.1f" % r["status_storm_max_ms"] if sm else "-",
                     "; errors: %s" % sampler.errors[:3] if sampler.errors else ""))
+                log("   a 1 ms sleep loop at the bench's priority: largest gap %.1f ms%s; status max outside gaps > 50 ms: %s ms (%d of %d answers)" % (
+                    r["stall_max_ms"], " at +%.2f s" % (worst[0] - t0) if worst else "",
+                    "%.1f" % r["status_storm_calm_max_ms"] if calm else "-", len(calm), len(sm)))
             else:
                 r["storm_s"], r["storm_cpu_s"] = el, cpu
                 log("   kill -9 of %d -> all replaced: %s, daemon CPU %.2f s%s" % (
@@ -581,6 +630,8 @@ def main():
     cols = [("start all", "start_s"), ("daemon CPU, start", "start_cpu_s"), ("kill -9 all -> replaced", "storm_s"),
             ("daemon CPU, storm", "storm_cpu_s"), ("SIGTERM shutdown", "shutdown_s"), ("status idle", "status_idle_ms"),
             ("status in storm, median", "status_storm_med_ms"), ("status in storm, max", "status_storm_max_ms"),
+            ("largest stall of a nice-0 process in that storm", "stall_max_ms"),
+            ("status in storm, max outside stalls", "status_storm_calm_max_ms"),
             ("storm with status probe", "storm_probed_s"), ("raw ping", "raw_ping_ms"), ("swarmctl ping", "ctl_ping_ms"),
             ("reload CPU per worker", "reload_cpu_per_worker_ms"), ("reload time", "reload_s")]
     loads = sorted(float(r["loadavg"]) for r in results if "loadavg" in r)

@@ -29,6 +29,8 @@ final class ControlClient {
     fileprivate var partialSince: Int64?
     /// Since when replies wait and the client has taken none of them.
     fileprivate var stalledSince: Int64?
+    /// SO_SNDBUF asked for (0: the kernel's default).
+    fileprivate var sendBuffer: Int32 = 0
     /// Apps whose log lines this client follows.
     var following: Set<String> = []
     var droppedLogLines = 0
@@ -304,6 +306,30 @@ final class ControlServer {
         if !client.batching { flush(client) }
     }
 
+    /// A large answer (a 4,096-worker status is ~600 KB) goes to the kernel
+    /// whole, instead of a default buffer's worth at a time: each further part
+    /// would wait for the socket to drain and then for the loop's turn, behind
+    /// a reaping turn in a kill storm (tens of ms each). The memory is the same
+    /// either way (the answer is held until taken, here or in the kernel) and
+    /// bounded per client by `maxQueued` and the stall timeout.
+    static let largeAnswer = 192 << 10
+    static let maxSendBuffer: Int32 = 4 << 20
+
+    private func raiseSendBuffer(_ client: ControlClient) {
+        guard let head = client.replies.first else { return }
+        let unsent = head.count - client.written + client.laterBytes
+        guard unsent > ControlServer.largeAnswer, client.sendBuffer < ControlServer.maxSendBuffer else { return }
+        let wanted = Int32(min(unsent, Int(ControlServer.maxSendBuffer)))
+        guard wanted > client.sendBuffer else { return }
+        do {
+            try Sockets.setSendBuffer(client.fd, bytes: wanted)
+            client.sendBuffer = wanted
+        } catch {
+            report(.debug, "control client pid \(client.pid): \(error); its answer goes out in pieces")
+            client.sendBuffer = ControlServer.maxSendBuffer  // not tried again
+        }
+    }
+
     private func flush(_ client: ControlClient) {
         // Many small replies (a pipelined batch) go out in one write.
         if client.replies.count > 1 && client.written == 0 && client.replies[0].count + client.laterBytes <= ControlServer.readPause {
@@ -312,6 +338,7 @@ final class ControlServer {
             client.replies = [joined]
             client.laterBytes = 0
         }
+        raiseSendBuffer(client)
         var progressed = false
         while !client.replies.isEmpty {
             let head = client.replies[0]

@@ -22,9 +22,7 @@ extension Manager {
             // limit on unread replies applies behind it, not within it.
             var answer: [UInt8] = []
             let report = try statusReport(only: request.name, perPart: perPart) { app, workers in
-                var part = Response(id: id, kind: .part)
-                part.part = StatusPart(app: app, workers: workers)
-                answer += Codec.encode(part)
+                answer += Codec.encodeStatusPart(id: id, app: app, workers: workers)
             }
             var r = Response.success(id)
             r.status = report
@@ -42,6 +40,31 @@ extension Manager {
         var cpuSeconds: Double?
         var cpuPercent: Double?
         var rss: Int64?
+
+        mutating func use(_ sample: UsageSample) {
+            rss = sample.rss
+            cpuSeconds = Double(sample.ticks) / Double(ProcFS.clockTicks)
+            cpuPercent = sample.percent
+        }
+    }
+
+    /// Reads one worker's figures (its whole tree where there is a cgroup: a
+    /// pre-fork server's children too) and keeps them as its last sample.
+    private func readUsage(_ u: inout Usage, pid: Int32, startedAt: Instant, now nowNS: Int64) {
+        let usage = cgroups.usage(ofPid: pid).map { u in
+            (cpuTicks: Int64(u.cpuMicroseconds) * Int64(ProcFS.clockTicks) / 1_000_000, rss: u.memoryBytes)
+        } ?? kernel.usage(pid: pid)
+        u.rss = usage?.rss
+        guard let ticks = usage?.cpuTicks else { return }
+        let secs = Double(ticks) / Double(ProcFS.clockTicks)
+        u.cpuSeconds = secs
+        if let prev = cpuSamples[pid], nowNS - prev.at > 50_000_000 {
+            u.cpuPercent = Double(ticks - prev.ticks) / Double(ProcFS.clockTicks) / (Double(nowNS - prev.at) / 1e9) * 100
+        } else {
+            let up = max((Instant(nanoseconds: nowNS) - startedAt).seconds, 0.001)
+            u.cpuPercent = secs / up * 100
+        }
+        cpuSamples[pid] = UsageSample(ticks: ticks, at: nowNS, rss: u.rss, percent: u.cpuPercent)
     }
 
     /// The status report. With `emit`, a report of more than
@@ -59,6 +82,9 @@ extension Manager {
         }
         let perPart = max(1, perPart)
         cgroups.beginUsageRound()
+        var readBudget = UsageReadBudget(
+            reads: isReplacingWorkers(now: nowNS) ? usageReadsWhileReplacing : nil, cursors: usageReadCursors)
+        defer { usageReadCursors = readBudget.cursors }
         let streaming = emit != nil && names.reduce(0) { $0 + (supervisor.apps[$1]?.slots.count ?? 0) } > perPart
         var apps: [AppStatus] = []
         for n in names {
@@ -75,7 +101,7 @@ extension Manager {
             // Pass 1: the kernel reads (and the app's CPU total, which every worker's share needs).
             var usages: [Usage] = []
             usages.reserveCapacity(app.slots.count)
-            var cpuTotal = 0.0
+            var unread: [Int] = []  // into usages: workers without figures of the last usageMaxAge
             for slot in app.slots {
                 if slot.current == nil && slot.incoming == nil && slot.retiring.isEmpty {
                     usages.append(Usage(slot: slot.index))
@@ -91,34 +117,24 @@ extension Manager {
                     if let pid = w.pid {
                         if let recent = cpuSamples[pid], nowNS - recent.at < Manager.usageMaxAge {
                             // Read less than usageMaxAge ago: the same figures (and no file read).
-                            u.rss = recent.rss
-                            u.cpuSeconds = Double(recent.ticks) / Double(ProcFS.clockTicks)
-                            u.cpuPercent = recent.percent
-                            cpuTotal += u.cpuSeconds ?? 0
-                            usages.append(u)
-                            continue
-                        }
-                        // The whole tree where there is a cgroup (a pre-fork server's children too).
-                        let usage = cgroups.usage(ofPid: pid).map { u in
-                            (cpuTicks: Int64(u.cpuMicroseconds) * Int64(ProcFS.clockTicks) / 1_000_000, rss: u.memoryBytes)
-                        } ?? kernel.usage(pid: pid)
-                        u.rss = usage?.rss
-                        if let ticks = usage?.cpuTicks {
-                            let secs = Double(ticks) / Double(ProcFS.clockTicks)
-                            u.cpuSeconds = secs
-                            cpuTotal += secs
-                            if let prev = cpuSamples[pid], nowNS - prev.at > 50_000_000 {
-                                u.cpuPercent = Double(ticks - prev.ticks) / Double(ProcFS.clockTicks) / (Double(nowNS - prev.at) / 1e9) * 100
-                            } else {
-                                let up = max((now - w.startedAt).seconds, 0.001)
-                                u.cpuPercent = secs / up * 100
-                            }
-                            cpuSamples[pid] = (ticks, nowNS, u.rss, u.cpuPercent)
+                            u.use(recent)
+                        } else {
+                            unread.append(usages.count)
                         }
                     }
                     usages.append(u)
                 }
             }
+            let window = readBudget.window(app: n, unreadSlots: unread.map { usages[$0].slot })
+            for (k, i) in unread.enumerated() {
+                guard let wid = usages[i].worker, let w = supervisor.workers[wid], let pid = w.pid else { continue }
+                if window.contains(k, of: unread.count) {
+                    readUsage(&usages[i], pid: pid, startedAt: w.startedAt, now: nowNS)
+                } else if let last = cpuSamples[pid] {
+                    usages[i].use(last)  // older than usageMaxAge, read again by a later status
+                }
+            }
+            let cpuTotal = usages.reduce(0.0) { $0 + ($1.cpuSeconds ?? 0) }
             // Pass 2: the rows, handed out in parts when streaming.
             var affinities: [Int: CPUAffinity?] = [:]
             var workers: [WorkerStatus] = []
@@ -183,5 +199,46 @@ extension Manager {
                                   rssBytes: kernel.rss(pid: getpid()) ?? 0, socket: controlSocketPath, stateDir: options.stateDir)
         daemon.cgroups = cgroups.summary
         return StatusReport(daemon: daemon, apps: apps)
+    }
+}
+
+/// How many workers' usage files one `status` reads. Unbounded while swarmd
+/// is not replacing workers. While it is (a kill -9 storm: every worker is
+/// new, so none of the `usageMaxAge` reuse applies, and on a host without the
+/// memory controller each read is three files), at most `reads` per request:
+/// the others show the figures read last, or none yet, and each app's next
+/// status goes on from the slot this one stopped at, so every worker is read
+/// in turn. At 4,096 new workers reading them all took 80–100 ms of a status.
+struct UsageReadBudget: Equatable {
+    /// nil: no bound.
+    var reads: Int?
+    /// Per app: the slot the next bounded status starts reading at.
+    var cursors: [String: Int]
+
+    /// The unread workers a status reads: `count` of them from position `start`, wrapping.
+    struct Window: Equatable {
+        var start: Int
+        var count: Int
+
+        func contains(_ k: Int, of total: Int) -> Bool {
+            total > 0 && (k - start + total) % total < count
+        }
+    }
+
+    /// The window into an app's unread workers (`unreadSlots`: their slots,
+    /// ascending); uses up that much of the budget and moves the app's cursor.
+    mutating func window(app: String, unreadSlots: [Int]) -> Window {
+        let total = unreadSlots.count
+        guard let left = reads else { return Window(start: 0, count: total) }
+        let count = min(max(left, 0), total)
+        reads = left - count
+        guard count < total else {
+            cursors[app] = nil
+            return Window(start: 0, count: total)
+        }
+        let from = cursors[app] ?? 0
+        let start = unreadSlots.firstIndex { $0 >= from } ?? 0
+        if count > 0 { cursors[app] = unreadSlots[(start + count - 1) % total] + 1 }
+        return Window(start: start, count: count)
     }
 }

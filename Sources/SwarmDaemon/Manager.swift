@@ -44,6 +44,15 @@ public struct DaemonOptions {
 }
 
 /// Who waits for the answers of one or more core requests.
+/// A worker's figures as one status read them.
+struct UsageSample: Equatable {
+    var ticks: Int64
+    /// kernel.now() of the read.
+    var at: Int64
+    var rss: Int64?
+    var percent: Double?
+}
+
 final class Requester {
     enum Kind {
         /// A control client's request; answered as one reply.
@@ -109,12 +118,21 @@ public final class Manager {
     var brokenOrder: [String] = []
     /// Per live worker: its pid and what the shell opened for it.
     var workers: [WorkerID: Int32] = [:]
-    var cpuSamples: [Int32: (ticks: Int64, at: Int64, rss: Int64?, percent: Double?)] = [:]
+    var cpuSamples: [Int32: UsageSample] = [:]
     /// How old a worker's CPU and memory figures in `status` may be: requests
     /// closer together than this (a dashboard, `top`, scripts polling every few
     /// hundred ms) reuse them instead of reading every worker's cgroup files
     /// again (at 1,000 workers half of a status' cost was those reads).
     static let usageMaxAge: Int64 = 1_000_000_000
+    /// Workers whose usage files one `status` may read while swarmd is
+    /// replacing workers (`UsageReadBudget`); a var for tests.
+    var usageReadsWhileReplacing = 512
+    var usageReadCursors: [String: Int] = [:]
+    /// Whether swarmd spawned a worker within the last `usageMaxAge`.
+    func isReplacingWorkers(now: Int64) -> Bool {
+        guard let spawned = lastBusyAt else { return false }
+        return now - spawned < Manager.usageMaxAge
+    }
     var requesters: [RequestID: Requester] = [:]
     var nextRequest: UInt64 = 1
     var events: [SwarmCore.Event] = []
@@ -156,10 +174,11 @@ public final class Manager {
     /// Reaps per dispatch before the loop serves other sources. Each reap of
     /// a crashed worker spawns its replacement in the same turn (a vfork that
     /// waits for the child's exec, 1–3 ms on a busy host), so this bounds how
-    /// long a control request waits during a kill storm: 64 made a turn
-    /// 100–200 ms and `status` answered in 0.5–1 s while 4,096 workers were
-    /// replaced.
-    static let reapsPerTurn = 16
+    /// long a control request waits during a kill storm: with 64 `status`
+    /// answered in 0.5–1 s while 4,096 workers were replaced; with 16 a raw
+    /// `ping` took 40–50 ms (median) and `status` 60–65 ms; with 4, 11–16 ms
+    /// and 25–31 ms, the storm as fast (issue 18, bench/RESULTS.md).
+    static let reapsPerTurn = 4
 
     public init(options given: DaemonOptions, kernel: Kernel = LinuxKernel()) throws {
         // Relative paths are the caller's: fixed once, before anything uses them.

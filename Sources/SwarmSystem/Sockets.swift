@@ -207,6 +207,15 @@ extension Sockets {
         if r < 0 && e != ENOTCONN { throw SystemError("shutdown", errno: e, subject: "fd \(fd)") }
     }
 
+    /// SO_SNDBUF: how much the kernel holds for the peer to read. Linux
+    /// doubles `bytes` (for its bookkeeping) and caps it at net.core.wmem_max.
+    public static func setSendBuffer(_ fd: Int32, bytes: Int32) throws {
+        var size = bytes
+        try Posix.syscall("setsockopt(SO_SNDBUF)", subject: "fd \(fd)") {
+            setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        }
+    }
+
     /// SO_PEERCRED, throwing (`peerCredentials` is the optional form).
     public static func peer(of fd: Int32) throws -> PeerCredentials {
         var pid: pid_t = 0, uid: uid_t = 0, gid: gid_t = 0

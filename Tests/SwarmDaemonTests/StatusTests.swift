@@ -177,3 +177,86 @@ struct StatusTests {
         #expect(described.isEmpty, "nothing changed, nothing described")
     }
 }
+
+/// Issue 18: while swarmd replaces workers, one `status` reads a bounded
+/// number of workers' usage files, and the next goes on where it stopped.
+@Suite("Status usage reads")
+struct StatusUsageReadTests {
+    @Test func unboundedEveryUnreadWorkerIsRead() {
+        var b = UsageReadBudget(reads: nil, cursors: ["web": 3])
+        let w = b.window(app: "web", unreadSlots: [0, 1, 2, 3, 4])
+        #expect((0..<5).allSatisfy { w.contains($0, of: 5) })
+        #expect(b.cursors["web"] == 3, "an unbounded status leaves the cursor of a bounded one alone")
+    }
+
+    @Test func aBoundedBudgetReadsInTurnAndWraps() {
+        let slots = Array(0..<10)
+        var cursors: [String: Int] = [:]
+        var read: [[Int]] = []
+        for _ in 0..<4 {
+            var b = UsageReadBudget(reads: 4, cursors: cursors)
+            let w = b.window(app: "web", unreadSlots: slots)
+            read.append(slots.indices.filter { w.contains($0, of: slots.count) }.map { slots[$0] })
+            #expect(b.reads == 0)
+            cursors = b.cursors
+        }
+        #expect(read == [[0, 1, 2, 3], [4, 5, 6, 7], [0, 1, 8, 9], [2, 3, 4, 5]])
+    }
+
+    @Test func theCursorFollowsSlotsNotPositions() {
+        // Slots 2 and 5 were read meanwhile (fresh figures): the next read starts at the first unread slot from the cursor on.
+        var b = UsageReadBudget(reads: 2, cursors: ["web": 3])
+        let unread = [0, 1, 4, 6, 7]
+        let w = b.window(app: "web", unreadSlots: unread)
+        #expect(unread.indices.filter { w.contains($0, of: unread.count) }.map { unread[$0] } == [4, 6])
+        #expect(b.cursors["web"] == 7)
+    }
+
+    @Test func theBudgetIsSharedByTheAppsOfOneStatus() {
+        var b = UsageReadBudget(reads: 5, cursors: [:])
+        #expect(b.window(app: "a", unreadSlots: [0, 1, 2]) == .init(start: 0, count: 3))
+        #expect(b.cursors["a"] == nil, "all read: no cursor")
+        let w = b.window(app: "b", unreadSlots: [0, 1, 2, 3])
+        #expect(w.count == 2 && b.cursors["b"] == 2)
+        let none = b.window(app: "c", unreadSlots: [0, 1])
+        #expect(none.count == 0 && !none.contains(0, of: 2) && b.cursors["c"] == nil)
+    }
+
+    @Test func whileWorkersAreReplacedAStatusReadsAtMostItsBudget() throws {
+        let f = try ManagerFixture()
+        let pids = try f.startReady(try f.config(workers: 6), workers: 6)
+        for (i, pid) in pids.enumerated() { f.kernel.usageOf[pid] = (cpuTicks: Int64(i + 1) * ProcFS.clockTicks, rss: Int64(i + 1) << 20) }
+        f.manager.usageReadsWhileReplacing = 4
+        func usageReads() -> Int { f.kernel.calls.filter { if case .usage = $0 { return true } else { return false } }.count }
+
+        // Just spawned: replacing. The first status reads slots 0-3, the next 4, 5 and (wrapping) 0, 1.
+        f.kernel.advance(seconds: 0.5)
+        var before = usageReads()
+        var rows = try #require(f.manager.statusReport(only: "web").apps.first?.workers)
+        #expect(usageReads() - before == 4)
+        #expect(rows.map(\.rssBytes) == [1 << 20, 2 << 20, 3 << 20, 4 << 20, nil, nil], "not read yet: no figures")
+        #expect(rows[4].pid == pids[4] && rows[4].state == "ready")
+
+        f.manager.lastBusyAt = f.kernel.now()
+        f.kernel.advance(seconds: 0.2)
+        before = usageReads()
+        rows = try #require(f.manager.statusReport(only: "web").apps.first?.workers)
+        #expect(usageReads() - before == 2, "slots 0-3 were read 0.2 s ago: only 4 and 5 are due")
+        #expect(rows.map(\.rssBytes) == (1...6).map { Int64($0) << 20 })
+
+        f.manager.lastBusyAt = f.kernel.now()
+        f.kernel.advance(seconds: 0.9)
+        f.kernel.usageOf[pids[0]]?.rss = 99
+        before = usageReads()
+        rows = try #require(f.manager.statusReport(only: "web").apps.first?.workers)
+        #expect(usageReads() - before == 4, "4 of 6 due again: the budget")
+        #expect(rows[0].rssBytes == 99 && rows[1].rssBytes == 2 << 20, "read in turn from where the last status stopped (slot 0 after 5)")
+        #expect(rows[2].rssBytes == 3 << 20, "an unread worker keeps its last figures")
+
+        // A second without spawning: every due worker is read again.
+        f.kernel.advance(seconds: 1.1)
+        before = usageReads()
+        rows = try #require(f.manager.statusReport(only: "web").apps.first?.workers)
+        #expect(usageReads() - before == 6)
+    }
+}
