@@ -311,9 +311,10 @@ final class ControlServer {
     /// would wait for the socket to drain and then for the loop's turn, behind
     /// a reaping turn in a kill storm (tens of ms each). The memory is the same
     /// either way (the answer is held until taken, here or in the kernel) and
-    /// bounded per client by `maxQueued` and the stall timeout.
+    /// bounded per client by `maxQueued` and the stall timeout; the kernel
+    /// part by `maxSendBuffer` (Linux doubles it: 2 MiB at most per client).
     static let largeAnswer = 192 << 10
-    static let maxSendBuffer: Int32 = 4 << 20
+    static let maxSendBuffer: Int32 = 1 << 20
 
     private func raiseSendBuffer(_ client: ControlClient) {
         guard let head = client.replies.first else { return }

@@ -181,6 +181,40 @@ struct ControlServerTests {
         #expect(f.server.connectionCount == 0)
     }
 
+    @Test func aLargeAnswerGoesToTheKernelInOneWrite() throws {
+        let f = try ControlFixture()
+        let peer = try f.connect(pid: 999)
+        peer.ping(1)
+        try f.run(until: "the first reply", peers: [peer]) { peer.responses.count == 1 }
+        let client = try #require(f.handler.clients.first)
+        // About what a 4,096-worker status is; a default send buffer (~208 KiB) takes a third of it.
+        let answer = [UInt8](repeating: UInt8(ascii: "x"), count: 700 << 10) + [10]
+        f.server.send(client, bytes: answer)
+        let wmemMax: Int = {
+            let fd = open("/proc/sys/net/core/wmem_max", O_RDONLY)
+            guard fd >= 0 else { return 0 }
+            defer { Glibc.close(fd) }
+            var buf = [UInt8](repeating: 0, count: 32)
+            let n = read(fd, &buf, buf.count)
+            return n > 0 ? Int(String(decoding: buf[..<n], as: UTF8.self).split(separator: "\n").first ?? "") ?? 0 : 0
+        }()
+        var size: Int32 = 0
+        var len = socklen_t(MemoryLayout<Int32>.size)
+        #expect(getsockopt(client.fd, SOL_SOCKET, SO_SNDBUF, &size, &len) == 0)
+        #expect(Int(size) >= 2 * min(answer.count, wmemMax, Int(ControlServer.maxSendBuffer)), "SO_SNDBUF \(size), wmem_max \(wmemMax)")
+        if wmemMax >= Int(ControlServer.maxSendBuffer) {
+            #expect(client.queuedBytes == 0, "\(client.queuedBytes) bytes of the answer wait for the socket to drain")
+        }
+        // A small answer leaves the buffer as it was.
+        let other = try f.connect(pid: 998)
+        other.ping(2)
+        try f.run(until: "the small reply", peers: [other]) { other.responses.count == 1 }
+        let small = try #require(f.handler.clients.last)
+        var defaultSize: Int32 = 0
+        #expect(getsockopt(small.fd, SOL_SOCKET, SO_SNDBUF, &defaultSize, &len) == 0)
+        #expect(defaultSize < size)
+    }
+
     @Test func aHugeReplyReachesAClientThatReads() throws {
         let f = try ControlFixture()
         // Built by hand rather than encoded: what is tested is the writing, not JSONEncoder.
