@@ -137,7 +137,8 @@ struct BalanceTests {
                         return Set(homes.keys).isSubset(of: Set(workers)) && homes.values.reduce(0, +) == 20 ? homes.values.sorted() : nil
                     }
                 }
-                #expect(try await settled(on: pids) == [10, 10], "20 connections opened at once: round-robin, 10 each")
+                let first = try await settled(on: pids)
+                #expect(first == [10, 10], "20 connections opened at once: round-robin, 10 each; got \(first) with \(load.current.keepAliveRetries) keep-alive reconnects; swarmd's log: \(s.daemonLog.split(separator: "\n").suffix(20).joined(separator: "\n"))")
                 var spreads: [[Int]] = []
                 for g in 2...4 {
                     try await s.ctlOK("reload", "web")
