@@ -84,7 +84,8 @@ extension Manager {
         cgroups.beginUsageRound()
         var readBudget = UsageReadBudget(
             reads: isReplacingWorkers(now: nowNS) ? usageReadsWhileReplacing : nil, cursors: usageReadCursors)
-        defer { usageReadCursors = readBudget.cursors }
+        // Cursors of apps deleted since are dropped here (a few entries).
+        defer { usageReadCursors = readBudget.cursors.filter { supervisor.apps[$0.key] != nil } }
         let streaming = emit != nil && names.reduce(0) { $0 + (supervisor.apps[$1]?.slots.count ?? 0) } > perPart
         var apps: [AppStatus] = []
         for n in names {
