@@ -235,13 +235,15 @@ class StallTicker:
 
     def __init__(self):
         self.p = subprocess.Popen([sys.executable, "-c", STALL_TICKER], stdout=subprocess.PIPE, text=True)
+        STARTED.append(self.p)  # stopped by cleanup() if the run fails before finish()
 
     def finish(self):
         self.p.send_signal(signal.SIGINT)
-        out, _ = self.p.communicate(timeout=30)
         try:
+            out, _ = self.p.communicate(timeout=30)
             return [tuple(g) for g in json.loads(out or "[]")]
-        except ValueError:
+        except (ValueError, subprocess.TimeoutExpired):
+            self.p.kill()
             return []
 
 
@@ -630,7 +632,7 @@ def main():
     cols = [("start all", "start_s"), ("daemon CPU, start", "start_cpu_s"), ("kill -9 all -> replaced", "storm_s"),
             ("daemon CPU, storm", "storm_cpu_s"), ("SIGTERM shutdown", "shutdown_s"), ("status idle", "status_idle_ms"),
             ("status in storm, median", "status_storm_med_ms"), ("status in storm, max", "status_storm_max_ms"),
-            ("largest stall of a nice-0 process in that storm", "stall_max_ms"),
+            ("largest stall of a process at the bench's priority in that storm", "stall_max_ms"),
             ("status in storm, max outside stalls", "status_storm_calm_max_ms"),
             ("storm with status probe", "storm_probed_s"), ("raw ping", "raw_ping_ms"), ("swarmctl ping", "ctl_ping_ms"),
             ("reload CPU per worker", "reload_cpu_per_worker_ms"), ("reload time", "reload_s")]

@@ -79,6 +79,10 @@ final class ControlServer {
     /// peers cannot lock the owner out.
     static let reservedConnections = 32
     static let framesPerTurn = 16
+    /// A client's turn ends after this much time, whatever it asked: 16
+    /// pipelined `status` requests of 4,096 workers are ~0.5 s of work, which
+    /// would hold off reaping and respawning during a storm.
+    static let turnBudget: Int64 = 5_000_000
     /// Unread replies above which a client's further requests wait.
     static let readPause = 256 << 10
     /// Requests read but not yet handled above which swarmd stops reading the
@@ -201,14 +205,17 @@ final class ControlServer {
         serve(client)
     }
 
-    /// Handles up to `framesPerTurn` buffered requests; more wait for another
-    /// turn. The turn's replies go out in one write at its end.
+    /// Handles up to `framesPerTurn` buffered requests, and no more once the
+    /// turn has taken `turnBudget`; more wait for another turn. The turn's
+    /// replies go out in one write at its end.
     private func serve(_ client: ControlClient) {
         var handled = 0
+        let began = kernel.now()
         client.batching = true
         while handled < ControlServer.framesPerTurn {
             if client.closed || client.closing { break }
             if client.queuedBytes > ControlServer.readPause { break }
+            if handled > 0 && kernel.now() - began > ControlServer.turnBudget { break }
             let frame: [UInt8]?
             do { frame = try client.reader.next() } catch {
                 client.batching = false
@@ -313,6 +320,8 @@ final class ControlServer {
     /// either way (the answer is held until taken, here or in the kernel) and
     /// bounded per client by `maxQueued` and the stall timeout; the kernel
     /// part by `maxSendBuffer` (Linux doubles it: 2 MiB at most per client).
+    /// With CAP_NET_ADMIN (root) past net.core.wmem_max, which is 208 KiB on
+    /// a default host; without, up to it.
     static let largeAnswer = 192 << 10
     static let maxSendBuffer: Int32 = 1 << 20
 
@@ -323,7 +332,7 @@ final class ControlServer {
         let wanted = Int32(min(unsent, Int(ControlServer.maxSendBuffer)))
         guard wanted > client.sendBuffer else { return }
         do {
-            try Sockets.setSendBuffer(client.fd, bytes: wanted)
+            try Sockets.setSendBuffer(client.fd, bytes: wanted, force: true)
             client.sendBuffer = wanted
         } catch {
             report(.debug, "control client pid \(client.pid): \(error); its answer goes out in pieces")

@@ -83,7 +83,7 @@ extension Manager {
         let perPart = max(1, perPart)
         cgroups.beginUsageRound()
         var readBudget = UsageReadBudget(
-            reads: isReplacingWorkers(now: nowNS) ? usageReadsWhileReplacing : nil, cursors: usageReadCursors)
+            perApp: isReplacingWorkers(now: nowNS) ? usageReadsWhileReplacing : nil, cursors: usageReadCursors)
         // Cursors of apps deleted since are dropped here (a few entries).
         defer { usageReadCursors = readBudget.cursors.filter { supervisor.apps[$0.key] != nil } }
         let streaming = emit != nil && names.reduce(0) { $0 + (supervisor.apps[$1]?.slots.count ?? 0) } > perPart
@@ -135,7 +135,8 @@ extension Manager {
                     usages[i].use(last)  // older than usageMaxAge, read again by a later status
                 }
             }
-            let cpuTotal = usages.reduce(0.0) { $0 + ($1.cpuSeconds ?? 0) }
+            // Shares of a total that leaves workers out would not sum to 1: none then.
+            let cpuTotal = window.count < unread.count ? 0 : usages.reduce(0.0) { $0 + ($1.cpuSeconds ?? 0) }
             // Pass 2: the rows, handed out in parts when streaming.
             var affinities: [Int: CPUAffinity?] = [:]
             var workers: [WorkerStatus] = []
@@ -203,16 +204,17 @@ extension Manager {
     }
 }
 
-/// How many workers' usage files one `status` reads. Unbounded while swarmd
-/// is not replacing workers. While it is (a kill -9 storm: every worker is
-/// new, so none of the `usageMaxAge` reuse applies, and on a host without the
-/// memory controller each read is three files), at most `reads` per request:
-/// the others show the figures read last, or none yet, and each app's next
+/// How many of an app's workers' usage files one `status` reads. Unbounded
+/// unless swarmd is replacing many workers (`Manager.isReplacingWorkers`: a
+/// kill -9 storm, a big start or reload). Then, since every worker is new,
+/// none of the `usageMaxAge` reuse applies, and on a host without the memory
+/// controller each read is three files, at most `perApp` per app and request:
+/// the others show the figures read last, or none yet, and the app's next
 /// status goes on from the slot this one stopped at, so every worker is read
 /// in turn. At 4,096 new workers reading them all took 80–100 ms of a status.
 struct UsageReadBudget: Equatable {
     /// nil: no bound.
-    var reads: Int?
+    var perApp: Int?
     /// Per app: the slot the next bounded status starts reading at.
     var cursors: [String: Int]
 
@@ -227,12 +229,11 @@ struct UsageReadBudget: Equatable {
     }
 
     /// The window into an app's unread workers (`unreadSlots`: their slots,
-    /// ascending); uses up that much of the budget and moves the app's cursor.
+    /// ascending); moves the app's cursor past it.
     mutating func window(app: String, unreadSlots: [Int]) -> Window {
         let total = unreadSlots.count
-        guard let left = reads else { return Window(start: 0, count: total) }
-        let count = min(max(left, 0), total)
-        reads = left - count
+        guard let bound = perApp else { return Window(start: 0, count: total) }
+        let count = min(max(bound, 0), total)
         guard count < total else {
             cursors[app] = nil
             return Window(start: 0, count: total)

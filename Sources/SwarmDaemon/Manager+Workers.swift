@@ -8,6 +8,7 @@ extension Manager {
     /// priority, CPU); the shell adds the fds and the host's facts.
     func spawn(_ r: SpawnRequest) {
         lastBusyAt = kernel.now()
+        spawnRate.note(now: lastBusyAt!)
         do {
             let pid = try startProcess(r)
             workers[r.worker] = pid

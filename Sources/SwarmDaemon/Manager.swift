@@ -44,6 +44,41 @@ public struct DaemonOptions {
 }
 
 /// Who waits for the answers of one or more core requests.
+/// Spawns counted in second-long windows: `recent` is the larger of the
+/// current window's count and the previous one's (when that ended less than
+/// a second ago).
+struct SpawnRate: Equatable {
+    static let window: Int64 = 1_000_000_000
+    private(set) var windowStart: Int64?
+    private(set) var current = 0
+    private(set) var previous = 0
+
+    mutating func note(now: Int64) {
+        roll(now: now)
+        current += 1
+    }
+
+    func recent(now: Int64) -> Int {
+        guard let start = windowStart else { return 0 }
+        let age = now - start
+        if age < SpawnRate.window { return max(current, previous) }
+        if age < 2 * SpawnRate.window { return current }
+        return 0
+    }
+
+    private mutating func roll(now: Int64) {
+        guard let start = windowStart else {
+            windowStart = now
+            return
+        }
+        let age = now - start
+        guard age >= SpawnRate.window else { return }
+        previous = age < 2 * SpawnRate.window ? current : 0
+        current = 0
+        windowStart = now
+    }
+}
+
 /// A worker's figures as one status read them.
 struct UsageSample: Equatable {
     var ticks: Int64
@@ -124,14 +159,17 @@ public final class Manager {
     /// hundred ms) reuse them instead of reading every worker's cgroup files
     /// again (at 1,000 workers half of a status' cost was those reads).
     static let usageMaxAge: Int64 = 1_000_000_000
-    /// Workers whose usage files one `status` may read while swarmd is
-    /// replacing workers (`UsageReadBudget`); a var for tests.
+    /// Workers of an app whose usage files one `status` may read while swarmd
+    /// is replacing many workers (`UsageReadBudget`); vars for tests.
     var usageReadsWhileReplacing = 512
+    var replacingSpawnsPerSecond = 64
     var usageReadCursors: [String: Int] = [:]
-    /// Whether swarmd spawned a worker within the last `usageMaxAge`.
+    var spawnRate = SpawnRate()
+    /// Whether swarmd is starting many workers at once: at least
+    /// `replacingSpawnsPerSecond` in the last second or so (one crash-looping
+    /// worker is not that).
     func isReplacingWorkers(now: Int64) -> Bool {
-        guard let spawned = lastBusyAt else { return false }
-        return now - spawned < Manager.usageMaxAge
+        spawnRate.recent(now: now) >= replacingSpawnsPerSecond
     }
     var requesters: [RequestID: Requester] = [:]
     var nextRequest: UInt64 = 1

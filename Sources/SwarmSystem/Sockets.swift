@@ -208,11 +208,15 @@ extension Sockets {
     }
 
     /// SO_SNDBUF: how much the kernel holds for the peer to read. Linux
-    /// doubles `bytes` (for its bookkeeping) and caps it at net.core.wmem_max.
-    public static func setSendBuffer(_ fd: Int32, bytes: Int32) throws {
+    /// doubles `bytes` (for its bookkeeping) and caps it at net.core.wmem_max;
+    /// with `force`, SO_SNDBUFFORCE is tried first (no cap; it needs
+    /// CAP_NET_ADMIN) and SO_SNDBUF used if it is refused.
+    public static func setSendBuffer(_ fd: Int32, bytes: Int32, force: Bool = false) throws {
         var size = bytes
+        let length = socklen_t(MemoryLayout<Int32>.size)
+        if force && setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, length) == 0 { return }
         try Posix.syscall("setsockopt(SO_SNDBUF)", subject: "fd \(fd)") {
-            setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+            setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, length)
         }
     }
 

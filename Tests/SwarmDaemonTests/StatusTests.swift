@@ -178,12 +178,12 @@ struct StatusTests {
     }
 }
 
-/// Issue 18: while swarmd replaces workers, one `status` reads a bounded
-/// number of workers' usage files, and the next goes on where it stopped.
+/// Issue 18: while swarmd replaces many workers, one `status` reads a bounded
+/// number of each app's workers' usage files, and the next goes on where it stopped.
 @Suite("Status usage reads")
 struct StatusUsageReadTests {
     @Test func unboundedEveryUnreadWorkerIsRead() {
-        var b = UsageReadBudget(reads: nil, cursors: ["web": 3])
+        var b = UsageReadBudget(perApp: nil, cursors: ["web": 3])
         let w = b.window(app: "web", unreadSlots: [0, 1, 2, 3, 4])
         #expect((0..<5).allSatisfy { w.contains($0, of: 5) })
         #expect(b.cursors["web"] == 3, "an unbounded status leaves the cursor of a bounded one alone")
@@ -194,10 +194,9 @@ struct StatusUsageReadTests {
         var cursors: [String: Int] = [:]
         var read: [[Int]] = []
         for _ in 0..<4 {
-            var b = UsageReadBudget(reads: 4, cursors: cursors)
+            var b = UsageReadBudget(perApp: 4, cursors: cursors)
             let w = b.window(app: "web", unreadSlots: slots)
             read.append(slots.indices.filter { w.contains($0, of: slots.count) }.map { slots[$0] })
-            #expect(b.reads == 0)
             cursors = b.cursors
         }
         #expect(read == [[0, 1, 2, 3], [4, 5, 6, 7], [0, 1, 8, 9], [2, 3, 4, 5]])
@@ -205,58 +204,86 @@ struct StatusUsageReadTests {
 
     @Test func theCursorFollowsSlotsNotPositions() {
         // Slots 2 and 5 were read meanwhile (fresh figures): the next read starts at the first unread slot from the cursor on.
-        var b = UsageReadBudget(reads: 2, cursors: ["web": 3])
+        var b = UsageReadBudget(perApp: 2, cursors: ["web": 3])
         let unread = [0, 1, 4, 6, 7]
         let w = b.window(app: "web", unreadSlots: unread)
         #expect(unread.indices.filter { w.contains($0, of: unread.count) }.map { unread[$0] } == [4, 6])
         #expect(b.cursors["web"] == 7)
     }
 
-    @Test func theBudgetIsSharedByTheAppsOfOneStatus() {
-        var b = UsageReadBudget(reads: 5, cursors: [:])
+    @Test func eachAppHasABudgetOfItsOwn() {
+        var b = UsageReadBudget(perApp: 3, cursors: [:])
         #expect(b.window(app: "a", unreadSlots: [0, 1, 2]) == .init(start: 0, count: 3))
         #expect(b.cursors["a"] == nil, "all read: no cursor")
         let w = b.window(app: "b", unreadSlots: [0, 1, 2, 3])
-        #expect(w.count == 2 && b.cursors["b"] == 2)
-        let none = b.window(app: "c", unreadSlots: [0, 1])
-        #expect(none.count == 0 && !none.contains(0, of: 2) && b.cursors["c"] == nil)
+        #expect(w.count == 3 && b.cursors["b"] == 3, "an app listed first does not use up a later one's reads")
+        #expect(b.window(app: "c", unreadSlots: []) == .init(start: 0, count: 0))
+        var none = UsageReadBudget(perApp: 0, cursors: [:])
+        let w0 = none.window(app: "d", unreadSlots: [0, 1])
+        #expect(w0.count == 0 && !w0.contains(0, of: 2) && none.cursors["d"] == nil)
     }
 
-    @Test func whileWorkersAreReplacedAStatusReadsAtMostItsBudget() throws {
+    @Test func theSpawnRateCountsTheLastSecondOrSo() {
+        var r = SpawnRate()
+        #expect(r.recent(now: 0) == 0)
+        for t in stride(from: Int64(0), to: 900_000_000, by: 10_000_000) { r.note(now: t) }  // 90 spawns in 0.9 s
+        #expect(r.recent(now: 950_000_000) == 90)
+        #expect(r.recent(now: 1_500_000_000) == 90, "the window just ended still counts")
+        r.note(now: 1_200_000_000)
+        #expect(r.recent(now: 1_300_000_000) == 90, "a new window starts with the last one's count")
+        #expect(r.recent(now: 2_300_000_000) == 1)
+        #expect(r.recent(now: 3_300_000_000) == 0)
+        r.note(now: 4_000_000_000)
+        #expect(r.recent(now: 4_100_000_000) == 1, "a window that ended long ago is forgotten")
+    }
+
+    @Test func whileManyWorkersAreReplacedAStatusReadsAtMostItsBudget() throws {
         let f = try ManagerFixture()
         let pids = try f.startReady(try f.config(workers: 6), workers: 6)
         for (i, pid) in pids.enumerated() { f.kernel.usageOf[pid] = (cpuTicks: Int64(i + 1) * ProcFS.clockTicks, rss: Int64(i + 1) << 20) }
         f.manager.usageReadsWhileReplacing = 4
+        f.manager.replacingSpawnsPerSecond = 6
         func usageReads() -> Int { f.kernel.calls.filter { if case .usage = $0 { return true } else { return false } }.count }
+        func status() throws -> [WorkerStatus] { try #require(f.manager.statusReport(only: "web").apps.first?.workers) }
 
-        // Just spawned: replacing. The first status reads slots 0-3, the next 4, 5 and (wrapping) 0, 1.
+        // 6 spawns just now: replacing. The first status reads slots 0-3 and gives no shares (their total would leave 4 and 5 out).
         f.kernel.advance(seconds: 0.5)
         var before = usageReads()
-        var rows = try #require(f.manager.statusReport(only: "web").apps.first?.workers)
+        var rows = try status()
         #expect(usageReads() - before == 4)
         #expect(rows.map(\.rssBytes) == [1 << 20, 2 << 20, 3 << 20, 4 << 20, nil, nil], "not read yet: no figures")
         #expect(rows[4].pid == pids[4] && rows[4].state == "ready")
+        #expect(rows.allSatisfy { $0.cpuShare == nil })
 
-        f.manager.lastBusyAt = f.kernel.now()
+        // 0.2 s later slots 0-3 are fresh: only 4 and 5 are due, and with every worker's figures the shares are back.
         f.kernel.advance(seconds: 0.2)
         before = usageReads()
-        rows = try #require(f.manager.statusReport(only: "web").apps.first?.workers)
-        #expect(usageReads() - before == 2, "slots 0-3 were read 0.2 s ago: only 4 and 5 are due")
+        rows = try status()
+        #expect(usageReads() - before == 2)
         #expect(rows.map(\.rssBytes) == (1...6).map { Int64($0) << 20 })
+        #expect(rows.compactMap(\.cpuShare).count == 6)
 
-        f.manager.lastBusyAt = f.kernel.now()
+        // 0.9 s later slots 0-3 are due again; with a budget of 2, slots 0 and 1 are read and 2 and 3 keep their figures.
+        f.manager.usageReadsWhileReplacing = 2
         f.kernel.advance(seconds: 0.9)
         f.kernel.usageOf[pids[0]]?.rss = 99
+        f.kernel.usageOf[pids[2]]?.rss = 77
         before = usageReads()
-        rows = try #require(f.manager.statusReport(only: "web").apps.first?.workers)
-        #expect(usageReads() - before == 4, "4 of 6 due again: the budget")
-        #expect(rows[0].rssBytes == 99 && rows[1].rssBytes == 2 << 20, "read in turn from where the last status stopped (slot 0 after 5)")
-        #expect(rows[2].rssBytes == 3 << 20, "an unread worker keeps its last figures")
+        rows = try status()
+        #expect(usageReads() - before == 2)
+        #expect(rows[0].rssBytes == 99 && rows[2].rssBytes == 3 << 20, "an unread worker keeps its last figures: \(rows.map(\.rssBytes))")
 
-        // A second without spawning: every due worker is read again.
-        f.kernel.advance(seconds: 1.1)
+        // The next status goes on from slot 2.
+        f.kernel.advance(seconds: 0.1)
         before = usageReads()
-        rows = try #require(f.manager.statusReport(only: "web").apps.first?.workers)
+        rows = try status()
+        #expect(usageReads() - before == 2)
+        #expect(rows[2].rssBytes == 77)
+
+        // Two seconds without spawning: every due worker is read again.
+        f.kernel.advance(seconds: 2.1)
+        before = usageReads()
+        _ = try status()
         #expect(usageReads() - before == 6)
     }
 }

@@ -162,9 +162,12 @@ final class RecordingHandler: ControlHandler {
     var replySize = 0
     /// Sent as the reply to every request instead, as is.
     var rawReply: [UInt8]?
+    /// Called for each request before it is answered (a test can let time pass).
+    var onRequest: (() -> Void)?
 
     func handle(_ request: Request, from client: ControlClient) {
         handled.append((ObjectIdentifier(client), request))
+        onRequest?()
         if !clients.contains(where: { $0 === client }) { clients.append(client) }
         guard let server else { return }
         if let rawReply { return server.send(client, bytes: rawReply) }

@@ -72,6 +72,10 @@ import Testing
         full.lastProbe = "http 200"
         full.acceptQueue = 7
         full.connections = 12
+        // A field added to WorkerStatus must be added to the writer (and set here).
+        let unset = Mirror(reflecting: full).children.filter { "\($0.value)" == "nil" }.map { $0.label ?? "?" }
+        #expect(unset.isEmpty, "fields left nil in the full row: \(unset)")
+        #expect(Mirror(reflecting: full).children.count == 17, "WorkerStatus has fields the writer may not know")
         for workers in [[], [bare], [full], [bare, full, bare]] {
             #expect(Codec.encodeStatusPart(id: 9, app: "web", workers: workers) == Self.viaEncoder(id: 9, app: "web", workers: workers))
         }
