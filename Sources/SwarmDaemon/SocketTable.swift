@@ -308,9 +308,10 @@ final class SocketTable {
     func handOver(_ app: String, slot: Int, from pid: Int32) {
         guard let sockets = apps[app] else { return }
         for entry in sockets.entries where entry.reuseport {
-            guard let rr = entry.roundRobin, let port = entry.port, let index = entry.steeredIndex[slot] else { continue }
+            guard let rr = entry.roundRobin, let port = entry.port, let index = entry.steeredIndex[slot],
+                  let listener = entry.fd(ofSlot: slot) else { continue }
             do {
-                let held = try kernel.establishedConnections(pid: pid, localPort: port)
+                let held = try kernel.establishedConnections(pid: pid, localPort: port, listener: listener)
                 guard held > 0 else { continue }
                 let quota = SocketTable.handOverQuota(held: held)
                 try rr.handOver(toIndex: index, quota: quota)

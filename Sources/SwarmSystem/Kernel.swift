@@ -37,8 +37,9 @@ public protocol Kernel: AnyObject {
     /// The niceness workers run at: the one swarmd was started with (swarmd
     /// itself may run above it, `Spawner.raiseOwnPriority`).
     var workerPriority: Int32 { get }
-    /// Established TCP connections `pid` holds on local port `port` (reload hand-over).
-    func establishedConnections(pid: pid_t, localPort port: UInt16) throws -> Int
+    /// Established TCP connections `pid` holds on local port `port`, accepted
+    /// from `listener` (swarmd's fd of that socket; reload hand-over).
+    func establishedConnections(pid: pid_t, localPort port: UInt16, listener: Int32) throws -> Int
 
     /// eBPF round-robin over a reuseport group's sockets; throws where the
     /// process may not load BPF (no CAP_BPF).
@@ -143,8 +144,8 @@ public final class LinuxKernel: Kernel {
 
     public var workerPriority: Int32 { Spawner.childPriority ?? Spawner.currentPriority }
 
-    public func establishedConnections(pid: pid_t, localPort port: UInt16) throws -> Int {
-        try ProcFS.establishedConnections(pid: pid, localPort: port)
+    public func establishedConnections(pid: pid_t, localPort port: UInt16, listener: Int32) throws -> Int {
+        try ProcFS.establishedConnections(pid: pid, localPort: port, listener: listener)
     }
 
     public func makeSteering(maxSlots: Int) throws -> ReuseportSteering { try RoundRobinSteering(maxSlots: maxSlots) }

@@ -141,7 +141,7 @@ final class FakeKernel: Kernel {
     }
 
     var connectionsHeld: [pid_t: Int] = [:]
-    func establishedConnections(pid: pid_t, localPort port: UInt16) throws -> Int {
+    func establishedConnections(pid: pid_t, localPort port: UInt16, listener: Int32) throws -> Int {
         record(.established(pid: pid, port: port))
         return connectionsHeld[pid] ?? 0
     }

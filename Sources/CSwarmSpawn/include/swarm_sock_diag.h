@@ -5,8 +5,9 @@
 #include <sys/types.h>
 
 /* Established TCP connections on local port `port` among the socket inodes
-   `inodes` (sorted ascending): one process's connections. -1 and errno on failure. */
-int swarm_count_established(uint16_t port, const uint32_t *inodes, int ninodes);
+   `inodes` (sorted ascending): one process's connections. `family`: AF_INET or
+   AF_INET6 to look at that family only, 0 for both. -1 and errno on failure. */
+int swarm_count_established(uint16_t port, int family, const uint32_t *inodes, int ninodes);
 
 /* Accept-queue length (idiag_rqueue) of each listening TCP socket on `port`
    whose inode is inodes[i], into queues[i] (-1: not found). Returns how many
