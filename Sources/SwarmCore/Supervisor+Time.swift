@@ -82,7 +82,9 @@ extension Supervisor {
         var dueWorkers: [WorkerID] = []
         var dueSlots: [SlotKey] = []
         var dueApps: [String] = []
-        while let top = deadlines.min, top.priority.time <= now {
+        var popped = 0
+        while popped < dueBatch, let top = deadlines.min, top.priority.time <= now {
+            popped += 1
             _ = deadlines.popMin()
             switch top.key {
             case let .worker(id): dueWorkers.append(id)

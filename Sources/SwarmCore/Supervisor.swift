@@ -95,6 +95,13 @@ public struct Supervisor: Sendable {
     /// well under 100 ms, so control requests are answered during a storm.
     public var spawnBatch = 16
 
+    /// Deadlines handled per tick; the rest stay due and the timer is armed
+    /// for `now` to continue, so other sources get the loop in between.
+    /// Deadlines that fall due together (workers started at one instant have
+    /// their first listening probes due together, each probe a few /proc
+    /// reads in the shell) would otherwise make one turn as long as all of them.
+    public var dueBatch = 256
+
     public init() {}
 
     public func worker(pid: Int32) -> Worker? {

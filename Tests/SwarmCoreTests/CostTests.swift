@@ -150,4 +150,24 @@ struct CostTests {
         let perExit = exits / n, perRestart = restarts / n
         print("kill storm of \(n): \(perExit) per exit (worst \(worstExit) visits), \(perRestart) per restart")
     }
+
+    @Test func aTickHandlesAtMostDueBatchDeadlinesAndTheNextTicksTheRest() {
+        let h = FakeShell()
+        h.checkEveryEvent = false
+        h.start(makeSpec(workers: 1000) {
+            $0.sockets = [SocketSpec(name: "http", listen: .tcp(host: "127.0.0.1", port: 8080))]
+            $0.ready.mode = .listening
+        })
+        // Spawned at one instant: their first listening probes are due together.
+        let first = h.sup.deadlines.min.map { $0.priority.time }
+        #expect(first != nil)
+        let before = h.probes.count
+        if let first { h.advance(to: first) }
+        let probed = h.probes[before...]
+        #expect(probed.count == 1000, "every worker probed once: \(probed.count)")
+        #expect(Set(probed.map(\.at)).count == 1, "all at the instant they were due (the later ticks fire at once)")
+        #expect(h.visitsPerHandle.count >= 1000 / h.sup.dueBatch, "handles in that send: \(h.visitsPerHandle.count)")
+        #expect(h.visitsPerHandle.max() ?? 0 <= 2 * h.sup.dueBatch + 16, "visits per handle (two per due worker): \(h.visitsPerHandle)")
+        #expect(h.sup.invariantViolations() == [])
+    }
 }
