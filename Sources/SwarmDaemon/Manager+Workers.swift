@@ -7,8 +7,9 @@ extension Manager {
     /// Performs `.spawn`: the core decided everything (slot, generation,
     /// priority, CPU); the shell adds the fds and the host's facts.
     func spawn(_ r: SpawnRequest) {
-        lastBusyAt = kernel.now()
-        spawnRate.note(now: lastBusyAt!)
+        let now = kernel.now()
+        lastBusyAt = now
+        spawnRate.note(now: now)
         do {
             let pid = try startProcess(r)
             workers[r.worker] = pid

@@ -43,7 +43,6 @@ public struct DaemonOptions {
     }
 }
 
-/// Who waits for the answers of one or more core requests.
 /// Spawns counted in second-long windows: `recent` is the larger of the
 /// current window's count and the previous one's (when that ended less than
 /// a second ago).
@@ -88,6 +87,7 @@ struct UsageSample: Equatable {
     var percent: Double?
 }
 
+/// Who waits for the answers of one or more core requests.
 final class Requester {
     enum Kind {
         /// A control client's request; answered as one reply.

@@ -44,6 +44,14 @@ final class ControlFixture {
         return Peer(fd: c)
     }
 
+    /// A client that has had one request answered: the server's side of it is known.
+    func connectAnswered(pid: pid_t) throws -> (peer: Peer, client: ControlClient) {
+        let peer = try connect(pid: pid)
+        peer.ping(1)
+        try run(until: "the first reply", peers: [peer]) { peer.responses.count == 1 }
+        return (peer, try #require(handler.clients.last))
+    }
+
     func run(until what: String, within seconds: Double = 10, peers: [Peer], _ done: () -> Bool) throws {
         try runLoop(loop, until: what, within: seconds, pump: { for p in peers { p.pump(); p.receive() } }, done)
     }
@@ -182,10 +190,8 @@ struct ControlServerTests {
 
     @Test func repliesPilingUpPastMaxQueuedCloseTheClientWithOneWarning() throws {
         let f = try ControlFixture()
-        let peer = try f.connect(pid: 888)
-        peer.ping(1)
-        try f.run(until: "the first reply", peers: [peer]) { peer.responses.count == 1 }
-        let client = try #require(f.handler.clients.first)
+        let (peer, client) = try f.connectAnswered(pid: 888)
+        defer { withExtendedLifetime(peer) {} }  // its socket stays open, unread
         let megabyte = [UInt8](repeating: UInt8(ascii: "x"), count: 1 << 20) + [10]
         for _ in 0..<20 { f.server.send(client, bytes: megabyte) }
         #expect(client.closed, "20 MiB of unread replies did not close the client")
@@ -199,10 +205,8 @@ struct ControlServerTests {
 
     @Test func aLargeAnswerGoesToTheKernelInOneWrite() throws {
         let f = try ControlFixture()
-        let peer = try f.connect(pid: 999)
-        peer.ping(1)
-        try f.run(until: "the first reply", peers: [peer]) { peer.responses.count == 1 }
-        let client = try #require(f.handler.clients.first)
+        let (peer, client) = try f.connectAnswered(pid: 999)
+        defer { withExtendedLifetime(peer) {} }  // its socket stays open, unread
         // About what a 4,096-worker status is; a default send buffer (~208 KiB) takes a third of it.
         let answer = [UInt8](repeating: UInt8(ascii: "x"), count: 700 << 10) + [10]
         f.server.send(client, bytes: answer)
@@ -224,10 +228,8 @@ struct ControlServerTests {
             #expect(client.queuedBytes == 0, "\(client.queuedBytes) bytes of the answer wait for the socket to drain")
         }
         // A small answer leaves the buffer as it was.
-        let other = try f.connect(pid: 998)
-        other.ping(2)
-        try f.run(until: "the small reply", peers: [other]) { other.responses.count == 1 }
-        let small = try #require(f.handler.clients.last)
+        let (other, small) = try f.connectAnswered(pid: 998)
+        defer { withExtendedLifetime(other) {} }
         var defaultSize: Int32 = 0
         #expect(getsockopt(small.fd, SOL_SOCKET, SO_SNDBUF, &defaultSize, &len) == 0)
         #expect(defaultSize < size)
