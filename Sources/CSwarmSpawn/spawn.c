@@ -75,11 +75,24 @@ struct child_report {
     int step;
 };
 
+/* Where a failing child says what failed. With CLONE_VM | CLONE_VFORK the
+   child writes into the parent's memory, which the parent reads once the
+   child is gone (as glibc's posix_spawn does): no pipe to make, read and
+   close per spawn. Only the fork() fallback (ThreadSanitizer) needs a pipe. */
+struct reporter {
+    struct child_report *shared;    /* CLONE_VM: the parent's report */
+    int fd;                         /* fork(): the report pipe's write end */
+};
+
 /* Async-signal-safe: only raw syscalls and stack memory below. */
-static void child_fail(int pipe_fd, int step) {
+static void child_fail(const struct reporter *rep, int step) {
     struct child_report r = { errno, step };
-    ssize_t ignored = write(pipe_fd, &r, sizeof r);
-    (void)ignored;
+    if (rep->shared) {
+        *rep->shared = r;
+    } else {
+        ssize_t ignored = write(rep->fd, &r, sizeof r);
+        (void)ignored;
+    }
     _exit(127);
 }
 
@@ -94,7 +107,7 @@ static void write_pid(char *slot) {
     *p = '\0';
 }
 
-static void child(const struct swarm_spawn_request *req, int report_fd, pid_t parent, int in_cgroup) {
+static void child(const struct swarm_spawn_request *req, struct reporter rep, pid_t parent, int in_cgroup) {
     /* Dispositions first: a signal arriving now must not run the daemon's handlers.
        (No fd is touched here: with a shared table, see unshare_table.) */
     struct sigaction dfl;
@@ -105,10 +118,10 @@ static void child(const struct swarm_spawn_request *req, int report_fd, pid_t pa
         (void)sigaction(sig, &dfl, NULL);
     }
     /* kernel: before anything the child starts could escape it */
-    if (req->join_cgroup && !in_cgroup && swarm_child_join_cgroup(req->cgroup_procs_fd) < 0) child_fail(report_fd, SWARM_STEP_CGROUP);
-    if (setpgid(0, 0) < 0) child_fail(report_fd, SWARM_STEP_SETPGID);
+    if (req->join_cgroup && !in_cgroup && swarm_child_join_cgroup(req->cgroup_procs_fd) < 0) child_fail(&rep, SWARM_STEP_CGROUP);
+    if (setpgid(0, 0) < 0) child_fail(&rep, SWARM_STEP_SETPGID);
     if (req->pdeathsig > 0) {
-        if (prctl(PR_SET_PDEATHSIG, req->pdeathsig) < 0) child_fail(report_fd, SWARM_STEP_PDEATHSIG);
+        if (prctl(PR_SET_PDEATHSIG, req->pdeathsig) < 0) child_fail(&rep, SWARM_STEP_PDEATHSIG);
         /* The daemon may have died before prctl took effect. */
         if (getppid() != parent) _exit(0);
     }
@@ -116,75 +129,77 @@ static void child(const struct swarm_spawn_request *req, int report_fd, pid_t pa
     /* kernel: while still root (no no_new_privs needed then) and before the fd moves reuse intercept_sock's number */
     if (req->intercept_bind) {
         int kstep;
-        if (swarm_child_intercept_bind(req->intercept_sock, &kstep) < 0) child_fail(report_fd, kstep);
+        if (swarm_child_intercept_bind(req->intercept_sock, &kstep) < 0) child_fail(&rep, kstep);
     }
 
     /* Move the passed fds above every target number, then into place. */
     int high = 3 + req->nfds + 3;
-    if (high < report_fd + 1) high = report_fd + 1;
+    if (rep.fd >= 0 && high < rep.fd + 1) high = rep.fd + 1;
     int moved[256];
-    if (req->nfds > 256) { errno = EMFILE; child_fail(report_fd, SWARM_STEP_FDS); }
+    if (req->nfds > 256) { errno = EMFILE; child_fail(&rep, SWARM_STEP_FDS); }
     for (int i = 0; i < req->nfds; i++) {
         moved[i] = fcntl(req->fds[i], F_DUPFD_CLOEXEC, high + 16);
-        if (moved[i] < 0) child_fail(report_fd, SWARM_STEP_FDS);
+        if (moved[i] < 0) child_fail(&rep, SWARM_STEP_FDS);
     }
-    int report = fcntl(report_fd, F_DUPFD_CLOEXEC, high + 16 + req->nfds + 1);
-    if (report < 0) child_fail(report_fd, SWARM_STEP_FDS);
-    report_fd = report;
+    if (rep.fd >= 0) {
+        int report = fcntl(rep.fd, F_DUPFD_CLOEXEC, high + 16 + req->nfds + 1);
+        if (report < 0) child_fail(&rep, SWARM_STEP_FDS);
+        rep.fd = report;
+    }
     int in = req->stdin_fd >= 0 ? fcntl(req->stdin_fd, F_DUPFD_CLOEXEC, high + 16) : -1;
     int out = req->stdout_fd >= 0 ? fcntl(req->stdout_fd, F_DUPFD_CLOEXEC, high + 16) : -1;
     int err = req->stderr_fd >= 0 ? fcntl(req->stderr_fd, F_DUPFD_CLOEXEC, high + 16) : -1;
     if ((req->stdin_fd >= 0 && in < 0) || (req->stdout_fd >= 0 && out < 0) || (req->stderr_fd >= 0 && err < 0))
-        child_fail(report_fd, SWARM_STEP_STDIO);
-    if (in >= 0 && dup2(in, 0) < 0) child_fail(report_fd, SWARM_STEP_STDIO);
-    if (out >= 0 && dup2(out, 1) < 0) child_fail(report_fd, SWARM_STEP_STDIO);
-    if (err >= 0 && dup2(err, 2) < 0) child_fail(report_fd, SWARM_STEP_STDIO);
+        child_fail(&rep, SWARM_STEP_STDIO);
+    if (in >= 0 && dup2(in, 0) < 0) child_fail(&rep, SWARM_STEP_STDIO);
+    if (out >= 0 && dup2(out, 1) < 0) child_fail(&rep, SWARM_STEP_STDIO);
+    if (err >= 0 && dup2(err, 2) < 0) child_fail(&rep, SWARM_STEP_STDIO);
     for (int i = 0; i < req->nfds; i++) {
-        if (dup2(moved[i], 3 + i) < 0) child_fail(report_fd, SWARM_STEP_FDS);
+        if (dup2(moved[i], 3 + i) < 0) child_fail(&rep, SWARM_STEP_FDS);
     }
-    /* Everything else: closed at exec. The report pipe must survive until then. */
+    /* Everything else: closed at exec. A report pipe must survive until then. */
     if (syscall(SYS_close_range, 3 + req->nfds, ~0U, CLOSE_RANGE_CLOEXEC) < 0) {
         for (int fd = 3 + req->nfds; fd < 65536; fd++) {
-            if (fd != report_fd) (void)fcntl(fd, F_SETFD, FD_CLOEXEC);
+            if (fd != rep.fd) (void)fcntl(fd, F_SETFD, FD_CLOEXEC);
         }
     }
 
     for (int i = 0; i < req->nrlimits; i++) {
         struct rlimit rl = { (rlim_t)req->rlimits[i].soft, (rlim_t)req->rlimits[i].hard };
-        if (setrlimit(req->rlimits[i].resource, &rl) < 0) child_fail(report_fd, SWARM_STEP_RLIMIT);
+        if (setrlimit(req->rlimits[i].resource, &rl) < 0) child_fail(&rep, SWARM_STEP_RLIMIT);
     }
     /* Lowered before exec, so every thread the program starts inherits it. */
     if (req->set_nice) (void)syscall(SYS_setpriority, PRIO_PROCESS, 0, req->nice);
     if (req->cpu >= 0) {
         unsigned long mask[1024 / (8 * sizeof(unsigned long))];
         memset(mask, 0, sizeof mask);
-        if (req->cpu >= 1024) child_fail(report_fd, SWARM_STEP_AFFINITY);
+        if (req->cpu >= 1024) child_fail(&rep, SWARM_STEP_AFFINITY);
         mask[req->cpu / (8 * sizeof(unsigned long))] |= 1UL << (req->cpu % (8 * sizeof(unsigned long)));
-        if (syscall(SYS_sched_setaffinity, 0, sizeof mask, mask) < 0) child_fail(report_fd, SWARM_STEP_AFFINITY);
+        if (syscall(SYS_sched_setaffinity, 0, sizeof mask, mask) < 0) child_fail(&rep, SWARM_STEP_AFFINITY);
     }
     if (req->set_ids) {
         /* Raw system calls: glibc's wrappers would try to change the
            credentials of every thread of the (shared-memory) parent. */
-        if (syscall(SYS_setgroups, 0, NULL) < 0) child_fail(report_fd, SWARM_STEP_SETGROUPS);
-        if (syscall(SYS_setgid, req->gid) < 0) child_fail(report_fd, SWARM_STEP_SETGID);
-        if (syscall(SYS_setuid, req->uid) < 0) child_fail(report_fd, SWARM_STEP_SETUID);
+        if (syscall(SYS_setgroups, 0, NULL) < 0) child_fail(&rep, SWARM_STEP_SETGROUPS);
+        if (syscall(SYS_setgid, req->gid) < 0) child_fail(&rep, SWARM_STEP_SETGID);
+        if (syscall(SYS_setuid, req->uid) < 0) child_fail(&rep, SWARM_STEP_SETUID);
     }
-    if (req->cwd && chdir(req->cwd) < 0) child_fail(report_fd, SWARM_STEP_CHDIR);
+    if (req->cwd && chdir(req->cwd) < 0) child_fail(&rep, SWARM_STEP_CHDIR);
     if (req->no_new_privs && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
-        child_fail(report_fd, SWARM_STEP_NO_NEW_PRIVS);
+        child_fail(&rep, SWARM_STEP_NO_NEW_PRIVS);
     if (req->listen_pid_slot) write_pid(req->listen_pid_slot);
 
     sigset_t empty;
     sigemptyset(&empty);
     (void)sigprocmask(SIG_SETMASK, &empty, NULL);
     execve(req->path, req->argv, req->envp);
-    child_fail(report_fd, SWARM_STEP_EXEC);
+    child_fail(&rep, SWARM_STEP_EXEC);
 }
 
 struct child_args {
     const struct swarm_spawn_request *req;
-    int report_fd;
-    int report_read_fd;
+    struct reporter rep;
+    int report_read_fd;  /* fork(): the report pipe's read end, the child closes it; else -1 */
     pid_t parent;
     int shared_table;    /* cloned with CLONE_FILES: unshare before touching any fd */
     int ceiling;
@@ -197,13 +212,13 @@ static int child_entry(void *arg) {
         /* Copies fds [0, ceiling) into a table of the child's own. Should the
            kernel refuse (before 5.9), take a full copy rather than share. */
         if (syscall(SYS_close_range, (unsigned)a->ceiling, ~0U, CLOSE_RANGE_UNSHARE) < 0 && unshare(CLONE_FILES) < 0) {
-            /* Still shared: report through the pipe (a write only) and leave. */
-            child_fail(a->report_fd, SWARM_STEP_FORK);
+            /* Still shared: report (no fd touched) and leave. */
+            child_fail(&a->rep, SWARM_STEP_FORK);
         }
-    } else {
+    } else if (a->report_read_fd >= 0) {
         close(a->report_read_fd);
     }
-    child(a->req, a->report_fd, a->parent, a->in_cgroup);
+    child(a->req, a->rep, a->parent, a->in_cgroup);
     return 127;
 }
 
@@ -240,9 +255,15 @@ __asm__(
     "    hlt\n"
     ".size swarm_clone3_run, .-swarm_clone3_run\n");
 
+#endif
 /* Set once clone3 or CLONE_INTO_CGROUP turned out missing (before Linux 5.7). */
 static int clone3_unsupported;
-#endif
+
+void swarm_spawn_use_clone3(int on) {
+    pthread_mutex_lock(&slot_lock);
+    clone3_unsupported = !on;
+    pthread_mutex_unlock(&slot_lock);
+}
 
 int swarm_spawn_reserve_slots(void) {
     pthread_mutex_lock(&slot_lock);
@@ -296,56 +317,83 @@ static void release_slots(int used) {
     for (int i = 0; i < used; i++) (void)dup3(placeholder, slots[i], O_CLOEXEC);
 }
 
+/* The child's stack, made once and kept: with CLONE_VFORK the child is done
+   with it (exec'd or gone) when clone returns, and spawns are serialised by
+   slot_lock. An mmap, its page faults and a munmap per spawn were 5 % of
+   swarmd's CPU when starting 4,096 workers (issue 18). */
+static void *child_stack;
+static const size_t child_stack_size = 256 * 1024;
+
+/* A worker created in its cgroup by clone3 needs no cgroup.procs fd, so the
+   caller may pass only the cgroup's directory; should clone3 fail, the child
+   joins after all, through cgroup.procs opened here (relative to the
+   directory). Returns the fd opened (the caller closes it) or -1. */
+static int open_procs_for_join(struct swarm_spawn_request *view) {
+    if (view->join_cgroup || view->cgroup_dir_fd < 0) return -1;
+    int fd = openat(view->cgroup_dir_fd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    view->join_cgroup = 1;
+    view->cgroup_procs_fd = fd;
+    return fd;
+}
+
 /* clone(CLONE_VM | CLONE_VFORK) on a stack of its own, like posix_spawn: no
    copy of swarmd's page tables, and swarmd resumes once the child has exec'd
    (or failed). The child touches only its stack, the request prepared
    before, and raw system calls. */
 pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step) {
-    int pipefd[2];
     *err = 0;
     *step = SWARM_STEP_NONE;
-    if (pipe2(pipefd, O_CLOEXEC) < 0) { *err = errno; *step = SWARM_STEP_FORK; return -1; }
     pid_t parent = getpid();
-    size_t stack_size = 256 * 1024;
-    void *stack = mmap(NULL, stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-    if (stack == MAP_FAILED) {
-        *err = errno;
-        *step = SWARM_STEP_FORK;
-        close(pipefd[0]);
-        close(pipefd[1]);
-        return -1;
-    }
-    struct child_args args = { req, pipefd[1], pipefd[0], parent, 0, 0 };
-
+    struct child_report report = { 0, SWARM_STEP_NONE };
     /* The child's view of the request: the same, with every fd it needs on a slot. */
+    struct swarm_spawn_request view = *req;
+    struct child_args args = { &view, { &report, -1 }, -1, parent, 0, 0, 0 };
+    int joined_procs = -1;
+#if SWARM_SPAWN_WITH_FORK
+    int pipefd[2];
+    if (pipe2(pipefd, O_CLOEXEC) < 0) { *err = errno; *step = SWARM_STEP_FORK; return -1; }
+    args.rep.shared = NULL;
+    args.rep.fd = pipefd[1];
+    args.report_read_fd = pipefd[0];
+    joined_procs = open_procs_for_join(&view);  /* fork() has no CLONE_INTO_CGROUP */
+#endif
+
     pthread_mutex_lock(&slot_lock);
-    struct swarm_spawn_request slotted = *req;
+    if (!SWARM_SPAWN_WITH_FORK && !child_stack) {
+        void *stack = mmap(NULL, child_stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+        if (stack == MAP_FAILED) {
+            *err = errno;
+            *step = SWARM_STEP_FORK;
+            pthread_mutex_unlock(&slot_lock);
+            return -1;
+        }
+        child_stack = stack;
+    }
     int slot_fds[SWARM_SPAWN_SLOTS];
     int used = 0;
-    int needed = 4 + req->nfds + (req->join_cgroup ? 1 : 0) + (req->intercept_bind ? 1 : 0);
+    /* Room for a cgroup.procs fd opened later (open_procs_for_join). */
+    int needed = 4 + req->nfds + 1 + (req->intercept_bind ? 1 : 0);
     if (!SWARM_SPAWN_WITH_FORK && placeholder >= 0 && needed <= nslots) {
         int ok = 1;
-        int report = to_slot(pipefd[1], &used);
-        ok = ok && report >= 0;
         for (int i = 0; ok && i < req->nfds; i++) {
             slot_fds[i] = to_slot(req->fds[i], &used);
             ok = slot_fds[i] >= 0 || req->fds[i] < 0;
         }
-        if (ok) { slotted.stdin_fd = to_slot(req->stdin_fd, &used); ok = req->stdin_fd < 0 || slotted.stdin_fd >= 0; }
-        if (ok) { slotted.stdout_fd = to_slot(req->stdout_fd, &used); ok = req->stdout_fd < 0 || slotted.stdout_fd >= 0; }
-        if (ok) { slotted.stderr_fd = to_slot(req->stderr_fd, &used); ok = req->stderr_fd < 0 || slotted.stderr_fd >= 0; }
-        if (ok && req->join_cgroup) { slotted.cgroup_procs_fd = to_slot(req->cgroup_procs_fd, &used); ok = slotted.cgroup_procs_fd >= 0; }
-        if (ok && req->intercept_bind) { slotted.intercept_sock = to_slot(req->intercept_sock, &used); ok = slotted.intercept_sock >= 0; }
+        if (ok) { view.stdin_fd = to_slot(req->stdin_fd, &used); ok = req->stdin_fd < 0 || view.stdin_fd >= 0; }
+        if (ok) { view.stdout_fd = to_slot(req->stdout_fd, &used); ok = req->stdout_fd < 0 || view.stdout_fd >= 0; }
+        if (ok) { view.stderr_fd = to_slot(req->stderr_fd, &used); ok = req->stderr_fd < 0 || view.stderr_fd >= 0; }
+        if (ok && req->join_cgroup) { view.cgroup_procs_fd = to_slot(req->cgroup_procs_fd, &used); ok = view.cgroup_procs_fd >= 0; }
+        if (ok && req->intercept_bind) { view.intercept_sock = to_slot(req->intercept_sock, &used); ok = view.intercept_sock >= 0; }
         if (ok) {
-            slotted.fds = slot_fds;
-            args.req = &slotted;
-            args.report_fd = report;
+            view.fds = slot_fds;
             args.shared_table = 1;
             args.ceiling = slot_ceiling;
         } else {
             /* A bad fd in the request (EBADF): the copying path reports it as before. */
             release_slots(used);
             used = 0;
+            view = *req;
         }
     }
 
@@ -369,13 +417,13 @@ pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step) {
        took 0.45 ms on average and up to 15 ms per spawn on a busy host, while
        swarmd waited in vfork. Any failure falls back to clone and the join,
        which reports its own error. */
-    if (req->join_cgroup && req->cgroup_dir_fd >= 0 && !clone3_unsupported) {
+    if (req->cgroup_dir_fd >= 0 && !clone3_unsupported) {
         struct clone_args ca;
         memset(&ca, 0, sizeof ca);
         ca.flags = CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP | (args.shared_table ? CLONE_FILES : 0);
         ca.exit_signal = SIGCHLD;
-        ca.stack = (uint64_t)(uintptr_t)stack;
-        ca.stack_size = stack_size;
+        ca.stack = (uint64_t)(uintptr_t)child_stack;
+        ca.stack_size = child_stack_size;
         ca.cgroup = (uint64_t)req->cgroup_dir_fd;
         args.in_cgroup = 1;
         long r = swarm_clone3_run(&ca, sizeof ca, child_entry, &args);
@@ -389,32 +437,55 @@ pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step) {
     }
 #endif
     if (!cloned) {
+        if (!view.join_cgroup && req->cgroup_dir_fd >= 0) {
+            joined_procs = open_procs_for_join(&view);
+            if (joined_procs >= 0 && args.shared_table) {
+                view.cgroup_procs_fd = to_slot(joined_procs, &used);
+                if (view.cgroup_procs_fd < 0) view.join_cgroup = 0;
+            }
+            if (!view.join_cgroup) {
+                /* No way into the cgroup: fail rather than run outside it. */
+                fork_errno = errno;
+                pthread_sigmask(SIG_SETMASK, &old, NULL);
+                release_slots(used);
+                pthread_mutex_unlock(&slot_lock);
+                if (joined_procs >= 0) close(joined_procs);
+                *err = fork_errno;
+                *step = SWARM_STEP_CGROUP;
+                return -1;
+            }
+        }
         int flags = CLONE_VM | CLONE_VFORK | SIGCHLD | (args.shared_table ? CLONE_FILES : 0);
-        pid = clone(child_entry, (char *)stack + stack_size, flags, &args);
+        pid = clone(child_entry, (char *)child_stack + child_stack_size, flags, &args);
         fork_errno = errno;
     }
 #endif
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     release_slots(used);
     pthread_mutex_unlock(&slot_lock);
-    munmap(stack, stack_size);
+    if (joined_procs >= 0) close(joined_procs);
+#if SWARM_SPAWN_WITH_FORK
     close(pipefd[1]);
     if (pid < 0) {
         close(pipefd[0]);
+    } else {
+        ssize_t n;
+        do { n = read(pipefd[0], &report, sizeof report); } while (n < 0 && errno == EINTR);
+        close(pipefd[0]);
+        if (n != (ssize_t)sizeof report) report.step = SWARM_STEP_NONE;
+    }
+#endif
+    if (pid < 0) {
         *err = fork_errno;
         *step = SWARM_STEP_FORK;
         return -1;
     }
-    struct child_report r;
-    ssize_t n;
-    do { n = read(pipefd[0], &r, sizeof r); } while (n < 0 && errno == EINTR);
-    close(pipefd[0]);
-    if (n == (ssize_t)sizeof r) {
+    if (report.step != SWARM_STEP_NONE) {
         /* The child is exiting with 127: reap it here so no unknown pid reaches the reaper. */
         int status;
         while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
-        *err = r.err;
-        *step = r.step;
+        *err = report.err;
+        *step = report.step;
         return -1;
     }
     return pid;

@@ -75,10 +75,19 @@ extension Manager {
             plan.limits.append((7, original.soft, original.hard))
         }
         let cgroup = cgroups.create(for: r)
-        plan.cgroupProcsFD = cgroup?.procsFD ?? -1
         let cgroupDirectory = cgroup?.openDirectory() ?? -1
         defer { if cgroupDirectory >= 0 { Posix.close(cgroupDirectory) } }
         plan.cgroupDirFD = cgroupDirectory
+        if let cgroup, cgroupDirectory < 0 {
+            do { try cgroup.openProcsFD() } catch {
+                Posix.close(out.read)
+                Posix.close(err.read)
+                if let ready { Posix.close(ready.read) }
+                cgroups.abandon(cgroup)
+                throw error
+            }
+        }
+        plan.cgroupProcsFD = cgroup?.procsFD ?? -1
         // Before the spawn: a worker alone on its sockets finds O_NONBLOCK off.
         interception.flags.spawning(r.worker, fds: listenFDs)
         let pid: pid_t

@@ -453,7 +453,7 @@ extension LinuxKernel: BindInterceptingKernel {
 }
 
 let kernelStepNames: [Int32: String] = [
-    Int32(SWARM_STEP_CGROUP.rawValue): "joining the worker's cgroup (write to cgroup.procs)",
+    Int32(SWARM_STEP_CGROUP.rawValue): "joining the worker's cgroup (cgroup.procs)",
     Int32(SWARM_STEP_SECCOMP.rawValue): "seccomp(SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER)",
     Int32(SWARM_STEP_SECCOMP_SEND.rawValue): "sending the seccomp listener to swarmd (sendmsg)",
 ]

@@ -459,32 +459,44 @@ public final class CgroupRoot {
         return d
     }
 
-    /// Makes `<root>/<app>/<slot>.<worker>` and opens its files. A leftover
-    /// of the same name (ids restart with swarmd) is killed and replaced, so
-    /// the new worker's counters start at zero.
+    /// Makes `<root>/<app>/<slot>.<worker>`, relative to the app's directory
+    /// fd (a full path walks every component again, and the app's directory
+    /// is made only when it is missing: for its first worker, or after it
+    /// was removed when it emptied). A leftover of the same name (ids restart
+    /// with swarmd) is killed and replaced, so the new worker's counters
+    /// start at zero. No file of the new cgroup is opened: a spawn creates
+    /// its child in the directory (`openDirectory`), and only a fallback
+    /// joins by cgroup.procs (`openProcsFD`).
     public func createWorker(app: String, slot: Int, worker: UInt64) throws -> WorkerCgroup {
         try Cgroups.validateName(app)
         guard slot >= 0 else { throw SystemError("cgroup name", errno: EINVAL, subject: "slot \(slot)") }
         let appDir = path + "/" + app
-        // Made (and its controllers enabled) once; made again if it was removed when it emptied.
-        var madeNow = false
-        if mkdir(appDir, 0o755) == 0 {
-            var notes: [String] = []
-            Cgroups.enableControllers(in: appDir, notes: &notes)
-            madeNow = true
-        } else if errno != EEXIST {
-            throw SystemError("mkdir", errno: errno, subject: appDir)
+        let name = "\(slot).\(worker)"
+        let dir = appDir + "/" + name
+        var parent = appDirectories[app]
+        var made: Int32 = ENOENT
+        if let p = parent, p.fd >= 0 { made = mkdirat(p.fd, name, 0o755) == 0 ? 0 : errno }
+        if made == ENOENT {
+            if mkdir(appDir, 0o755) == 0 {
+                var notes: [String] = []
+                Cgroups.enableControllers(in: appDir, notes: &notes)
+            } else if errno != EEXIST {
+                throw SystemError("mkdir", errno: errno, subject: appDir)
+            }
+            parent = appDirectory(app, fresh: true)
+            made = mkdir(dir, 0o755) == 0 ? 0 : errno
         }
-        let dir = appDir + "/\(slot).\(worker)"
-        if mkdir(dir, 0o755) < 0 {
-            guard errno == EEXIST else { throw SystemError("mkdir", errno: errno, subject: dir) }
+        if made == EEXIST {
             try Cgroups.killTree(dir)
             _ = Cgroups.waitEmpty(dir, timeoutNanoseconds: 2_000_000_000)
             try Cgroups.removeTree(dir)
             try Cgroups.makeDirectory(dir)
+        } else if made != 0 {
+            throw SystemError("mkdir", errno: made, subject: dir)
         }
-        let cgroup = try WorkerCgroup(path: dir, hasMemory: controllers.contains("memory"),
-                                      in: appDirectory(app, fresh: madeNow), name: "\(slot).\(worker)")
+        // Made just now in a cgroup directory: the kernel made it a cgroup, nothing to check.
+        let cgroup = try WorkerCgroup(path: dir, openProcs: false, hasMemory: controllers.contains("memory"),
+                                      in: parent, name: name, verify: false)
         cgroup.neverKilled = true
         return cgroup
     }
@@ -601,9 +613,9 @@ public final class WorkerCgroup {
     /// The app's directory and this cgroup's name in it ("SLOT.ID"), for reads relative to it.
     let parent: CgroupDirectory?
     let name: String
-    /// Open O_WRONLY on cgroup.procs, for `SpawnPlan.cgroupProcsFD`. Close it
-    /// (`closeProcsFD`) once the worker is spawned: everything it starts is
-    /// in the cgroup by inheritance. -1 once closed.
+    /// Open O_WRONLY on cgroup.procs (`openProcsFD`), for `SpawnPlan.cgroupProcsFD`.
+    /// Close it (`closeProcsFD`) once the worker is spawned: everything it
+    /// starts is in the cgroup by inheritance. -1 until opened, and once closed.
     public private(set) var procsFD: Int32 = -1
     /// cgroup.events, read-only: it polls EPOLLPRI (and EPOLLERR) when
     /// "populated" changes. Put it in the event loop; `populated()` reads the value.
@@ -647,16 +659,15 @@ public final class WorkerCgroup {
     /// Whether `usage` holds files open now (the caller budgets fds by it).
     public var holdsUsageFiles: Bool { usageFiles != nil }
 
-    init(path: String, openProcs: Bool = true, hasMemory: Bool = false, in parent: CgroupDirectory? = nil, name: String = "") throws {
+    /// `verify`: check that `path` is a cgroup (it has cgroup.events).
+    init(path: String, openProcs: Bool = true, hasMemory: Bool = false, in parent: CgroupDirectory? = nil, name: String = "",
+         verify: Bool = true) throws {
         self.path = path
         self.hasMemory = hasMemory
         self.parent = (parent.map { $0.fd >= 0 } ?? false) && !name.isEmpty ? parent : nil
         self.name = name
-        if openProcs {
-            procsFD = Glibc.open(path + "/cgroup.procs", O_WRONLY | O_CLOEXEC)
-            if procsFD < 0 { throw SystemError("open", errno: errno, subject: path + "/cgroup.procs") }
-        }
-        if access(path + "/cgroup.events", F_OK) != 0 {
+        if openProcs { try openProcsFD() }
+        if verify, access(path + "/cgroup.events", F_OK) != 0 {
             let e = errno
             if procsFD >= 0 { Glibc.close(procsFD) }
             throw SystemError("access", errno: e, subject: path + "/cgroup.events")
@@ -688,6 +699,19 @@ public final class WorkerCgroup {
     public func closeUsageFiles() {
         usageFiles?.close()
         usageFiles = nil
+    }
+
+    /// Opens cgroup.procs for `SpawnPlan.cgroupProcsFD` (once: it stays open
+    /// until `closeProcsFD`), for a child that joins the cgroup instead of
+    /// being created in it: one the cgroup may have been killed in, or a spawn
+    /// whose directory could not be opened.
+    @discardableResult
+    public func openProcsFD() throws -> Int32 {
+        if procsFD < 0 {
+            procsFD = Glibc.open(path + "/cgroup.procs", O_WRONLY | O_CLOEXEC)
+            if procsFD < 0 { throw SystemError("open", errno: errno, subject: path + "/cgroup.procs") }
+        }
+        return procsFD
     }
 
     public func closeProcsFD() {
@@ -749,7 +773,8 @@ public final class WorkerCgroup {
 
     /// A cgroup whose last worker is gone (empty) is handed to a new worker
     /// instead of an rmdir and a mkdir (each a few hundred microseconds of
-    /// kernel work per restart): cgroup.procs is opened again and the CPU
+    /// kernel work per restart): cgroup.procs is opened again if the next
+    /// child must join by it, and the CPU
     /// counter so far becomes the baseline `usage()` subtracts. A cgroup whose
     /// workers all exited without swarmd's `kill()` (the common case: a worker
     /// that dies is reaped with its cgroup already empty) keeps `neverKilled`,
@@ -757,10 +782,8 @@ public final class WorkerCgroup {
     /// a cgroup.procs write while swarmd waits in vfork (issue 18: a kill -9
     /// storm of 4,096 reuses 4,096 cgroups).
     public func reuse() throws {
-        if procsFD < 0 {
-            procsFD = Glibc.open(path + "/cgroup.procs", O_WRONLY | O_CLOEXEC)
-            if procsFD < 0 { throw SystemError("open", errno: errno, subject: path + "/cgroup.procs") }
-        }
+        // Its next child joins by cgroup.procs (see neverKilled); else it is created in the directory.
+        if !neverKilled { try openProcsFD() }
         if let exited = cpuSinceBaseline {
             cpuBaseline &+= exited
         } else {

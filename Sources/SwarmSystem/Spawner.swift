@@ -24,10 +24,13 @@ public struct SpawnPlan {
     /// The one CPU the worker may run on (nil: any swarmd may use).
     public var cpu: Int32?
     // Kernel mechanisms (Cgroups.swift, BindInterceptor.swift).
-    /// `WorkerCgroup.procsFD`: the child joins that cgroup before anything else. -1: stay in swarmd's.
+    /// `WorkerCgroup.procsFD`: the child joins that cgroup before anything else. -1 with
+    /// `cgroupDirFD` -1 too: it stays in swarmd's.
     public var cgroupProcsFD: Int32 = -1
     /// The same cgroup's directory (`WorkerCgroup.openDirectory()`): the child is
-    /// created in it (clone3 CLONE_INTO_CGROUP) instead of joining it. -1: it joins.
+    /// created in it (clone3 CLONE_INTO_CGROUP) instead of joining it; where clone3
+    /// cannot, it joins by `cgroupProcsFD`, or by the directory's cgroup.procs,
+    /// or the spawn fails. -1: it joins by `cgroupProcsFD`.
     public var cgroupDirFD: Int32 = -1
     /// Intercept the worker's bind() calls; spawn with `Spawner.spawnWorker` to get the notification fd.
     public var interceptBind = false
@@ -150,6 +153,10 @@ public enum Spawner {
         let c = swarm_spawn_slot_ceiling()
         return c >= 0 ? c : nil
     }
+
+    /// Whether a child is created in its cgroup by clone3 when the kernel can
+    /// (the default), or always joins it by cgroup.procs: for tests of that path.
+    public static func useClone3(_ on: Bool) { swarm_spawn_use_clone3(on ? 1 : 0) }
 
     public static func setChildSubreaper() throws {
         try Posix.check("prctl(PR_SET_CHILD_SUBREAPER)") { swarm_set_child_subreaper() }

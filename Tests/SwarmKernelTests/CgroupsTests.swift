@@ -467,7 +467,7 @@ struct CgroupSpawnTests {
     func aCgroupTheChildCannotJoinFailsTheSpawnNamingTheStep() throws {
         try withTestRoot { root, scratch in
             let cg = try root.createWorker(app: "gone", slot: 0, worker: 1)
-            let procs = cg.procsFD
+            let procs = try cg.openProcsFD()
             // Removed before the spawn: the write in the child fails (ENODEV), the spawn reports it.
             _ = rmdir(cg.path)
             let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
@@ -486,6 +486,94 @@ struct CgroupSpawnTests {
             }
             cg.close()
             _ = scratch
+        }
+    }
+
+    /// Spawns /bin/sleep with only the cgroup's directory in the plan (no
+    /// cgroup.procs fd), as swarmd does for a fresh cgroup.
+    func spawnByDirectory(_ dirFD: Int32) throws -> pid_t {
+        let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
+        defer { close(devNull) }
+        var plan = SpawnPlan(executable: "/bin/sleep", argv: ["/bin/sleep", "30"], environment: [], setListenPID: false, cwd: nil,
+                             fds: [], stdin: devNull, stdout: devNull, stderr: devNull)
+        plan.cgroupDirFD = dirFD
+        return try Spawner.spawn(plan)
+    }
+
+    func stop(_ pid: pid_t) {
+        kill(pid, SIGKILL)
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+    }
+
+    @Test("a fresh cgroup is made with no file opened, and its child is created in it through the directory alone",
+          .enabled(if: isRoot, "\(rootOnly)"))
+    func aFreshCgroupsChildNeedsOnlyTheDirectory() throws {
+        try withTestRoot { root, _ in
+            let cg = try root.createWorker(app: "web", slot: 0, worker: 1)
+            defer { cg.close() }
+            #expect(cg.procsFD == -1, "cgroup.procs is opened only for a child that joins")
+            let dir = cg.openDirectory()
+            #expect(dir >= 0)
+            defer { close(dir) }
+            let pid = try spawnByDirectory(dir)
+            defer { stop(pid) }
+            #expect(cg.members() == [pid])
+        }
+    }
+
+    @Test("where clone3 cannot create the child in its cgroup, the child joins it by the directory's cgroup.procs",
+          .enabled(if: isRoot, "\(rootOnly)"))
+    func withoutClone3TheChildJoinsByTheDirectorysProcsFile() throws {
+        try withTestRoot { root, _ in
+            let cg = try root.createWorker(app: "web", slot: 0, worker: 2)
+            defer { cg.close() }
+            let dir = cg.openDirectory()
+            defer { close(dir) }
+            Spawner.useClone3(false)
+            defer { Spawner.useClone3(true) }
+            let pid = try spawnByDirectory(dir)
+            defer { stop(pid) }
+            #expect(cg.members() == [pid])
+        }
+    }
+
+    @Test("a spawn that can get into its cgroup neither by clone3 nor by cgroup.procs fails, naming the step, instead of running outside it")
+    func aSpawnThatCannotEnterItsCgroupFailsInsteadOfRunningOutside() throws {
+        let scratch = Scratch("plain-dir")
+        defer { _ = rmdir(scratch.path) }
+        // A plain directory: clone3 refuses it as a cgroup, and it has no cgroup.procs to join by.
+        let dir = open(scratch.path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        #expect(dir >= 0)
+        defer { close(dir) }
+        do {
+            let pid = try spawnByDirectory(dir)
+            stop(pid)
+            Issue.record("spawned pid \(pid) outside any cgroup")
+        } catch let e as SpawnError {
+            #expect(e.step.contains("cgroup"), "\(e)")
+            #expect(e.errno == ENOENT, "\(e)")
+        }
+    }
+
+    @Test("a worker cgroup is made again in an app directory that was removed when it emptied (the app's directory fd gone stale)",
+          .enabled(if: isRoot, "\(rootOnly)"))
+    func anAppDirectoryRemovedWhenItEmptiedIsMadeAgain() throws {
+        try withTestRoot { root, _ in
+            let first = try root.createWorker(app: "api", slot: 0, worker: 1)
+            first.close()
+            #expect(rmdir(first.path) == 0)
+            root.removeAppIfEmpty("api")
+            #expect(access(root.path + "/api", F_OK) != 0)
+            let second = try root.createWorker(app: "api", slot: 0, worker: 2)
+            defer { second.close() }
+            #expect(second.path == root.path + "/api/0.2")
+            #expect(access(second.path + "/cgroup.events", F_OK) == 0, "a cgroup, made in the new app directory")
+            let dir = second.openDirectory()
+            defer { close(dir) }
+            let pid = try spawnByDirectory(dir)
+            defer { stop(pid) }
+            #expect(second.members() == [pid])
         }
     }
 }

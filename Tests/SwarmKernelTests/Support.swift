@@ -88,7 +88,7 @@ final class Worker {
         let environment = ["PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/tmp", "PYTHONUNBUFFERED=1", "LANG=C.UTF-8"] + env
         var plan = SpawnPlan(executable: argv[0], argv: argv, environment: environment, setListenPID: false,
                              cwd: scratch.path, fds: [], stdin: devNull, stdout: out, stderr: out)
-        plan.cgroupProcsFD = cgroup?.procsFD ?? -1
+        plan.cgroupProcsFD = try cgroup?.openProcsFD() ?? -1
         let directory = createdInCgroup ? cgroup?.openDirectory() ?? -1 : -1
         defer { if directory >= 0 { close(directory) } }
         plan.cgroupDirFD = directory

@@ -252,7 +252,7 @@ struct ListeningProbeTests {
             os.close(3)
             os.write(1, b"ready\\n")
             time.sleep(1000)
-            """, fds: [fd], cgroupProcsFD: cgroup.procsFD)
+            """, fds: [fd], cgroupProcsFD: try cgroup.openProcsFD())
             cgroup.closeProcsFD()
             defer { p.stop() }
             try p.waitFor("ready")

@@ -38,8 +38,10 @@ struct swarm_spawn_request {
     /* kernel mechanisms (swarm_kernel.h) */
     int join_cgroup;             ///< 1: write "0" to cgroup_procs_fd first thing in the child
     int cgroup_procs_fd;         ///< the worker cgroup's cgroup.procs, opened O_WRONLY by the parent
-    int cgroup_dir_fd;           ///< the worker cgroup's directory (O_PATH), or -1: with it the child is
-                                 ///< created in the cgroup (clone3 CLONE_INTO_CGROUP) and joins nothing
+    int cgroup_dir_fd;           ///< the worker cgroup's directory, or -1: with it the child is created in
+                                 ///< the cgroup (clone3 CLONE_INTO_CGROUP) and joins nothing; where clone3
+                                 ///< cannot, it joins by cgroup_procs_fd, or by the directory's cgroup.procs
+                                 ///< opened then (and fails the spawn, step SWARM_STEP_CGROUP, if it cannot)
     int intercept_bind;          ///< 1: install the bind() filter, send its listener over intercept_sock
     int intercept_sock;          ///< child end of a socketpair (CLOEXEC)
 };
@@ -68,6 +70,10 @@ enum swarm_spawn_step {
 pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step);
 
 int swarm_set_child_subreaper(void);
+
+/// 0: never clone3 into a cgroup, join by cgroup.procs (as on kernels before
+/// 5.7, which swarm_spawn detects itself); 1: use it again. For tests of that path.
+void swarm_spawn_use_clone3(int on);
 
 /// Reserves the low fd numbers swarm_spawn places a child's fds on, so that
 /// the child copies only those instead of the caller's whole fd table (see
