@@ -141,15 +141,17 @@ final class HealthChecker {
         guard let table = sockets[app] else { return }
         for entry in table.entries where entry.reuseport {
             guard let rr = entry.roundRobin else { continue }
+            let key = "\(app)/\(entry.spec.name)"
             let counts: [UInt64]
             do {
+                // Nothing counted since the counts this checker took last (it is their only reader).
+                if lastCounts[key] != nil, try rr.countsUnchangedSinceLastRead(upTo: entry.steeredSlots.count) { continue }
                 guard let c = try rr.connectionCounts(upTo: entry.steeredSlots.count) else { continue }
                 counts = c
             } catch {
                 report(.warning, "Failed to read the connection counters of \(app)/\(entry.spec.name): \(error), ignoring")
                 continue
             }
-            let key = "\(app)/\(entry.spec.name)"
             let last = lastCounts[key] ?? []
             if last.count >= counts.count, last[..<counts.count].elementsEqual(counts) { continue }
             for (i, c) in counts.enumerated() where i < entry.steeredSlots.count {

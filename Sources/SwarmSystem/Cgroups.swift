@@ -688,11 +688,13 @@ public final class WorkerCgroup {
     /// have been killed (the child then joins by cgroup.procs).
     public func openDirectory() -> Int32 {
         guard neverKilled else { return -1 }
+        // O_PATH: clone3 takes it (seen on 6.18), and it skips kernfs' open; a
+        // kernel that refuses it makes the spawn join by cgroup.procs instead.
         if let parent {
-            let fd = openat(parent.fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            let fd = openat(parent.fd, name, Cgroups.openPath | O_DIRECTORY | O_CLOEXEC)
             if fd >= 0 { return fd }
         }
-        return Glibc.open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        return Glibc.open(path, Cgroups.openPath | O_DIRECTORY | O_CLOEXEC)
     }
 
     /// Closes what `usage(keepingFilesOpen: true)` kept open.

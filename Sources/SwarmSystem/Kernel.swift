@@ -80,10 +80,14 @@ public protocol ReuseportSteering: AnyObject {
     /// New connections the program steered to each index 0..<n since it was
     /// created; nil when it does not count.
     func connectionCounts(upTo n: Int) throws -> [UInt64]?
+    /// Whether `connectionCounts(upTo: n)` would return what it returned last
+    /// (nothing counted since); false when that is not known.
+    func countsUnchangedSinceLastRead(upTo n: Int) throws -> Bool
 }
 
 extension ReuseportSteering {
     public func connectionCounts(upTo n: Int) throws -> [UInt64]? { nil }
+    public func countsUnchangedSinceLastRead(upTo n: Int) throws -> Bool { false }
 }
 
 extension RoundRobinSteering: ReuseportSteering {

@@ -73,6 +73,16 @@ public final class RoundRobinSteering {
     /// a big app starts), so the counters are read again only when the program
     /// may have counted since: every counted connection moves the state's
     /// round-robin counter or its hand-over quota, one lookup instead of n.
+    /// Whether `connectionCounts(upTo: n)` would return what it returned last
+    /// (the program counted nothing since): one state lookup, so that a caller
+    /// that keeps the last counts skips comparing n of them at every change.
+    public func countsUnchangedSinceLastRead(upTo n: Int) throws -> Bool {
+        guard countMap >= 0, let last = lastRead, last.counts.count >= n else { return false }
+        var state = swarm_rr_state()
+        try Posix.check("bpf(BPF_MAP_LOOKUP_ELEM)", subject: "steering state") { swarm_rr_read_state(stateMap, &state) }
+        return last.counter == state.counter && last.target == state.target && last.quota == state.quota
+    }
+
     public func connectionCounts(upTo n: Int) throws -> [UInt64]? {
         guard countMap >= 0 else { return nil }
         guard n > 0 else { return [] }
