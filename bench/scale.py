@@ -28,6 +28,9 @@ by delay 0 for swarm, startsecs = 0 for supervisord, warmup_delay = 0 for circus
 
 `floor` is the least a supervisor can do (a C loop: posix_spawn, waitpid, respawn; see
 build_floor), measured the same way: what this machine allows at that moment.
+`floor-fork` is the same loop spawning by fork + execve: the loop goes on while each
+child execs, where posix_spawn (like swarm's vfork-style spawn) waits for the exec; the
+two side by side show what not waiting for each exec is worth on this machine.
 
 `swarm-noboost` is swarm started with `--priority-boost 0` (swarmd at its workers'
 priority), to measure what the boost does side by side.
@@ -309,7 +312,9 @@ def setup(sup, n, d):
         return [CIRCUSD, path], "sleep", None, None, conf
     if sup == "floor":
         return [FLOOR, str(n)], "sleep", None, None, "(bench/scale.py build_floor: %d x sleep 100000)" % n
-    raise SystemExit("unknown supervisor %r (SUPERVISORS may name swarm, swarm-noboost, supervisord, circus, swarm-sock, floor)" % sup)
+    if sup == "floor-fork":
+        return [FLOOR, str(n), "fork"], "sleep", None, None, "(bench/scale.py build_floor, fork + execve: %d x sleep 100000)" % n
+    raise SystemExit("unknown supervisor %r (SUPERVISORS may name swarm, swarm-noboost, supervisord, circus, swarm-sock, floor, floor-fork)" % sup)
 
 
 def fmt_s(x):
@@ -532,16 +537,24 @@ def build_floor():
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <unistd.h>
 extern char **environ;
 static volatile sig_atomic_t stopping;
 static void on_term(int sig) { (void)sig; stopping = 1; }
 static char *av[] = {"sleep", "100000", 0};
+static int by_fork;  /* argv[2] "fork": fork + execve, no wait for the exec */
 static pid_t start(void) {
     pid_t p;
+    if (by_fork) {
+        p = fork();
+        if (p == 0) { execve("/bin/sleep", av, environ); _exit(127); }
+        return p;
+    }
     return posix_spawn(&p, "/bin/sleep", 0, 0, av, environ) == 0 ? p : -1;
 }
 int main(int argc, char **argv) {
     int n = argc > 1 ? atoi(argv[1]) : 1;
+    by_fork = argc > 2 && strcmp(argv[2], "fork") == 0;
     pid_t *kids = calloc(n, sizeof *kids);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -613,7 +626,7 @@ def main():
         raise SystemExit("scale.py: circusd not found (pip install circus into a venv and set CIRCUSD), or drop it from SUPERVISORS")
     if "swarm-sock" in SUPERVISORS:
         build_tinysrv()
-    if "floor" in SUPERVISORS:
+    if "floor" in SUPERVISORS or "floor-fork" in SUPERVISORS:
         build_floor()
     log("# sizes %s, %d run(s), supervisors %s, phase timeout %.0f s, scratch %s" % (SIZES, RUNS, SUPERVISORS, TIMEOUT, TMP))
     results = []

@@ -19,7 +19,7 @@
 # Knobs (env):
 #   SIZES="10 100 1000 4096"   worker counts
 #   RUNS=3                     runs per size (interleaved: the supervisor order rotates)
-#   SUPERVISORS="floor swarm supervisord circus swarm-sock"   (also: swarm-noboost)
+#   SUPERVISORS="floor swarm supervisord circus swarm-sock"   (also: swarm-noboost, floor-fork)
 #   RELOAD_SIZES="100 1000"    sizes at which swarm's rolling reload is measured
 #   TIMEOUT=240                deadline of every phase in seconds (a miss is reported as "timeout")
 #   SETTLE=2                   seconds of quiet between phases

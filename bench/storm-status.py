@@ -11,6 +11,8 @@ A/B comparisons of swarmd builds, one storm or reload at a time, the builds inte
                status and ping medians and maxima in the storm, the status maximum
                after its first 0.5 s, and the loop's largest gaps.
   MODE=reload  N workers, then `swarmctl reload many`: its time and swarmd's CPU for it.
+  MODE=start   N workers started, nothing else (every mode prints the start's time and
+               swarmd's CPU for it, user and system).
 
 Run through bench/storm-status.sh (limits, build); BUILDS="dirA dirB" names folders
 holding swarmd and swarmctl, each run once per round, ROUNDS rounds.
@@ -64,10 +66,16 @@ def start(build, d):
         scale.TINYSRV = os.path.join(d, "tinysrv")
         scale.build_tinysrv()
     argv, wname, env, sock, _ = scale.setup(SUP, N, d)
+    t0 = time.monotonic()
     p = scale.launch(argv, os.path.join(d, "daemon.log"), env)
     ws = scale.Workers(p.pid, wname, need_accept=(SUP == "swarm-sock"))
     if not scale.wait_until(lambda: len(ws.scan()) >= N, 120, scale.scan_interval(N)):
         raise SystemExit("%s: only %d of %d workers up after 120 s" % (build, len(ws.known), N))
+    took = time.monotonic() - t0
+    with open("/proc/%d/stat" % p.pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    user, system = int(fields[11]) / scale.CLK, int(fields[12]) / scale.CLK
+    print("   started all in %.2f s; swarmd CPU %.2f s (user %.2f, system %.2f)" % (took, user + system, user, system), flush=True)
     time.sleep(1)
     return p, ws, sock
 
@@ -129,7 +137,8 @@ def main():
             print("## %s, %s, N = %d, round %d, build %s (load %s)" % (MODE, SUP, N, rnd, build, open("/proc/loadavg").read().split()[0]), flush=True)
             p, ws, sock = start(build, d)
             try:
-                (storm if MODE == "storm" else reload)(p, ws, sock)
+                if MODE != "start":
+                    (storm if MODE == "storm" else reload)(p, ws, sock)
             finally:
                 p.send_signal(signal.SIGTERM)
                 try:

@@ -5,8 +5,9 @@
 #
 # Usage:  BUILDS="/tmp/old /tmp/new" bench/storm-status.sh                  # storm, 4,096 `sleep`s, 2 rounds
 #         MODE=reload SUP=swarm-sock N=1000 BUILDS="/tmp/old /tmp/new" bench/storm-status.sh
+#         MODE=start ROUNDS=4 BUILDS="/tmp/old /tmp/new" bench/storm-status.sh   # the start alone
 #         (a build folder holds swarmd and swarmctl, e.g. a copy of .build-static/release)
-# Knobs: MODE=storm|reload, SUP=swarm|swarm-sock, N=4096, ROUNDS=2, SAMPLER_NICE=-15.
+# Knobs: MODE=storm|reload|start, SUP=swarm|swarm-sock, N=4096, ROUNDS=2, SAMPLER_NICE=-15.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
