@@ -357,6 +357,14 @@ pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step) {
     args.rep.fd = pipefd[1];
     args.report_read_fd = pipefd[0];
     joined_procs = open_procs_for_join(&view);  /* fork() has no CLONE_INTO_CGROUP */
+    if (req->cgroup_dir_fd >= 0 && !view.join_cgroup) {
+        /* No way into the cgroup: fail rather than run outside it. */
+        *err = errno;
+        *step = SWARM_STEP_CGROUP;
+        close(pipefd[0]);
+        close(pipefd[1]);
+        return -1;
+    }
 #endif
 
     pthread_mutex_lock(&slot_lock);
