@@ -91,11 +91,16 @@ final class Child: @unchecked Sendable {
         self.errPath = errPath
     }
 
+    private static let outputFiles = Counter()
+
     /// `fds` become 3, 4, … in the child; with `listenPID`, LISTEN_PID is set to the child's own pid.
     static func spawn(_ executable: String, _ args: [String], env: [String] = childEnvironment(), dir: String,
                       label: String, cwd: String? = nil, fds: [Int32] = [], listenPID: Bool = false) throws -> Child {
-        let outPath = "\(dir)/\(label).out"
-        let errPath = "\(dir)/\(label).err"
+        // Numbered: callers share folders (several tests spawn "sha256" in /tmp at
+        // once), and an O_TRUNC of another test's file emptied its output.
+        let file = "\(dir)/\(label).\(getpid()).\(outputFiles.next())"
+        let outPath = file + ".out"
+        let errPath = file + ".err"
         let out = try Posix.open(outPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode: 0o644)
         defer { Posix.close(out) }
         let err = try Posix.open(errPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode: 0o644)
