@@ -259,11 +259,6 @@ __asm__(
 /* Set once clone3 or CLONE_INTO_CGROUP turned out missing (before Linux 5.7). */
 static int clone3_unsupported;
 
-void swarm_spawn_use_clone3(int on) {
-    pthread_mutex_lock(&slot_lock);
-    clone3_unsupported = !on;
-    pthread_mutex_unlock(&slot_lock);
-}
 
 int swarm_spawn_reserve_slots(void) {
     pthread_mutex_lock(&slot_lock);
@@ -425,7 +420,7 @@ pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step) {
        took 0.45 ms on average and up to 15 ms per spawn on a busy host, while
        swarmd waited in vfork. Any failure falls back to clone and the join,
        which reports its own error. */
-    if (req->cgroup_dir_fd >= 0 && !clone3_unsupported) {
+    if (req->cgroup_dir_fd >= 0 && !clone3_unsupported && !req->no_clone3) {
         struct clone_args ca;
         memset(&ca, 0, sizeof ca);
         ca.flags = CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP | (args.shared_table ? CLONE_FILES : 0);

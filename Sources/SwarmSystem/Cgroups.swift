@@ -784,8 +784,16 @@ public final class WorkerCgroup {
     /// a cgroup.procs write while swarmd waits in vfork (issue 18: a kill -9
     /// storm of 4,096 reuses 4,096 cgroups).
     public func reuse() throws {
-        // Its next child joins by cgroup.procs (see neverKilled); else it is created in the directory.
-        if !neverKilled { try openProcsFD() }
+        if neverKilled {
+            // Its next child is created in the directory, which must still be there
+            // (removed from outside, it would fail every spawn it is handed to).
+            var st = stat()
+            let r = parent.map { fstatat($0.fd, name, &st, 0) } ?? stat(path, &st)
+            if r < 0 { throw SystemError("stat", errno: errno, subject: path) }
+        } else {
+            // Its next child joins by cgroup.procs (see neverKilled).
+            try openProcsFD()
+        }
         if let exited = cpuSinceBaseline {
             cpuBaseline &+= exited
         } else {

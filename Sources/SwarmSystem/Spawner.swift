@@ -32,6 +32,9 @@ public struct SpawnPlan {
     /// cannot, it joins by `cgroupProcsFD`, or by the directory's cgroup.procs,
     /// or the spawn fails. -1: it joins by `cgroupProcsFD`.
     public var cgroupDirFD: Int32 = -1
+    /// Join the cgroup by cgroup.procs even where clone3 could create the child
+    /// in `cgroupDirFD` (what happens on kernels before 5.7): for tests of that path.
+    public var joinCgroupOnly = false
     /// Intercept the worker's bind() calls; spawn with `Spawner.spawnWorker` to get the notification fd.
     public var interceptBind = false
     /// Set by `spawnWorker`: the child's end of the socketpair the notification fd comes back on.
@@ -126,6 +129,7 @@ public enum Spawner {
                         req.cgroup_dir_fd = plan.cgroupDirFD
                         req.intercept_bind = plan.interceptBind ? 1 : 0
                         req.intercept_sock = plan.interceptSocket
+                        req.no_clone3 = plan.joinCgroupOnly ? 1 : 0
                         return swarm_spawn(&req, &err, &step)
                     }
                 }
@@ -153,10 +157,6 @@ public enum Spawner {
         let c = swarm_spawn_slot_ceiling()
         return c >= 0 ? c : nil
     }
-
-    /// Whether a child is created in its cgroup by clone3 when the kernel can
-    /// (the default), or always joins it by cgroup.procs: for tests of that path.
-    public static func useClone3(_ on: Bool) { swarm_spawn_use_clone3(on ? 1 : 0) }
 
     public static func setChildSubreaper() throws {
         try Posix.check("prctl(PR_SET_CHILD_SUBREAPER)") { swarm_set_child_subreaper() }

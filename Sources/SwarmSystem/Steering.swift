@@ -67,15 +67,11 @@ public final class RoundRobinSteering {
     /// The counters as last read, and the program's state then.
     private var lastRead: (counts: [UInt64], counter: UInt64, target: UInt32, quota: Int64)?
 
-    /// The counters of indices 0..<n (each counts from the program's creation), or nil without a count map.
-    ///
-    /// swarmd reads them at every change of an app's steering (thousands while
-    /// a big app starts), so the counters are read again only when the program
-    /// may have counted since: every counted connection moves the state's
-    /// round-robin counter or its hand-over quota, one lookup instead of n.
     /// Whether `connectionCounts(upTo: n)` would return what it returned last
     /// (the program counted nothing since): one state lookup, so that a caller
     /// that keeps the last counts skips comparing n of them at every change.
+    /// Sound only while that caller is the counters' one reader (HealthChecker):
+    /// another reader's `connectionCounts` would move "last" past its counts.
     public func countsUnchangedSinceLastRead(upTo n: Int) throws -> Bool {
         guard countMap >= 0, let last = lastRead, last.counts.count >= n else { return false }
         var state = swarm_rr_state()
@@ -83,6 +79,12 @@ public final class RoundRobinSteering {
         return last.counter == state.counter && last.target == state.target && last.quota == state.quota
     }
 
+    /// The counters of indices 0..<n (each counts from the program's creation), or nil without a count map.
+    ///
+    /// swarmd reads them at every change of an app's steering (thousands while
+    /// a big app starts), so the counters are read again only when the program
+    /// may have counted since: every counted connection moves the state's
+    /// round-robin counter or its hand-over quota, one lookup instead of n.
     public func connectionCounts(upTo n: Int) throws -> [UInt64]? {
         guard countMap >= 0 else { return nil }
         guard n > 0 else { return [] }

@@ -189,6 +189,24 @@ struct CgroupsTests {
         }
     }
 
+    @Test("a never-killed spare cgroup removed from outside is refused by reuse (swarmd then makes a fresh one) instead of failing every spawn it is handed to",
+          .enabled(if: isRoot, "\(rootOnly)"))
+    func aSpareRemovedFromOutsideIsRefusedByReuse() throws {
+        try withTestRoot { root, _ in
+            let cg = try root.createWorker(app: "web", slot: 0, worker: 7)
+            #expect(cg.neverKilled)
+            try cg.reuse()
+            #expect(rmdir(cg.path) == 0)
+            do {
+                try cg.reuse()
+                Issue.record("reuse of a removed cgroup succeeded")
+            } catch let e as SystemError {
+                #expect(e.errno == ENOENT && e.subject == cg.path, "\(e)")
+            }
+            cg.close()
+        }
+    }
+
     @Test("a reused cgroup's CPU baseline from its last worker's rusage matches cpu.stat: the next worker starts near 0, not at the last one's CPU",
           .enabled(if: isRoot, "\(rootOnly)"))
     func aReusedCgroupsBaselineFromRusageMatchesCpuStat() throws {
@@ -491,12 +509,13 @@ struct CgroupSpawnTests {
 
     /// Spawns /bin/sleep with only the cgroup's directory in the plan (no
     /// cgroup.procs fd), as swarmd does for a fresh cgroup.
-    func spawnByDirectory(_ dirFD: Int32) throws -> pid_t {
+    func spawnByDirectory(_ dirFD: Int32, joinOnly: Bool = false) throws -> pid_t {
         let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
         defer { close(devNull) }
         var plan = SpawnPlan(executable: "/bin/sleep", argv: ["/bin/sleep", "30"], environment: [], setListenPID: false, cwd: nil,
                              fds: [], stdin: devNull, stdout: devNull, stderr: devNull)
         plan.cgroupDirFD = dirFD
+        plan.joinCgroupOnly = joinOnly
         return try Spawner.spawn(plan)
     }
 
@@ -530,9 +549,7 @@ struct CgroupSpawnTests {
             defer { cg.close() }
             let dir = cg.openDirectory()
             defer { close(dir) }
-            Spawner.useClone3(false)
-            defer { Spawner.useClone3(true) }
-            let pid = try spawnByDirectory(dir)
+            let pid = try spawnByDirectory(dir, joinOnly: true)
             defer { stop(pid) }
             #expect(cg.members() == [pid])
         }

@@ -44,6 +44,8 @@ struct swarm_spawn_request {
                                  ///< opened then (and fails the spawn, step SWARM_STEP_CGROUP, if it cannot)
     int intercept_bind;          ///< 1: install the bind() filter, send its listener over intercept_sock
     int intercept_sock;          ///< child end of a socketpair (CLOEXEC)
+    int no_clone3;               ///< 1: join the cgroup by cgroup.procs even where clone3 could create the
+                                 ///< child in it (what kernels before 5.7 do); for tests of that path
 };
 
 /// Steps of the child; reported with the errno when one fails.
@@ -70,10 +72,6 @@ enum swarm_spawn_step {
 pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step);
 
 int swarm_set_child_subreaper(void);
-
-/// 0: never clone3 into a cgroup, join by cgroup.procs (as on kernels before
-/// 5.7, which swarm_spawn detects itself); 1: use it again. For tests of that path.
-void swarm_spawn_use_clone3(int on);
 
 /// Reserves the low fd numbers swarm_spawn places a child's fds on, so that
 /// the child copies only those instead of the caller's whole fd table (see
