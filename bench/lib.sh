@@ -71,6 +71,18 @@ bg_start() {
     BENCH_PGIDS+=("$BG_PID")
 }
 
+# fg_group CMD...: runs CMD in a process group of its own (so that bench_cleanup's
+# SIGTERM reaches everything it started), its output to ours; returns its status.
+fg_group() {
+    show "$@"
+    setsid "$@" </dev/null &
+    BENCH_PGIDS+=("$!")
+    local rc=0
+    wait "$!" || rc=$?
+    bg_forget "$!"
+    return "$rc"
+}
+
 # bg_stop PID: SIGTERM its group, wait up to 15 s, then SIGKILL.
 bg_stop() {
     local g="$1" i

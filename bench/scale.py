@@ -374,11 +374,7 @@ def measure(sup, n, run):
                 sampler.start()
                 time.sleep(0.2)  # an idle sample or two first
             t0 = time.monotonic()
-            for pid in old:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_all(old)
             ok = wait_until(lambda: len(ws.scan(exclude=old)) >= n, TIMEOUT, scan_interval(n))
             el = time.monotonic() - t0 if ok else None
             cpu = cpu_s(p.pid) - c0
@@ -462,6 +458,15 @@ def ctl_ping(sock, d):
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         ts.append(time.perf_counter() - t)
     return statistics.median(ts) * 1000
+
+
+def kill_all(pids):
+    """kill -9 of each of pids (workers of this run), one already gone skipped."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def stop_daemon(p, grace=None):

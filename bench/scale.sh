@@ -60,11 +60,7 @@ say "# $(supervisord --version 2>/dev/null | sed 's/^/supervisord /') $(circusd 
 cmd=(env SWARMD="$SWARMD" SWARMCTL="$SWARMCTL" BENCH_TMP="$BENCH_TMP" SUPERVISORS="$SUPERVISORS"
     CIRCUSD="$(command -v circusd || true)" SUPERVISORD="$(command -v supervisord || true)"
     python3 "$BENCH_DIR/scale.py")
-show "${cmd[@]}"
 # own process group, so bench_cleanup's SIGTERM reaches it (scale.py then stops its daemons)
-setsid "${cmd[@]}" </dev/null &
-BENCH_PGIDS+=("$!")
 rc=0
-wait "$!" || rc=$?
-bg_forget "$!"
+fg_group "${cmd[@]}" || rc=$?
 exit "$rc"

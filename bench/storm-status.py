@@ -93,11 +93,7 @@ def storm(p, ws, sock):
         time.sleep(0.3)
         old = set(ws.scan())
         t0 = time.monotonic()
-        for pid in old:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        scale.kill_all(old)
         ok = scale.wait_until(lambda: len(ws.scan(exclude=old)) >= N, 120, scale.scan_interval(N))
         el = time.monotonic() - t0
         time.sleep(0.2)

@@ -24,10 +24,6 @@ fi
 [[ -n "${BUILDS:-}" ]] || { say "storm-status.sh: set BUILDS to the build folders to compare"; exit 1; }
 cmd=(env MODE="${MODE:-storm}" SUP="${SUP:-swarm}" N="$N" ROUNDS="${ROUNDS:-2}" BUILDS="$BUILDS"
     SAMPLER_NICE="${SAMPLER_NICE:--15}" BENCH_TMP="$BENCH_TMP" python3 "$BENCH_DIR/storm-status.py")
-show "${cmd[@]}"
-setsid "${cmd[@]}" </dev/null &
-BENCH_PGIDS+=("$!")
 rc=0
-wait "$!" || rc=$?
-bg_forget "$!"
+fg_group "${cmd[@]}" || rc=$?
 exit "$rc"
