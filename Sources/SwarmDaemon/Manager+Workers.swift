@@ -78,21 +78,14 @@ extension Manager {
         let cgroupDirectory = cgroup?.openDirectory() ?? -1
         defer { if cgroupDirectory >= 0 { Posix.close(cgroupDirectory) } }
         plan.cgroupDirFD = cgroupDirectory
-        if let cgroup, cgroupDirectory < 0 {
-            do { try cgroup.openProcsFD() } catch {
-                Posix.close(out.read)
-                Posix.close(err.read)
-                if let ready { Posix.close(ready.read) }
-                cgroups.abandon(cgroup)
-                throw error
-            }
-        }
-        plan.cgroupProcsFD = cgroup?.procsFD ?? -1
         // Before the spawn: a worker alone on its sockets finds O_NONBLOCK off.
         interception.flags.spawning(r.worker, fds: listenFDs)
         let pid: pid_t
         var notifyFD: Int32?
         do {
+            // Without the directory the child joins by cgroup.procs.
+            if let cgroup, cgroupDirectory < 0 { try cgroup.openProcsFD() }
+            plan.cgroupProcsFD = cgroup?.procsFD ?? -1
             if interception.wants(spec), let k = kernel as? BindInterceptingKernel {
                 plan.interceptBind = true
                 let spawned = try k.spawnWorker(plan)

@@ -495,7 +495,7 @@ public final class CgroupRoot {
             throw SystemError("mkdir", errno: made, subject: dir)
         }
         // Made just now in a cgroup directory: the kernel made it a cgroup, nothing to check.
-        let cgroup = try WorkerCgroup(path: dir, openProcs: false, hasMemory: controllers.contains("memory"),
+        let cgroup = try WorkerCgroup(path: dir, hasMemory: controllers.contains("memory"),
                                       in: parent, name: name, verify: false)
         cgroup.neverKilled = true
         return cgroup
@@ -504,7 +504,7 @@ public final class CgroupRoot {
     /// The cgroup of a worker that already runs (after a re-exec).
     public func openWorker(app: String, slot: Int, worker: UInt64) throws -> WorkerCgroup {
         try Cgroups.validateName(app)
-        return try WorkerCgroup(path: path + "/\(app)/\(slot).\(worker)", openProcs: false, hasMemory: controllers.contains("memory"),
+        return try WorkerCgroup(path: path + "/\(app)/\(slot).\(worker)", hasMemory: controllers.contains("memory"),
                                 in: appDirectory(app), name: "\(slot).\(worker)")
     }
 
@@ -516,7 +516,7 @@ public final class CgroupRoot {
         let dir = hierarchy.directory(own)
         let parts = dir.dropFirst(path.count + 1).split(separator: "/")
         guard dir.hasPrefix(path + "/"), parts.count == 2 else { return nil }
-        return try? WorkerCgroup(path: dir, openProcs: false, hasMemory: controllers.contains("memory"),
+        return try? WorkerCgroup(path: dir, hasMemory: controllers.contains("memory"),
                                  in: appDirectory(String(parts[0])), name: String(parts[1]))
     }
 
@@ -659,18 +659,15 @@ public final class WorkerCgroup {
     /// Whether `usage` holds files open now (the caller budgets fds by it).
     public var holdsUsageFiles: Bool { usageFiles != nil }
 
-    /// `verify`: check that `path` is a cgroup (it has cgroup.events).
-    init(path: String, openProcs: Bool = true, hasMemory: Bool = false, in parent: CgroupDirectory? = nil, name: String = "",
-         verify: Bool = true) throws {
+    /// Opens nothing (`openProcsFD` does, when a child must join). `verify`:
+    /// check that `path` is a cgroup (it has cgroup.events).
+    init(path: String, hasMemory: Bool = false, in parent: CgroupDirectory? = nil, name: String = "", verify: Bool = true) throws {
         self.path = path
         self.hasMemory = hasMemory
         self.parent = (parent.map { $0.fd >= 0 } ?? false) && !name.isEmpty ? parent : nil
         self.name = name
-        if openProcs { try openProcsFD() }
         if verify, access(path + "/cgroup.events", F_OK) != 0 {
-            let e = errno
-            if procsFD >= 0 { Glibc.close(procsFD) }
-            throw SystemError("access", errno: e, subject: path + "/cgroup.events")
+            throw SystemError("access", errno: errno, subject: path + "/cgroup.events")
         }
     }
 
