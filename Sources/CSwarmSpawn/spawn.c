@@ -16,6 +16,8 @@
 #endif
 
 #include <errno.h>
+#include <linux/futex.h>
+#include <stdlib.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <pthread.h>
@@ -75,125 +77,177 @@ struct child_report {
     int step;
 };
 
-/* Where a failing child says what failed. With CLONE_VM | CLONE_VFORK the
-   child writes into the parent's memory, which the parent reads once the
-   child is gone (as glibc's posix_spawn does): no pipe to make, read and
-   close per spawn. Only the fork() fallback (ThreadSanitizer) needs a pipe. */
+/* The child's system calls, made without glibc's wrappers: a child that runs
+   alongside swarmd in swarmd's memory (swarm_spawn's returnBeforeExec) shares
+   the calling thread's TLS, and so its errno, which any wrapper's failure
+   would write to. These return the result, or -errno, and touch no memory.
+   Elsewhere than x86_64 only the waiting spawns exist (swarmd is stopped
+   while its child runs), and glibc's syscall() is used. */
+#if defined(__x86_64__)
+static inline long sys6(long n, long a, long b, long c, long d, long e, long f) {
+    long ret;
+    register long r10 __asm__("r10") = d;
+    register long r8 __asm__("r8") = e;
+    register long r9 __asm__("r9") = f;
+    __asm__ volatile("syscall"
+                     : "=a"(ret)
+                     : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
+                     : "rcx", "r11", "memory");
+    return ret;
+}
+#else
+static inline long sys6(long n, long a, long b, long c, long d, long e, long f) {
+    long r = syscall(n, a, b, c, d, e, f);
+    return r < 0 ? -errno : r;
+}
+#endif
+#define sys0(n) sys6((n), 0, 0, 0, 0, 0, 0)
+#define sys1(n, a) sys6((n), (long)(a), 0, 0, 0, 0, 0)
+#define sys2(n, a, b) sys6((n), (long)(a), (long)(b), 0, 0, 0, 0)
+#define sys3(n, a, b, c) sys6((n), (long)(a), (long)(b), (long)(c), 0, 0, 0)
+#define sys4(n, a, b, c, d) sys6((n), (long)(a), (long)(b), (long)(c), (long)(d), 0, 0)
+
+/* Where a failing child says what failed. With CLONE_VM the child writes
+   into swarmd's memory, which swarmd reads once the child is gone (as
+   glibc's posix_spawn does): no pipe to make, read and close per spawn.
+   Only the fork() fallback (ThreadSanitizer) needs a pipe. */
 struct reporter {
-    struct child_report *shared;    /* CLONE_VM: the parent's report */
+    struct child_report *shared;    /* CLONE_VM: the report swarmd reads */
     int fd;                         /* fork(): the report pipe's write end */
 };
 
-/* Async-signal-safe: only raw syscalls and stack memory below. */
-static void child_fail(const struct reporter *rep, int step) {
-    struct child_report r = { errno, step };
+/* Only raw system calls and the child's own memory from here to exec. */
+static void child_fail(const struct reporter *rep, int step, int err) {
+    struct child_report r = { err, step };
     if (rep->shared) {
         *rep->shared = r;
     } else {
-        ssize_t ignored = write(rep->fd, &r, sizeof r);
-        (void)ignored;
+        (void)sys3(SYS_write, rep->fd, &r, sizeof r);
     }
-    _exit(127);
+    (void)sys1(SYS_exit_group, 127);
+    for (;;) {}
 }
 
 static void write_pid(char *slot) {
-    /* slot points at "LISTEN_PID=" + spare room. */
+    /* slot points at "LISTEN_PID=" (11 bytes) + spare room. */
     char digits[24];
     int n = 0;
-    pid_t pid = getpid();
+    long pid = sys0(SYS_getpid);
     do { digits[n++] = (char)('0' + pid % 10); pid /= 10; } while (pid > 0 && n < 23);
-    char *p = slot + strlen("LISTEN_PID=");
+    char *p = slot + 11;
     while (n > 0) *p++ = digits[--n];
     *p = '\0';
 }
 
+/* The kernel's struct sigaction (rt_sigaction), not glibc's. */
+struct kernel_sigaction {
+    void *handler;
+    unsigned long flags;
+    void *restorer;
+    uint64_t mask;
+};
+
+/* The process group first (before swarm_spawn returns for a child that runs
+   on: swarmd may signal the group at once); signals are all blocked until
+   exec, so no inherited handler can run meanwhile. */
+static void child_own_group(const struct reporter *rep) {
+    long r = sys2(SYS_setpgid, 0, 0);
+    if (r < 0) child_fail(rep, SWARM_STEP_SETPGID, (int)-r);
+}
+
 static void child(const struct swarm_spawn_request *req, struct reporter rep, pid_t parent, int in_cgroup) {
-    /* Dispositions first: a signal arriving now must not run the daemon's handlers.
-       (No fd is touched here: with a shared table, see unshare_table.) */
-    struct sigaction dfl;
-    memset(&dfl, 0, sizeof dfl);
-    dfl.sa_handler = SIG_DFL;
-    for (int sig = 1; sig < NSIG; sig++) {
+    long r;
+    struct kernel_sigaction dfl = { 0, 0, 0, 0 };   /* SIG_DFL */
+    for (int sig = 1; sig <= 64; sig++) {
         if (sig == SIGKILL || sig == SIGSTOP) continue;
-        (void)sigaction(sig, &dfl, NULL);
+        (void)sys4(SYS_rt_sigaction, sig, &dfl, 0, 8);
     }
-    /* kernel: before anything the child starts could escape it */
-    if (req->join_cgroup && !in_cgroup && swarm_child_join_cgroup(req->cgroup_procs_fd) < 0) child_fail(&rep, SWARM_STEP_CGROUP);
-    if (setpgid(0, 0) < 0) child_fail(&rep, SWARM_STEP_SETPGID);
+    /* kernel: before anything the child starts could escape it. swarmd opened
+       cgroup.procs, so this is one write of "0" (the writer: the child's own
+       thread group), and the kernel checks the delegation rules against the
+       opener's credentials (since 5.16), so it holds after setuid too. */
+    if (req->join_cgroup && !in_cgroup) {
+        do { r = sys3(SYS_write, req->cgroup_procs_fd, "0", 1); } while (r == -EINTR);
+        if (r != 1) child_fail(&rep, SWARM_STEP_CGROUP, r < 0 ? (int)-r : EIO);
+    }
     if (req->pdeathsig > 0) {
-        if (prctl(PR_SET_PDEATHSIG, req->pdeathsig) < 0) child_fail(&rep, SWARM_STEP_PDEATHSIG);
+        if ((r = sys2(SYS_prctl, PR_SET_PDEATHSIG, req->pdeathsig)) < 0) child_fail(&rep, SWARM_STEP_PDEATHSIG, (int)-r);
         /* The daemon may have died before prctl took effect. */
-        if (getppid() != parent) _exit(0);
+        if (sys0(SYS_getppid) != parent) (void)sys1(SYS_exit_group, 0);
     }
 
-    /* kernel: while still root (no no_new_privs needed then) and before the fd moves reuse intercept_sock's number */
+    /* kernel: while still root (no no_new_privs needed then) and before the fd
+       moves reuse intercept_sock's number. It uses glibc (and errno): only
+       spawns that wait for the exec intercept. */
     if (req->intercept_bind) {
         int kstep;
-        if (swarm_child_intercept_bind(req->intercept_sock, &kstep) < 0) child_fail(&rep, kstep);
+        if (swarm_child_intercept_bind(req->intercept_sock, &kstep) < 0) child_fail(&rep, kstep, errno);
     }
 
     /* Move the passed fds above every target number, then into place. */
     int high = 3 + req->nfds + 3;
     if (rep.fd >= 0 && high < rep.fd + 1) high = rep.fd + 1;
     int moved[256];
-    if (req->nfds > 256) { errno = EMFILE; child_fail(&rep, SWARM_STEP_FDS); }
+    if (req->nfds > 256) child_fail(&rep, SWARM_STEP_FDS, EMFILE);
     for (int i = 0; i < req->nfds; i++) {
-        moved[i] = fcntl(req->fds[i], F_DUPFD_CLOEXEC, high + 16);
-        if (moved[i] < 0) child_fail(&rep, SWARM_STEP_FDS);
+        r = sys3(SYS_fcntl, req->fds[i], F_DUPFD_CLOEXEC, high + 16);
+        if (r < 0) child_fail(&rep, SWARM_STEP_FDS, (int)-r);
+        moved[i] = (int)r;
     }
     if (rep.fd >= 0) {
-        int report = fcntl(rep.fd, F_DUPFD_CLOEXEC, high + 16 + req->nfds + 1);
-        if (report < 0) child_fail(&rep, SWARM_STEP_FDS);
-        rep.fd = report;
+        r = sys3(SYS_fcntl, rep.fd, F_DUPFD_CLOEXEC, high + 16 + req->nfds + 1);
+        if (r < 0) child_fail(&rep, SWARM_STEP_FDS, (int)-r);
+        rep.fd = (int)r;
     }
-    int in = req->stdin_fd >= 0 ? fcntl(req->stdin_fd, F_DUPFD_CLOEXEC, high + 16) : -1;
-    int out = req->stdout_fd >= 0 ? fcntl(req->stdout_fd, F_DUPFD_CLOEXEC, high + 16) : -1;
-    int err = req->stderr_fd >= 0 ? fcntl(req->stderr_fd, F_DUPFD_CLOEXEC, high + 16) : -1;
-    if ((req->stdin_fd >= 0 && in < 0) || (req->stdout_fd >= 0 && out < 0) || (req->stderr_fd >= 0 && err < 0))
-        child_fail(&rep, SWARM_STEP_STDIO);
-    if (in >= 0 && dup2(in, 0) < 0) child_fail(&rep, SWARM_STEP_STDIO);
-    if (out >= 0 && dup2(out, 1) < 0) child_fail(&rep, SWARM_STEP_STDIO);
-    if (err >= 0 && dup2(err, 2) < 0) child_fail(&rep, SWARM_STEP_STDIO);
+    int stdio[3] = { req->stdin_fd, req->stdout_fd, req->stderr_fd };
+    for (int i = 0; i < 3; i++) {
+        if (stdio[i] < 0) continue;
+        r = sys3(SYS_fcntl, stdio[i], F_DUPFD_CLOEXEC, high + 16);
+        if (r < 0) child_fail(&rep, SWARM_STEP_STDIO, (int)-r);
+        stdio[i] = (int)r;
+    }
+    for (int i = 0; i < 3; i++) {
+        if (stdio[i] >= 0 && (r = sys3(SYS_dup3, stdio[i], i, 0)) < 0) child_fail(&rep, SWARM_STEP_STDIO, (int)-r);
+    }
     for (int i = 0; i < req->nfds; i++) {
-        if (dup2(moved[i], 3 + i) < 0) child_fail(&rep, SWARM_STEP_FDS);
+        if ((r = sys3(SYS_dup3, moved[i], 3 + i, 0)) < 0) child_fail(&rep, SWARM_STEP_FDS, (int)-r);
     }
     /* Everything else: closed at exec. A report pipe must survive until then. */
-    if (syscall(SYS_close_range, 3 + req->nfds, ~0U, CLOSE_RANGE_CLOEXEC) < 0) {
+    if (sys3(SYS_close_range, 3 + req->nfds, ~0U, CLOSE_RANGE_CLOEXEC) < 0) {
         for (int fd = 3 + req->nfds; fd < 65536; fd++) {
-            if (fd != rep.fd) (void)fcntl(fd, F_SETFD, FD_CLOEXEC);
+            if (fd != rep.fd) (void)sys3(SYS_fcntl, fd, F_SETFD, FD_CLOEXEC);
         }
     }
 
     for (int i = 0; i < req->nrlimits; i++) {
-        struct rlimit rl = { (rlim_t)req->rlimits[i].soft, (rlim_t)req->rlimits[i].hard };
-        if (setrlimit(req->rlimits[i].resource, &rl) < 0) child_fail(&rep, SWARM_STEP_RLIMIT);
+        uint64_t rl[2] = { req->rlimits[i].soft, req->rlimits[i].hard };
+        if ((r = sys4(SYS_prlimit64, 0, req->rlimits[i].resource, rl, 0)) < 0) child_fail(&rep, SWARM_STEP_RLIMIT, (int)-r);
     }
     /* Lowered before exec, so every thread the program starts inherits it. */
-    if (req->set_nice) (void)syscall(SYS_setpriority, PRIO_PROCESS, 0, req->nice);
+    if (req->set_nice) (void)sys3(SYS_setpriority, PRIO_PROCESS, 0, req->nice);
     if (req->cpu >= 0) {
         unsigned long mask[1024 / (8 * sizeof(unsigned long))];
-        memset(mask, 0, sizeof mask);
-        if (req->cpu >= 1024) child_fail(&rep, SWARM_STEP_AFFINITY);
+        for (unsigned i = 0; i < sizeof mask / sizeof mask[0]; i++) mask[i] = 0;
+        if (req->cpu >= 1024) child_fail(&rep, SWARM_STEP_AFFINITY, EINVAL);
         mask[req->cpu / (8 * sizeof(unsigned long))] |= 1UL << (req->cpu % (8 * sizeof(unsigned long)));
-        if (syscall(SYS_sched_setaffinity, 0, sizeof mask, mask) < 0) child_fail(&rep, SWARM_STEP_AFFINITY);
+        if ((r = sys3(SYS_sched_setaffinity, 0, sizeof mask, mask)) < 0) child_fail(&rep, SWARM_STEP_AFFINITY, (int)-r);
     }
     if (req->set_ids) {
         /* Raw system calls: glibc's wrappers would try to change the
            credentials of every thread of the (shared-memory) parent. */
-        if (syscall(SYS_setgroups, 0, NULL) < 0) child_fail(&rep, SWARM_STEP_SETGROUPS);
-        if (syscall(SYS_setgid, req->gid) < 0) child_fail(&rep, SWARM_STEP_SETGID);
-        if (syscall(SYS_setuid, req->uid) < 0) child_fail(&rep, SWARM_STEP_SETUID);
+        if ((r = sys2(SYS_setgroups, 0, 0)) < 0) child_fail(&rep, SWARM_STEP_SETGROUPS, (int)-r);
+        if ((r = sys1(SYS_setgid, req->gid)) < 0) child_fail(&rep, SWARM_STEP_SETGID, (int)-r);
+        if ((r = sys1(SYS_setuid, req->uid)) < 0) child_fail(&rep, SWARM_STEP_SETUID, (int)-r);
     }
-    if (req->cwd && chdir(req->cwd) < 0) child_fail(&rep, SWARM_STEP_CHDIR);
-    if (req->no_new_privs && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
-        child_fail(&rep, SWARM_STEP_NO_NEW_PRIVS);
+    if (req->cwd && (r = sys1(SYS_chdir, req->cwd)) < 0) child_fail(&rep, SWARM_STEP_CHDIR, (int)-r);
+    if (req->no_new_privs && (r = sys6(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, 0)) < 0)
+        child_fail(&rep, SWARM_STEP_NO_NEW_PRIVS, (int)-r);
     if (req->listen_pid_slot) write_pid(req->listen_pid_slot);
 
-    sigset_t empty;
-    sigemptyset(&empty);
-    (void)sigprocmask(SIG_SETMASK, &empty, NULL);
-    execve(req->path, req->argv, req->envp);
-    child_fail(&rep, SWARM_STEP_EXEC);
+    uint64_t empty = 0;
+    (void)sys4(SYS_rt_sigprocmask, SIG_SETMASK, &empty, 0, 8);
+    r = sys3(SYS_execve, req->path, req->argv, req->envp);
+    child_fail(&rep, SWARM_STEP_EXEC, (int)-r);
 }
 
 struct child_args {
@@ -204,19 +258,30 @@ struct child_args {
     int shared_table;    /* cloned with CLONE_FILES: unshare before touching any fd */
     int ceiling;
     int in_cgroup;       /* created in its cgroup by clone3: no cgroup.procs write */
+    uint32_t *stage;     /* a child swarmd does not wait for: set to CHILD_ON_ITS_OWN once swarmd may go on */
 };
+
+/* struct arena's word (below). */
+enum { CHILD_DONE = 0, CHILD_CLONED = 1, CHILD_ON_ITS_OWN = 2 };
 
 static int child_entry(void *arg) {
     struct child_args *a = arg;
     if (a->shared_table) {
         /* Copies fds [0, ceiling) into a table of the child's own. Should the
            kernel refuse (before 5.9), take a full copy rather than share. */
-        if (syscall(SYS_close_range, (unsigned)a->ceiling, ~0U, CLOSE_RANGE_UNSHARE) < 0 && unshare(CLONE_FILES) < 0) {
+        if (sys3(SYS_close_range, (unsigned)a->ceiling, ~0U, CLOSE_RANGE_UNSHARE) < 0) {
+            long r = sys1(SYS_unshare, CLONE_FILES);
             /* Still shared: report (no fd touched) and leave. */
-            child_fail(&a->rep, SWARM_STEP_FORK);
+            if (r < 0) child_fail(&a->rep, SWARM_STEP_FORK, (int)-r);
         }
     } else if (a->report_read_fd >= 0) {
-        close(a->report_read_fd);
+        (void)sys1(SYS_close, a->report_read_fd);
+    }
+    child_own_group(&a->rep);
+    if (a->stage) {
+        /* swarmd's slots and process group no longer matter to this child. */
+        __atomic_store_n(a->stage, CHILD_ON_ITS_OWN, __ATOMIC_RELEASE);
+        (void)sys3(SYS_futex, a->stage, FUTEX_WAKE, 1);
     }
     child(a->req, a->rep, a->parent, a->in_cgroup);
     return 127;
@@ -332,27 +397,190 @@ static int open_procs_for_join(struct swarm_spawn_request *view) {
     return fd;
 }
 
-/* clone(CLONE_VM | CLONE_VFORK) on a stack of its own, like posix_spawn: no
-   copy of swarmd's page tables, and swarmd resumes once the child has exec'd
-   (or failed). The child touches only its stack, the request prepared
+/* ---- Children swarmd does not wait for (swarm_spawn_request.no_wait_exec) ----
+
+   A spawn that waits (CLONE_VFORK) stops swarmd's loop for the child's whole
+   way to exec: its fd moves, limits, credentials and the execve itself,
+   about 0.55 ms per worker on the 2-core test machine, in which swarmd does
+   nothing else (issue 18: 4,096 workers cost over 2 s of that at start and
+   again in a kill storm). Without CLONE_VFORK the child runs on the other CPU
+   while swarmd goes on; what vfork gave for free is then done by hand:
+   - The child still runs in swarmd's memory (CLONE_VM), so it needs memory
+     of its own that swarmd leaves alone until the child is done with it: an
+     arena with its stack and a copy of the request. The kernel tells when
+     (CLONE_CHILD_CLEARTID: at the exec, or the exit, it zeroes the arena's
+     word). An arena that is still busy is not reused; with none free, the
+     spawn waits as before.
+   - It shares the calling thread's TLS, so errno: only raw system calls (sys6).
+   - swarm_spawn returns once the child is on a fd table of its own (swarmd
+     puts its slots back then) and leads its own process group (swarmd may
+     signal the group at once): the child says so in the word, by futex.
+   - An exec that fails is seen at the reap: swarm_spawn_take_failure.
+   Not for children that join a cgroup by cgroup.procs or install the bind
+   filter (glibc, errno, and a cgroup to be in before swarmd counts them):
+   those wait. */
+#define SWARM_ARENAS 32
+#define ARENA_STACK_SIZE (64 * 1024)
+
+struct arena {
+    uint32_t word;              /* CHILD_*, futex; CHILD_DONE from the kernel */
+    int in_use;                 /* holds a child, until its report is taken (at once after an exec that worked) */
+    pid_t pid;
+    struct child_report report;
+    struct swarm_spawn_request view;
+    struct child_args args;
+    int slot_fds[SWARM_SPAWN_SLOTS];
+    char *data;                 /* the request's strings and arrays */
+    size_t capacity;
+    void *stack;
+};
+static struct arena arenas[SWARM_ARENAS];
+
+static size_t align8(size_t n) { return (n + 7) & ~(size_t)7; }
+
+/* Copies what req points at into a; view gets the copy. 0, or -1 (ENOMEM). */
+static int arena_copy(struct arena *a, const struct swarm_spawn_request *req) {
+    size_t argc = 0, envc = 0;
+    size_t strings = strlen(req->path) + 1 + (req->cwd ? strlen(req->cwd) + 1 : 0);
+    for (; req->argv[argc]; argc++) strings += strlen(req->argv[argc]) + 1;
+    for (; req->envp[envc]; envc++) strings += strlen(req->envp[envc]) + 1;
+    size_t argv_size = align8((argc + 1) * sizeof(char *)), envp_size = align8((envc + 1) * sizeof(char *));
+    size_t rl_size = align8((size_t)req->nrlimits * sizeof(struct swarm_rlimit));
+    size_t fds_size = align8((size_t)req->nfds * sizeof(int));
+    size_t need = argv_size + envp_size + rl_size + fds_size + strings;
+    if (need > a->capacity) {
+        char *bigger = realloc(a->data, need);
+        if (!bigger) return -1;
+        a->data = bigger;
+        a->capacity = need;
+    }
+    char *p = a->data;
+    char **argv = (char **)p;
+    p += argv_size;
+    char **envp = (char **)p;
+    p += envp_size;
+    struct swarm_rlimit *rl = (struct swarm_rlimit *)p;
+    p += rl_size;
+    int *fds = (int *)p;
+    p += fds_size;
+#define ARENA_STRING(dst, src) do { size_t n_ = strlen(src) + 1; memcpy(p, (src), n_); (dst) = p; p += n_; } while (0)
+    a->view = *req;
+    ARENA_STRING(a->view.path, req->path);
+    if (req->cwd) ARENA_STRING(a->view.cwd, req->cwd);
+    for (size_t i = 0; i < argc; i++) ARENA_STRING(argv[i], req->argv[i]);
+    argv[argc] = NULL;
+    a->view.listen_pid_slot = NULL;     /* the child writes only into a slot it owns */
+    for (size_t i = 0; i < envc; i++) {
+        ARENA_STRING(envp[i], req->envp[i]);
+        if (req->envp[i] == req->listen_pid_slot) a->view.listen_pid_slot = envp[i];
+    }
+    envp[envc] = NULL;
+#undef ARENA_STRING
+    if (req->nrlimits > 0) memcpy(rl, req->rlimits, (size_t)req->nrlimits * sizeof *rl);
+    if (req->nfds > 0) memcpy(fds, req->fds, (size_t)req->nfds * sizeof *fds);
+    a->view.argv = argv;
+    a->view.envp = envp;
+    a->view.rlimits = rl;
+    a->view.fds = fds;
+    return 0;
+}
+
+/* A free arena holding a copy of req, or NULL (all busy, or no memory). Under slot_lock. */
+static struct arena *arena_take(const struct swarm_spawn_request *req) {
+    struct arena *free_arena = NULL;
+    for (int i = 0; i < SWARM_ARENAS; i++) {
+        struct arena *a = &arenas[i];
+        /* Done with its memory and nothing to report: free again. */
+        if (a->in_use && __atomic_load_n(&a->word, __ATOMIC_ACQUIRE) == CHILD_DONE && a->report.step == SWARM_STEP_NONE)
+            a->in_use = 0;
+        if (!a->in_use && !free_arena) free_arena = a;
+    }
+    struct arena *a = free_arena;
+    if (!a) return NULL;
+    if (!a->stack) {
+        void *stack = mmap(NULL, ARENA_STACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+        if (stack == MAP_FAILED) return NULL;
+        a->stack = stack;
+    }
+    if (arena_copy(a, req) < 0) return NULL;
+    a->report.err = 0;
+    a->report.step = SWARM_STEP_NONE;
+    return a;
+}
+
+/* a's child has pid: an older arena of the same pid (its failure never
+   taken: reaped by someone else) must not answer for this one. */
+static void arena_hold(struct arena *a, pid_t pid) {
+    for (int i = 0; i < SWARM_ARENAS; i++) {
+        struct arena *o = &arenas[i];
+        if (o != a && o->in_use && o->pid == pid && __atomic_load_n(&o->word, __ATOMIC_ACQUIRE) == CHILD_DONE) o->in_use = 0;
+    }
+    a->pid = pid;
+    a->in_use = 1;
+}
+
+int swarm_spawn_take_failure(pid_t pid, int *err, int *step, char *path, size_t path_size) {
+    int found = 0;
+    pthread_mutex_lock(&slot_lock);
+    for (int i = 0; i < SWARM_ARENAS; i++) {
+        struct arena *a = &arenas[i];
+        if (!a->in_use || a->pid != pid) continue;
+        /* Still in swarmd's memory: not the child that was reaped. */
+        if (__atomic_load_n(&a->word, __ATOMIC_ACQUIRE) != CHILD_DONE) break;
+        if (a->report.step != SWARM_STEP_NONE) {
+            *err = a->report.err;
+            *step = a->report.step;
+            if (path_size > 0) {
+                size_t n = strlen(a->view.path);
+                if (n >= path_size) n = path_size - 1;
+                memcpy(path, a->view.path, n);
+                path[n] = '\0';
+            }
+            found = 1;
+        }
+        a->in_use = 0;
+        break;
+    }
+    pthread_mutex_unlock(&slot_lock);
+    return found;
+}
+
+/* The request's fds as they were, after a failed move onto the slots. */
+static void unslot(struct swarm_spawn_request *view, const struct swarm_spawn_request *req, const int *fds) {
+    view->fds = fds;
+    view->stdin_fd = req->stdin_fd;
+    view->stdout_fd = req->stdout_fd;
+    view->stderr_fd = req->stderr_fd;
+    view->cgroup_procs_fd = req->cgroup_procs_fd;
+    view->intercept_sock = req->intercept_sock;
+}
+
+/* clone(CLONE_VM) on a stack of its own, like posix_spawn: no copy of
+   swarmd's page tables. With CLONE_VFORK swarmd resumes once the child has
+   exec'd (or failed); without (no_wait_exec, above) once the child is on its
+   own fd table. The child touches only its stack, the request prepared
    before, and raw system calls. */
 pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step) {
     *err = 0;
     *step = SWARM_STEP_NONE;
     pid_t parent = getpid();
-    struct child_report report = { 0, SWARM_STEP_NONE };
-    /* The child's view of the request: the same, with every fd it needs on a slot. */
-    struct swarm_spawn_request view = *req;
-    struct child_args args = { &view, { &report, -1 }, -1, parent, 0, 0, 0 };
+    /* What one spawn needs: on this stack for a spawn that waits, in an arena for one that does not. */
+    struct child_report local_report = { 0, SWARM_STEP_NONE };
+    struct swarm_spawn_request local_view = *req;
+    struct child_args local_args;
+    int local_slot_fds[SWARM_SPAWN_SLOTS];
+    struct child_report *report = &local_report;
+    struct swarm_spawn_request *view = &local_view;
+    struct child_args *args = &local_args;
+    int *slot_fds = local_slot_fds;
+    struct arena *arena = NULL;
     int joined_procs = -1;
 #if SWARM_SPAWN_WITH_FORK
     int pipefd[2];
     if (pipe2(pipefd, O_CLOEXEC) < 0) { *err = errno; *step = SWARM_STEP_FORK; return -1; }
-    args.rep.shared = NULL;
-    args.rep.fd = pipefd[1];
-    args.report_read_fd = pipefd[0];
-    joined_procs = open_procs_for_join(&view);  /* fork() has no CLONE_INTO_CGROUP */
-    if (req->cgroup_dir_fd >= 0 && !view.join_cgroup) {
+    *args = (struct child_args){ view, { NULL, pipefd[1] }, pipefd[0], parent, 0, 0, 0, NULL };
+    joined_procs = open_procs_for_join(view);  /* fork() has no CLONE_INTO_CGROUP */
+    if (req->cgroup_dir_fd >= 0 && !view->join_cgroup) {
         /* No way into the cgroup: fail rather than run outside it. */
         *err = errno;
         *step = SWARM_STEP_CGROUP;
@@ -363,7 +591,21 @@ pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step) {
 #endif
 
     pthread_mutex_lock(&slot_lock);
-    if (!SWARM_SPAWN_WITH_FORK && !child_stack) {
+#if SWARM_HAVE_CLONE3_RUN
+    if (req->no_wait_exec && !req->intercept_bind && !req->join_cgroup && !req->no_clone3
+        && (req->cgroup_dir_fd < 0 || !clone3_unsupported)) {
+        arena = arena_take(req);
+        if (arena) {
+            report = &arena->report;
+            view = &arena->view;
+            args = &arena->args;
+            slot_fds = arena->slot_fds;
+        }
+    }
+#endif
+#if !SWARM_SPAWN_WITH_FORK
+    *args = (struct child_args){ view, { report, -1 }, -1, parent, 0, 0, 0, NULL };
+    if (!child_stack) {
         void *stack = mmap(NULL, child_stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
         if (stack == MAP_FAILED) {
             *err = errno;
@@ -373,7 +615,9 @@ pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step) {
         }
         child_stack = stack;
     }
-    int slot_fds[SWARM_SPAWN_SLOTS];
+    char *stack_top = arena ? (char *)arena->stack + ARENA_STACK_SIZE : (char *)child_stack + child_stack_size;
+#endif
+    const int *unslotted_fds = view->fds;
     int used = 0;
     /* Room for a cgroup.procs fd opened later (open_procs_for_join). */
     int needed = 4 + req->nfds + 1 + (req->intercept_bind ? 1 : 0);
@@ -383,20 +627,20 @@ pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step) {
             slot_fds[i] = to_slot(req->fds[i], &used);
             ok = slot_fds[i] >= 0 || req->fds[i] < 0;
         }
-        if (ok) { view.stdin_fd = to_slot(req->stdin_fd, &used); ok = req->stdin_fd < 0 || view.stdin_fd >= 0; }
-        if (ok) { view.stdout_fd = to_slot(req->stdout_fd, &used); ok = req->stdout_fd < 0 || view.stdout_fd >= 0; }
-        if (ok) { view.stderr_fd = to_slot(req->stderr_fd, &used); ok = req->stderr_fd < 0 || view.stderr_fd >= 0; }
-        if (ok && req->join_cgroup) { view.cgroup_procs_fd = to_slot(req->cgroup_procs_fd, &used); ok = view.cgroup_procs_fd >= 0; }
-        if (ok && req->intercept_bind) { view.intercept_sock = to_slot(req->intercept_sock, &used); ok = view.intercept_sock >= 0; }
+        if (ok) { view->stdin_fd = to_slot(req->stdin_fd, &used); ok = req->stdin_fd < 0 || view->stdin_fd >= 0; }
+        if (ok) { view->stdout_fd = to_slot(req->stdout_fd, &used); ok = req->stdout_fd < 0 || view->stdout_fd >= 0; }
+        if (ok) { view->stderr_fd = to_slot(req->stderr_fd, &used); ok = req->stderr_fd < 0 || view->stderr_fd >= 0; }
+        if (ok && req->join_cgroup) { view->cgroup_procs_fd = to_slot(req->cgroup_procs_fd, &used); ok = view->cgroup_procs_fd >= 0; }
+        if (ok && req->intercept_bind) { view->intercept_sock = to_slot(req->intercept_sock, &used); ok = view->intercept_sock >= 0; }
         if (ok) {
-            view.fds = slot_fds;
-            args.shared_table = 1;
-            args.ceiling = slot_ceiling;
+            view->fds = slot_fds;
+            args->shared_table = 1;
+            args->ceiling = slot_ceiling;
         } else {
             /* A bad fd in the request (EBADF): the copying path reports it as before. */
             release_slots(used);
             used = 0;
-            view = *req;
+            unslot(view, req, unslotted_fds);
         }
     }
 
@@ -408,12 +652,16 @@ pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step) {
 #if SWARM_SPAWN_WITH_FORK
     (void)child_entry;
     pid_t pid = fork();
-    if (pid == 0) child_entry(&args);
+    if (pid == 0) child_entry(args);
     int fork_errno = errno;
 #else
     pid_t pid = -1;
     int fork_errno = 0;
     int cloned = 0;
+    if (arena) {
+        __atomic_store_n(&arena->word, CHILD_CLONED, __ATOMIC_RELEASE);
+        args->stage = &arena->word;
+    }
 #if SWARM_HAVE_CLONE3_RUN
     /* Created in its cgroup: joining it from the child (a write to
        cgroup.procs, a cgroup migration under the kernel's threadgroup lock)
@@ -423,30 +671,38 @@ pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step) {
     if (req->cgroup_dir_fd >= 0 && !clone3_unsupported && !req->no_clone3) {
         struct clone_args ca;
         memset(&ca, 0, sizeof ca);
-        ca.flags = CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP | (args.shared_table ? CLONE_FILES : 0);
+        ca.flags = CLONE_VM | CLONE_INTO_CGROUP | (arena ? CLONE_CHILD_CLEARTID : CLONE_VFORK)
+                 | (args->shared_table ? CLONE_FILES : 0);
         ca.exit_signal = SIGCHLD;
-        ca.stack = (uint64_t)(uintptr_t)child_stack;
-        ca.stack_size = child_stack_size;
+        ca.stack = (uint64_t)(uintptr_t)(stack_top - (arena ? ARENA_STACK_SIZE : child_stack_size));
+        ca.stack_size = arena ? ARENA_STACK_SIZE : child_stack_size;
         ca.cgroup = (uint64_t)req->cgroup_dir_fd;
-        args.in_cgroup = 1;
-        long r = swarm_clone3_run(&ca, sizeof ca, child_entry, &args);
+        if (arena) ca.child_tid = (uint64_t)(uintptr_t)&arena->word;
+        args->in_cgroup = 1;
+        long r = swarm_clone3_run(&ca, sizeof ca, child_entry, args);
         if (r >= 0) {
             pid = (pid_t)r;
             cloned = 1;
         } else {
-            args.in_cgroup = 0;
+            args->in_cgroup = 0;
             if (r == -ENOSYS || r == -E2BIG) clone3_unsupported = 1;
+            if (arena) {
+                /* The join that follows needs the waiting kind (see above); the arena's memory serves it. */
+                __atomic_store_n(&arena->word, CHILD_DONE, __ATOMIC_RELEASE);
+                args->stage = NULL;
+                arena = NULL;
+            }
         }
     }
 #endif
     if (!cloned) {
-        if (!view.join_cgroup && req->cgroup_dir_fd >= 0) {
-            joined_procs = open_procs_for_join(&view);
-            if (joined_procs >= 0 && args.shared_table) {
-                view.cgroup_procs_fd = to_slot(joined_procs, &used);
-                if (view.cgroup_procs_fd < 0) view.join_cgroup = 0;
+        if (!view->join_cgroup && req->cgroup_dir_fd >= 0) {
+            joined_procs = open_procs_for_join(view);
+            if (joined_procs >= 0 && args->shared_table) {
+                view->cgroup_procs_fd = to_slot(joined_procs, &used);
+                if (view->cgroup_procs_fd < 0) view->join_cgroup = 0;
             }
-            if (!view.join_cgroup) {
+            if (!view->join_cgroup) {
                 /* No way into the cgroup: fail rather than run outside it. */
                 fork_errno = errno;
                 pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -458,9 +714,19 @@ pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step) {
                 return -1;
             }
         }
-        int flags = CLONE_VM | CLONE_VFORK | SIGCHLD | (args.shared_table ? CLONE_FILES : 0);
-        pid = clone(child_entry, (char *)child_stack + child_stack_size, flags, &args);
+        int flags = CLONE_VM | SIGCHLD | (arena ? CLONE_CHILD_CLEARTID : CLONE_VFORK) | (args->shared_table ? CLONE_FILES : 0);
+        pid = clone(child_entry, stack_top, flags, args, NULL, NULL, arena ? (pid_t *)&arena->word : NULL);
         fork_errno = errno;
+    }
+    if (arena) {
+        if (pid < 0) {
+            __atomic_store_n(&arena->word, CHILD_DONE, __ATOMIC_RELEASE);
+        } else {
+            /* Until the child has its own fd table and process group (or is gone). */
+            while (__atomic_load_n(&arena->word, __ATOMIC_ACQUIRE) == CHILD_CLONED)
+                (void)syscall(SYS_futex, &arena->word, FUTEX_WAIT, CHILD_CLONED, NULL, NULL, 0);
+            arena_hold(arena, pid);
+        }
     }
 #endif
     pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -473,9 +739,9 @@ pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step) {
         close(pipefd[0]);
     } else {
         ssize_t n;
-        do { n = read(pipefd[0], &report, sizeof report); } while (n < 0 && errno == EINTR);
+        do { n = read(pipefd[0], report, sizeof *report); } while (n < 0 && errno == EINTR);
         close(pipefd[0]);
-        if (n != (ssize_t)sizeof report) report.step = SWARM_STEP_NONE;
+        if (n != (ssize_t)sizeof *report) report->step = SWARM_STEP_NONE;
     }
 #endif
     if (pid < 0) {
@@ -483,12 +749,14 @@ pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step) {
         *step = SWARM_STEP_FORK;
         return -1;
     }
-    if (report.step != SWARM_STEP_NONE) {
+    /* A child that runs on reports at its reap (swarm_spawn_take_failure). */
+    if (arena) return pid;
+    if (report->step != SWARM_STEP_NONE) {
         /* The child is exiting with 127: reap it here so no unknown pid reaches the reaper. */
         int status;
         while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
-        *err = report.err;
-        *step = report.step;
+        *err = report->err;
+        *step = report->step;
         return -1;
     }
     return pid;

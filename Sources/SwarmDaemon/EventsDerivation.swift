@@ -72,6 +72,12 @@ final class EventDeriver {
         switch event {
         case let .exited(pid, status):
             guard let w = s.worker(pid: pid) else { return }
+            if case let .spawnFailed(reason) = status {
+                // Its exec failed after the spawn returned (SpawnPlan.returnBeforeExec): the same event as one failed at once.
+                add(LifecycleDraft(kind: "spawn-failed", app: w.app, slot: w.slot, pid: pid, generation: w.generation,
+                                   message: reason, details: ["reason": reason]))
+                return noteLoss(w, reason: "spawn-failed", s)
+            }
             var d = LifecycleDraft(kind: "exited", app: w.app, slot: w.slot, pid: pid, generation: w.generation,
                                    message: status.description, details: EventDeriver.details(of: status))
             if let r = w.stopReason {

@@ -15,15 +15,14 @@ extension Manager {
             workers[r.worker] = pid
             events.append(.spawned(r.worker, pid: pid))
         } catch {
-            let reason: String
-            if let e = error as? SpawnError, e.errno == EAGAIN {
-                reason = "\(e) — the process limit is reached"
-            } else {
-                reason = "\(error)"
-            }
             interception.flags.spawnFailed(r.worker)
-            events.append(.spawnFailed(r.worker, reason: reason))
+            events.append(.spawnFailed(r.worker, reason: Manager.spawnFailureReason(error)))
         }
+    }
+
+    static func spawnFailureReason(_ error: Error) -> String {
+        if let e = error as? SpawnError, e.errno == EAGAIN { return "\(e) — the process limit is reached" }
+        return "\(error)"
     }
 
     func startProcess(_ r: SpawnRequest) throws -> pid_t {
@@ -92,6 +91,8 @@ extension Manager {
                 pid = spawned.pid
                 notifyFD = spawned.bindNotifyFD
             } else {
+                // The loop goes on while the child execs: a failed exec is seen at its reap.
+                plan.returnBeforeExec = true
                 pid = try kernel.spawn(plan)
             }
         } catch {
@@ -127,8 +128,12 @@ extension Manager {
             if health.exec.reaped(pid: pid, status: status) { continue }
             cgroups.reaped(pid: pid, cpuMicroseconds: cpu)
             output.drain(pid: pid)
-            recordExit(pid: pid, status)
-            feed(.exited(pid: pid, status))
+            var exit = status
+            if case .exited(127) = status, let failure = kernel.takeExecFailure(pid: pid) {
+                exit = .spawnFailed(Manager.spawnFailureReason(failure))
+            }
+            recordExit(pid: pid, exit)
+            feed(.exited(pid: pid, exit))
         }
         reapContinuation?.trigger()
     }

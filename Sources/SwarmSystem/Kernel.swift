@@ -16,6 +16,9 @@ public protocol Kernel: AnyObject {
 
     /// fork + exec as `plan` says; the pid, or a `SpawnError`.
     func spawn(_ plan: SpawnPlan) throws -> pid_t
+    /// The reaped `pid`'s exec failure, for a plan with `returnBeforeExec`
+    /// (`Spawner.takeExecFailure`); nil when it ran its program.
+    func takeExecFailure(pid: pid_t) -> SpawnError?
     /// kill(2), to the process group `pid` leads when `group`. A process
     /// already gone (ESRCH) is not an error.
     func signal(_ pid: pid_t, _ signal: Int32, group: Bool) throws
@@ -53,6 +56,9 @@ public protocol Kernel: AnyObject {
 }
 
 extension Kernel {
+    /// A kernel whose spawns report every failure at once (the shell's fake).
+    public func takeExecFailure(pid: pid_t) -> SpawnError? { nil }
+
     /// A kernel that does not tell the CPU time (the shell's fake): cgroups read it from cpu.stat.
     public func reapWithCPU() -> (result: Posix.WaitResult, cpuMicroseconds: UInt64?)? {
         reap().map { ($0, nil) }
@@ -120,6 +126,7 @@ public final class LinuxKernel: Kernel {
     public func wallClock() -> Int64 { Posix.realtimeNanoseconds() }
 
     public func spawn(_ plan: SpawnPlan) throws -> pid_t { try Spawner.spawn(plan) }
+    public func takeExecFailure(pid: pid_t) -> SpawnError? { Spawner.takeExecFailure(pid: pid) }
 
     public func signal(_ pid: pid_t, _ signal: Int32, group: Bool) throws {
         try Posix.kill(group ? -pid : pid, signal)

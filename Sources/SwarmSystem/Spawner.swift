@@ -35,6 +35,13 @@ public struct SpawnPlan {
     /// Join the cgroup by cgroup.procs even where clone3 could create the child
     /// in `cgroupDirFD` (what happens on kernels before 5.7): for tests of that path.
     public var joinCgroupOnly = false
+    /// Return once the child is on its own fd table and leads its own process
+    /// group, instead of after its exec: swarmd's loop goes on while the child
+    /// makes its way to exec on another CPU. An exec (or earlier step) that
+    /// fails is then not thrown but found when the child is reaped, with exit
+    /// status 127: `Spawner.takeExecFailure(pid:)`. Spawns that join their
+    /// cgroup by cgroup.procs, or intercept bind(), wait all the same (spawn.c).
+    public var returnBeforeExec = false
     /// Intercept the worker's bind() calls; spawn with `Spawner.spawnWorker` to get the notification fd.
     public var interceptBind = false
     /// Set by `spawnWorker`: the child's end of the socketpair the notification fd comes back on.
@@ -130,16 +137,30 @@ public enum Spawner {
                         req.intercept_bind = plan.interceptBind ? 1 : 0
                         req.intercept_sock = plan.interceptSocket
                         req.no_clone3 = plan.joinCgroupOnly ? 1 : 0
+                        req.no_wait_exec = plan.returnBeforeExec ? 1 : 0
                         return swarm_spawn(&req, &err, &step)
                     }
                 }
             }
         }
-        if pid < 0 {
-            let name = Int(step) < stepNames.count ? stepNames[Int(step)] : kernelStepNames[step] ?? "step \(step)"
-            throw SpawnError(step: name, errno: err, executable: plan.executable)
-        }
+        if pid < 0 { throw SpawnError(step: stepName(step), errno: err, executable: plan.executable) }
         return pid
+    }
+
+    static func stepName(_ step: Int32) -> String {
+        Int(step) < stepNames.count ? stepNames[Int(step)] : kernelStepNames[step] ?? "step \(step)"
+    }
+
+    /// Why the reaped child `pid`, spawned with `returnBeforeExec`, never ran its
+    /// program; nil when it did (or is no such child). Call it for each such
+    /// child that exits with 127: until then the child's spawn memory is held.
+    public static func takeExecFailure(pid: pid_t) -> SpawnError? {
+        var err: Int32 = 0
+        var step: Int32 = 0
+        var path = [CChar](repeating: 0, count: 4096)
+        guard swarm_spawn_take_failure(pid, &err, &step, &path, path.count) == 1 else { return nil }
+        let executable = path.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+        return SpawnError(step: stepName(step), errno: err, executable: executable)
     }
 
     /// Reserves the low fd numbers a child's fds are placed on, so that a

@@ -64,6 +64,41 @@ struct EventsTests {
         }
     }
 
+    @Test("a worker whose exec fails after swarmd went on (the program lost its x bit): a spawn-failed event and last_exit naming the exec, and the slot back once it is fixed")
+    func anExecThatFailsAfterTheSpawnReturnedIsASpawnFailure() async throws {
+        try await withSwarm { s in
+            let prog = s.dir + "/prog"
+            try FileManager.default.copyItem(atPath: "/bin/sleep", toPath: prog)
+            try await s.startDaemon([try s.write("x.conf", Conf.app("x", command: [prog, "1000"], workers: 1, extra: """
+                [ready]
+                mode = "delay"
+                delay = "100ms"
+                [restart]
+                initial_delay = "200ms"
+                """))])
+            let first = try await s.waitReady("x", workers: 1)[0]
+            let events = try await Self.subscribe(s)
+            defer { events.signal(SIGKILL); _ = events.poll() }
+            let mark = Self.records(events).last!.seq
+            // Not executable now, even for root: each respawn's execve fails with EACCES in the child.
+            #expect(chmod(prog, 0o644) == 0)
+            kill(first, SIGKILL)
+            let failed = try await waitUntil(timeout: 15, "a spawn-failed event (so far: \(events.stdout))") { () -> EventRecord? in
+                Self.records(events).first { $0.seq > mark && $0.kind == "spawn-failed" }
+            }
+            let why = "exec of \(prog) failed: Permission denied (EACCES)"
+            #expect(failed.app == "x" && failed.slot == 0 && failed.message == why, "\(failed)")
+            #expect(failed.details?["reason"] == why, "\(failed)")
+            #expect(!Self.records(events).contains { $0.seq > mark && $0.kind == "exited" && $0.pid != first },
+                    "a failed exec reported as an exit: \(events.stdout)")
+            let w = try #require(reloadApp(try s.quickStatus(), "x").workers.first { $0.slot == 0 })
+            #expect(w.lastExit == why, "last_exit: \(String(describing: w.lastExit))")
+            #expect(chmod(prog, 0o755) == 0)
+            let back = try await s.waitReady("x", workers: 1, timeout: 30)
+            #expect(back[0] != first)
+        }
+    }
+
     @Test("events NAME shows only that app's events")
     func appFilter() async throws {
         try await withSwarm { s in

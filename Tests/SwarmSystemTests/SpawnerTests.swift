@@ -125,3 +125,114 @@ struct SpawnerSlotTests {
         }
     }
 }
+
+/// `SpawnPlan.returnBeforeExec`: the child runs to its exec while the caller
+/// goes on (spawn.c's arenas). Real children; what the spawn promises at its
+/// return, what each child gets, and how a failed exec is told at the reap.
+@Suite("Spawner: children that run on")
+struct SpawnerRunOnTests {
+    static func plan(_ argv: [String], stdout: Int32, devNull: Int32, fds: [Int32] = []) -> SpawnPlan {
+        var p = SpawnPlan(executable: argv[0], argv: argv, environment: ["PATH=/usr/bin:/bin"], setListenPID: true, cwd: nil,
+                          fds: fds, stdin: devNull, stdout: stdout, stderr: devNull)
+        p.returnBeforeExec = true
+        return p
+    }
+
+    static func exitCode(_ pid: pid_t) -> Int32? {
+        var status: Int32 = 0
+        guard waitpid(pid, &status, 0) == pid, status & 0x7f == 0 else { return nil }
+        return (status >> 8) & 0xff
+    }
+
+    @Test("200 children spawned back to back (more than the arenas) each get their own argv, LISTEN_PID, fd 3 and stdout")
+    func manyChildrenInFlightKeepTheirOwnRequests() throws {
+        Spawner.reserveDescriptorSlots()
+        let devNull = try Posix.open("/dev/null", O_RDWR)
+        defer { Posix.close(devNull) }
+        var children: [(pid: pid_t, out: Int32, index: Int)] = []
+        defer { children.forEach { Posix.close($0.out) } }
+        for i in 0..<200 {
+            let out = try Posix.pipe()
+            let third = try Posix.pipe()
+            // Each child reports its index (argv), LISTEN_PID and what its fd 3 is, by inode.
+            var st = stat()
+            fstat(third.write, &st)
+            let script = "echo \"$1 $LISTEN_PID $(stat -L -c %i /proc/self/fd/3)\""
+            let p = Self.plan(["/bin/sh", "-c", script, "sh", "child-\(i)-\(st.st_ino)"], stdout: out.write, devNull: devNull,
+                              fds: [third.write])
+            let pid = try Spawner.spawn(p)
+            // The caller's copies go at once, while the child may not have exec'd yet.
+            Posix.close(out.write)
+            Posix.close(third.write)
+            Posix.close(third.read)
+            children.append((pid, out.read, i))
+            _ = st
+        }
+        for c in children {
+            let line = try SpawnerSlotTests.readToEOF(c.out).trimmingCharacters(in: .newlines)
+            let parts = line.split(separator: " ").map(String.init)
+            #expect(parts.count == 3, "child \(c.index) printed \(line)")
+            guard parts.count == 3 else { continue }
+            #expect(parts[0].hasPrefix("child-\(c.index)-"), "child \(c.index) got argv \(parts[0])")
+            #expect(parts[1] == "\(c.pid)", "child \(c.index): LISTEN_PID \(parts[1]), pid \(c.pid)")
+            #expect(parts[0] == "child-\(c.index)-\(parts[2])", "child \(c.index): fd 3 is inode \(parts[2]), not its pipe (\(parts[0]))")
+            #expect(Self.exitCode(c.pid) == 0)
+            #expect(Spawner.takeExecFailure(pid: c.pid) == nil)
+        }
+    }
+
+    @Test("when spawn returns, the child leads its own process group: a signal to the group reaches it at once")
+    func theProcessGroupIsThereWhenSpawnReturns() throws {
+        Spawner.reserveDescriptorSlots()
+        let devNull = try Posix.open("/dev/null", O_RDWR)
+        defer { Posix.close(devNull) }
+        for round in 0..<50 {
+            let pid = try Spawner.spawn(Self.plan(["/bin/sleep", "30"], stdout: devNull, devNull: devNull))
+            let sent = kill(-pid, SIGKILL)
+            let e = errno
+            #expect(sent == 0, "round \(round): kill(-\(pid)) failed: \(errnoName(e)) (the group was not made before spawn returned)")
+            if sent != 0 { kill(pid, SIGKILL) }
+            var status: Int32 = 0
+            #expect(waitpid(pid, &status, 0) == pid)
+            #expect(status & 0x7f == SIGKILL, "round \(round): status \(status)")
+        }
+    }
+
+    @Test("an exec that fails is told at the reap: exit 127, then the step, errno and executable, once")
+    func aFailedExecIsToldAtTheReap() throws {
+        Spawner.reserveDescriptorSlots()
+        let devNull = try Posix.open("/dev/null", O_RDWR)
+        defer { Posix.close(devNull) }
+        // More failures than arenas, none taken until all were spawned: the spawns that find no arena wait and throw.
+        var pids: [pid_t] = []
+        var thrown = 0
+        for _ in 0..<40 {
+            do {
+                pids.append(try Spawner.spawn(Self.plan(["/nonexistent/program"], stdout: devNull, devNull: devNull)))
+            } catch let e as SpawnError {
+                #expect(e.step == "execve" && e.errno == ENOENT, "\(e)")
+                thrown += 1
+            }
+        }
+        #expect(pids.count + thrown == 40)
+        #expect(!pids.isEmpty, "no spawn returned before its exec")
+        for pid in pids {
+            #expect(Self.exitCode(pid) == 127)
+            let e = try #require(Spawner.takeExecFailure(pid: pid), "no failure kept for pid \(pid)")
+            #expect(e.step == "execve" && e.errno == ENOENT && e.executable == "/nonexistent/program", "\(e)")
+            #expect(e.description == "exec of /nonexistent/program failed: No such file or directory (ENOENT)")
+            #expect(Spawner.takeExecFailure(pid: pid) == nil, "taken twice")
+        }
+        // A step before the exec, the same way.
+        var p = Self.plan(["/bin/true"], stdout: devNull, devNull: devNull)
+        p.cwd = "/nonexistent/dir"
+        let pid = try Spawner.spawn(p)
+        #expect(Self.exitCode(pid) == 127)
+        let e = try #require(Spawner.takeExecFailure(pid: pid))
+        #expect(e.step == "chdir" && e.errno == ENOENT, "\(e)")
+        // A program that exits 127 itself is not an exec failure.
+        let own = try Spawner.spawn(Self.plan(["/bin/sh", "-c", "exit 127"], stdout: devNull, devNull: devNull))
+        #expect(Self.exitCode(own) == 127)
+        #expect(Spawner.takeExecFailure(pid: own) == nil)
+    }
+}

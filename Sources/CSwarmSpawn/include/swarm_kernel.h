@@ -23,10 +23,6 @@ enum swarm_kernel_step {
 
 /* ---- cgroups (cgroup.c) ---- */
 
-/* Child: move the calling process into the cgroup whose cgroup.procs the
-   parent opened (O_WRONLY|O_CLOEXEC) as procs_fd. 0, or -1 with errno. */
-int swarm_child_join_cgroup(int procs_fd);
-
 /* 1 if path is the root of a cgroup2 mount (statfs magic), 0 if not, -1 and errno. */
 int swarm_is_cgroup2(const char *path);
 

@@ -46,6 +46,11 @@ struct swarm_spawn_request {
     int intercept_sock;          ///< child end of a socketpair (CLOEXEC)
     int no_clone3;               ///< 1: join the cgroup by cgroup.procs even where clone3 could create the
                                  ///< child in it (what kernels before 5.7 do); for tests of that path
+    int no_wait_exec;            ///< 1: return once the child is on its own fd table and in its own process
+                                 ///< group, not after its exec; an exec failure is then taken at the reap
+                                 ///< (swarm_spawn_take_failure). Ignored (the spawn waits) with intercept_bind,
+                                 ///< join_cgroup or no_clone3, where clone3 is missing, on other CPUs than
+                                 ///< x86_64, and while every arena is busy (spawn.c)
 };
 
 /// Steps of the child; reported with the errno when one fails.
@@ -67,9 +72,14 @@ enum swarm_spawn_step {
 };
 
 /// fork + exec. Returns the pid, or -1 with *err = errno and *step = the
-/// failing step (exec failures included: the parent learns them through a
-/// CLOEXEC pipe before this returns).
+/// failing step (exec failures included, unless no_wait_exec let the child
+/// run on: see swarm_spawn_take_failure).
 pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step);
+
+/// For a reaped pid spawned with no_wait_exec: 1 if its child failed before
+/// or at its exec, with *err, *step and the executable's path (truncated to
+/// path_size); 0 if it exec'd, or is no such child. Frees what the child held.
+int swarm_spawn_take_failure(pid_t pid, int *err, int *step, char *path, size_t path_size);
 
 int swarm_set_child_subreaper(void);
 
