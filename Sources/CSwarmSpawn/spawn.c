@@ -279,9 +279,13 @@ static int child_entry(void *arg) {
     }
     child_own_group(&a->rep);
     if (a->stage) {
-        /* swarmd's slots and process group no longer matter to this child. */
+        /* swarmd's slots and process group no longer matter to this child.
+           Woken, swarmd is most often queued on this CPU behind the child,
+           which would run on to its exec first, as with vfork: the yield
+           lets swarmd go on at once (blocked 30 us per spawn instead of 400). */
         __atomic_store_n(a->stage, CHILD_ON_ITS_OWN, __ATOMIC_RELEASE);
         (void)sys3(SYS_futex, a->stage, FUTEX_WAKE, 1);
+        (void)sys0(SYS_sched_yield);
     }
     child(a->req, a->rep, a->parent, a->in_cgroup);
     return 127;

@@ -208,6 +208,37 @@ struct WorkerOutputTests {
         #expect(large < 64 * max(small, 0.0005), "closing 2,048 hung-up pipes cost \(large) s of CPU, 128 cost \(small) s")
     }
 
+    @Test("1,000 pipes hung up together take a batch per turn of the loop: a source ready after them is served within a few turns, not behind each pipe")
+    func hungUpPipesAreABatchPerTurnNotASourceEach() throws {
+        _ = Posix.raiseFileLimit()
+        let f = try OutputFixture()
+        let n = 1000
+        var writers: [Int32] = []
+        for i in 0..<n { writers.append(try f.workerPipe(slot: i, pid: Int32(1000 + i))) }
+        for w in writers { f.closeWriter(w) }
+        try f.loop.runOnce(timeout: 1_000_000_000)
+        #expect(f.output.pipeCount == n - EpollSet.batch, "one turn closes one batch: \(n - f.output.pipeCount) closed")
+        // Ready after the hang-ups, as a control request arriving in a kill storm.
+        var pair: [Int32] = [-1, -1]
+        try #require(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &pair) == 0)
+        defer { Posix.close(pair[0]); Posix.close(pair[1]) }
+        var served = false
+        let source = try f.loop.addReader(pair[0]) { _ in
+            served = true
+            var b: UInt8 = 0
+            _ = Glibc.read(pair[0], &b, 1)
+        }
+        defer { source.cancel() }
+        #expect(Glibc.write(pair[1], "x", 1) == 1)
+        var turns = 0
+        while !served && turns < 2 * n {
+            try f.loop.runOnce(timeout: 1_000_000_000)
+            turns += 1
+        }
+        #expect(served && turns <= 3, "served after \(turns) turns, with \(f.output.pipeCount) pipes still open")
+        try f.run(until: "every pipe closed") { f.output.pipeCount == 0 }
+    }
+
     @Test func notifyDatagramsBecomeCoreEvents() {
         let events = WorkerOutput.notifyEvents("READY=1\nSTATUS=serving 5 clients\nWATCHDOG=1\nSTOPPING=1\nERRNO=3\nREADY=0", pid: 7)
         #expect(events.map(describe) == ["ready 7", "status 7 serving 5 clients", "watchdog 7", "stopping 7"])
