@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include "swarm_kernel.h"
+#include "raw_syscall.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -37,6 +38,8 @@
    would set swarm's backlog to the program's (Python's http.server: 5).
    Other ABIs (x32, i386 on x86_64) are not intercepted: their calls
    continue as they would without swarm. */
+/* Raw system calls only (raw_syscall.h): the child may share swarmd's
+   memory and TLS. The listener fd, or -errno. */
 static int install_filter(unsigned *flags) {
     struct sock_filter code[] = {
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
@@ -54,31 +57,32 @@ static int install_filter(unsigned *flags) {
     unsigned long mode = SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV;
     *flags = 0;
     for (int attempt = 0; attempt < 4; attempt++) {
-        long fd = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, mode, &prog);
+        long fd = sys3(SYS_seccomp, SECCOMP_SET_MODE_FILTER, mode, &prog);
         if (fd >= 0) {
             if (mode & SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV) *flags |= SWARM_INTERCEPT_WAIT_KILLABLE;
             return (int)fd;
         }
-        if (errno == EACCES && !(*flags & SWARM_INTERCEPT_NO_NEW_PRIVS)) {
+        if (fd == -EACCES && !(*flags & SWARM_INTERCEPT_NO_NEW_PRIVS)) {
             /* Without CAP_SYS_ADMIN the kernel accepts a filter only under
                no_new_privs: from here on, setuid/setgid bits and file
                capabilities of programs the worker execs are ignored. A root
                swarmd installs the filter before dropping to the app's user,
                so its workers keep them. */
-            if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) return -1;
+            long r = sys6(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, 0);
+            if (r < 0) return (int)r;
             *flags |= SWARM_INTERCEPT_NO_NEW_PRIVS;
             continue;
         }
-        if (errno == EINVAL && (mode & SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV)) {
+        if (fd == -EINVAL && (mode & SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV)) {
             mode &= ~SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV;
             continue;
         }
-        return -1;
+        return (int)fd;
     }
-    errno = EINVAL;
-    return -1;
+    return -EINVAL;
 }
 
+/* 0, or -errno. */
 static int send_fd(int sock, int fd, unsigned flags) {
     unsigned char payload = (unsigned char)flags;
     struct iovec iov = { &payload, 1 };
@@ -86,9 +90,8 @@ static int send_fd(int sock, int fd, unsigned flags) {
         struct cmsghdr align;
         char buf[CMSG_SPACE(sizeof(int))];
     } control;
-    memset(&control, 0, sizeof control);
-    struct msghdr msg;
-    memset(&msg, 0, sizeof msg);
+    for (size_t i = 0; i < sizeof control.buf; i++) control.buf[i] = 0;
+    struct msghdr msg = { 0 };
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.buf;
@@ -97,22 +100,22 @@ static int send_fd(int sock, int fd, unsigned flags) {
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
     c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &fd, sizeof fd);
-    ssize_t n;
-    do { n = sendmsg(sock, &msg, MSG_NOSIGNAL); } while (n < 0 && errno == EINTR);
-    return n == 1 ? 0 : -1;
+    int *slot = (int *)(void *)CMSG_DATA(c);
+    *slot = fd;
+    long n;
+    do { n = sys3(SYS_sendmsg, sock, &msg, MSG_NOSIGNAL); } while (n == -EINTR);
+    if (n < 0) return (int)n;
+    return n == 1 ? 0 : -EIO;
 }
 
 int swarm_child_intercept_bind(int send_sock, int *step) {
     unsigned flags;
     *step = SWARM_STEP_SECCOMP;
     int listener = install_filter(&flags);
-    if (listener < 0) return -1;
+    if (listener < 0) return listener;
     *step = SWARM_STEP_SECCOMP_SEND;
     int r = send_fd(send_sock, listener, flags);
-    int e = errno;
-    close(listener);
-    errno = e;
+    (void)sys1(SYS_close, listener);
     return r;
 }
 
@@ -274,8 +277,9 @@ static int wait_readable(int fd, int64_t deadline) {
    process). Exit 0: CONTINUE gave EBADF and the ADDFD+answer gave 0. */
 static void probe_child(int sock) {
     int step;
-    if (swarm_child_intercept_bind(sock, &step) < 0) {
-        struct probe_report r = { errno, step };
+    int failed = swarm_child_intercept_bind(sock, &step);
+    if (failed < 0) {
+        struct probe_report r = { -failed, step };
         ssize_t ignored = write(sock, &r, sizeof r);
         (void)ignored;
         _exit(1);

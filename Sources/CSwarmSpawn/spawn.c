@@ -77,35 +77,7 @@ struct child_report {
     int step;
 };
 
-/* The child's system calls, made without glibc's wrappers: a child that runs
-   alongside swarmd in swarmd's memory (swarm_spawn's returnBeforeExec) shares
-   the calling thread's TLS, and so its errno, which any wrapper's failure
-   would write to. These return the result, or -errno, and touch no memory.
-   Elsewhere than x86_64 only the waiting spawns exist (swarmd is stopped
-   while its child runs), and glibc's syscall() is used. */
-#if defined(__x86_64__)
-static inline long sys6(long n, long a, long b, long c, long d, long e, long f) {
-    long ret;
-    register long r10 __asm__("r10") = d;
-    register long r8 __asm__("r8") = e;
-    register long r9 __asm__("r9") = f;
-    __asm__ volatile("syscall"
-                     : "=a"(ret)
-                     : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
-                     : "rcx", "r11", "memory");
-    return ret;
-}
-#else
-static inline long sys6(long n, long a, long b, long c, long d, long e, long f) {
-    long r = syscall(n, a, b, c, d, e, f);
-    return r < 0 ? -errno : r;
-}
-#endif
-#define sys0(n) sys6((n), 0, 0, 0, 0, 0, 0)
-#define sys1(n, a) sys6((n), (long)(a), 0, 0, 0, 0, 0)
-#define sys2(n, a, b) sys6((n), (long)(a), (long)(b), 0, 0, 0, 0)
-#define sys3(n, a, b, c) sys6((n), (long)(a), (long)(b), (long)(c), 0, 0, 0)
-#define sys4(n, a, b, c, d) sys6((n), (long)(a), (long)(b), (long)(c), (long)(d), 0, 0)
+#include "raw_syscall.h"
 
 /* Where a failing child says what failed. With CLONE_VM the child writes
    into swarmd's memory, which swarmd reads once the child is gone (as
@@ -155,7 +127,20 @@ static void child_own_group(const struct reporter *rep) {
     if (r < 0) child_fail(rep, SWARM_STEP_SETPGID, (int)-r);
 }
 
-static void child(const struct swarm_spawn_request *req, struct reporter rep, pid_t parent, int in_cgroup) {
+/* struct arena's word (below). */
+enum { CHILD_DONE = 0, CHILD_CLONED = 1, CHILD_ON_ITS_OWN = 2 };
+
+/* CHILD_ON_ITS_OWN: swarmd may go on. Woken, swarmd is most often queued
+   on this CPU behind the child, which would run on to its exec first, as
+   with vfork: the yield lets swarmd go on at once (blocked 30 us per spawn
+   instead of 120-400). */
+static void release_swarmd(uint32_t *stage) {
+    __atomic_store_n(stage, CHILD_ON_ITS_OWN, __ATOMIC_RELEASE);
+    (void)sys3(SYS_futex, stage, FUTEX_WAKE, 1);
+    (void)sys0(SYS_sched_yield);
+}
+
+static void child(const struct swarm_spawn_request *req, struct reporter rep, pid_t parent, int in_cgroup, uint32_t *stage) {
     long r;
     struct kernel_sigaction dfl = { 0, 0, 0, 0 };   /* SIG_DFL */
     for (int sig = 1; sig <= 64; sig++) {
@@ -177,11 +162,13 @@ static void child(const struct swarm_spawn_request *req, struct reporter rep, pi
     }
 
     /* kernel: while still root (no no_new_privs needed then) and before the fd
-       moves reuse intercept_sock's number. It uses glibc (and errno): only
-       spawns that wait for the exec intercept. */
+       moves reuse intercept_sock's number */
     if (req->intercept_bind) {
         int kstep;
-        if (swarm_child_intercept_bind(req->intercept_sock, &kstep) < 0) child_fail(&rep, kstep, errno);
+        int failed = swarm_child_intercept_bind(req->intercept_sock, &kstep);
+        if (failed < 0) child_fail(&rep, kstep, -failed);
+        /* swarmd takes the listener as soon as swarm_spawn returns. */
+        if (stage) release_swarmd(stage);
     }
 
     /* Move the passed fds above every target number, then into place. */
@@ -223,6 +210,13 @@ static void child(const struct swarm_spawn_request *req, struct reporter rep, pi
         uint64_t rl[2] = { req->rlimits[i].soft, req->rlimits[i].hard };
         if ((r = sys4(SYS_prlimit64, 0, req->rlimits[i].resource, rl, 0)) < 0) child_fail(&rep, SWARM_STEP_RLIMIT, (int)-r);
     }
+    /* swarmd's real-time policy is kept up to here: when thousands of dying
+       workers share the CPUs, a child under SCHED_OTHER would wait behind
+       them for each of these few steps, and swarmd, short of arenas, for it. */
+    if (req->reset_policy) {
+        int param = 0;   /* struct sched_param: its priority */
+        if ((r = sys3(SYS_sched_setscheduler, 0, SCHED_OTHER, &param)) < 0) child_fail(&rep, SWARM_STEP_SCHED_POLICY, (int)-r);
+    }
     /* Lowered before exec, so every thread the program starts inherits it. */
     if (req->set_nice) (void)sys3(SYS_setpriority, PRIO_PROCESS, 0, req->nice);
     if (req->cpu >= 0) {
@@ -261,8 +255,6 @@ struct child_args {
     uint32_t *stage;     /* a child swarmd does not wait for: set to CHILD_ON_ITS_OWN once swarmd may go on */
 };
 
-/* struct arena's word (below). */
-enum { CHILD_DONE = 0, CHILD_CLONED = 1, CHILD_ON_ITS_OWN = 2 };
 
 static int child_entry(void *arg) {
     struct child_args *a = arg;
@@ -278,16 +270,10 @@ static int child_entry(void *arg) {
         (void)sys1(SYS_close, a->report_read_fd);
     }
     child_own_group(&a->rep);
-    if (a->stage) {
-        /* swarmd's slots and process group no longer matter to this child.
-           Woken, swarmd is most often queued on this CPU behind the child,
-           which would run on to its exec first, as with vfork: the yield
-           lets swarmd go on at once (blocked 30 us per spawn instead of 400). */
-        __atomic_store_n(a->stage, CHILD_ON_ITS_OWN, __ATOMIC_RELEASE);
-        (void)sys3(SYS_futex, a->stage, FUTEX_WAKE, 1);
-        (void)sys0(SYS_sched_yield);
-    }
-    child(a->req, a->rep, a->parent, a->in_cgroup);
+    /* swarmd's slots and process group no longer matter to this child; one
+       that intercepts bind() lets swarmd go once its listener is sent. */
+    if (a->stage && !a->req->intercept_bind) release_swarmd(a->stage);
+    child(a->req, a->rep, a->parent, a->in_cgroup, a->stage);
     return 127;
 }
 
@@ -413,22 +399,33 @@ static int open_procs_for_join(struct swarm_spawn_request *view) {
      of its own that swarmd leaves alone until the child is done with it: an
      arena with its stack and a copy of the request. The kernel tells when
      (CLONE_CHILD_CLEARTID: at the exec, or the exit, it zeroes the arena's
-     word). An arena that is still busy is not reused; with none free, the
-     spawn waits as before.
+     word). An arena that is still busy is not reused. Arenas are made as
+     needed, up to SWARM_ARENAS_MAX: when thousands of dying workers hold the
+     CPUs, children queue for their exec, and swarmd must not wait behind
+     them for an arena (a spawn that found none waited 190 ms in a 4,096
+     storm with 64). Beyond SWARM_ARENAS_KEPT, a free arena is given back.
    - It shares the calling thread's TLS, so errno: only raw system calls (sys6).
    - swarm_spawn returns once the child is on a fd table of its own (swarmd
      puts its slots back then) and leads its own process group (swarmd may
      signal the group at once): the child says so in the word, by futex.
    - An exec that fails is seen at the reap: swarm_spawn_take_failure.
-   Not for children that join a cgroup by cgroup.procs or install the bind
-   filter (glibc, errno, and a cgroup to be in before swarmd counts them):
-   those wait. */
-#define SWARM_ARENAS 32
-#define ARENA_STACK_SIZE (64 * 1024)
+   - A child that intercepts bind() says so once it has sent swarmd its
+     seccomp listener, which swarmd takes when swarm_spawn returns.
+   Not for children that join a cgroup by cgroup.procs (they must be in it
+   before swarmd counts them): those wait. */
+#define SWARM_ARENAS_MAX 4096
+#define SWARM_ARENAS_KEPT 64
+#define SWARM_FAILED_KEPT 256
+/* The child's frames are small (raw system calls, about 2 KiB; execve runs on
+   the kernel's stack). Every arena's stack is in one region reserved once:
+   an mmap per arena takes swarmd's mmap_lock for writing, which waits for
+   every child still in execve (it reads argv from swarmd's memory, under
+   that lock for reading), and in a kill storm those children wait for a CPU
+   (30-40 ms per mmap seen). */
+#define ARENA_STACK_SIZE (16 * 1024)
 
 struct arena {
     uint32_t word;              /* CHILD_*, futex; CHILD_DONE from the kernel */
-    int in_use;                 /* holds a child, until its report is taken (at once after an exec that worked) */
     pid_t pid;
     struct child_report report;
     struct swarm_spawn_request view;
@@ -436,9 +433,60 @@ struct arena {
     int slot_fds[SWARM_SPAWN_SLOTS];
     char *data;                 /* the request's strings and arrays */
     size_t capacity;
-    void *stack;
+    int index;                  /* its stack's place in stacks */
 };
-static struct arena arenas[SWARM_ARENAS];
+
+/* Under slot_lock. Every arena is in exactly one place: free, busy (a child
+   on its way to exec, in spawn order) or failed (its report not yet taken). */
+static struct arena *free_arenas[SWARM_ARENAS_MAX];
+static int nfree;
+static struct arena *busy[SWARM_ARENAS_MAX];   /* a ring */
+static int busy_head, nbusy;
+static struct arena *failed[SWARM_FAILED_KEPT];
+static int nfailed;
+static int narenas;
+static char *stacks;            /* SWARM_ARENAS_MAX stacks, reserved (MAP_NORESERVE) at the first use */
+
+/* Arenas are kept once made (their stacks' pages are given back when all are
+   free again, arenas_harvest); beyond SWARM_ARENAS_KEPT without their copies. */
+static void arena_release(struct arena *a) {
+    if (a->index >= SWARM_ARENAS_KEPT) {
+        free(a->data);
+        a->data = NULL;
+        a->capacity = 0;
+    }
+    free_arenas[nfree++] = a;
+}
+
+static void failed_remove(int i) {
+    failed[i] = failed[--nfailed];
+}
+
+/* Busy arenas whose child is done, oldest first (children exec in about the
+   order they were spawned): free again, or kept for their report. */
+static void arenas_harvest(void) {
+    while (nbusy > 0) {
+        struct arena *a = busy[busy_head];
+        if (__atomic_load_n(&a->word, __ATOMIC_ACQUIRE) != CHILD_DONE) return;
+        busy_head = (busy_head + 1) % SWARM_ARENAS_MAX;
+        nbusy--;
+        if (a->report.step == SWARM_STEP_NONE) {
+            arena_release(a);
+        } else {
+            /* Full: the oldest report goes (its pid was reaped by someone else, or long ago). */
+            if (nfailed == SWARM_FAILED_KEPT) {
+                arena_release(failed[0]);
+                failed_remove(0);
+            }
+            failed[nfailed++] = a;
+        }
+        if (nbusy == 0 && narenas > SWARM_ARENAS_KEPT) {
+            /* All done: the pages a storm touched in the extra arenas' stacks go back (they fault in again if needed). */
+            (void)madvise(stacks + (size_t)SWARM_ARENAS_KEPT * ARENA_STACK_SIZE,
+                          (size_t)(narenas - SWARM_ARENAS_KEPT) * ARENA_STACK_SIZE, MADV_DONTNEED);
+        }
+    }
+}
 
 static size_t align8(size_t n) { return (n + 7) & ~(size_t)7; }
 
@@ -489,61 +537,83 @@ static int arena_copy(struct arena *a, const struct swarm_spawn_request *req) {
     return 0;
 }
 
-/* A free arena holding a copy of req, or NULL (all busy, or no memory). Under slot_lock. */
+/* A free arena holding a copy of req, or NULL (SWARM_ARENAS_MAX busy, or no memory). */
 static struct arena *arena_take(const struct swarm_spawn_request *req) {
-    struct arena *free_arena = NULL;
-    for (int i = 0; i < SWARM_ARENAS; i++) {
-        struct arena *a = &arenas[i];
-        /* Done with its memory and nothing to report: free again. */
-        if (a->in_use && __atomic_load_n(&a->word, __ATOMIC_ACQUIRE) == CHILD_DONE && a->report.step == SWARM_STEP_NONE)
-            a->in_use = 0;
-        if (!a->in_use && !free_arena) free_arena = a;
+    arenas_harvest();
+    struct arena *a = NULL;
+    if (nfree > 0) {
+        a = free_arenas[--nfree];
+    } else if (narenas < SWARM_ARENAS_MAX) {
+        if (!stacks) {
+            void *m = mmap(NULL, (size_t)SWARM_ARENAS_MAX * ARENA_STACK_SIZE, PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK | MAP_NORESERVE, -1, 0);
+            if (m == MAP_FAILED) return NULL;
+            stacks = m;
+        }
+        a = calloc(1, sizeof *a);
+        if (!a) return NULL;
+        a->index = narenas++;
+    } else {
+        return NULL;
     }
-    struct arena *a = free_arena;
-    if (!a) return NULL;
-    if (!a->stack) {
-        void *stack = mmap(NULL, ARENA_STACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-        if (stack == MAP_FAILED) return NULL;
-        a->stack = stack;
+    if (arena_copy(a, req) < 0) {
+        arena_release(a);
+        return NULL;
     }
-    if (arena_copy(a, req) < 0) return NULL;
     a->report.err = 0;
     a->report.step = SWARM_STEP_NONE;
     return a;
 }
 
-/* a's child has pid: an older arena of the same pid (its failure never
-   taken: reaped by someone else) must not answer for this one. */
+static char *arena_stack_top(struct arena *a) { return stacks + (size_t)(a->index + 1) * ARENA_STACK_SIZE; }
+
+/* a's child is pid: on its way. A failed report kept for the same pid (reaped
+   by someone else) must not answer for this one. */
 static void arena_hold(struct arena *a, pid_t pid) {
-    for (int i = 0; i < SWARM_ARENAS; i++) {
-        struct arena *o = &arenas[i];
-        if (o != a && o->in_use && o->pid == pid && __atomic_load_n(&o->word, __ATOMIC_ACQUIRE) == CHILD_DONE) o->in_use = 0;
+    for (int i = 0; i < nfailed; i++) {
+        if (failed[i]->pid == pid) {
+            arena_release(failed[i]);
+            failed_remove(i);
+            break;
+        }
     }
     a->pid = pid;
-    a->in_use = 1;
+    busy[(busy_head + nbusy) % SWARM_ARENAS_MAX] = a;
+    nbusy++;
 }
 
+/* A child reaped: if it failed, its report is in an arena done with, kept
+   (failed) or not yet harvested (busy, behind an older child still on its way). */
 int swarm_spawn_take_failure(pid_t pid, int *err, int *step, char *path, size_t path_size) {
     int found = 0;
     pthread_mutex_lock(&slot_lock);
-    for (int i = 0; i < SWARM_ARENAS; i++) {
-        struct arena *a = &arenas[i];
-        if (!a->in_use || a->pid != pid) continue;
-        /* Still in swarmd's memory: not the child that was reaped. */
-        if (__atomic_load_n(&a->word, __ATOMIC_ACQUIRE) != CHILD_DONE) break;
-        if (a->report.step != SWARM_STEP_NONE) {
-            *err = a->report.err;
-            *step = a->report.step;
-            if (path_size > 0) {
-                size_t n = strlen(a->view.path);
-                if (n >= path_size) n = path_size - 1;
-                memcpy(path, a->view.path, n);
-                path[n] = '\0';
-            }
-            found = 1;
+    arenas_harvest();
+    struct arena *a = NULL;
+    int was_failed = 0;
+    for (int i = 0; i < nfailed && !a; i++) {
+        if (failed[i]->pid == pid) {
+            a = failed[i];
+            failed_remove(i);
+            was_failed = 1;
         }
-        a->in_use = 0;
-        break;
+    }
+    for (int i = 0; i < nbusy && !a; i++) {
+        struct arena *b = busy[(busy_head + i) % SWARM_ARENAS_MAX];
+        if (b->pid == pid && __atomic_load_n(&b->word, __ATOMIC_ACQUIRE) == CHILD_DONE && b->report.step != SWARM_STEP_NONE) a = b;
+    }
+    if (a) {
+        *err = a->report.err;
+        *step = a->report.step;
+        if (path_size > 0) {
+            size_t n = strlen(a->view.path);
+            if (n >= path_size) n = path_size - 1;
+            memcpy(path, a->view.path, n);
+            path[n] = '\0';
+        }
+        found = 1;
+        /* Taken: a failed one is free now, a busy one when the harvest reaches it. */
+        a->report.step = SWARM_STEP_NONE;
+        if (was_failed) arena_release(a);
     }
     pthread_mutex_unlock(&slot_lock);
     return found;
@@ -578,6 +648,7 @@ pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step) {
     struct child_args *args = &local_args;
     int *slot_fds = local_slot_fds;
     struct arena *arena = NULL;
+    struct arena *borrowed = NULL;   /* an arena whose memory serves a spawn that waits after all */
     int joined_procs = -1;
 #if SWARM_SPAWN_WITH_FORK
     int pipefd[2];
@@ -596,7 +667,7 @@ pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step) {
 
     pthread_mutex_lock(&slot_lock);
 #if SWARM_HAVE_CLONE3_RUN
-    if (req->no_wait_exec && !req->intercept_bind && !req->join_cgroup && !req->no_clone3
+    if (req->no_wait_exec && !req->join_cgroup && !req->no_clone3
         && (req->cgroup_dir_fd < 0 || !clone3_unsupported)) {
         arena = arena_take(req);
         if (arena) {
@@ -619,7 +690,7 @@ pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step) {
         }
         child_stack = stack;
     }
-    char *stack_top = arena ? (char *)arena->stack + ARENA_STACK_SIZE : (char *)child_stack + child_stack_size;
+    char *stack_top = arena ? arena_stack_top(arena) : (char *)child_stack + child_stack_size;
 #endif
     const int *unslotted_fds = view->fds;
     int used = 0;
@@ -694,6 +765,7 @@ pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step) {
                 /* The join that follows needs the waiting kind (see above); the arena's memory serves it. */
                 __atomic_store_n(&arena->word, CHILD_DONE, __ATOMIC_RELEASE);
                 args->stage = NULL;
+                borrowed = arena;
                 arena = NULL;
             }
         }
@@ -711,6 +783,7 @@ pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step) {
                 fork_errno = errno;
                 pthread_sigmask(SIG_SETMASK, &old, NULL);
                 release_slots(used);
+                if (borrowed) arena_release(borrowed);
                 pthread_mutex_unlock(&slot_lock);
                 if (joined_procs >= 0) close(joined_procs);
                 *err = fork_errno;
@@ -722,9 +795,16 @@ pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step) {
         pid = clone(child_entry, stack_top, flags, args, NULL, NULL, arena ? (pid_t *)&arena->word : NULL);
         fork_errno = errno;
     }
+    if (borrowed) {
+        /* The child is done with it (vfork): keep its report, free the rest. */
+        local_report = *report;
+        report = &local_report;
+        arena_release(borrowed);
+    }
     if (arena) {
         if (pid < 0) {
             __atomic_store_n(&arena->word, CHILD_DONE, __ATOMIC_RELEASE);
+            arena_release(arena);
         } else {
             /* Until the child has its own fd table and process group (or is gone). */
             while (__atomic_load_n(&arena->word, __ATOMIC_ACQUIRE) == CHILD_CLONED)

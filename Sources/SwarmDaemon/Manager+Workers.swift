@@ -85,14 +85,14 @@ extension Manager {
             // Without the directory the child joins by cgroup.procs.
             if let cgroup, cgroupDirectory < 0 { try cgroup.openProcsFD() }
             plan.cgroupProcsFD = cgroup?.procsFD ?? -1
+            // The loop goes on while the child execs: a failed exec is seen at its reap.
+            plan.returnBeforeExec = true
             if interception.wants(spec), let k = kernel as? BindInterceptingKernel {
                 plan.interceptBind = true
                 let spawned = try k.spawnWorker(plan)
                 pid = spawned.pid
                 notifyFD = spawned.bindNotifyFD
             } else {
-                // The loop goes on while the child execs: a failed exec is seen at its reap.
-                plan.returnBeforeExec = true
                 pid = try kernel.spawn(plan)
             }
         } catch {

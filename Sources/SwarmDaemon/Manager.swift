@@ -30,6 +30,8 @@ public struct DaemonOptions {
     public var metricsPublic = false
     /// `--priority-boost`: nice levels swarmd runs above its workers (0: none).
     public var priorityBoost: Int32 = 10
+    /// `--realtime-priority`: SCHED_RR priority swarmd runs at (0: none, SCHED_OTHER).
+    public var realtimePriority: Int32 = 0
 
     public init(socketPath: String, stateDir: String, appsDir: String?, configFiles: [String], logTarget: String = "auto",
                 journalSocket: String = "/run/systemd/journal/socket", socketGroup: String? = nil) {
@@ -308,6 +310,7 @@ public final class Manager {
         let handover = try Handover.take()
         if let n = handover?.originalNoFile { originalNoFile = (n.soft, n.hard) }
         raiseOwnPriority(startedWith: handover?.originalNice)
+        raiseToRealtime()
         if let handover {
             try resume(from: handover)
         } else {
@@ -541,6 +544,20 @@ public final class Manager {
             if original == nil { log.info("Running at nice \(now); workers start at nice \(kernel.workerPriority)") }
         } catch {
             log.info("Running at the workers' priority (nice \(kernel.workerPriority)): raising it by \(steps) failed: \(error); it needs root or CAP_SYS_NICE")
+        }
+    }
+
+    /// `--realtime-priority`: swarmd under SCHED_RR, its children not
+    /// (`Spawner.raiseToRealtime` says why). A re-executed image is given the
+    /// same option and applies it again.
+    func raiseToRealtime() {
+        let priority = options.realtimePriority
+        guard priority > 0 else { return }
+        do {
+            try Spawner.raiseToRealtime(priority: priority)
+            log.info("Running under SCHED_RR at priority \(priority); workers run under SCHED_OTHER")
+        } catch {
+            log.warning("Running under SCHED_OTHER: --realtime-priority \(priority) failed: \(error); it needs root or CAP_SYS_NICE")
         }
     }
 

@@ -477,7 +477,7 @@ extension Spawner {
             throw error
         }
         Posix.close(pair[1])
-        // The child sent it before exec, and spawn returns only after exec: it is queued.
+        // The child sent it before spawn returned (after its exec, or with returnBeforeExec once sent): it is queued.
         var flags: UInt32 = 0
         let notify = swarm_intercept_receive_listener(pair[0], &flags)
         if notify < 0 {
@@ -485,6 +485,8 @@ extension Spawner {
             _ = Glibc.kill(pid, SIGKILL)
             var status: Int32 = 0
             while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+            // A child that ran on and failed first (installing the filter, say) says why.
+            if plan.returnBeforeExec, let failure = takeExecFailure(pid: pid) { throw failure }
             throw SpawnError(step: "receiving the seccomp listener from the child", errno: e, executable: plan.executable)
         }
         _ = try? Posix.setNonBlocking(notify)

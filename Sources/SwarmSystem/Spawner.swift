@@ -40,7 +40,8 @@ public struct SpawnPlan {
     /// makes its way to exec on another CPU. An exec (or earlier step) that
     /// fails is then not thrown but found when the child is reaped, with exit
     /// status 127: `Spawner.takeExecFailure(pid:)`. Spawns that join their
-    /// cgroup by cgroup.procs, or intercept bind(), wait all the same (spawn.c).
+    /// cgroup by cgroup.procs wait all the same (spawn.c); one that intercepts
+    /// bind() returns once the child has sent its listener.
     public var returnBeforeExec = false
     /// Intercept the worker's bind() calls; spawn with `Spawner.spawnWorker` to get the notification fd.
     public var interceptBind = false
@@ -74,7 +75,7 @@ public struct SpawnError: Error, CustomStringConvertible {
 public enum Spawner {
     static let stepNames = ["none", "fork", "setpgid", "prctl(PR_SET_PDEATHSIG)", "moving fds", "setting stdio", "setrlimit",
                             "chdir", "setgroups", "setgid", "setuid", "prctl(PR_SET_NO_NEW_PRIVS)", "execve",
-                            "sched_setaffinity"]
+                            "sched_setaffinity", "sched_setscheduler(SCHED_OTHER)"]
 
     /// fork + exec through the C target; exec failures come back as errors.
     public static func spawn(_ plan: SpawnPlan) throws -> pid_t {
@@ -138,6 +139,7 @@ public enum Spawner {
                         req.intercept_sock = plan.interceptSocket
                         req.no_clone3 = plan.joinCgroupOnly ? 1 : 0
                         req.no_wait_exec = plan.returnBeforeExec ? 1 : 0
+                        req.reset_policy = realtimePriority != nil ? 1 : 0
                         return swarm_spawn(&req, &err, &step)
                     }
                 }
@@ -224,6 +226,37 @@ extension Spawner {
         childPriority = original
         try renice(pid: getpid(), to: target)
         return target
+    }
+
+    /// The SCHED_RR priority `raiseToRealtime` gave this process; nil: it runs
+    /// under SCHED_OTHER, as do all its children in any case (spawn.c resets
+    /// theirs before the exec).
+    nonisolated(unsafe) public private(set) static var realtimePriority: Int32?
+
+    /// Puts every thread of this process under SCHED_RR at `priority` (1–99),
+    /// above every process of ordinary policy, whatever their number; its
+    /// children leave it for SCHED_OTHER (at `childPriority`'s niceness) before
+    /// they exec. Needs CAP_SYS_NICE (or RLIMIT_RTPRIO); throws the first refusal.
+    ///
+    /// Why, beyond `raiseOwnPriority`: niceness is a share of the CPU. When
+    /// 4,096 workers are killed at once, 4,096 dying processes are runnable
+    /// together, and even at nice -20 swarmd's share of the 2 CPUs is about 2 %
+    /// until they are gone; a real-time policy is served before all of them.
+    public static func raiseToRealtime(priority: Int32) throws(SystemError) {
+        var param = sched_param(sched_priority: priority)
+        var refused: SystemError?
+        var raised = false
+        for tid in ProcFS.listDirectory("/proc/\(getpid())/task") ?? ["\(getpid())"] {
+            guard let t = Int32(tid) else { continue }
+            if sched_setscheduler(t, SCHED_RR, &param) < 0 {
+                if refused == nil { refused = SystemError("sched_setscheduler(SCHED_RR)", errno: errno, subject: "thread \(t) at priority \(priority)") }
+            } else {
+                raised = true
+            }
+        }
+        // Children are reset even if only some threads took it: any of them may spawn.
+        if raised { realtimePriority = priority }
+        if let refused { throw refused }
     }
 
     /// The calling thread's niceness (Linux keeps one per thread).

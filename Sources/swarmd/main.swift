@@ -47,6 +47,10 @@ struct Swarmd: ParsableCommand {
             help: ArgumentHelp("Run swarmd N nice levels above the priority it was started with, which its workers keep, so a mass restart is not starved by the workers it starts (0-39; 0: off; needs root or CAP_SYS_NICE).", valueName: "N"))
     var priorityBoost: Int32 = 10
 
+    @Option(name: .customLong("realtime-priority"),
+            help: ArgumentHelp("Run swarmd under the real-time policy SCHED_RR at priority N (1-99), above every ordinary process, so that a kill storm of thousands of workers cannot starve it; its children leave it for SCHED_OTHER before they exec (0: off, the default; needs root or CAP_SYS_NICE).", valueName: "N"))
+    var realtimePriority: Int32 = 0
+
     @Flag(name: .shortAndLong, help: "Log debug messages.")
     var verbose = false
 
@@ -56,6 +60,9 @@ struct Swarmd: ParsableCommand {
     func validate() throws {
         guard (0...39).contains(priorityBoost) else {
             throw ValidationError("--priority-boost must be 0 to 39 nice levels, not \(priorityBoost)")
+        }
+        guard (0...99).contains(realtimePriority) else {
+            throw ValidationError("--realtime-priority must be 0 (off) or a SCHED_RR priority 1 to 99, not \(realtimePriority)")
         }
         guard ["auto", "file", "journal"].contains(logTarget) else {
             throw ValidationError("--log-target must be auto, file or journal, not '\(logTarget)'")
@@ -80,6 +87,7 @@ struct Swarmd: ParsableCommand {
         options.metricsAddress = try metrics.map(MetricsAddress.parse)
         options.metricsPublic = metricsPublic
         options.priorityBoost = priorityBoost
+        options.realtimePriority = realtimePriority
         do {
             options.agent = try agent.map(DaemonOptions.agentAddress)
         } catch {

@@ -357,6 +357,50 @@ struct HardeningTests {
         }
     }
 
+    @Test("--realtime-priority 1: swarmd runs SCHED_RR at 1, its workers and hooks SCHED_OTHER at their own nice, across a re-exec too; 100 is refused",
+          .enabled(if: getuid() == 0, "needs root (CAP_SYS_NICE) for a real-time policy"))
+    func realtimePriorityStaysWithSwarmd() async throws {
+        try await withSwarm { s in
+            let refused = try Child.spawn(Paths.swarmd, ["--socket", s.socket, "--state-dir", s.stateDir, "--realtime-priority", "100"],
+                                          dir: s.dir, label: "swarmd-rt-100")
+            #expect(try await refused.wait(timeout: 15) == 64)
+            #expect(refused.stderr.contains("--realtime-priority must be 0 (off) or a SCHED_RR priority 1 to 99"), "\(refused.stderr)")
+            let own = try #require(niceOf(getpid()))
+            // The hook (a waiting spawn) records its own policy: field 41 of /proc/self/stat.
+            let hook = try s.write("policy.sh", "#!/bin/sh\ncut -d' ' -f41 /proc/self/stat > \(s.dir)/hook-policy.$$\n")
+            chmod(hook, 0o755)
+            let conf = try s.write("rt.conf", Conf.app("rt", command: ["/bin/sleep", "600"], workers: 2, extra: "[hooks]\non_ready = [\"\(hook)\"]\n"))
+            let d = try await s.startDaemon([conf], args: ["--realtime-priority", "1"])
+            func policy(_ pid: Int32) -> Int32 { sched_getscheduler(pid) }
+            func rtPriority(_ pid: Int32) -> Int32 {
+                var p = sched_param()
+                return sched_getparam(pid, &p) == 0 ? p.sched_priority : -1
+            }
+            let first = try await s.waitReady("rt", workers: 2)
+            #expect(policy(d.pid) == SCHED_RR && rtPriority(d.pid) == 1, "swarmd: policy \(policy(d.pid)), priority \(rtPriority(d.pid))")
+            #expect(first.allSatisfy { policy($0) == SCHED_OTHER && niceOf($0) == own },
+                    "workers: policies \(first.map(policy)), nice \(first.map { niceOf($0) ?? 99 }), want SCHED_OTHER at \(own)")
+            #expect(d.stderr.contains("Running under SCHED_RR at priority 1; workers run under SCHED_OTHER"), "\(d.stderr.suffix(1500))")
+            let hooks = try await waitUntil(timeout: 15, "the on_ready hooks to record their policy") { () -> [String]? in
+                let files = (try? FileManager.default.contentsOfDirectory(atPath: s.dir).filter { $0.hasPrefix("hook-policy.") }) ?? []
+                let seen = files.compactMap { try? String(contentsOfFile: s.dir + "/" + $0, encoding: .utf8) }
+                    .map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }.filter { !$0.isEmpty }
+                return seen.count >= 2 ? seen : nil
+            }
+            #expect(hooks.allSatisfy { $0 == "\(SCHED_OTHER)" }, "hooks' policies: \(hooks)")
+
+            try await s.ctlOK("daemon-reexec")
+            try await waitUntil(timeout: 15, "swarmd to log that it re-executed") { d.stderr.contains("re-executed as pid") }
+            _ = try await s.waitReady("rt", workers: 2)
+            kill(first[0], SIGKILL)
+            let replaced = try await waitUntil(timeout: 15, "a new worker for the killed \(first[0]) after the re-exec") { () -> Int32? in
+                try s.quickStatus().apps.first?.workers.first { $0.pid != nil && !first.contains($0.pid!) && $0.state == "ready" }?.pid
+            }
+            #expect(policy(d.pid) == SCHED_RR, "swarmd after the re-exec: policy \(policy(d.pid))")
+            #expect(policy(replaced) == SCHED_OTHER && niceOf(replaced) == own, "a worker the re-executed image spawned: policy \(policy(replaced)), nice \(niceOf(replaced) ?? 99)")
+        }
+    }
+
     @Test("[limits] memory = \"30MiB\": a growing worker is replaced")
     func memoryCeiling() async throws {
         try await withSwarm { s in

@@ -34,8 +34,9 @@ int swarm_is_cgroup2(const char *path);
 
 /* Child: install the filter (USER_NOTIF for bind and listen on the native
    arch, ALLOW for the rest) and send the listener fd over send_fd (a socketpair end)
-   with SCM_RIGHTS; the listener is closed in the child. 0, or -1 with errno
-   and *step (SWARM_STEP_SECCOMP or SWARM_STEP_SECCOMP_SEND). */
+   with SCM_RIGHTS; the listener is closed in the child. Raw system calls only
+   (errno untouched): 0, or -errno with *step (SWARM_STEP_SECCOMP or
+   SWARM_STEP_SECCOMP_SEND). */
 int swarm_child_intercept_bind(int send_fd, int *step);
 
 /* Parent: the listener fd the child sent (O_CLOEXEC), and its flags in *flags.

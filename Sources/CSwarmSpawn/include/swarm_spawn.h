@@ -46,11 +46,15 @@ struct swarm_spawn_request {
     int intercept_sock;          ///< child end of a socketpair (CLOEXEC)
     int no_clone3;               ///< 1: join the cgroup by cgroup.procs even where clone3 could create the
                                  ///< child in it (what kernels before 5.7 do); for tests of that path
+    int reset_policy;            ///< 1: the child leaves swarmd's real-time policy for SCHED_OTHER before it
+                                 ///< lowers its nice, changes ids and execs (it runs real-time until then, so
+                                 ///< that its way to exec, which swarmd may wait for, is not queued behind the
+                                 ///< CPUs' other work)
     int no_wait_exec;            ///< 1: return once the child is on its own fd table and in its own process
-                                 ///< group, not after its exec; an exec failure is then taken at the reap
-                                 ///< (swarm_spawn_take_failure). Ignored (the spawn waits) with intercept_bind,
-                                 ///< join_cgroup or no_clone3, where clone3 is missing, on other CPUs than
-                                 ///< x86_64, and while every arena is busy (spawn.c)
+                                 ///< group (and, with intercept_bind, has sent its listener), not after its
+                                 ///< exec; an exec failure is then taken at the reap (swarm_spawn_take_failure).
+                                 ///< Ignored (the spawn waits) with join_cgroup or no_clone3, where clone3 is
+                                 ///< missing, on other CPUs than x86_64, and with every arena busy (spawn.c)
 };
 
 /// Steps of the child; reported with the errno when one fails.
@@ -69,6 +73,7 @@ enum swarm_spawn_step {
     SWARM_STEP_NO_NEW_PRIVS,
     SWARM_STEP_EXEC,
     SWARM_STEP_AFFINITY,
+    SWARM_STEP_SCHED_POLICY,
 };
 
 /// fork + exec. Returns the pid, or -1 with *err = errno and *step = the
