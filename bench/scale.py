@@ -55,6 +55,11 @@ TIMEOUT = float(os.environ.get("TIMEOUT", "240"))
 SUPERVISORS = os.environ.get("SUPERVISORS", "floor swarm supervisord circus swarm-sock").split()
 RELOAD_SIZES = [int(x) for x in os.environ.get("RELOAD_SIZES", "100 1000").split()]
 SETTLE = float(os.environ.get("SETTLE", "2"))
+# Extra swarmd arguments for every swarm supervisor (e.g. "--realtime-priority 1"), and
+# BENCH_RT=1: the bench itself (its scans and status probes) under SCHED_RR 1, so that
+# with a real-time swarmd the probes measure swarmd, not their own wait for a CPU.
+SWARMD_ARGS = os.environ.get("SWARMD_ARGS", "").split()
+BENCH_RT = os.environ.get("BENCH_RT", "") == "1"
 TMP = os.environ.get("BENCH_TMP") or tempfile.mkdtemp(prefix="swarm-scale-")
 CIRCUSD = os.environ.get("CIRCUSD", shutil.which("circusd") or "")
 SUPERVISORD = os.environ.get("SUPERVISORD", shutil.which("supervisord") or "")
@@ -287,6 +292,7 @@ def setup(sup, n, d):
         argv = [SWARMD, "--socket", sock, "--state-dir", os.path.join(d, "state"), "--log-target", "file", path]
         if sup == "swarm-noboost":
             argv[1:1] = ["--priority-boost", "0"]
+        argv[1:1] = SWARMD_ARGS
         return argv, wname, None, sock, conf
     if sup == "supervisord":
         # minfds just above what N programs need: every child of supervisord closes fds
@@ -622,6 +628,9 @@ def fmtv(v, key):
 
 
 def main():
+    if BENCH_RT:
+        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(1))
+        log("# the bench runs under SCHED_RR 1 (BENCH_RT=1); swarmd arguments: %s" % " ".join(SWARMD_ARGS))
     for what, path in (("swarmd", SWARMD), ("swarmctl", SWARMCTL)):
         if "swarm" in " ".join(SUPERVISORS) and not (path and os.access(path, os.X_OK)):
             raise SystemExit("scale.py: %s not executable at %r (set SWARMD/SWARMCTL, or run bench/scale.sh)" % (what, path))

@@ -23,6 +23,8 @@
 #   RELOAD_SIZES="100 1000"    sizes at which swarm's rolling reload is measured
 #   TIMEOUT=240                deadline of every phase in seconds (a miss is reported as "timeout")
 #   SETTLE=2                   seconds of quiet between phases
+#   SWARMD_ARGS="--realtime-priority 1"   extra arguments of every swarm supervisor
+#   BENCH_RT=1                 the bench itself (scans, status probes) under SCHED_RR 1
 #   SWARM_BIN, BENCH_TMP, KEEP_TMP=1, BENCH_VENV: see lib.sh
 #
 # Installs what is missing: supervisor and hyperfine (Debian), circus (PyPI, into the

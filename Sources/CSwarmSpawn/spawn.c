@@ -199,8 +199,14 @@ static void child(const struct swarm_spawn_request *req, struct reporter rep, pi
     for (int i = 0; i < req->nfds; i++) {
         if ((r = sys3(SYS_dup3, moved[i], 3 + i, 0)) < 0) child_fail(&rep, SWARM_STEP_FDS, (int)-r);
     }
-    /* Everything else: closed at exec. A report pipe must survive until then. */
-    if (sys3(SYS_close_range, 3 + req->nfds, ~0U, CLOSE_RANGE_CLOEXEC) < 0) {
+    /* Everything else: closed now, while the child may still hold swarmd's
+       real-time policy, rather than by the exec (do_close_on_exec), which
+       runs at the worker's priority and inside the window in which the
+       exec holds the task's exec_update_lock, which swarmd's /proc reads of
+       it wait for. A report pipe (fork) must survive until the exec. */
+    if (rep.fd < 0 && sys3(SYS_close_range, 3 + req->nfds, ~0U, 0) == 0) {
+        /* done */
+    } else if (sys3(SYS_close_range, 3 + req->nfds, ~0U, CLOSE_RANGE_CLOEXEC) < 0) {
         for (int fd = 3 + req->nfds; fd < 65536; fd++) {
             if (fd != rep.fd) (void)sys3(SYS_fcntl, fd, F_SETFD, FD_CLOEXEC);
         }
@@ -403,7 +409,8 @@ static int open_procs_for_join(struct swarm_spawn_request *view) {
      needed, up to SWARM_ARENAS_MAX: when thousands of dying workers hold the
      CPUs, children queue for their exec, and swarmd must not wait behind
      them for an arena (a spawn that found none waited 190 ms in a 4,096
-     storm with 64). Beyond SWARM_ARENAS_KEPT, a free arena is given back.
+     storm with 64). The extra ones, beyond SWARM_ARENAS_KEPT, drop their
+     copies when free, and their stacks' pages once no child is on its way.
    - It shares the calling thread's TLS, so errno: only raw system calls (sys6).
    - swarm_spawn returns once the child is on a fd table of its own (swarmd
      puts its slots back then) and leads its own process group (swarmd may
@@ -415,7 +422,6 @@ static int open_procs_for_join(struct swarm_spawn_request *view) {
    before swarmd counts them): those wait. */
 #define SWARM_ARENAS_MAX 4096
 #define SWARM_ARENAS_KEPT 64
-#define SWARM_FAILED_KEPT 256
 /* The child's frames are small (raw system calls, about 2 KiB; execve runs on
    the kernel's stack). Every arena's stack is in one region reserved once:
    an mmap per arena takes swarmd's mmap_lock for writing, which waits for
@@ -436,55 +442,58 @@ struct arena {
     int index;                  /* its stack's place in stacks */
 };
 
-/* Under slot_lock. Every arena is in exactly one place: free, busy (a child
-   on its way to exec, in spawn order) or failed (its report not yet taken). */
-static struct arena *free_arenas[SWARM_ARENAS_MAX];
-static int nfree;
+/* Under slot_lock. An arena is free (the first SWARM_ARENAS_KEPT made, or the
+   extra ones), busy (its child on its way to exec, or done with a report not
+   yet taken), or borrowed by a spawn that waits after all. */
+static struct arena *kept_free[SWARM_ARENAS_KEPT];
+static int nkept_free;
+static struct arena *extra_free[SWARM_ARENAS_MAX];
+static int nextra_free;
+static int extra_dirty;          /* an extra arena's stack was used since its pages were last given back */
 static struct arena *busy[SWARM_ARENAS_MAX];   /* a ring */
 static int busy_head, nbusy;
-static struct arena *failed[SWARM_FAILED_KEPT];
-static int nfailed;
 static int narenas;
+static struct arena *all_arenas[SWARM_ARENAS_MAX];   /* by index: the tickets */
+static _Thread_local int last_ticket = -1;        /* the calling thread's last spawn that did not wait */
 static char *stacks;            /* SWARM_ARENAS_MAX stacks, reserved (MAP_NORESERVE) at the first use */
 
-/* Arenas are kept once made (their stacks' pages are given back when all are
-   free again, arenas_harvest); beyond SWARM_ARENAS_KEPT without their copies. */
+/* Arenas are kept once made; the extra ones without their copies, and their
+   stacks' pages are given back once no child is on its way (arenas_harvest). */
 static void arena_release(struct arena *a) {
-    if (a->index >= SWARM_ARENAS_KEPT) {
-        free(a->data);
-        a->data = NULL;
-        a->capacity = 0;
+    if (a->index < SWARM_ARENAS_KEPT) {
+        kept_free[nkept_free++] = a;
+        return;
     }
-    free_arenas[nfree++] = a;
+    free(a->data);
+    a->data = NULL;
+    a->capacity = 0;
+    extra_free[nextra_free++] = a;
 }
 
-static void failed_remove(int i) {
-    failed[i] = failed[--nfailed];
+static void busy_push(struct arena *a) {
+    busy[(busy_head + nbusy) % SWARM_ARENAS_MAX] = a;
+    nbusy++;
 }
 
-/* Busy arenas whose child is done, oldest first (children exec in about the
-   order they were spawned): free again, or kept for their report. */
+/* A few busy arenas, oldest first: one whose child is done and left no report
+   is free again; the others go to the back, so that a child that never
+   reaches its exec (stopped, or stuck in a chdir on a dead NFS mount) holds
+   its own arena only. Bounded per call, whatever the number in flight. */
+#define HARVEST_PER_CALL 8
 static void arenas_harvest(void) {
-    while (nbusy > 0) {
+    int n = nbusy < HARVEST_PER_CALL ? nbusy : HARVEST_PER_CALL;
+    for (int i = 0; i < n; i++) {
         struct arena *a = busy[busy_head];
-        if (__atomic_load_n(&a->word, __ATOMIC_ACQUIRE) != CHILD_DONE) return;
         busy_head = (busy_head + 1) % SWARM_ARENAS_MAX;
         nbusy--;
-        if (a->report.step == SWARM_STEP_NONE) {
-            arena_release(a);
-        } else {
-            /* Full: the oldest report goes (its pid was reaped by someone else, or long ago). */
-            if (nfailed == SWARM_FAILED_KEPT) {
-                arena_release(failed[0]);
-                failed_remove(0);
-            }
-            failed[nfailed++] = a;
-        }
-        if (nbusy == 0 && narenas > SWARM_ARENAS_KEPT) {
-            /* All done: the pages a storm touched in the extra arenas' stacks go back (they fault in again if needed). */
-            (void)madvise(stacks + (size_t)SWARM_ARENAS_KEPT * ARENA_STACK_SIZE,
-                          (size_t)(narenas - SWARM_ARENAS_KEPT) * ARENA_STACK_SIZE, MADV_DONTNEED);
-        }
+        if (__atomic_load_n(&a->word, __ATOMIC_ACQUIRE) == CHILD_DONE && a->report.step == SWARM_STEP_NONE) arena_release(a);
+        else busy_push(a);
+    }
+    if (nbusy == 0 && extra_dirty) {
+        /* A storm is over: the pages it touched in the extra arenas' stacks go back (they fault in again if needed). */
+        (void)madvise(stacks + (size_t)SWARM_ARENAS_KEPT * ARENA_STACK_SIZE,
+                      (size_t)(narenas - SWARM_ARENAS_KEPT) * ARENA_STACK_SIZE, MADV_DONTNEED);
+        extra_dirty = 0;
     }
 }
 
@@ -541,8 +550,11 @@ static int arena_copy(struct arena *a, const struct swarm_spawn_request *req) {
 static struct arena *arena_take(const struct swarm_spawn_request *req) {
     arenas_harvest();
     struct arena *a = NULL;
-    if (nfree > 0) {
-        a = free_arenas[--nfree];
+    if (nkept_free > 0) {
+        a = kept_free[--nkept_free];
+    } else if (nextra_free > 0) {
+        a = extra_free[--nextra_free];
+        extra_dirty = 1;
     } else if (narenas < SWARM_ARENAS_MAX) {
         if (!stacks) {
             void *m = mmap(NULL, (size_t)SWARM_ARENAS_MAX * ARENA_STACK_SIZE, PROT_READ | PROT_WRITE,
@@ -553,6 +565,8 @@ static struct arena *arena_take(const struct swarm_spawn_request *req) {
         a = calloc(1, sizeof *a);
         if (!a) return NULL;
         a->index = narenas++;
+        all_arenas[a->index] = a;
+        if (a->index >= SWARM_ARENAS_KEPT) extra_dirty = 1;
     } else {
         return NULL;
     }
@@ -567,54 +581,39 @@ static struct arena *arena_take(const struct swarm_spawn_request *req) {
 
 static char *arena_stack_top(struct arena *a) { return stacks + (size_t)(a->index + 1) * ARENA_STACK_SIZE; }
 
-/* a's child is pid: on its way. A failed report kept for the same pid (reaped
-   by someone else) must not answer for this one. */
 static void arena_hold(struct arena *a, pid_t pid) {
-    for (int i = 0; i < nfailed; i++) {
-        if (failed[i]->pid == pid) {
-            arena_release(failed[i]);
-            failed_remove(i);
-            break;
-        }
-    }
     a->pid = pid;
-    busy[(busy_head + nbusy) % SWARM_ARENAS_MAX] = a;
-    nbusy++;
+    busy_push(a);
 }
 
-/* A child reaped: if it failed, its report is in an arena done with, kept
-   (failed) or not yet harvested (busy, behind an older child still on its way). */
+/* a's report, if a is the arena of pid's child and it failed; taken once
+   (the arena is freed when the harvest comes to it). Under slot_lock. */
+static int take_report(struct arena *a, pid_t pid, int *err, int *step, char *path, size_t path_size) {
+    if (a->pid != pid || __atomic_load_n(&a->word, __ATOMIC_ACQUIRE) != CHILD_DONE || a->report.step == SWARM_STEP_NONE) return 0;
+    *err = a->report.err;
+    *step = a->report.step;
+    if (path_size > 0) {
+        size_t n = strlen(a->view.path);
+        if (n >= path_size) n = path_size - 1;
+        memcpy(path, a->view.path, n);
+        path[n] = '\0';
+    }
+    a->report.step = SWARM_STEP_NONE;
+    return 1;
+}
+
+int swarm_spawn_take_failure_ticket(int ticket, pid_t pid, int *err, int *step, char *path, size_t path_size) {
+    int found = 0;
+    pthread_mutex_lock(&slot_lock);
+    if (ticket >= 0 && ticket < narenas) found = take_report(all_arenas[ticket], pid, err, step, path, path_size);
+    pthread_mutex_unlock(&slot_lock);
+    return found;
+}
+
 int swarm_spawn_take_failure(pid_t pid, int *err, int *step, char *path, size_t path_size) {
     int found = 0;
     pthread_mutex_lock(&slot_lock);
-    arenas_harvest();
-    struct arena *a = NULL;
-    int was_failed = 0;
-    for (int i = 0; i < nfailed && !a; i++) {
-        if (failed[i]->pid == pid) {
-            a = failed[i];
-            failed_remove(i);
-            was_failed = 1;
-        }
-    }
-    for (int i = 0; i < nbusy && !a; i++) {
-        struct arena *b = busy[(busy_head + i) % SWARM_ARENAS_MAX];
-        if (b->pid == pid && __atomic_load_n(&b->word, __ATOMIC_ACQUIRE) == CHILD_DONE && b->report.step != SWARM_STEP_NONE) a = b;
-    }
-    if (a) {
-        *err = a->report.err;
-        *step = a->report.step;
-        if (path_size > 0) {
-            size_t n = strlen(a->view.path);
-            if (n >= path_size) n = path_size - 1;
-            memcpy(path, a->view.path, n);
-            path[n] = '\0';
-        }
-        found = 1;
-        /* Taken: a failed one is free now, a busy one when the harvest reaches it. */
-        a->report.step = SWARM_STEP_NONE;
-        if (was_failed) arena_release(a);
-    }
+    for (int i = 0; i < nbusy && !found; i++) found = take_report(busy[(busy_head + i) % SWARM_ARENAS_MAX], pid, err, step, path, path_size);
     pthread_mutex_unlock(&slot_lock);
     return found;
 }
@@ -634,9 +633,31 @@ static void unslot(struct swarm_spawn_request *view, const struct swarm_spawn_re
    exec'd (or failed); without (no_wait_exec, above) once the child is on its
    own fd table. The child touches only its stack, the request prepared
    before, and raw system calls. */
+int swarm_spawn_last_ticket(void) { return last_ticket; }
+
+int swarm_spawn_arena_count(void) {
+    pthread_mutex_lock(&slot_lock);
+    int n = narenas;
+    pthread_mutex_unlock(&slot_lock);
+    return n;
+}
+
+int swarm_spawn_execing(int ticket, pid_t pid) {
+    int r = 0;
+    pthread_mutex_lock(&slot_lock);
+    if (ticket >= 0 && ticket < narenas) {
+        struct arena *a = all_arenas[ticket];
+        /* A reused arena holds another pid: this one's exec is over. */
+        r = a->pid == pid && __atomic_load_n(&a->word, __ATOMIC_ACQUIRE) != CHILD_DONE;
+    }
+    pthread_mutex_unlock(&slot_lock);
+    return r;
+}
+
 pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step) {
     *err = 0;
     *step = SWARM_STEP_NONE;
+    last_ticket = -1;
     pid_t parent = getpid();
     /* What one spawn needs: on this stack for a spawn that waits, in an arena for one that does not. */
     struct child_report local_report = { 0, SWARM_STEP_NONE };
@@ -685,6 +706,7 @@ pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step) {
         if (stack == MAP_FAILED) {
             *err = errno;
             *step = SWARM_STEP_FORK;
+            if (arena) arena_release(arena);
             pthread_mutex_unlock(&slot_lock);
             return -1;
         }
@@ -834,7 +856,10 @@ pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step) {
         return -1;
     }
     /* A child that runs on reports at its reap (swarm_spawn_take_failure). */
-    if (arena) return pid;
+    if (arena) {
+        last_ticket = arena->index;
+        return pid;
+    }
     if (report->step != SWARM_STEP_NONE) {
         /* The child is exiting with 127: reap it here so no unknown pid reaches the reaper. */
         int status;

@@ -129,7 +129,8 @@ extension Manager {
             cgroups.reaped(pid: pid, cpuMicroseconds: cpu)
             output.drain(pid: pid)
             var exit = status
-            if case .exited(127) = status, let failure = kernel.takeExecFailure(pid: pid) {
+            // Taken for every pid (none is left for a reused one); a child that failed exits with 127.
+            if let failure = kernel.takeExecFailure(pid: pid), case .exited(127) = status {
                 exit = .spawnFailed(Manager.spawnFailureReason(failure))
             }
             recordExit(pid: pid, exit)
@@ -144,6 +145,9 @@ extension Manager {
     /// intercepted bind) or listens in a child is seen.
     func probeListening(_ id: WorkerID, pid: Int32) {
         guard let w = supervisor.workers[id], let spec = supervisor.spec(of: w) else { return }
+        // Not exec'd yet: nothing listens, and reading its fds would wait for the exec
+        // (in a kill storm 60-80 ms, for a child queued behind thousands of dying ones).
+        if kernel.isExecuting(pid: pid) { return }
         var identities = Set<SocketIdentity>()
         for e in sockets[spec.name]?.entries ?? [] {
             // The socket this slot's workers get (bindSlot): the slot's own with reuseport, else the shared one.

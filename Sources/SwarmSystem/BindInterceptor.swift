@@ -448,7 +448,11 @@ public protocol BindInterceptingKernel: Kernel {
 }
 
 extension LinuxKernel: BindInterceptingKernel {
-    public func spawnWorker(_ plan: SpawnPlan) throws -> SpawnedWorker { try Spawner.spawnWorker(plan) }
+    public func spawnWorker(_ plan: SpawnPlan) throws -> SpawnedWorker {
+        let spawned = try Spawner.spawnWorker(plan)
+        _ = noteTicket(spawned.pid)   // the thread's last spawn is this one's
+        return spawned
+    }
     public func probeBindInterception() -> Result<BindInterceptor.ProbeResult, InterceptUnavailable> { BindInterceptor.probe() }
 }
 
@@ -470,8 +474,10 @@ extension Spawner {
         var withSocket = plan
         withSocket.interceptSocket = pair[1]
         let pid: pid_t
+        let ticket: Int32?
         do {
             pid = try spawn(withSocket)
+            ticket = lastExecTicket
         } catch {
             Posix.close(pair[1])
             throw error
@@ -486,7 +492,7 @@ extension Spawner {
             var status: Int32 = 0
             while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
             // A child that ran on and failed first (installing the filter, say) says why.
-            if plan.returnBeforeExec, let failure = takeExecFailure(pid: pid) { throw failure }
+            if let ticket, let failure = takeExecFailure(pid: pid, ticket: ticket) { throw failure }
             throw SpawnError(step: "receiving the seccomp listener from the child", errno: e, executable: plan.executable)
         }
         _ = try? Posix.setNonBlocking(notify)

@@ -19,6 +19,10 @@ public protocol Kernel: AnyObject {
     /// The reaped `pid`'s exec failure, for a plan with `returnBeforeExec`
     /// (`Spawner.takeExecFailure`); nil when it ran its program.
     func takeExecFailure(pid: pid_t) -> SpawnError?
+    /// Whether `pid`, spawned with `returnBeforeExec`, is still on its way to
+    /// its exec: nothing it will run is there yet, and a /proc read of its
+    /// fds would wait for the exec (the kernel's exec_update_lock).
+    func isExecuting(pid: pid_t) -> Bool
     /// kill(2), to the process group `pid` leads when `group`. A process
     /// already gone (ESRCH) is not an error.
     func signal(_ pid: pid_t, _ signal: Int32, group: Bool) throws
@@ -58,6 +62,7 @@ public protocol Kernel: AnyObject {
 extension Kernel {
     /// A kernel whose spawns report every failure at once (the shell's fake).
     public func takeExecFailure(pid: pid_t) -> SpawnError? { nil }
+    public func isExecuting(pid: pid_t) -> Bool { false }
 
     /// A kernel that does not tell the CPU time (the shell's fake): cgroups read it from cpu.stat.
     public func reapWithCPU() -> (result: Posix.WaitResult, cpuMicroseconds: UInt64?)? {
@@ -125,17 +130,46 @@ public final class LinuxKernel: Kernel {
     public func now() -> Int64 { Posix.monotonicNanoseconds() }
     public func wallClock() -> Int64 { Posix.realtimeNanoseconds() }
 
-    public func spawn(_ plan: SpawnPlan) throws -> pid_t { try Spawner.spawn(plan) }
-    public func takeExecFailure(pid: pid_t) -> SpawnError? { Spawner.takeExecFailure(pid: pid) }
+    /// Spawns that did not wait for their exec, until the pid is reaped.
+    private var execTickets: [pid_t: Int32] = [:]
+    /// Exec failures read at the reap, until `takeExecFailure` asks.
+    private var reapedFailures: [pid_t: SpawnError] = [:]
+
+    public func spawn(_ plan: SpawnPlan) throws -> pid_t { noteTicket(try Spawner.spawn(plan)) }
+
+    func noteTicket(_ pid: pid_t) -> pid_t {
+        if let ticket = Spawner.lastExecTicket { execTickets[pid] = ticket }
+        return pid
+    }
+
+    public func takeExecFailure(pid: pid_t) -> SpawnError? { reapedFailures.removeValue(forKey: pid) }
+
+    public func isExecuting(pid: pid_t) -> Bool {
+        guard let ticket = execTickets[pid] else { return false }
+        return swarm_spawn_execing(ticket, pid) == 1
+    }
 
     public func signal(_ pid: pid_t, _ signal: Int32, group: Bool) throws {
         try Posix.kill(group ? -pid : pid, signal)
     }
 
-    public func reap() -> Posix.WaitResult? { Posix.reapOne() }
+    public func reap() -> Posix.WaitResult? { forgetTicket(Posix.reapOne()) }
 
     public func reapWithCPU() -> (result: Posix.WaitResult, cpuMicroseconds: UInt64?)? {
-        Posix.reapOneWithCPU().map { ($0.result, $0.cpuMicroseconds) }
+        Posix.reapOneWithCPU().map { (forgetTicket($0.result)!, $0.cpuMicroseconds) }
+    }
+
+    /// Every reaped child that did not wait for its exec: its report taken (and
+    /// its arena freed) whatever its status, so none is left for a reused pid.
+    private func forgetTicket(_ r: Posix.WaitResult?) -> Posix.WaitResult? {
+        switch r {
+        case let .exited(pid, _)?, let .signaled(pid, _, _)?:
+            if let ticket = execTickets.removeValue(forKey: pid), let failure = Spawner.takeExecFailure(pid: pid, ticket: ticket) {
+                reapedFailures[pid] = failure
+            }
+        case nil: break
+        }
+        return r
     }
 
     public func isListening(pid: pid_t, fds: Set<Int32>) -> Bool {

@@ -155,14 +155,25 @@ public enum Spawner {
 
     /// Why the reaped child `pid`, spawned with `returnBeforeExec`, never ran its
     /// program; nil when it did (or is no such child). Call it for each such
-    /// child that exits with 127: until then the child's spawn memory is held.
-    public static func takeExecFailure(pid: pid_t) -> SpawnError? {
+    /// child reaped: a failed one's spawn memory is held until then.
+    /// With `ticket` (`lastExecTicket` right after the spawn) the child's arena
+    /// is found at once; without, every child still held is looked through.
+    public static func takeExecFailure(pid: pid_t, ticket: Int32? = nil) -> SpawnError? {
         var err: Int32 = 0
         var step: Int32 = 0
         var path = [CChar](repeating: 0, count: 4096)
-        guard swarm_spawn_take_failure(pid, &err, &step, &path, path.count) == 1 else { return nil }
+        let found = ticket.map { swarm_spawn_take_failure_ticket($0, pid, &err, &step, &path, path.count) }
+            ?? swarm_spawn_take_failure(pid, &err, &step, &path, path.count)
+        guard found == 1 else { return nil }
         let executable = path.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
         return SpawnError(step: stepName(step), errno: err, executable: executable)
+    }
+
+    /// The calling thread's last `spawn`, if it returned before the exec: its
+    /// ticket for `takeExecFailure` and `swarm_spawn_execing`; else nil.
+    public static var lastExecTicket: Int32? {
+        let t = swarm_spawn_last_ticket()
+        return t >= 0 ? t : nil
     }
 
     /// Reserves the low fd numbers a child's fds are placed on, so that a

@@ -1,3 +1,4 @@
+import CSwarmSpawn
 import Glibc
 @testable import SwarmSystem
 import Testing
@@ -196,6 +197,55 @@ struct SpawnerRunOnTests {
             #expect(waitpid(pid, &status, 0) == pid)
             #expect(status & 0x7f == SIGKILL, "round \(round): status \(status)")
         }
+    }
+
+    @Test("a child stopped before its exec is 'executing' to the kernel seam (its fds must not be read yet), and no longer once it has exec'd")
+    func aChildOnItsWayToExecIsKnownAsSuch() throws {
+        let kernel = LinuxKernel()
+        let devNull = try Posix.open("/dev/null", O_RDWR)
+        defer { Posix.close(devNull) }
+        func comm(_ pid: pid_t) -> String {
+            ((try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)) ?? "").trimmingCharacters(in: .newlines)
+        }
+        var caught = 0
+        for _ in 0..<20 where caught < 3 {
+            let pid = try kernel.spawn(Self.plan(["/bin/sleep", "30"], stdout: devNull, devNull: devNull))
+            // The child yields to this thread once it is on its own: stopped now, it has most often not exec'd.
+            kill(pid, SIGSTOP)
+            defer { SpawnerSlotTests.reapOrKill(pid) }
+            var status: Int32 = 0
+            #expect(waitpid(pid, &status, WUNTRACED) == pid)
+            guard comm(pid) != "sleep" else {
+                #expect(!kernel.isExecuting(pid: pid), "pid \(pid) runs sleep but is still 'executing'")
+                continue
+            }
+            caught += 1
+            #expect(kernel.isExecuting(pid: pid), "pid \(pid), stopped before its exec (comm \(comm(pid))), is not 'executing'")
+            kill(pid, SIGCONT)
+            let deadline = Posix.monotonicNanoseconds() + 5_000_000_000
+            while comm(pid) != "sleep" && Posix.monotonicNanoseconds() < deadline { usleep(1_000) }
+            try #require(comm(pid) == "sleep", "pid \(pid) did not exec within 5 s")
+            // The kernel zeroes the arena's word in the exec, before the new program's name is set.
+            #expect(!kernel.isExecuting(pid: pid), "pid \(pid) exec'd sleep but is still 'executing'")
+        }
+        #expect(caught > 0, "no child was stopped before its exec in 20 tries: the test could not check the first half")
+    }
+
+    @Test("a child stopped before its exec holds its own arena only: 300 spawns behind it reuse the others")
+    func aStuckChildDoesNotPinLaterArenas() throws {
+        let devNull = try Posix.open("/dev/null", O_RDWR)
+        defer { Posix.close(devNull) }
+        let stuck = try Spawner.spawn(Self.plan(["/bin/sleep", "30"], stdout: devNull, devNull: devNull))
+        kill(stuck, SIGSTOP)
+        defer { SpawnerSlotTests.reapOrKill(stuck) }
+        let before = swarm_spawn_arena_count()
+        for _ in 0..<300 {
+            let pid = try Spawner.spawn(Self.plan(["/bin/true"], stdout: devNull, devNull: devNull))
+            #expect(Self.exitCode(pid) == 0)
+        }
+        // Had the oldest busy arena blocked the harvest, each of these would have made a new one.
+        let made = swarm_spawn_arena_count() - before
+        #expect(made < 100, "300 spawns behind a stopped child made \(made) new arenas")
     }
 
     @Test("an exec that fails is told at the reap: exit 127, then the step, errno and executable, once")

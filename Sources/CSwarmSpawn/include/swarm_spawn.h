@@ -81,10 +81,24 @@ enum swarm_spawn_step {
 /// run on: see swarm_spawn_take_failure).
 pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step);
 
-/// For a reaped pid spawned with no_wait_exec: 1 if its child failed before
-/// or at its exec, with *err, *step and the executable's path (truncated to
-/// path_size); 0 if it exec'd, or is no such child. Frees what the child held.
+/// For a reaped pid spawned with no_wait_exec, and its ticket
+/// (swarm_spawn_last_ticket): 1 if its child failed before or at its exec,
+/// with *err, *step and the executable's path (truncated to path_size); 0 if
+/// it exec'd, or is no such child. Once per child: then its arena is freed.
+int swarm_spawn_take_failure_ticket(int ticket, pid_t pid, int *err, int *step, char *path, size_t path_size);
+/// The same without the ticket: looks through every child still held (for
+/// callers that did not keep it; a pid reused meanwhile may find an old report).
 int swarm_spawn_take_failure(pid_t pid, int *err, int *step, char *path, size_t path_size);
+
+/// The calling thread's last swarm_spawn, if it did not wait for the exec: a
+/// ticket for swarm_spawn_execing; else -1.
+int swarm_spawn_last_ticket(void);
+/// 1 while the child `pid` spawned with `ticket` is still on its way to exec
+/// (in swarmd's memory; /proc readers of its files may block on its exec);
+/// 0 once it exec'd or exited, or for any other pid.
+int swarm_spawn_execing(int ticket, pid_t pid);
+/// Arenas made so far (they are kept): for tests.
+int swarm_spawn_arena_count(void);
 
 int swarm_set_child_subreaper(void);
 
