@@ -20,9 +20,26 @@ extension Supervisor {
     /// worker that needs 2 s is seen at most 250 ms late), at most
     /// `maxProbeInterval`. A worker that takes long to listen (or never
     /// does, until its readiness timeout) costs a few probes a second, not 50.
-    public func probeDelay(startedAt: Instant, now: Instant) -> Duration {
+    /// With `starting` workers of its app probed at once (a big start, a kill
+    /// storm), each is probed that many times less often per
+    /// `probesPerInterval`, so that the probes of one app cost about
+    /// `probesPerInterval` per interval whatever their number (4,096 socket
+    /// workers starting cost 4.6 s of swarmd's CPU in probes when swarmd
+    /// outran them under SCHED_RR, issue 18); they are seen at most
+    /// `maxProbeInterval` late.
+    public func probeDelay(startedAt: Instant, now: Instant, starting: Int = 1) -> Duration {
         let cap = max(probeInterval, Supervisor.maxProbeInterval)
-        return min(cap, max(probeInterval, (now - startedAt) / 8))
+        let crowd = probeInterval * max(1, starting / Supervisor.probesPerInterval)
+        return min(cap, max(probeInterval, crowd, (now - startedAt) / 8))
+    }
+
+    /// Starting workers of one app probed per `probeInterval` before each is probed less often.
+    public static let probesPerInterval = 64
+
+    /// Workers of `app` not ready yet: current ones of every generation and incoming ones (a reload's).
+    func startingCount(_ app: String) -> Int {
+        guard let st = stats[app] else { return 0 }
+        return st.startingByGeneration.values.reduce(0, +) + st.incoming
     }
 
     /// The longest wait between two probes of a starting worker.
@@ -128,7 +145,7 @@ extension Supervisor {
                     probe = action.next
                     out.append(action.probe)
                 } else {
-                    probe = now + probeDelay(startedAt: w.startedAt, now: now)
+                    probe = now + probeDelay(startedAt: w.startedAt, now: now, starting: startingCount(w.app))
                     out.append(.probeListening(id, pid: pid))
                 }
             }

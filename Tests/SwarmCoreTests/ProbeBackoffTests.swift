@@ -44,6 +44,34 @@ struct ProbeBackoffTests {
         #expect(h.probes.count == count, "no probe once ready")
     }
 
+    @Test("1,024 workers starting together are each probed less often: about 64 probes per interval in all, none more than 250 ms apart")
+    func aCrowdOfStartingWorkersIsProbedAtAboutTheSameRateAsAFew() {
+        for n in [10, 1024] {
+            let h = FakeShell(probeInterval: .milliseconds(20))
+            _ = h.start(makeSpec(workers: n, ready: .listening) {
+                $0.sockets = [SocketSpec(name: "http", listen: .tcp(host: "127.0.0.1", port: 8080))]
+                $0.ready.timeout = .seconds(30)
+            })
+            h.advance(by: .seconds(1))
+            let perWorker = Double(h.probes.count) / Double(n)
+            let perSecond = Double(h.probes.count)
+            if n == 10 {
+                #expect(perWorker >= 20, "a few workers keep their probes: \(perWorker) each in 1 s")
+            } else {
+                // Alone, each would be probed about 25 times in 1 s (25,600 probes); in the crowd, every 250 ms.
+                #expect(perWorker <= 6, "\(perWorker) probes per worker in 1 s")
+                #expect(perSecond <= 6_000, "\(perSecond) probes per second")
+                var last: [WorkerID: Instant] = [:]
+                var widest = Duration.zero
+                for p in h.probes {
+                    if let t = last[p.id] { widest = max(widest, p.at - t) }
+                    last[p.id] = p.at
+                }
+                #expect(widest <= .milliseconds(250), "a worker went \(widest) between probes")
+            }
+        }
+    }
+
     @Test func aLongProbeIntervalIsKept() {
         let h = FakeShell(probeInterval: .seconds(1))
         _ = h.start(listeningSpec(timeout: .seconds(30)))
