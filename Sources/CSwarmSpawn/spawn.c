@@ -32,6 +32,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "raw_syscall.h"
+
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
@@ -76,8 +78,6 @@ struct child_report {
     int err;
     int step;
 };
-
-#include "raw_syscall.h"
 
 /* Where a failing child says what failed. With CLONE_VM the child writes
    into swarmd's memory, which swarmd reads once the child is gone (as
@@ -204,9 +204,8 @@ static void child(const struct swarm_spawn_request *req, struct reporter rep, pi
        runs at the worker's priority and inside the window in which the
        exec holds the task's exec_update_lock, which swarmd's /proc reads of
        it wait for. A report pipe (fork) must survive until the exec. */
-    if (rep.fd < 0 && sys3(SYS_close_range, 3 + req->nfds, ~0U, 0) == 0) {
-        /* done */
-    } else if (sys3(SYS_close_range, 3 + req->nfds, ~0U, CLOSE_RANGE_CLOEXEC) < 0) {
+    int closed = rep.fd < 0 && sys3(SYS_close_range, 3 + req->nfds, ~0U, 0) == 0;
+    if (!closed && sys3(SYS_close_range, 3 + req->nfds, ~0U, CLOSE_RANGE_CLOEXEC) < 0) {
         for (int fd = 3 + req->nfds; fd < 65536; fd++) {
             if (fd != rep.fd) (void)sys3(SYS_fcntl, fd, F_SETFD, FD_CLOEXEC);
         }
@@ -628,11 +627,6 @@ static void unslot(struct swarm_spawn_request *view, const struct swarm_spawn_re
     view->intercept_sock = req->intercept_sock;
 }
 
-/* clone(CLONE_VM) on a stack of its own, like posix_spawn: no copy of
-   swarmd's page tables. With CLONE_VFORK swarmd resumes once the child has
-   exec'd (or failed); without (no_wait_exec, above) once the child is on its
-   own fd table. The child touches only its stack, the request prepared
-   before, and raw system calls. */
 int swarm_spawn_last_ticket(void) { return last_ticket; }
 
 int swarm_spawn_arena_count(void) {
@@ -654,6 +648,11 @@ int swarm_spawn_execing(int ticket, pid_t pid) {
     return r;
 }
 
+/* clone(CLONE_VM) on a stack of its own, like posix_spawn: no copy of
+   swarmd's page tables. With CLONE_VFORK swarmd resumes once the child has
+   exec'd (or failed); without (no_wait_exec, above) once the child is on its
+   own fd table. The child touches only its stack, the request prepared
+   before, and raw system calls. */
 pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step) {
     *err = 0;
     *step = SWARM_STEP_NONE;
@@ -712,6 +711,8 @@ pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step) {
         }
         child_stack = stack;
     }
+    size_t stack_size = arena ? ARENA_STACK_SIZE : child_stack_size;
+    (void)stack_size;   /* clone3 only */
     char *stack_top = arena ? arena_stack_top(arena) : (char *)child_stack + child_stack_size;
 #endif
     const int *unslotted_fds = view->fds;
@@ -771,8 +772,8 @@ pid_t swarm_spawn(const struct swarm_spawn_request *req, int *err, int *step) {
         ca.flags = CLONE_VM | CLONE_INTO_CGROUP | (arena ? CLONE_CHILD_CLEARTID : CLONE_VFORK)
                  | (args->shared_table ? CLONE_FILES : 0);
         ca.exit_signal = SIGCHLD;
-        ca.stack = (uint64_t)(uintptr_t)(stack_top - (arena ? ARENA_STACK_SIZE : child_stack_size));
-        ca.stack_size = arena ? ARENA_STACK_SIZE : child_stack_size;
+        ca.stack = (uint64_t)(uintptr_t)(stack_top - stack_size);
+        ca.stack_size = stack_size;
         ca.cgroup = (uint64_t)req->cgroup_dir_fd;
         if (arena) ca.child_tid = (uint64_t)(uintptr_t)&arena->word;
         args->in_cgroup = 1;

@@ -153,23 +153,28 @@ public final class LinuxKernel: Kernel {
         try Posix.kill(group ? -pid : pid, signal)
     }
 
-    public func reap() -> Posix.WaitResult? { forgetTicket(Posix.reapOne()) }
+    public func reap() -> Posix.WaitResult? {
+        guard let r = Posix.reapOne() else { return nil }
+        reaped(r)
+        return r
+    }
 
     public func reapWithCPU() -> (result: Posix.WaitResult, cpuMicroseconds: UInt64?)? {
-        Posix.reapOneWithCPU().map { (forgetTicket($0.result)!, $0.cpuMicroseconds) }
+        guard let r = Posix.reapOneWithCPU() else { return nil }
+        reaped(r.result)
+        return (r.result, r.cpuMicroseconds)
     }
 
     /// Every reaped child that did not wait for its exec: its report taken (and
     /// its arena freed) whatever its status, so none is left for a reused pid.
-    private func forgetTicket(_ r: Posix.WaitResult?) -> Posix.WaitResult? {
+    private func reaped(_ r: Posix.WaitResult) {
+        let pid: pid_t
         switch r {
-        case let .exited(pid, _)?, let .signaled(pid, _, _)?:
-            if let ticket = execTickets.removeValue(forKey: pid), let failure = Spawner.takeExecFailure(pid: pid, ticket: ticket) {
-                reapedFailures[pid] = failure
-            }
-        case nil: break
+        case let .exited(p, _), let .signaled(p, _, _): pid = p
         }
-        return r
+        if let ticket = execTickets.removeValue(forKey: pid), let failure = Spawner.takeExecFailure(pid: pid, ticket: ticket) {
+            reapedFailures[pid] = failure
+        }
     }
 
     public func isListening(pid: pid_t, fds: Set<Int32>) -> Bool {

@@ -201,14 +201,28 @@ extension Spawner {
     /// Sets the niceness of every thread of `pid` (Linux niceness is per thread).
     /// Lowering it needs CAP_SYS_NICE (or RLIMIT_NICE); throws the first refusal.
     public static func renice(pid: pid_t, to nice: Int32) throws(SystemError) {
+        try forEveryThread(of: pid) { t in
+            setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(t), nice) < 0
+                ? SystemError("setpriority", errno: errno, subject: "thread \(t) to nice \(nice)") : nil
+        }
+    }
+
+    /// Calls `change` for every thread of `pid` (scheduling is per thread);
+    /// throws the first refusal once all were tried. Returns how many took it.
+    @discardableResult
+    static func forEveryThread(of pid: pid_t, _ change: (Int32) -> SystemError?) throws(SystemError) -> Int {
         var refused: SystemError?
+        var took = 0
         for tid in ProcFS.listDirectory("/proc/\(pid)/task") ?? ["\(pid)"] {
-            guard let t = UInt32(tid) else { continue }
-            if setpriority(__priority_which_t(PRIO_PROCESS.rawValue), t, nice) < 0, refused == nil {
-                refused = SystemError("setpriority", errno: errno, subject: "thread \(t) to nice \(nice)")
+            guard let t = Int32(tid) else { continue }
+            if let e = change(t) {
+                if refused == nil { refused = e }
+            } else {
+                took += 1
             }
         }
         if let refused { throw refused }
+        return took
     }
 
     /// The niceness a child starts at when its plan names none, once
@@ -255,19 +269,16 @@ extension Spawner {
     /// until they are gone; a real-time policy is served before all of them.
     public static func raiseToRealtime(priority: Int32) throws(SystemError) {
         var param = sched_param(sched_priority: priority)
-        var refused: SystemError?
-        var raised = false
-        for tid in ProcFS.listDirectory("/proc/\(getpid())/task") ?? ["\(getpid())"] {
-            guard let t = Int32(tid) else { continue }
-            if sched_setscheduler(t, SCHED_RR, &param) < 0 {
-                if refused == nil { refused = SystemError("sched_setscheduler(SCHED_RR)", errno: errno, subject: "thread \(t) at priority \(priority)") }
-            } else {
-                raised = true
-            }
-        }
+        var took = 0
         // Children are reset even if only some threads took it: any of them may spawn.
-        if raised { realtimePriority = priority }
-        if let refused { throw refused }
+        defer { if took > 0 { realtimePriority = priority } }
+        try forEveryThread(of: getpid()) { t in
+            guard sched_setscheduler(t, SCHED_RR, &param) < 0 else {
+                took += 1
+                return nil
+            }
+            return SystemError("sched_setscheduler(SCHED_RR)", errno: errno, subject: "thread \(t) at priority \(priority)")
+        }
     }
 
     /// The calling thread's niceness (Linux keeps one per thread).

@@ -302,6 +302,18 @@ struct HardeningTests {
         }
     }
 
+    /// `daemon-reexec`, then `kill -9` of the first of `workers`: the pid of the
+    /// ready worker the re-executed image started in its place.
+    static func reexecAndReplaceOne(_ s: Swarm, _ d: Child, app: String, workers first: [Int32]) async throws -> Int32 {
+        try await s.ctlOK("daemon-reexec")
+        try await waitUntil(timeout: 15, "swarmd to log that it re-executed") { d.stderr.contains("re-executed as pid") }
+        _ = try await s.waitReady(app, workers: first.count)
+        kill(first[0], SIGKILL)
+        return try await waitUntil(timeout: 15, "a new worker for the killed \(first[0]) after the re-exec") { () -> Int32? in
+            try s.quickStatus().apps.first?.workers.first { $0.pid != nil && !first.contains($0.pid!) && $0.state == "ready" }?.pid
+        }
+    }
+
     @Test("swarmd runs 10 nice levels above the priority it was started with; its workers keep that priority and RLIMIT_NOFILE, across a re-exec too",
           .enabled(if: getuid() == 0, "needs root (CAP_SYS_NICE) to raise swarmd's priority"))
     func priorityBoostAndOriginalLimitsAcrossReexec() async throws {
@@ -328,13 +340,7 @@ struct HardeningTests {
             #expect(d.stderr.contains("Running at nice \(max(-20, own - 10)); workers start at nice \(own)"), "\(d.stderr.suffix(1500))")
             #expect(first.allSatisfy { files($0) == ownFiles }, "workers' fd limits: \(first.map(files)), want \(ownFiles)")
 
-            try await s.ctlOK("daemon-reexec")
-            try await waitUntil(timeout: 15, "swarmd to log that it re-executed") { d.stderr.contains("re-executed as pid") }
-            _ = try await s.waitReady("calm", workers: 2)
-            kill(first[0], SIGKILL)
-            let replaced = try await waitUntil(timeout: 15, "a new worker for the killed \(first[0]) after the re-exec") { () -> Int32? in
-                try s.quickStatus().apps.first?.workers.first { $0.pid != nil && !first.contains($0.pid!) && $0.state == "ready" }?.pid
-            }
+            let replaced = try await Self.reexecAndReplaceOne(s, d, app: "calm", workers: first)
             #expect(niceOf(d.pid) == max(-20, own - 10), "swarmd's nice after the re-exec: \(niceOf(d.pid) ?? 99)")
             #expect(niceOf(replaced) == own, "a worker spawned by the re-executed image: nice \(niceOf(replaced) ?? 99), not swarmd's")
             #expect(files(replaced) == ownFiles, "its RLIMIT_NOFILE is the one swarmd was started with, not the one it raised: \(files(replaced)) vs \(ownFiles)")
@@ -389,13 +395,7 @@ struct HardeningTests {
             }
             #expect(hooks.allSatisfy { $0 == "\(SCHED_OTHER)" }, "hooks' policies: \(hooks)")
 
-            try await s.ctlOK("daemon-reexec")
-            try await waitUntil(timeout: 15, "swarmd to log that it re-executed") { d.stderr.contains("re-executed as pid") }
-            _ = try await s.waitReady("rt", workers: 2)
-            kill(first[0], SIGKILL)
-            let replaced = try await waitUntil(timeout: 15, "a new worker for the killed \(first[0]) after the re-exec") { () -> Int32? in
-                try s.quickStatus().apps.first?.workers.first { $0.pid != nil && !first.contains($0.pid!) && $0.state == "ready" }?.pid
-            }
+            let replaced = try await Self.reexecAndReplaceOne(s, d, app: "rt", workers: first)
             #expect(policy(d.pid) == SCHED_RR, "swarmd after the re-exec: policy \(policy(d.pid))")
             #expect(policy(replaced) == SCHED_OTHER && niceOf(replaced) == own, "a worker the re-executed image spawned: policy \(policy(replaced)), nice \(niceOf(replaced) ?? 99)")
         }
