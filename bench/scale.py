@@ -14,7 +14,8 @@ by delay 0 for swarm, startsecs = 0 for supervisord, warmup_delay = 0 for circus
   storm    kill -9 of all N workers at once -> N new workers exec'd; daemon CPU
   status   swarm only: raw-socket `status` (one framed request on the control
            socket, timed to the end of the answer line): idle median, and during a
-           second storm (a request every 50 ms) median and max. Beside it a
+           second storm (a request every 50 ms, from a separate process under
+           SCHED_RR 2: see StatusSampler) median and max. Beside it a
            separate process at the bench's own priority sleeps 1 ms at a time and
            records its largest gaps: when 4,096 workers die at once their exits
            can keep every process of ordinary priority off the CPU for a few
@@ -33,7 +34,9 @@ child execs, where posix_spawn (like swarm's vfork-style spawn) waits for the ex
 two side by side show what not waiting for each exec is worth on this machine.
 
 `swarm-noboost` is swarm started with `--priority-boost 0` (swarmd at its workers'
-priority), to measure what the boost does side by side.
+priority), to measure what the boost does side by side; `swarm-nort` and
+`swarm-sock-nort` are swarm and swarm-sock started with `--realtime-priority 0`
+(swarmd under SCHED_OTHER only), for the same with the real-time policy.
 
 Plus `swarm-sock`: swarm with N workers of a tiny C server (blocking accept on its
 reuseport listening socket, fd 3) and listening readiness: the worker counts as up
@@ -44,7 +47,7 @@ Every phase has a deadline (TIMEOUT seconds): a phase that misses it is recorded
 STARTED / WORKERS and is stopped on exit, also on failure or a signal; only those
 processes are ever signalled (workers are matched by pid and start time).
 """
-import json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
+import json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
 CLK = os.sysconf("SC_CLK_TCK")
 SWARMD = os.environ.get("SWARMD", "")
@@ -60,6 +63,7 @@ SETTLE = float(os.environ.get("SETTLE", "2"))
 # with a real-time swarmd the probes measure swarmd, not their own wait for a CPU.
 SWARMD_ARGS = os.environ.get("SWARMD_ARGS", "").split()
 BENCH_RT = os.environ.get("BENCH_RT", "") == "1"
+SAMPLER_RT_PRIORITY = int(os.environ.get("SAMPLER_RT_PRIORITY", "2"))
 TMP = os.environ.get("BENCH_TMP") or tempfile.mkdtemp(prefix="swarm-scale-")
 CIRCUSD = os.environ.get("CIRCUSD", shutil.which("circusd") or "")
 SUPERVISORD = os.environ.get("SUPERVISORD", shutil.which("supervisord") or "")
@@ -67,6 +71,7 @@ HYPERFINE = shutil.which("hyperfine")
 TINYSRV = os.path.join(TMP, "tinysrv")
 FLOOR = os.path.join(TMP, "floor")
 
+SWARM_VARIANTS = ("swarm", "swarm-sock", "swarm-noboost", "swarm-nort", "swarm-sock-nort")
 STARTED = []   # Popen of every daemon started (each in its own session: pgid == pid)
 WORKERS = {}   # pid -> start time (jiffies) of every worker seen
 
@@ -200,25 +205,74 @@ def raw_request(sock, verb, timeout=60):
         s.close()
 
 
-class StatusSampler(threading.Thread):
+STATUS_SAMPLER = r"""
+import json, os, socket, sys, time
+sock, gap, timeout, priority = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+how = "at the bench's priority"
+if priority > 0:
+    try:
+        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(priority))
+        how = "under SCHED_RR %d" % priority
+    except OSError as e:
+        how = "at the bench's priority (SCHED_RR %d: %s)" % (priority, e)
+print(json.dumps({"how": how}), flush=True)
+samples, errors = [], []
+def request():
+    t0 = time.perf_counter()
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(timeout)
+    try:
+        s.connect(sock)
+        s.sendall(b'{"v":1,"id":1,"verb":"status"}\n')
+        buf = bytearray()
+        while True:
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                raise OSError("swarmd closed the connection before its answer")
+            buf += chunk
+            nl = buf.rfind(b"\n")
+            if nl >= 0 and b'"kind":"result"' in buf[buf.rfind(b"\n", 0, nl) + 1:nl]:
+                return time.perf_counter() - t0
+    finally:
+        s.close()
+try:
+    while True:
+        t = time.monotonic()
+        try:
+            samples.append((t, request()))
+        except OSError as e:
+            errors.append(str(e))
+        time.sleep(gap)
+except KeyboardInterrupt:
+    print(json.dumps({"samples": samples, "errors": errors}), flush=True)
+"""
+
+
+class StatusSampler:
+    """A separate process that sends a raw-socket `status` every `gap` seconds and times
+    each answer. It runs under SCHED_RR SAMPLER_RT_PRIORITY (default 2, above a swarmd
+    under --realtime-priority 1), so that what is timed is swarmd's answer, not the
+    sampler's own wait for a CPU behind thousands of dying workers; SAMPLER_RT_PRIORITY=0
+    leaves it at the bench's priority."""
+
     def __init__(self, sock, gap=0.05):
-        super().__init__(daemon=True)
-        self.sock, self.gap, self.stop_flag = sock, gap, False
+        self.p = subprocess.Popen([sys.executable, "-c", STATUS_SAMPLER, sock, str(gap), str(TIMEOUT), str(SAMPLER_RT_PRIORITY)],
+                                  stdout=subprocess.PIPE, text=True)
+        STARTED.append(self.p)
+        self.how = json.loads(self.p.stdout.readline() or '{"how": "?"}')["how"]
         self.samples, self.starts, self.errors = [], [], []
 
-    def run(self):
-        while not self.stop_flag:
-            try:
-                t = time.monotonic()
-                self.samples.append(raw_request(self.sock, "status", timeout=TIMEOUT)[0])
-                self.starts.append(t)
-            except OSError as e:
-                self.errors.append(str(e))
-            time.sleep(self.gap)
-
     def finish(self):
-        self.stop_flag = True
-        self.join(TIMEOUT + 5)
+        self.p.send_signal(signal.SIGINT)
+        try:
+            out, _ = self.p.communicate(timeout=TIMEOUT + 5)
+            got = json.loads(out or "{}")
+        except (ValueError, subprocess.TimeoutExpired):
+            self.p.kill()
+            got = {"errors": ["the status sampler did not report"]}
+        self.starts = [t for t, _ in got.get("samples", [])]
+        self.samples = [x for _, x in got.get("samples", [])]
+        self.errors = got.get("errors", [])
 
 
 STALL_TICKER = r"""
@@ -273,8 +327,8 @@ def write(path, text):
 
 def setup(sup, n, d):
     """Writes the config of sup with n workers in d; returns (argv, worker comm, env, socket)."""
-    if sup in ("swarm", "swarm-sock", "swarm-noboost"):
-        if sup in ("swarm", "swarm-noboost"):
+    if sup in SWARM_VARIANTS:
+        if not sup.startswith("swarm-sock"):
             conf = ('name = "many"\ncommand = ["sleep", "100000"]\nworkers = %d\n'
                     '[ready]\nmode = "delay"\ndelay = "0s"\n' % n)
             wname = "sleep"
@@ -292,6 +346,8 @@ def setup(sup, n, d):
         argv = [SWARMD, "--socket", sock, "--state-dir", os.path.join(d, "state"), "--log-target", "file", path]
         if sup == "swarm-noboost":
             argv[1:1] = ["--priority-boost", "0"]
+        if sup.endswith("-nort"):
+            argv[1:1] = ["--realtime-priority", "0"]
         argv[1:1] = SWARMD_ARGS
         return argv, wname, None, sock, conf
     if sup == "supervisord":
@@ -320,7 +376,7 @@ def setup(sup, n, d):
         return [FLOOR, str(n)], "sleep", None, None, "(bench/scale.py build_floor: %d x sleep 100000)" % n
     if sup == "floor-fork":
         return [FLOOR, str(n), "fork"], "sleep", None, None, "(bench/scale.py build_floor, fork + execve: %d x sleep 100000)" % n
-    raise SystemExit("unknown supervisor %r (SUPERVISORS may name swarm, swarm-noboost, supervisord, circus, swarm-sock, floor, floor-fork)" % sup)
+    raise SystemExit("unknown supervisor %r (SUPERVISORS may name swarm, swarm-noboost, swarm-nort, swarm-sock-nort, supervisord, circus, swarm-sock, floor, floor-fork)" % sup)
 
 
 def fmt_s(x):
@@ -339,7 +395,7 @@ def measure(sup, n, run):
         log("   config:\n" + "".join("     " + l + "\n" for l in conf.splitlines()))
     t0 = time.monotonic()
     p = launch(argv, os.path.join(d, "daemon.log"), env)
-    ws = Workers(p.pid, wname, need_accept=(sup == "swarm-sock"))
+    ws = Workers(p.pid, wname, need_accept=sup.startswith("swarm-sock"))
     try:
         ok = wait_until(lambda: len(ws.scan()) >= n or p.poll() is not None, TIMEOUT, scan_interval(n))
         if p.poll() is not None:
@@ -364,7 +420,7 @@ def measure(sup, n, run):
                 # a swarmd too busy to answer within 60 s is a result, not a reason to stop
                 r["status_idle_ms"] = None
                 log("   raw status/ping %.0f s after all workers were up: no answer within 60 s (%s)" % (SETTLE, e))
-            if sup == "swarm" and r["status_idle_ms"] is not None:
+            if sup in ("swarm", "swarm-nort") and r["status_idle_ms"] is not None:
                 r["ctl_ping_ms"] = ctl_ping(sock, d)
                 log("   swarmctl ping: median %.1f ms" % r["ctl_ping_ms"])
 
@@ -377,7 +433,6 @@ def measure(sup, n, run):
             ticker = StallTicker() if probed else None
             c0 = cpu_s(p.pid)
             if sampler:
-                sampler.start()
                 time.sleep(0.2)  # an idle sample or two first
             t0 = time.monotonic()
             kill_all(old)
@@ -395,12 +450,14 @@ def measure(sup, n, run):
                 r["storm_probed_s"] = el
                 r["status_storm_med_ms"] = statistics.median(sm) * 1000 if sm else None
                 r["status_storm_max_ms"] = max(sm) * 1000 if sm else None
+                r["status_storm_max_at_s"] = sampler.starts[sm.index(max(sm))] - t0 if sm else None
                 r["status_storm_calm_max_ms"] = max(calm) * 1000 if calm else None
                 r["stall_max_ms"] = (worst[1] - worst[0]) * 1000 if worst else 0.0
                 r["status_storm_samples"] = len(sm)
-                log("   storm with status probe: %s; status during it: %d answers, median %s ms, max %s ms%s" % (
-                    fmt_s(el), len(sm), "%.1f" % r["status_storm_med_ms"] if sm else "-",
+                log("   storm with status probe (the sampler %s): %s; status during it: %d answers, median %s ms, max %s ms%s%s" % (
+                    sampler.how, fmt_s(el), len(sm), "%.1f" % r["status_storm_med_ms"] if sm else "-",
                     "%.1f" % r["status_storm_max_ms"] if sm else "-",
+                    " (sent at %+.2f s from the kill)" % r["status_storm_max_at_s"] if sm else "",
                     "; errors: %s" % sampler.errors[:3] if sampler.errors else ""))
                 log("   a 1 ms sleep loop at the bench's priority: largest gap %.1f ms%s; status max outside gaps > 50 ms: %s ms (%d of %d answers)" % (
                     r["stall_max_ms"], " at +%.2f s" % (worst[0] - t0) if worst else "",
@@ -638,7 +695,7 @@ def main():
         raise SystemExit("scale.py: supervisord not found (apt-get install supervisor), or drop it from SUPERVISORS")
     if "circus" in SUPERVISORS and not CIRCUSD:
         raise SystemExit("scale.py: circusd not found (pip install circus into a venv and set CIRCUSD), or drop it from SUPERVISORS")
-    if "swarm-sock" in SUPERVISORS:
+    if any(s.startswith("swarm-sock") for s in SUPERVISORS):
         build_tinysrv()
     if "floor" in SUPERVISORS or "floor-fork" in SUPERVISORS:
         build_floor()

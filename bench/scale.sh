@@ -24,7 +24,9 @@
 #   TIMEOUT=240                deadline of every phase in seconds (a miss is reported as "timeout")
 #   SETTLE=2                   seconds of quiet between phases
 #   SWARMD_ARGS="--realtime-priority 1"   extra arguments of every swarm supervisor
-#   BENCH_RT=1                 the bench itself (scans, status probes) under SCHED_RR 1
+#   BENCH_RT=1                 the bench itself (its scans) under SCHED_RR 1
+#   SAMPLER_RT_PRIORITY=2      SCHED_RR priority of the process timing `status` in the storm
+#                              (0: the bench's own priority, so that its own wait is timed too)
 #   SWARM_BIN, BENCH_TMP, KEEP_TMP=1, BENCH_VENV: see lib.sh
 #
 # Installs what is missing: supervisor and hyperfine (Debian), circus (PyPI, into the

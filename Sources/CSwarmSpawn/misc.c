@@ -6,7 +6,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
+#include <pthread.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -111,4 +114,47 @@ int swarm_epoll_ready(int epfd, unsigned long long *tokens, unsigned int *events
         events[i] = evs[i].events;
     }
     return n;
+}
+
+static volatile sig_atomic_t rttime_tripped;
+static volatile pid_t rttime_guarded_tid;
+
+static void on_rttime(int sig) {
+    (void)sig;
+    int saved = errno;
+    struct sched_param normal = { .sched_priority = 0 };
+    /* SIGXCPU is sent to the process: any thread that does not block it may
+       run this. The thread that installed the guard (swarmd's loop) and this one. */
+    (void)syscall(SYS_sched_setscheduler, rttime_guarded_tid, SCHED_OTHER, &normal);
+    (void)syscall(SYS_sched_setscheduler, 0, SCHED_OTHER, &normal);
+    rttime_tripped = 1;
+    errno = saved;
+}
+
+int swarm_rttime_guard(unsigned long long soft_us, unsigned long long *old_soft, unsigned long long *old_hard) {
+    struct rlimit old;
+    if (getrlimit(RLIMIT_RTTIME, &old) < 0) return -1;
+    *old_soft = old.rlim_cur;
+    *old_hard = old.rlim_max;
+    rttime_guarded_tid = (pid_t)syscall(SYS_gettid);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_rttime;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGXCPU, &sa, NULL) < 0) return -1;
+    sigset_t xcpu;
+    sigemptyset(&xcpu);
+    sigaddset(&xcpu, SIGXCPU);
+    if (pthread_sigmask(SIG_UNBLOCK, &xcpu, NULL) != 0) return -1;
+    /* Below a finite hard limit, which would SIGKILL at the same moment. */
+    rlim_t soft = old.rlim_max != RLIM_INFINITY && soft_us >= old.rlim_max / 2 ? old.rlim_max / 2 : soft_us;
+    struct rlimit guard = { soft, old.rlim_max };
+    return setrlimit(RLIMIT_RTTIME, &guard);
+}
+
+int swarm_rttime_tripped(void) {
+    int t = rttime_tripped;
+    rttime_tripped = 0;
+    return t;
 }

@@ -26,10 +26,12 @@ extension Supervisor {
     /// `probesPerInterval` per interval whatever their number (4,096 socket
     /// workers starting cost 4.6 s of swarmd's CPU in probes when swarmd
     /// outran them under SCHED_RR, issue 18); they are seen at most
-    /// `maxProbeInterval` late.
+    /// `maxProbeInterval` late, or as late as the crowd makes them, up to
+    /// `maxCrowdProbeInterval` (with 250 ms for all, 4,096 starting workers
+    /// were 16,000 probes a second, 2 s of swarmd's CPU in their start).
     public func probeDelay(startedAt: Instant, now: Instant, starting: Int = 1) -> Duration {
-        let cap = max(probeInterval, Supervisor.maxProbeInterval)
         let crowd = probeInterval * max(1, starting / Supervisor.probesPerInterval)
+        let cap = max(probeInterval, Supervisor.maxProbeInterval, min(crowd, Supervisor.maxCrowdProbeInterval))
         return min(cap, max(probeInterval, crowd, (now - startedAt) / 8))
     }
 
@@ -44,6 +46,8 @@ extension Supervisor {
 
     /// The longest wait between two probes of a starting worker.
     public static let maxProbeInterval: Duration = .milliseconds(250)
+    /// The same in a crowd of more than 800 (`probeDelay`).
+    public static let maxCrowdProbeInterval: Duration = .seconds(1)
 
     /// How long a background-started worker (nice 19) may be starting before it
     /// gets the workers' priority back anyway: 2 s, at most a quarter of its

@@ -107,8 +107,6 @@ final class ControlServer {
     private var acceptPausedUntil: Int64?
     private var acceptFailing = false
     private var readBuffer = [UInt8](repeating: 0, count: 65536)
-    /// The last time any client sent something (swarmd pages out code after a quiet spell).
-    private(set) var lastBusyAt: Int64?
     let ownUID = getuid()
 
     init(loop: EventLoop, kernel: Kernel) {
@@ -200,7 +198,6 @@ final class ControlServer {
         if n == 0 { return drop(client) }
         if client.closing { return }
         client.lastActivity = kernel.now()
-        lastBusyAt = client.lastActivity
         client.reader.append(readBuffer[0..<n])
         serve(client)
     }

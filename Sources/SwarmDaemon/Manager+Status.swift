@@ -83,7 +83,7 @@ extension Manager {
         let perPart = max(1, perPart)
         cgroups.beginUsageRound()
         var readBudget = UsageReadBudget(
-            perApp: isReplacingWorkers(now: nowNS) ? usageReadsWhileReplacing : nil, cursors: usageReadCursors)
+            perApp: isReplacingWorkers(now: nowNS) ? usageReadsWhileReplacing : usageReadsPerStatus, cursors: usageReadCursors)
         // Cursors of apps deleted since are dropped here (a few entries).
         defer { usageReadCursors = readBudget.cursors.filter { supervisor.apps[$0.key] != nil } }
         let streaming = emit != nil && names.reduce(0) { $0 + (supervisor.apps[$1]?.slots.count ?? 0) } > perPart
@@ -127,16 +127,21 @@ extension Manager {
                 }
             }
             let window = readBudget.window(app: n, unreadSlots: unread.map { usages[$0].slot })
-            for (k, i) in unread.enumerated() {
+            var read = 0
+            for k in 0..<unread.count {
+                // In window order, so that a read cut short by time leaves the cursor after the last one read.
+                let i = unread[(window.start + k) % unread.count]
                 guard let wid = usages[i].worker, let w = supervisor.workers[wid], let pid = w.pid else { continue }
-                if window.contains(k, of: unread.count) {
+                if k < window.count && (read == 0 || kernel.now() - nowNS < Manager.usageReadTime) {
                     readUsage(&usages[i], pid: pid, startedAt: w.startedAt, now: nowNS)
+                    read = k + 1
                 } else if let last = cpuSamples[pid] {
                     usages[i].use(last)  // older than usageMaxAge, read again by a later status
                 }
             }
+            if read < window.count { readBudget.stopped(app: n, before: usages[unread[(window.start + read) % unread.count]].slot) }
             // Shares of a total that leaves workers out would not sum to 1: none then.
-            let cpuTotal = window.count < unread.count ? 0 : usages.reduce(0.0) { $0 + ($1.cpuSeconds ?? 0) }
+            let cpuTotal = read < unread.count ? 0 : usages.reduce(0.0) { $0 + ($1.cpuSeconds ?? 0) }
             // Pass 2: the rows, handed out in parts when streaming.
             var affinities: [Int: CPUAffinity?] = [:]
             var workers: [WorkerStatus] = []
@@ -204,14 +209,18 @@ extension Manager {
     }
 }
 
-/// How many of an app's workers' usage files one `status` reads. Unbounded
-/// unless swarmd is replacing many workers (`Manager.isReplacingWorkers`: a
-/// kill -9 storm, a big start or reload). Then, since every worker is new,
-/// none of the `usageMaxAge` reuse applies, and on a host without the memory
-/// controller each read is three files, at most `perApp` per app and request:
-/// the others show the figures read last, or none yet, and the app's next
-/// status goes on from the slot this one stopped at, so every worker is read
-/// in turn. At 4,096 new workers reading them all took 80–100 ms of a status.
+/// How many of an app's workers' usage files one `status` reads: at most
+/// `Manager.usageReadsPerStatus`, and `usageReadsWhileReplacing` while swarmd
+/// is replacing many workers (`Manager.isReplacingWorkers`: a kill -9 storm, a
+/// big start or reload), when every worker is new and none of the
+/// `usageMaxAge` reuse applies. On a host without the memory controller each
+/// read is three files; the workers past the bound show the figures read last,
+/// or none yet, and the app's next status goes on from the slot this one
+/// stopped at, so every worker is read in turn. A status also stops reading
+/// after `Manager.usageReadTime` (reads of workers just replaced are slower:
+/// the kernel flushes their cgroup's statistics first). Reading all of 4,096 workers
+/// took 75–100 ms of an idle status (10 ms with the figures reused), and
+/// 80–100 ms more of one in a storm.
 struct UsageReadBudget: Equatable {
     /// nil: no bound.
     var perApp: Int?
@@ -228,19 +237,26 @@ struct UsageReadBudget: Equatable {
         }
     }
 
+    /// The window's reads ended early (`Manager.usageReadTime`): the app's next
+    /// status goes on from `slot`.
+    mutating func stopped(app: String, before slot: Int) {
+        cursors[app] = slot
+    }
+
     /// The window into an app's unread workers (`unreadSlots`: their slots,
     /// ascending); moves the app's cursor past it.
     mutating func window(app: String, unreadSlots: [Int]) -> Window {
         let total = unreadSlots.count
         guard let bound = perApp else { return Window(start: 0, count: total) }
         let count = min(max(bound, 0), total)
-        guard count < total else {
-            cursors[app] = nil
-            return Window(start: 0, count: total)
-        }
+        // From the cursor even when all are due: a status whose reads ran out of time left one.
         let from = cursors[app] ?? 0
         let start = unreadSlots.firstIndex { $0 >= from } ?? 0
-        if count > 0 { cursors[app] = unreadSlots[(start + count - 1) % total] + 1 }
-        return Window(start: start, count: count)
+        if count >= total {
+            cursors[app] = nil
+        } else if count > 0 {
+            cursors[app] = unreadSlots[(start + count - 1) % total] + 1
+        }
+        return Window(start: total == 0 ? 0 : start, count: count)
     }
 }

@@ -7,9 +7,7 @@ extension Manager {
     /// Performs `.spawn`: the core decided everything (slot, generation,
     /// priority, CPU); the shell adds the fds and the host's facts.
     func spawn(_ r: SpawnRequest) {
-        let now = kernel.now()
-        lastBusyAt = now
-        spawnRate.note(now: now)
+        spawnRate.note(now: kernel.now())
         do {
             let pid = try startProcess(r)
             workers[r.worker] = pid
@@ -167,13 +165,11 @@ extension Manager {
 
 extension Manager {
     /// Runs the 1 s sweep only while something needs it: output budgets to
-    /// refill, control clients to time out, accepts to resume, or code pages
-    /// to give back after a busy spell. An idle swarmd then sleeps until a
+    /// refill, control clients to time out, accepts to resume. An idle swarmd then sleeps until a
     /// deadline the core asked for (or an fd event), not once a second.
     /// Called after every dispatch; the checks are O(1).
     func armSweep() {
-        let busy = max(lastBusyAt ?? 0, control.lastBusyAt ?? 0)
-        let needed = output.needsRefill || control.needsSweep || (busy > 0 && busy != pagedOutAt)
+        let needed = output.needsRefill || control.needsSweep
         if needed, sweepSource == nil {
             do {
                 sweepSource = try loop.addPeriodic(every: 1_000_000_000) { [weak self] in self?.everySecond() }

@@ -31,7 +31,10 @@ public struct DaemonOptions {
     /// `--priority-boost`: nice levels swarmd runs above its workers (0: none).
     public var priorityBoost: Int32 = 10
     /// `--realtime-priority`: SCHED_RR priority swarmd runs at (0: none, SCHED_OTHER).
-    public var realtimePriority: Int32 = 0
+    public var realtimePriority: Int32 = DaemonOptions.defaultRealtimePriority
+    /// Whether `realtimePriority` was asked for (a refusal is then a warning, not news).
+    public var realtimeRequested = false
+    public static let defaultRealtimePriority: Int32 = 1
 
     public init(socketPath: String, stateDir: String, appsDir: String?, configFiles: [String], logTarget: String = "auto",
                 journalSocket: String = "/run/systemd/journal/socket", socketGroup: String? = nil) {
@@ -161,9 +164,12 @@ public final class Manager {
     /// hundred ms) reuse them instead of reading every worker's cgroup files
     /// again (at 1,000 workers half of a status' cost was those reads).
     static let usageMaxAge: Int64 = 1_000_000_000
-    /// Workers of an app whose usage files one `status` may read while swarmd
-    /// is replacing many workers (`UsageReadBudget`); vars for tests.
-    var usageReadsWhileReplacing = 512
+    /// Workers of an app whose usage files one `status` may read, and while
+    /// swarmd is replacing many workers (`UsageReadBudget`); vars for tests.
+    var usageReadsPerStatus = 512
+    var usageReadsWhileReplacing = 32
+    /// How long one `status` may spend reading usage files (at least one is read).
+    static let usageReadTime: Int64 = 10_000_000
     var replacingSpawnsPerSecond = 64
     var usageReadCursors: [String: Int] = [:]
     var spawnRate = SpawnRate()
@@ -201,7 +207,6 @@ public final class Manager {
     var agent: AgentServer?
     /// Apps the operator drained (`swarmctl drain`): the agent says `drain` for them.
     var drained: Set<String> = []
-    var lastBusyAt: Int64?
     /// swarmd's environment, which workers inherit (read once: Foundation parses environ anew at every call).
     lazy var ownEnvironment: [String: String] = ProcessInfo.processInfo.environment
     /// Each app's last-built worker environment (`sharedEnvironment(_:sockets:readyFD:)`).
@@ -436,6 +441,8 @@ public final class Manager {
         updateSystemdStatus()
         systemd.ready()
         // Start-up code (argument parsing, config decoding, runtime metadata scans) is not needed while idle.
+        // Only once: paging out after every quiet spell (as swarmd did) made the next `status` fault the
+        // control path back in from disk, 100-170 ms at 4,096 workers, and a storm's first spawns likewise.
         ProcFS.pageOutCleanMappings()
         log.info("ready: \(supervisor.appOrder.count) apps")
     }
@@ -547,9 +554,9 @@ public final class Manager {
         }
     }
 
-    /// `--realtime-priority`: swarmd under SCHED_RR, its children not
-    /// (`Spawner.raiseToRealtime` says why). A re-executed image is given the
-    /// same option and applies it again.
+    /// `--realtime-priority` (by default 1): swarmd under SCHED_RR, its
+    /// children not (`Spawner.raiseToRealtime` says why). A re-executed image
+    /// is given the same option and applies it again.
     func raiseToRealtime() {
         let priority = options.realtimePriority
         guard priority > 0 else { return }
@@ -557,8 +564,18 @@ public final class Manager {
             try Spawner.raiseToRealtime(priority: priority)
             log.info("Running under SCHED_RR at priority \(priority); workers run under SCHED_OTHER")
         } catch {
-            log.warning("Running under SCHED_OTHER: --realtime-priority \(priority) failed: \(error); it needs root or CAP_SYS_NICE")
+            let text = "Running under SCHED_OTHER: the real-time policy (--realtime-priority \(priority)) was refused: \(error); it needs root or CAP_SYS_NICE, and no RestrictRealtime="
+            if options.realtimeRequested { log.warning("\(text)") } else { log.info("\(text)") }
         }
+    }
+
+    /// The guard of the real-time policy fired: a thread of swarmd ran
+    /// `Spawner.realtimeGuard` of CPU without sleeping (or swarmd passed an
+    /// RLIMIT_CPU soft limit). It is a bug, or a machine swarmd cannot keep up
+    /// with; either way the rest of the machine gets its CPUs back.
+    func leaveRealtimeIfGuardFired() {
+        guard Spawner.leaveRealtimeIfGuardFired() else { return }
+        log.error("SIGXCPU: swarmd ran \(Spawner.realtimeGuard) of CPU under SCHED_RR without sleeping (or passed its RLIMIT_CPU): it runs under SCHED_OTHER from now on, at nice \(Spawner.currentPriority)")
     }
 
     #if DEBUG
@@ -661,6 +678,7 @@ public final class Manager {
 
     /// Runs after each dispatch: persistence and systemd status.
     func afterDispatch() {
+        leaveRealtimeIfGuardFired()
         flushState()
         updateSystemdStatus()
         armSweep()
@@ -669,15 +687,7 @@ public final class Manager {
     func everySecond() {
         output.refillBudgets()
         control.sweep()
-        // Quiet for a while after control traffic or spawning: give back the code pages they touched.
-        let busy = max(lastBusyAt ?? 0, control.lastBusyAt ?? 0)
-        if busy > 0, kernel.now() - busy > 2_000_000_000, busy != pagedOutAt {
-            pagedOutAt = busy
-            ProcFS.pageOutCleanMappings()
-        }
     }
-
-    var pagedOutAt: Int64 = 0
 
     func flushState() {
         guard stateDirty else { return }

@@ -158,8 +158,10 @@ extension Manager {
         for fd in fds { try? Posix.setCloseOnExec(fd, false) }
         var env = ProcessInfo.processInfo.environment
         env[Handover.variable] = String(memfd)
-        let error = Posix.exec(executablePath, arguments: [executablePath] + CommandLine.arguments.dropFirst(),
-                               environment: env.map { "\($0.key)=\($0.value)" })
+        let error = Spawner.withoutRealtimeGuard {
+            Posix.exec(executablePath, arguments: [executablePath] + CommandLine.arguments.dropFirst(),
+                       environment: env.map { "\($0.key)=\($0.value)" })
+        }
         for fd in fds { try? Posix.setCloseOnExec(fd, true) }
         Posix.close(memfd)
         return "\(error)"

@@ -101,6 +101,10 @@ public enum Spawner {
         let cwd = plan.cwd.map { dup($0) }
         var fds = plan.fds
         var limits = plan.limits.map { swarm_rlimit(resource: $0.resource, soft: $0.soft, hard: $0.hard) }
+        // The real-time guard is swarmd's, not its children's: a worker that makes itself real-time gets the limit swarmd was given.
+        if let original = originalRealtimeLimit, !limits.contains(where: { $0.resource == Int32(__RLIMIT_RTTIME.rawValue) }) {
+            limits.append(swarm_rlimit(resource: Int32(__RLIMIT_RTTIME.rawValue), soft: original.soft, hard: original.hard))
+        }
         var err: Int32 = 0
         var step: Int32 = 0
         let pid: pid_t = argv.withUnsafeMutableBufferPointer { argvBuf in
@@ -139,7 +143,7 @@ public enum Spawner {
                         req.intercept_sock = plan.interceptSocket
                         req.no_clone3 = plan.joinCgroupOnly ? 1 : 0
                         req.no_wait_exec = plan.returnBeforeExec ? 1 : 0
-                        req.reset_policy = realtimePriority != nil ? 1 : 0
+                        req.reset_policy = resetChildPolicy ? 1 : 0
                         return swarm_spawn(&req, &err, &step)
                     }
                 }
@@ -267,11 +271,20 @@ extension Spawner {
     /// 4,096 workers are killed at once, 4,096 dying processes are runnable
     /// together, and even at nice -20 swarmd's share of the 2 CPUs is about 2 %
     /// until they are gone; a real-time policy is served before all of them.
+    ///
+    /// A real-time thread that never sleeps would keep a CPU from every
+    /// ordinary process, so the policy comes with a guard (`realtimeGuard`).
     public static func raiseToRealtime(priority: Int32) throws(SystemError) {
         var param = sched_param(sched_priority: priority)
         var took = 0
         // Children are reset even if only some threads took it: any of them may spawn.
-        defer { if took > 0 { realtimePriority = priority } }
+        defer {
+            if took > 0 {
+                realtimePriority = priority
+                resetChildPolicy = true
+            }
+        }
+        try installRealtimeGuard()
         try forEveryThread(of: getpid()) { t in
             guard sched_setscheduler(t, SCHED_RR, &param) < 0 else {
                 took += 1
@@ -279,6 +292,52 @@ extension Spawner {
             }
             return SystemError("sched_setscheduler(SCHED_RR)", errno: errno, subject: "thread \(t) at priority \(priority)")
         }
+    }
+
+    /// CPU time a real-time thread of swarmd may use without a blocking call
+    /// before the kernel's SIGXCPU moves it back under SCHED_OTHER
+    /// (RLIMIT_RTTIME). swarmd's longest busy spell, the start of 4,096
+    /// workers, sleeps every few milliseconds; only a loop that spins reaches it.
+    public static let realtimeGuard: Duration = .seconds(5)
+
+    /// RLIMIT_RTTIME as it was before the guard, which children get back
+    /// before they exec; nil: no guard was installed.
+    nonisolated(unsafe) public private(set) static var originalRealtimeLimit: (soft: UInt64, hard: UInt64)?
+    nonisolated(unsafe) static var resetChildPolicy = false
+
+    private static func installRealtimeGuard() throws(SystemError) {
+        let microseconds = UInt64(realtimeGuard.components.seconds) * 1_000_000
+        var soft: UInt64 = 0, hard: UInt64 = 0
+        let original = originalRealtimeLimit
+        guard swarm_rttime_guard(microseconds, &soft, &hard) == 0 else {
+            throw SystemError("setrlimit(RLIMIT_RTTIME)", errno: errno, subject: "\(microseconds) µs, the real-time guard")
+        }
+        originalRealtimeLimit = original ?? (soft, hard)
+    }
+
+    /// Whether the guard moved a thread back under SCHED_OTHER since the last
+    /// call; then every thread leaves the real-time policy for good.
+    public static func leaveRealtimeIfGuardFired() -> Bool {
+        guard swarm_rttime_tripped() != 0 else { return false }
+        var param = sched_param(sched_priority: 0)
+        realtimePriority = nil
+        try? forEveryThread(of: getpid()) { t in
+            sched_setscheduler(t, SCHED_OTHER, &param) < 0 ? SystemError("sched_setscheduler(SCHED_OTHER)", errno: errno, subject: "thread \(t)") : nil
+        }
+        return true
+    }
+
+    /// Runs `body` (an exec of a new swarmd image) with RLIMIT_RTTIME as it
+    /// was before the guard, so that the new image finds the original; the
+    /// guard is back when `body` returns.
+    public static func withoutRealtimeGuard<T>(_ body: () -> T) -> T {
+        guard let original = originalRealtimeLimit else { return body() }
+        var saved = rlimit()
+        getrlimit(__rlimit_resource_t(__RLIMIT_RTTIME.rawValue), &saved)
+        var limit = rlimit(rlim_cur: rlim_t(original.soft), rlim_max: rlim_t(original.hard))
+        setrlimit(__rlimit_resource_t(__RLIMIT_RTTIME.rawValue), &limit)
+        defer { setrlimit(__rlimit_resource_t(__RLIMIT_RTTIME.rawValue), &saved) }
+        return body()
     }
 
     /// The calling thread's niceness (Linux keeps one per thread).

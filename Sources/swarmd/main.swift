@@ -48,8 +48,8 @@ struct Swarmd: ParsableCommand {
     var priorityBoost: Int32 = 10
 
     @Option(name: .customLong("realtime-priority"),
-            help: ArgumentHelp("Run swarmd under the real-time policy SCHED_RR at priority N (1-99), above every ordinary process, so that a kill storm of thousands of workers cannot starve it; its children leave it for SCHED_OTHER before they exec (0: off, the default; needs root or CAP_SYS_NICE).", valueName: "N"))
-    var realtimePriority: Int32 = 0
+            help: ArgumentHelp("Run swarmd under the real-time policy SCHED_RR at priority N (1-99; default 1), above every ordinary process, so that a kill storm of thousands of workers cannot starve it; its children leave it for SCHED_OTHER before they exec. A thread that runs 5 s of CPU without sleeping is moved back to SCHED_OTHER for good (RLIMIT_RTTIME). 0: off. Needs root or CAP_SYS_NICE; without, swarmd runs at its --priority-boost.", valueName: "N"))
+    var realtimePriority: Int32?
 
     @Flag(name: .shortAndLong, help: "Log debug messages.")
     var verbose = false
@@ -61,7 +61,7 @@ struct Swarmd: ParsableCommand {
         guard (0...39).contains(priorityBoost) else {
             throw ValidationError("--priority-boost must be 0 to 39 nice levels, not \(priorityBoost)")
         }
-        guard (0...99).contains(realtimePriority) else {
+        if let realtimePriority, !(0...99).contains(realtimePriority) {
             throw ValidationError("--realtime-priority must be 0 (off) or a SCHED_RR priority 1 to 99, not \(realtimePriority)")
         }
         guard ["auto", "file", "journal"].contains(logTarget) else {
@@ -87,7 +87,8 @@ struct Swarmd: ParsableCommand {
         options.metricsAddress = try metrics.map(MetricsAddress.parse)
         options.metricsPublic = metricsPublic
         options.priorityBoost = priorityBoost
-        options.realtimePriority = realtimePriority
+        options.realtimePriority = realtimePriority ?? DaemonOptions.defaultRealtimePriority
+        options.realtimeRequested = realtimePriority != nil
         do {
             options.agent = try agent.map(DaemonOptions.agentAddress)
         } catch {

@@ -363,7 +363,7 @@ struct HardeningTests {
         }
     }
 
-    @Test("--realtime-priority 1: swarmd runs SCHED_RR at 1, its workers and hooks SCHED_OTHER at their own nice, across a re-exec too; 100 is refused",
+    @Test("by default swarmd runs SCHED_RR at 1 under a 5 s RLIMIT_RTTIME guard, its workers and hooks SCHED_OTHER at their own nice with the limit swarmd was started with, across a re-exec too; 100 is refused",
           .enabled(if: getuid() == 0, "needs root (CAP_SYS_NICE) for a real-time policy"))
     func realtimePriorityStaysWithSwarmd() async throws {
         try await withSwarm { s in
@@ -376,7 +376,7 @@ struct HardeningTests {
             let hook = try s.write("policy.sh", "#!/bin/sh\ncut -d' ' -f41 /proc/self/stat > \(s.dir)/hook-policy.$$\n")
             chmod(hook, 0o755)
             let conf = try s.write("rt.conf", Conf.app("rt", command: ["/bin/sleep", "600"], workers: 2, extra: "[hooks]\non_ready = [\"\(hook)\"]\n"))
-            let d = try await s.startDaemon([conf], args: ["--realtime-priority", "1"])
+            let d = try await s.startDaemon([conf])
             func policy(_ pid: Int32) -> Int32 { sched_getscheduler(pid) }
             func rtPriority(_ pid: Int32) -> Int32 {
                 var p = sched_param()
@@ -394,11 +394,37 @@ struct HardeningTests {
                 return seen.count >= 2 ? seen : nil
             }
             #expect(hooks.allSatisfy { $0 == "\(SCHED_OTHER)" }, "hooks' policies: \(hooks)")
+            let ownLimit = try #require(Self.realtimeTimeout(getpid()))
+            #expect(Self.realtimeTimeout(d.pid) == "5000000 \(ownLimit.split(separator: " ").last ?? "?")", "swarmd's RLIMIT_RTTIME: \(Self.realtimeTimeout(d.pid) ?? "?"), the test's \(ownLimit)")
+            #expect(first.allSatisfy { Self.realtimeTimeout($0) == ownLimit }, "workers' RLIMIT_RTTIME: \(first.map { Self.realtimeTimeout($0) ?? "?" }), want \(ownLimit)")
 
             let replaced = try await Self.reexecAndReplaceOne(s, d, app: "rt", workers: first)
             #expect(policy(d.pid) == SCHED_RR, "swarmd after the re-exec: policy \(policy(d.pid))")
             #expect(policy(replaced) == SCHED_OTHER && niceOf(replaced) == own, "a worker the re-executed image spawned: policy \(policy(replaced)), nice \(niceOf(replaced) ?? 99)")
+            #expect(Self.realtimeTimeout(replaced) == ownLimit, "RLIMIT_RTTIME of a worker the re-executed image spawned: \(Self.realtimeTimeout(replaced) ?? "?"), want \(ownLimit)")
+            #expect(Self.realtimeTimeout(d.pid)?.hasPrefix("5000000 ") == true, "swarmd's RLIMIT_RTTIME after the re-exec: \(Self.realtimeTimeout(d.pid) ?? "?")")
         }
+    }
+
+    @Test("--realtime-priority 0: swarmd stays under SCHED_OTHER (at its boost) and sets no RLIMIT_RTTIME",
+          .enabled(if: getuid() == 0, "needs root (CAP_SYS_NICE) to tell a refusal from an opt-out"))
+    func realtimeOptOut() async throws {
+        try await withSwarm { s in
+            let conf = try s.write("plain.conf", Conf.app("plain", command: ["/bin/sleep", "600"]))
+            let d = try await s.startDaemon([conf], args: ["--realtime-priority", "0"])
+            _ = try await s.waitReady("plain", workers: 1)
+            #expect(sched_getscheduler(d.pid) == SCHED_OTHER, "swarmd: policy \(sched_getscheduler(d.pid))")
+            #expect(Self.realtimeTimeout(d.pid) == Self.realtimeTimeout(getpid()), "swarmd's RLIMIT_RTTIME: \(Self.realtimeTimeout(d.pid) ?? "?")")
+            #expect(!d.stderr.contains("SCHED_RR"), "\(d.stderr.suffix(1500))")
+        }
+    }
+
+    /// "SOFT HARD" of /proc/PID/limits' "Max realtime timeout" line (µs or "unlimited").
+    static func realtimeTimeout(_ pid: Int32) -> String? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/limits", encoding: .utf8),
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("Max realtime timeout") }) else { return nil }
+        let fields = line.dropFirst("Max realtime timeout".count).split(separator: " ")
+        return fields.count >= 2 ? "\(fields[0]) \(fields[1])" : nil
     }
 
     @Test("[limits] memory = \"30MiB\": a growing worker is replaced")

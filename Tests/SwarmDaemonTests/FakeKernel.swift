@@ -123,8 +123,11 @@ final class FakeKernel: Kernel {
     }
 
     var usageOf: [pid_t: (cpuTicks: Int64, rss: Int64)] = [:]
+    /// Nanoseconds each usage read takes (the clock moves on by that much).
+    var usageReadCost: Int64 = 0
     func usage(pid: pid_t) -> (cpuTicks: Int64, rss: Int64)? {
         record(.usage(pid: pid))
+        clock += usageReadCost
         return usageOf[pid]
     }
 

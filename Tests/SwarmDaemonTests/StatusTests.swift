@@ -237,6 +237,31 @@ struct StatusUsageReadTests {
         #expect(r.recent(now: 4_100_000_000) == 1, "a window that ended long ago is forgotten")
     }
 
+    @Test("a status stops reading usage after 10 ms, and the next one goes on from there")
+    func usageReadsStopAfterTheirTime() throws {
+        let f = try ManagerFixture()
+        let pids = try f.startReady(try f.config(workers: 6), workers: 6)
+        for (i, pid) in pids.enumerated() { f.kernel.usageOf[pid] = (cpuTicks: Int64(i + 1) * ProcFS.clockTicks, rss: Int64(i + 1) << 20) }
+        func usageReads() -> Int { f.kernel.calls.filter { if case .usage = $0 { return true } else { return false } }.count }
+        f.kernel.advance(seconds: 5)  // not replacing: the count budget (512) is no bound here
+        f.kernel.usageReadCost = 4_000_000
+        var before = usageReads()
+        var rows = try #require(f.manager.statusReport(only: "web").apps.first?.workers)
+        #expect(usageReads() - before == 3, "reads at 0, 4 and 8 ms; none after 10 ms")
+        #expect(rows.map(\.rssBytes) == [1 << 20, 2 << 20, 3 << 20, nil, nil, nil])
+        #expect(rows.allSatisfy { $0.cpuShare == nil }, "no shares of a partial total")
+        f.kernel.advance(seconds: 0.1)
+        before = usageReads()
+        rows = try #require(f.manager.statusReport(only: "web").apps.first?.workers)
+        #expect(usageReads() - before == 3)
+        #expect(rows.map(\.rssBytes) == (1...6).map { Int64($0) << 20 }, "the rest, from where the last stopped")
+        f.kernel.usageReadCost = 20_000_000
+        f.kernel.advance(seconds: 1.1)
+        before = usageReads()
+        _ = try f.manager.statusReport(only: "web")
+        #expect(usageReads() - before == 1, "one read however slow")
+    }
+
     @Test func whileManyWorkersAreReplacedAStatusReadsAtMostItsBudget() throws {
         let f = try ManagerFixture()
         let pids = try f.startReady(try f.config(workers: 6), workers: 6)
@@ -285,5 +310,17 @@ struct StatusUsageReadTests {
         before = usageReads()
         _ = try status()
         #expect(usageReads() - before == 6)
+
+        // Not replacing, a status still reads at most usageReadsPerStatus (4,096 workers' files took 75-100 ms), going on from where the last stopped.
+        f.manager.usageReadsPerStatus = 5
+        f.kernel.advance(seconds: 1.1)
+        before = usageReads()
+        rows = try status()
+        #expect(usageReads() - before == 5)
+        #expect(rows.allSatisfy { $0.rssBytes != nil }, "the sixth keeps its last figures")
+        f.kernel.advance(seconds: 0.1)
+        before = usageReads()
+        _ = try status()
+        #expect(usageReads() - before == 1, "only the one the last status left is due")
     }
 }

@@ -1,4 +1,5 @@
 import CSwarmSpawn
+import Foundation
 import Glibc
 @testable import SwarmSystem
 import Testing
@@ -285,5 +286,60 @@ struct SpawnerRunOnTests {
         let own = try Spawner.spawn(Self.plan(["/bin/sh", "-c", "exit 127"], stdout: devNull, devNull: devNull))
         #expect(Self.exitCode(own) == 127)
         #expect(Spawner.takeExecFailure(pid: own) == nil)
+    }
+}
+
+@Suite("Spawner: the real-time guard")
+struct RealtimeGuardTests {
+    /// The child's verdicts (its exit status).
+    enum Verdict: Int32 {
+        case demoted = 0, guardFailed = 10, realtimeRefused = 11, stillRealtime = 12, tooSoon = 13, notTripped = 14, trippedTwice = 15
+    }
+
+    @Test("a process that spins under SCHED_RR past RLIMIT_RTTIME's soft limit (here 100 ms) is put back under SCHED_OTHER by SIGXCPU's handler, and the flag says so once",
+          .enabled(if: geteuid() == 0, "needs root (CAP_SYS_NICE) for SCHED_RR"))
+    func spinningThreadIsDemoted() throws {
+        // In a child of its own: the limit and the handler are process-wide, and the
+        // tests' process has other threads (and tests that read its limits). The child
+        // makes system calls only.
+        let pid = fork()
+        try #require(pid >= 0, "fork: errno \(errno)")
+        if pid == 0 { _exit(Self.spinUntilDemoted().rawValue) }
+        var status: Int32 = 0
+        let deadline = Self.monotonicSeconds() + 20
+        while waitpid(pid, &status, WNOHANG) == 0 {
+            if Self.monotonicSeconds() > deadline {
+                kill(pid, SIGKILL)
+                waitpid(pid, &status, 0)
+                Issue.record("the spinning child did not finish within 20 s")
+                return
+            }
+            usleep(10_000)
+        }
+        #expect(status & 0x7f == 0, "the child was killed by signal \(status & 0x7f)")
+        let verdict = Verdict(rawValue: (status >> 8) & 0xff)
+        #expect(verdict == .demoted, "the child's verdict: \(verdict.map { "\($0)" } ?? "exit \((status >> 8) & 0xff)")")
+    }
+
+    private static func spinUntilDemoted() -> Verdict {
+        var soft: UInt64 = 0, hard: UInt64 = 0
+        guard swarm_rttime_guard(100_000, &soft, &hard) == 0 else { return .guardFailed }
+        var rt = sched_param(sched_priority: 1)
+        guard sched_setscheduler(0, SCHED_RR, &rt) == 0 else { return .realtimeRefused }
+        let start = monotonicSeconds()
+        // Spins without a blocking call (clock_gettime is the vDSO's) until demoted, for at most 5 s.
+        while sched_getscheduler(0) == SCHED_RR && monotonicSeconds() - start < 5 {}
+        let spun = monotonicSeconds() - start
+        if sched_getscheduler(0) != SCHED_OTHER { return .stillRealtime }
+        if spun < 0.09 { return .tooSoon }
+        if swarm_rttime_tripped() != 1 { return .notTripped }
+        if swarm_rttime_tripped() != 0 { return .trippedTwice }
+        return .demoted
+    }
+
+    private static func monotonicSeconds() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 }

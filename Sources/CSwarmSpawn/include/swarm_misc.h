@@ -25,4 +25,14 @@ int swarm_epoll_watch(int epfd, int add, int fd, unsigned int events, unsigned l
 /// epoll_wait without waiting: up to `max` ready (token, events); how many, -1 on failure.
 int swarm_epoll_ready(int epfd, unsigned long long *tokens, unsigned int *events, int max);
 
+/* The guard of a real-time swarmd: SIGXCPU (RLIMIT_RTTIME's soft limit, set to
+   `soft_us` of CPU without a blocking call, below a finite hard limit) moves
+   the calling thread (and the one the signal interrupted) back under
+   SCHED_OTHER at once, from the handler: a loop that spins cannot read a signalfd. The limit that was in force is returned in
+   *old_soft and *old_hard (for children, which must not inherit the guard).
+   0, or -1 with errno. */
+int swarm_rttime_guard(unsigned long long soft_us, unsigned long long *old_soft, unsigned long long *old_hard);
+/* Whether the guard has fired since the last call (and forgets it). */
+int swarm_rttime_tripped(void);
+
 #endif
