@@ -376,7 +376,7 @@ struct HardeningTests {
             let hook = try s.write("policy.sh", "#!/bin/sh\ncut -d' ' -f41 /proc/self/stat > \(s.dir)/hook-policy.$$\n")
             chmod(hook, 0o755)
             let conf = try s.write("rt.conf", Conf.app("rt", command: ["/bin/sleep", "600"], workers: 2, extra: "[hooks]\non_ready = [\"\(hook)\"]\n"))
-            let d = try await s.startDaemon([conf])
+            let d = try await s.startDaemon([conf], realtime: true)
             func policy(_ pid: Int32) -> Int32 { sched_getscheduler(pid) }
             func rtPriority(_ pid: Int32) -> Int32 {
                 var p = sched_param()

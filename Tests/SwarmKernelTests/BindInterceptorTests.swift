@@ -420,10 +420,11 @@ struct BindInterceptorLifecycleTests {
         #expect(throws: SpawnError.self) {
             _ = try Worker(["/nonexistent/program"], scratch: scratch, interceptBind: true)
         }
-        // Threads of the test runner open and close fds too: allow a little slack, not a leak per spawn.
-        for _ in 0..<20 { _ = try? Worker(["/nonexistent/program"], scratch: scratch, interceptBind: true) }
+        // Threads of the test runner open and close fds too (13 more once in CI, where this test took
+        // 53 s): allow some slack, far below a leak per spawn.
+        for _ in 0..<100 { _ = try? Worker(["/nonexistent/program"], scratch: scratch, interceptBind: true) }
         let after = (ProcFS.listDirectory("/proc/self/fd") ?? []).count
-        #expect(after - before < 10, "no fd left behind by failed intercepted spawns: \(before) → \(after)")
+        #expect(after - before < 30, "no fd left behind by 101 failed intercepted spawns: \(before) → \(after)")
     }
 }
 
