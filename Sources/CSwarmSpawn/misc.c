@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <sched.h>
 #include <pthread.h>
 #include <signal.h>
@@ -157,4 +158,10 @@ int swarm_rttime_tripped(void) {
     int t = rttime_tripped;
     rttime_tripped = 0;
     return t;
+}
+
+void swarm_hold_heap(void) {
+    (void)mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    (void)mallopt(M_MMAP_THRESHOLD, 32 << 20);   /* glibc's largest on 64-bit */
+    (void)mallopt(M_TOP_PAD, 64 << 20);
 }

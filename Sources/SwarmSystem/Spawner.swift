@@ -285,6 +285,9 @@ extension Spawner {
             }
         }
         try installRealtimeGuard()
+        // Under SCHED_RR, a brk that waited for children at ordinary priority in execve held swarmd
+        // for 100-370 ms in a 4,096-worker storm (perf); a heap that is kept needs no brk.
+        swarm_hold_heap()
         try forEveryThread(of: getpid()) { t in
             guard sched_setscheduler(t, SCHED_RR, &param) < 0 else {
                 took += 1

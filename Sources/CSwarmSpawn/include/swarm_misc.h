@@ -35,4 +35,10 @@ int swarm_rttime_guard(unsigned long long soft_us, unsigned long long *old_soft,
 /* Whether the guard has fired since the last call (and forgets it). */
 int swarm_rttime_tripped(void);
 
+/* malloc keeps its heap instead of giving memory back (no trim, no mmap'd
+   chunks, growth in large steps): brk and munmap take the mmap_lock for
+   writing, and with children that share swarmd's memory until their exec
+   (spawn.c), a write waits for every such child in execve, which reads it. */
+void swarm_hold_heap(void);
+
 #endif
