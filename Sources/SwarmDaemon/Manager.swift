@@ -273,6 +273,7 @@ public final class Manager {
     func wireParts() {
         let report: (NoteLevel, String) -> Void = { [weak self] level, text in self?.note(level, text) }
         control.handler = self
+        cgroups.slotsOf = { [unowned self] app in self.supervisor.apps[app]?.slots.count ?? 0 }
         control.report = report
         sockets.report = report
         cgroups.report = report

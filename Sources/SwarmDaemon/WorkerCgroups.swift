@@ -23,8 +23,15 @@ final class WorkerCgroups {
     /// (issue 18). The core asks for a restart's spawn before it reports the old
     /// worker gone, so in a storm each cgroup freed serves the next restart.
     private var spare: [String: [WorkerCgroup]] = [:]
-    /// Spare cgroups kept per app at most; more are removed.
+    /// Spare cgroups kept per app: at least this many, and as many as the app
+    /// has slots (`slotsOf`), so that a storm's replacements reuse every
+    /// cgroup freed. With 64 for all, half the cgroups of a 4,096-worker storm
+    /// were removed and made anew, and the kernel workers that release removed
+    /// cgroups (at ordinary priority, behind the dying) held the cgroup_mutex
+    /// that swarmd's next spawns into a cgroup waited for: 30-190 ms at times.
     static let sparePerApp = 64
+    /// The number of slots of an app (set by the Manager).
+    var slotsOf: (String) -> Int = { _ in 0 }
     /// Cgroups of gone workers with processes still in them, removed once empty.
     private var draining: [ObjectIdentifier: (cgroup: WorkerCgroup, source: EventLoop.Source)] = [:]
 
@@ -212,7 +219,8 @@ final class WorkerCgroups {
 
     /// An empty cgroup: kept for the app's next worker, or removed.
     private func recycle(_ cg: WorkerCgroup) {
-        guard let app = appOf[ObjectIdentifier(cg)], (spare[app]?.count ?? 0) < WorkerCgroups.sparePerApp else { return remove(cg) }
+        guard let app = appOf[ObjectIdentifier(cg)],
+              (spare[app]?.count ?? 0) < max(WorkerCgroups.sparePerApp, slotsOf(app)) else { return remove(cg) }
         cg.closeProcsFD()
         spare[app, default: []].append(cg)
     }

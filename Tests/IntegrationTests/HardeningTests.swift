@@ -406,6 +406,31 @@ struct HardeningTests {
         }
     }
 
+    @Test("kill -9 of 160 workers at once: every replacement reuses a cgroup of the killed (none removed and made anew)",
+          .enabled(if: getuid() == 0, "needs root for cgroups"))
+    func aStormReusesEveryCgroup() async throws {
+        try await withSwarm { s in
+            let conf = try s.write("many.conf", Conf.app("many", command: ["/bin/sleep", "600"], workers: 160))
+            _ = try await s.startDaemon([conf])
+            func cgroupOf(_ pid: Int32) -> String? {
+                (try? String(contentsOfFile: "/proc/\(pid)/cgroup", encoding: .utf8))?
+                    .split(separator: "\n").first { $0.hasPrefix("0::") }.map { String($0.dropFirst(3)) }
+            }
+            let old = try await s.waitReady("many", workers: 160, timeout: 60)
+            let oldCgroups = Set(old.compactMap(cgroupOf))
+            try #require(oldCgroups.count == 160, "each worker in a cgroup of its own: \(oldCgroups.count) cgroups for 160 workers (\(oldCgroups.first ?? "none"))")
+            for pid in old { kill(pid, SIGKILL) }
+            let new = try await waitUntil(timeout: 60, "160 new ready workers after the storm") { () -> [Int32]? in
+                let pids = try s.quickStatus().apps.first { $0.name == "many" }?.workers.filter { $0.state == "ready" }.compactMap(\.pid) ?? []
+                return pids.count == 160 && Set(pids).isDisjoint(with: old) ? pids : nil
+            }
+            let newCgroups = Set(new.compactMap(cgroupOf))
+            #expect(newCgroups.count == 160, "\(newCgroups.count) cgroups for 160 replacements")
+            let made = newCgroups.subtracting(oldCgroups)
+            #expect(made.count == 0, "\(made.count) of 160 replacements in a new cgroup, e.g. \(made.sorted().prefix(3))")
+        }
+    }
+
     @Test("--realtime-priority 0: swarmd stays under SCHED_OTHER (at its boost) and sets no RLIMIT_RTTIME",
           .enabled(if: getuid() == 0, "needs root (CAP_SYS_NICE) to tell a refusal from an opt-out"))
     func realtimeOptOut() async throws {
