@@ -206,7 +206,9 @@ def raw_request(sock, verb, timeout=60):
 
 
 STATUS_SAMPLER = r"""
-import json, os, socket, sys, time
+import json, os, sys, time
+sys.path.insert(0, sys.argv[5])
+from scale import raw_request
 sock, gap, timeout, priority = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 how = "at the bench's priority"
 if priority > 0:
@@ -217,29 +219,11 @@ if priority > 0:
         how = "at the bench's priority (SCHED_RR %d: %s)" % (priority, e)
 print(json.dumps({"how": how}), flush=True)
 samples, errors = [], []
-def request():
-    t0 = time.perf_counter()
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(timeout)
-    try:
-        s.connect(sock)
-        s.sendall(b'{"v":1,"id":1,"verb":"status"}\n')
-        buf = bytearray()
-        while True:
-            chunk = s.recv(1 << 20)
-            if not chunk:
-                raise OSError("swarmd closed the connection before its answer")
-            buf += chunk
-            nl = buf.rfind(b"\n")
-            if nl >= 0 and b'"kind":"result"' in buf[buf.rfind(b"\n", 0, nl) + 1:nl]:
-                return time.perf_counter() - t0
-    finally:
-        s.close()
 try:
     while True:
         t = time.monotonic()
         try:
-            samples.append((t, request()))
+            samples.append((t, raw_request(sock, "status", timeout=timeout)[0]))
         except OSError as e:
             errors.append(str(e))
         time.sleep(gap)
@@ -256,8 +240,10 @@ class StatusSampler:
     leaves it at the bench's priority."""
 
     def __init__(self, sock, gap=0.05):
-        self.p = subprocess.Popen([sys.executable, "-c", STATUS_SAMPLER, sock, str(gap), str(TIMEOUT), str(SAMPLER_RT_PRIORITY)],
-                                  stdout=subprocess.PIPE, text=True)
+        # The same raw_request, imported in the child (BENCH_TMP: no scratch folder of its own).
+        self.p = subprocess.Popen([sys.executable, "-c", STATUS_SAMPLER, sock, str(gap), str(TIMEOUT), str(SAMPLER_RT_PRIORITY),
+                                   os.path.dirname(os.path.abspath(__file__))],
+                                  stdout=subprocess.PIPE, text=True, env=dict(os.environ, BENCH_TMP=TMP))
         STARTED.append(self.p)
         self.how = json.loads(self.p.stdout.readline() or '{"how": "?"}')["how"]
         self.samples, self.starts, self.errors = [], [], []

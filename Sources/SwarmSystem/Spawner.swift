@@ -257,11 +257,6 @@ extension Spawner {
         return target
     }
 
-    /// The SCHED_RR priority `raiseToRealtime` gave this process; nil: it runs
-    /// under SCHED_OTHER, as do all its children in any case (spawn.c resets
-    /// theirs before the exec).
-    nonisolated(unsafe) public private(set) static var realtimePriority: Int32?
-
     /// Puts every thread of this process under SCHED_RR at `priority` (1–99),
     /// above every process of ordinary policy, whatever their number; its
     /// children leave it for SCHED_OTHER (at `childPriority`'s niceness) before
@@ -280,14 +275,13 @@ extension Spawner {
         // Children are reset even if only some threads took it: any of them may spawn.
         defer {
             if took > 0 {
-                realtimePriority = priority
                 resetChildPolicy = true
+                // Under SCHED_RR, a brk that waited for children at ordinary priority in execve held swarmd
+                // for 100-370 ms in a 4,096-worker storm (perf); a heap that is kept needs no brk.
+                swarm_hold_heap()
             }
         }
         try installRealtimeGuard()
-        // Under SCHED_RR, a brk that waited for children at ordinary priority in execve held swarmd
-        // for 100-370 ms in a 4,096-worker storm (perf); a heap that is kept needs no brk.
-        swarm_hold_heap()
         try forEveryThread(of: getpid()) { t in
             guard sched_setscheduler(t, SCHED_RR, &param) < 0 else {
                 took += 1
@@ -306,6 +300,8 @@ extension Spawner {
     /// RLIMIT_RTTIME as it was before the guard, which children get back
     /// before they exec; nil: no guard was installed.
     nonisolated(unsafe) public private(set) static var originalRealtimeLimit: (soft: UInt64, hard: UInt64)?
+    /// Whether children must leave swarmd's real-time policy before they exec
+    /// (spawn.c): once any thread took it, for good.
     nonisolated(unsafe) static var resetChildPolicy = false
 
     private static func installRealtimeGuard() throws(SystemError) {
@@ -323,7 +319,6 @@ extension Spawner {
     public static func leaveRealtimeIfGuardFired() -> Bool {
         guard swarm_rttime_tripped() != 0 else { return false }
         var param = sched_param(sched_priority: 0)
-        realtimePriority = nil
         try? forEveryThread(of: getpid()) { t in
             sched_setscheduler(t, SCHED_OTHER, &param) < 0 ? SystemError("sched_setscheduler(SCHED_OTHER)", errno: errno, subject: "thread \(t)") : nil
         }

@@ -27,10 +27,11 @@ int swarm_epoll_ready(int epfd, unsigned long long *tokens, unsigned int *events
 
 /* The guard of a real-time swarmd: SIGXCPU (RLIMIT_RTTIME's soft limit, set to
    `soft_us` of CPU without a blocking call, below a finite hard limit) moves
-   the calling thread (and the one the signal interrupted) back under
-   SCHED_OTHER at once, from the handler: a loop that spins cannot read a signalfd. The limit that was in force is returned in
-   *old_soft and *old_hard (for children, which must not inherit the guard).
-   0, or -1 with errno. */
+   the calling thread, and the one the signal interrupted, back under
+   SCHED_OTHER at once, from the handler: a loop that spins cannot read a
+   signalfd. The limit that was in force is returned in *old_soft and
+   *old_hard (for children, which must not inherit the guard). 0, or -1 with
+   errno. */
 int swarm_rttime_guard(unsigned long long soft_us, unsigned long long *old_soft, unsigned long long *old_hard);
 /* Whether the guard has fired since the last call (and forgets it). */
 int swarm_rttime_tripped(void);
